@@ -1,0 +1,147 @@
+"""Protocol parameters.
+
+Field names follow the Elixir ``hyparview`` package so that a config reads the same in both
+worlds. Defaults are the paper's values for a 10,000-node overlay (Leitão, Pereira, Rodrigues,
+"HyParView: a membership protocol for reliable gossip-based broadcast", DSN 2007, section 5.1):
+active view 5, passive view 30, ARWL 6, PRWL 3, shuffle with ka = 3 active and kp = 4 passive
+ids, shuffle walk TTL 6.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from ray_hyparview.protocol.errors import ConfigError
+
+__all__ = ["HyParViewConfig"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HyParViewConfig:
+    """Every knob of the protocol core, validated on construction."""
+
+    active_view_size: int = 5
+    """Most peers held in the active view (open, monitored links). About log10(N) + 1."""
+
+    passive_view_size: int = 30
+    """Most peers held in the passive view (known, not linked), the reserve for repair."""
+
+    arwl: int = 6
+    """Active random walk length: the TTL a FORWARD_JOIN starts with."""
+
+    prwl: int = 3
+    """Passive random walk length: the TTL at which a FORWARD_JOIN also lands in passive views."""
+
+    shuffle_active: int = 3
+    """ka: active-view ids put into each SHUFFLE."""
+
+    shuffle_passive: int = 4
+    """kp: passive-view ids put into each SHUFFLE."""
+
+    shuffle_ttl: int = 6
+    """Hops a SHUFFLE walks along active links before it is answered."""
+
+    shuffle_interval: float = 10.0
+    """Seconds between two shuffles started by this node (one simulator "cycle")."""
+
+    min_active_size: int = 2
+    """Below this many active peers (and with no passive peer left to try) the node re-joins
+    through its contacts, round-robin, with capped exponential backoff."""
+
+    neighbor_timeout: float = 2.0
+    """Seconds to wait for an answer to JOIN or NEIGHBOR before trying elsewhere."""
+
+    rejoin_backoff_initial: float = 0.5
+    """First delay before re-joining through a contact, in seconds."""
+
+    rejoin_backoff_max: float = 30.0
+    """Cap of the re-join delay, in seconds; the delay doubles up to it, with jitter."""
+
+    keepalive_interval: float | None = 0.5
+    """Seconds between keepalives on a quiet active link; ``None`` turns keepalives and the
+    silence check off (the simulator models failure detection itself)."""
+
+    keepalive_timeout: float = 2.0
+    """An active peer silent for this long is declared failed (several missed keepalives)."""
+
+    lost_retention: float = 600.0
+    """Seconds a peer whose link failed is remembered: late messages of the same incarnation
+    cannot resurrect it, and it is probed now and then so that healed partitions merge."""
+
+    probe_interval_min: float = 2.0
+    """First delay between two probes of lost peers, in seconds."""
+
+    probe_interval_max: float = 60.0
+    """Cap of the probe delay; it doubles after each probe that finds nobody."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "keepalive_interval" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{f.name} must be a number, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be finite, got {value!r}")
+        ints = (
+            "active_view_size",
+            "passive_view_size",
+            "arwl",
+            "prwl",
+            "shuffle_active",
+            "shuffle_passive",
+            "shuffle_ttl",
+            "min_active_size",
+        )
+        for name in ints:
+            value = getattr(self, name)
+            if not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        for name in ("active_view_size", "passive_view_size", "arwl", "shuffle_ttl"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("prwl", "shuffle_active", "shuffle_passive", "min_active_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)!r}")
+        if self.prwl > self.arwl:
+            raise ConfigError(f"prwl must be at most arwl ({self.arwl}), got {self.prwl!r}")
+        if self.min_active_size > self.active_view_size:
+            raise ConfigError(
+                f"min_active_size must be at most active_view_size ({self.active_view_size}),"
+                f" got {self.min_active_size!r}"
+            )
+        positive = (
+            "shuffle_interval",
+            "neighbor_timeout",
+            "rejoin_backoff_initial",
+            "rejoin_backoff_max",
+            "keepalive_timeout",
+            "lost_retention",
+            "probe_interval_min",
+            "probe_interval_max",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if self.keepalive_interval is not None:
+            if self.keepalive_interval <= 0:
+                raise ConfigError(
+                    f"keepalive_interval must be greater than 0 or None, got "
+                    f"{self.keepalive_interval!r}"
+                )
+            if self.keepalive_timeout <= self.keepalive_interval:
+                raise ConfigError(
+                    f"keepalive_timeout must be greater than keepalive_interval "
+                    f"({self.keepalive_interval}), got {self.keepalive_timeout!r}"
+                )
+        if self.rejoin_backoff_max < self.rejoin_backoff_initial:
+            raise ConfigError(
+                f"rejoin_backoff_max must be at least rejoin_backoff_initial "
+                f"({self.rejoin_backoff_initial}), got {self.rejoin_backoff_max!r}"
+            )
+        if self.probe_interval_max < self.probe_interval_min:
+            raise ConfigError(
+                f"probe_interval_max must be at least probe_interval_min "
+                f"({self.probe_interval_min}), got {self.probe_interval_max!r}"
+            )

@@ -1,0 +1,212 @@
+"""HyParView messages and the actions the core asks its driver to perform.
+
+Every message names its sender and the sender's *incarnation*: a number that a node
+picks anew each time it starts (the agent uses its start time in microseconds), so that
+a message from an earlier life of a node is told apart from one from the current life.
+
+Messages are plain frozen values; :mod:`ray_hyparview.codec` turns them into bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ray_hyparview.protocol.peer import Peer
+
+__all__ = [
+    "Action",
+    "Disconnect",
+    "DownReason",
+    "ForwardJoin",
+    "Join",
+    "KeepAlive",
+    "Message",
+    "Neighbor",
+    "NeighborReply",
+    "PeerDown",
+    "PeerUp",
+    "Priority",
+    "Send",
+    "Shuffle",
+    "ShuffleReply",
+]
+
+
+class Priority(enum.IntEnum):
+    """Urgency of a NEIGHBOR request (paper, section 4.3)."""
+
+    LOW = 0
+    """Accepted only into a free slot of the receiver's active view."""
+
+    HIGH = 1
+    """Always accepted, evicting a random active peer if needed: the sender has no link."""
+
+
+class DownReason(enum.Enum):
+    """Why an active link went away; carried by :class:`PeerDown`."""
+
+    EVICTED = "evicted"
+    """We dropped a live peer to make room for another; it stays in our passive view."""
+
+    DISCONNECTED = "disconnected"
+    """The peer, still alive, dropped the link (it evicted us)."""
+
+    LEFT = "left"
+    """The peer left the overlay gracefully, or we did."""
+
+    FAILED = "failed"
+    """The link failed: crash, hang or partition. The peer does not go to the passive view."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Join:
+    """A newcomer asks a contact to take it into its active view (paper, section 4.2)."""
+
+    sender: Peer
+    """The newcomer."""
+
+    incarnation: int
+    """The newcomer's incarnation."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardJoin:
+    """A random walk that spreads a newcomer through the overlay (paper, section 4.2)."""
+
+    sender: Peer
+    """The node that forwards the walk (one hop back)."""
+
+    incarnation: int
+    """The forwarding node's incarnation."""
+
+    new_peer: Peer
+    """The newcomer the walk advertises."""
+
+    ttl: int
+    """Hops left; starts at ``arwl``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Neighbor:
+    """A request to open an active link with the receiver (paper, section 4.3)."""
+
+    sender: Peer
+    """The node that wants the link."""
+
+    incarnation: int
+    """The requester's incarnation."""
+
+    priority: Priority
+    """HIGH when the sender has no active peer at all, LOW otherwise."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NeighborReply:
+    """The answer to NEIGHBOR, and also a contact's acceptance of a JOIN.
+
+    A link counts as up on either side only once this reply says ``accepted``.
+    """
+
+    sender: Peer
+    """The node that answers."""
+
+    incarnation: int
+    """The answering node's incarnation."""
+
+    accepted: bool
+    """True when the sender has put the receiver into its active view."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disconnect:
+    """The sender has dropped the receiver from its active view (paper, section 4.3)."""
+
+    sender: Peer
+    """The node that dropped the link."""
+
+    incarnation: int
+    """Its incarnation; a DISCONNECT from an older incarnation is ignored."""
+
+    leaving: bool = False
+    """True when the sender is leaving the overlay: do not keep it in the passive view."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shuffle:
+    """A sample of the origin's views, walking the overlay (paper, section 4.4)."""
+
+    sender: Peer
+    """The node that forwards the walk (one hop back)."""
+
+    incarnation: int
+    """The forwarding node's incarnation."""
+
+    origin: Peer
+    """The node that started the shuffle; the reply goes straight to it."""
+
+    peers: tuple[Peer, ...]
+    """The origin itself, ``shuffle_active`` active and ``shuffle_passive`` passive peers."""
+
+    ttl: int
+    """Hops left; starts at ``shuffle_ttl``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShuffleReply:
+    """The end of a shuffle walk answers the origin with as many of its passive peers."""
+
+    sender: Peer
+    """The node where the walk stopped."""
+
+    incarnation: int
+    """Its incarnation."""
+
+    peers: tuple[Peer, ...]
+    """A sample of the sender's passive view."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeepAlive:
+    """Sent on an active link that has been quiet for ``keepalive_interval``.
+
+    Not in the paper, which relies on TCP: any message from a peer proves it alive, and a
+    keepalive from a peer that is not in our active view tells us the link is one-sided.
+    """
+
+    sender: Peer
+    """The node that sends it."""
+
+    incarnation: int
+    """Its incarnation."""
+
+
+Message = Join | ForwardJoin | Neighbor | NeighborReply | Disconnect | Shuffle | ShuffleReply | KeepAlive
+"""Every message of the membership protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Deliver ``message`` to ``to`` (dialling its endpoint if there is no open link)."""
+
+    to: Peer
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp:
+    """``peer`` entered the active view: both sides agreed on the link."""
+
+    peer: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown:
+    """``peer`` left the active view, for ``reason``."""
+
+    peer: Peer
+    reason: DownReason
+
+
+Action = Send | PeerUp | PeerDown
+"""What the core asks of its driver."""
