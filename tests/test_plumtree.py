@@ -1,0 +1,537 @@
+"""Tests of the Plumtree broadcast core, driven back to back with explicit time.
+
+The small :class:`Net` driver below delivers messages over a static graph with random per-message
+latencies (seeded), fires timers in time order, and stops at quiescence with a guard against
+runaway exchanges, the way aioquic's ``roundtrip_until_done`` does.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ray_hyparview.protocol.errors import ConfigError
+from ray_hyparview.protocol.plumtree import (
+    Action,
+    Deliver,
+    Gossip,
+    Graft,
+    IHave,
+    MsgId,
+    Plumtree,
+    PlumtreeConfig,
+    PlumtreeError,
+    Prune,
+    SendTo,
+)
+
+QUICK = PlumtreeConfig(ihave_timeout=1.0, graft_timeout=0.5, lazy_flush_interval=0.0)
+
+
+def make(name: str, config: PlumtreeConfig = QUICK, incarnation: int = 0) -> Plumtree:
+    return Plumtree(name, config, rng=random.Random(name), incarnation=incarnation)
+
+
+def sends(actions: Iterable[Action]) -> list[SendTo]:
+    return [a for a in actions if isinstance(a, SendTo)]
+
+
+def delivers(actions: Iterable[Action]) -> list[Deliver]:
+    return [a for a in actions if isinstance(a, Deliver)]
+
+
+class Net:
+    """Plumtree nodes over an undirected graph, with seeded random latencies."""
+
+    def __init__(
+        self,
+        edges: Iterable[tuple[str, str]],
+        nodes: Iterable[str] = (),
+        *,
+        seed: int = 0,
+        config: PlumtreeConfig = QUICK,
+        latency: tuple[float, float] = (0.001, 0.05),
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.latency = latency
+        self.now = 0.0
+        self.nodes: dict[str, Plumtree] = {}
+        self.delivered: dict[str, list[Deliver]] = {}
+        self.links: set[frozenset[str]] = set()
+        self.queue: list[tuple[float, int, str, str, object]] = []
+        self.seq = 0
+        self.config = config
+        for name in nodes:
+            self._add(name)
+        for a, b in edges:
+            self.link_up(a, b)
+
+    def _add(self, name: str) -> None:
+        if name not in self.nodes:
+            self.nodes[name] = make(name, self.config)
+            self.delivered[name] = []
+
+    def link_up(self, a: str, b: str) -> None:
+        self._add(a)
+        self._add(b)
+        self.links.add(frozenset((a, b)))
+        self.apply(a, self.nodes[a].neighbor_up(b, now=self.now))
+        self.apply(b, self.nodes[b].neighbor_up(a, now=self.now))
+
+    def link_down(self, a: str, b: str) -> None:
+        self.links.discard(frozenset((a, b)))
+        self.apply(a, self.nodes[a].neighbor_down(b, now=self.now))
+        self.apply(b, self.nodes[b].neighbor_down(a, now=self.now))
+
+    def apply(self, name: str, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case SendTo(peer_id=peer, message=message):
+                    assert frozenset((name, peer)) in self.links, "sent off the active view"
+                    self.seq += 1
+                    at = self.now + self.rng.uniform(*self.latency)
+                    heapq.heappush(self.queue, (at, self.seq, name, peer, message))
+                case Deliver():
+                    self.delivered[name].append(action)
+
+    def broadcast(self, name: str, payload: bytes = b"x", topic: str = "t") -> MsgId:
+        msg_id, actions = self.nodes[name].broadcast(payload, topic=topic, now=self.now)
+        self.apply(name, actions)
+        return msg_id
+
+    def run(self, until: float | None = None, max_steps: int = 1_000_000) -> None:
+        """Deliver messages and fire protocol timers (not cache expiry) until quiescence."""
+        for _ in range(max_steps):
+            timer_at, timer_node = self._next_timer()
+            msg_at = self.queue[0][0] if self.queue else None
+            if msg_at is None and timer_at is None:
+                return
+            at = min(t for t in (msg_at, timer_at) if t is not None)
+            if until is not None and at > until:
+                self.now = until
+                return
+            self.now = max(self.now, at)
+            if msg_at is not None and msg_at == at:
+                _, _, src, dst, message = heapq.heappop(self.queue)
+                if frozenset((src, dst)) in self.links:  # a link that went down loses its queue
+                    self.apply(dst, self.nodes[dst].receive(src, message, now=self.now))
+            else:
+                assert timer_node is not None
+                self.apply(timer_node, self.nodes[timer_node].on_timer(now=self.now))
+        raise AssertionError("no quiescence: too many steps")
+
+    def _next_timer(self) -> tuple[float | None, str | None]:
+        # Cache expiry deadlines are minutes away; quiescence means no protocol timer is due
+        # within the horizon of one ihave + graft cycle.
+        horizon = self.now + 10 * (self.config.ihave_timeout + self.config.graft_timeout)
+        best: tuple[float | None, str | None] = (None, None)
+        for name, node in self.nodes.items():
+            deadline = node.next_deadline()
+            if (
+                deadline is not None
+                and deadline <= horizon
+                and (best[0] is None or deadline < best[0])
+            ):
+                best = (deadline, name)
+        return best
+
+    def eager_edges(self) -> set[frozenset[str]]:
+        edges = set()
+        for name, node in self.nodes.items():
+            for peer in node.eager_peers:
+                assert name in self.nodes[peer].eager_peers, f"asymmetric eager {name}-{peer}"
+                edges.add(frozenset((name, peer)))
+        return edges
+
+    def total(self, key: str) -> int:
+        return sum(node.counters[key] for node in self.nodes.values())
+
+
+def is_spanning_tree(nodes: Iterable[str], edges: set[frozenset[str]]) -> bool:
+    names = list(nodes)
+    if len(edges) != len(names) - 1:
+        return False
+    parent = {n: n for n in names}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for edge in edges:
+        a, b = tuple(edge)
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            return False
+        parent[ra] = rb
+    return True
+
+
+def random_connected_graph(rng: random.Random, n: int, degree: int) -> list[tuple[str, str]]:
+    """A random tree (so it is connected) plus random chords up to about ``degree`` per node."""
+    names = [f"n{i:04d}" for i in range(n)]
+    edges: set[frozenset[str]] = set()
+    for i in range(1, n):
+        edges.add(frozenset((names[i], names[rng.randrange(i)])))
+    target = n * degree // 2
+    while len(edges) < min(target, n * (n - 1) // 2):
+        a, b = rng.sample(names, 2)
+        edges.add(frozenset((a, b)))
+    return sorted(tuple(sorted(e)) for e in edges)  # type: ignore[misc]
+
+
+# --- unit tests, back to back --------------------------------------------------------------------
+
+
+def test_broadcast_delivers_locally_and_pushes_to_every_neighbor() -> None:
+    a = make("a")
+    a.neighbor_up("b", now=0.0)
+    a.neighbor_up("c", now=0.0)
+    msg_id, actions = a.broadcast(b"hello", topic="news", now=0.0)
+    gossip = Gossip(msg_id=msg_id, round=0, topic="news", payload=b"hello")
+    assert msg_id == ("a", 0, 1)
+    assert actions == [
+        Deliver(msg_id=msg_id, topic="news", payload=b"hello", origin="a", hops=0),
+        SendTo("b", gossip),
+        SendTo("c", gossip),
+    ]
+    assert a.counters["sent.Gossip"] == 2
+
+
+def test_receiver_delivers_once_forwards_and_prunes_duplicates() -> None:
+    b = make("b")
+    for peer in ("a", "c", "d"):
+        b.neighbor_up(peer, now=0.0)
+    gossip = Gossip(msg_id=("a", 0, 1), round=0, topic="t", payload=b"p")
+    first = b.receive("a", gossip, now=1.0)
+    relayed = Gossip(msg_id=("a", 0, 1), round=1, topic="t", payload=b"p")
+    assert first == [
+        Deliver(msg_id=("a", 0, 1), topic="t", payload=b"p", origin="a", hops=1),
+        SendTo("c", relayed),
+        SendTo("d", relayed),
+    ]
+    # The same message again from c: c's link is redundant, c becomes lazy and is told so.
+    assert b.receive("c", relayed, now=1.1) == [SendTo("c", Prune())]
+    assert list(b.eager_peers) == ["a", "d"]
+    assert list(b.lazy_peers) == ["c"]
+    # Next message: eager to a and d, an IHAVE to c.
+    _, actions = b.broadcast(b"q", topic="t", now=2.0)
+    assert [a.peer_id for a in sends(actions) if isinstance(a.message, Gossip)] == ["a", "d"]
+    assert SendTo("c", IHave(announcements=((("b", 0, 1), 0),))) in actions
+
+
+def test_prune_moves_sender_to_lazy() -> None:
+    a = make("a")
+    a.neighbor_up("b", now=0.0)
+    assert a.receive("b", Prune(), now=0.0) == []
+    assert list(a.lazy_peers) == ["b"]
+    assert list(a.eager_peers) == []
+
+
+def test_missing_message_is_grafted_after_timeout1_then_next_announcer_after_timeout2() -> None:
+    x = make("x")
+    x.neighbor_up("p", now=0.0)
+    x.neighbor_up("q", now=0.0)
+    x.receive("p", Prune(), now=0.0)
+    x.receive("q", Prune(), now=0.0)
+    mid: MsgId = ("o", 0, 7)
+    assert x.receive("p", IHave(announcements=((mid, 2),)), now=10.0) == []
+    assert x.receive("q", IHave(announcements=((mid, 1),)), now=10.2) == []
+    assert x.next_deadline() == pytest.approx(11.0)
+    assert x.on_timer(now=10.9) == []
+    # timeout1 expired: graft the first announcer and make the link eager.
+    assert x.on_timer(now=11.0) == [SendTo("p", Graft(msg_id=mid, round=2))]
+    assert "p" in x.eager_peers
+    assert x.next_deadline() == pytest.approx(11.5)
+    # p did not answer within timeout2: graft q.
+    assert x.on_timer(now=11.5) == [SendTo("q", Graft(msg_id=mid, round=1))]
+    # q answers: delivered once, no timer left, later answers are duplicates.
+    answer = Gossip(msg_id=mid, round=1, topic="t", payload=b"z")
+    got = x.receive("q", answer, now=11.6)
+    assert delivers(got) == [Deliver(msg_id=mid, topic="t", payload=b"z", origin="o", hops=2)]
+    assert x.on_timer(now=20.0) == []
+    assert delivers(x.receive("p", answer, now=20.0)) == []
+    assert x.counters["graft.timer"] == 2
+
+
+def test_graft_is_answered_from_the_payload_cache() -> None:
+    a = make("a")
+    a.neighbor_up("b", now=0.0)
+    a.receive("b", Prune(), now=0.0)
+    msg_id, _ = a.broadcast(b"data", topic="t", now=1.0)
+    assert a.receive("b", Graft(msg_id=msg_id, round=0), now=1.5) == [
+        SendTo("b", Gossip(msg_id=msg_id, round=0, topic="t", payload=b"data"))
+    ]
+    assert "b" in a.eager_peers
+    # After payload_retention the payload is gone: the link is still grafted, nothing is sent.
+    a.receive("b", Prune(), now=2.0)
+    late = 1.0 + QUICK.payload_retention + 1
+    assert a.receive("b", Graft(msg_id=msg_id, round=0), now=late) == []
+    assert a.counters["graft.unanswered"] == 1
+    assert "b" in a.eager_peers
+
+
+def test_optimization_swaps_to_the_shorter_path() -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.0, optimization_threshold=2)
+    x = make("x", config)
+    for peer in ("far", "near"):
+        x.neighbor_up(peer, now=0.0)
+    x.receive("near", Prune(), now=0.0)
+    mid: MsgId = ("o", 0, 1)
+    x.receive("near", IHave(announcements=((mid, 1),)), now=1.0)
+    actions = x.receive("far", Gossip(msg_id=mid, round=4, topic="t", payload=b""), now=1.1)
+    assert SendTo("near", Graft(msg_id=None, round=1)) in actions
+    assert SendTo("far", Prune()) in actions
+    assert list(x.eager_peers) == ["near"]
+    assert list(x.lazy_peers) == ["far"]
+    assert x.counters["graft.optimize"] == 1
+
+
+def test_optimization_respects_threshold() -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.0, optimization_threshold=3)
+    x = make("x", config)
+    for peer in ("far", "near"):
+        x.neighbor_up(peer, now=0.0)
+    x.receive("near", Prune(), now=0.0)
+    mid: MsgId = ("o", 0, 1)
+    x.receive("near", IHave(announcements=((mid, 1),)), now=1.0)
+    actions = x.receive("far", Gossip(msg_id=mid, round=3, topic="t", payload=b""), now=1.1)
+    assert sends(actions) == []
+    assert x.counters["graft.optimize"] == 0
+
+
+def test_neighbor_down_forgets_announcements() -> None:
+    x = make("x")
+    x.neighbor_up("p", now=0.0)
+    x.receive("p", Prune(), now=0.0)
+    x.receive("p", IHave(announcements=((("o", 0, 1), 0),)), now=0.0)
+    x.neighbor_down("p", now=0.5)
+    assert x.on_timer(now=5.0) == []
+    assert x.counters["graft.exhausted"] == 1
+    assert list(x.eager_peers) == []
+    assert list(x.lazy_peers) == []
+
+
+def test_ihave_batched_per_peer_and_bounded() -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.1, ihave_batch_max=3)
+    a = make("a", config)
+    a.neighbor_up("b", now=0.0)
+    a.receive("b", Prune(), now=0.0)
+    out: list[Action] = []
+    for i in range(4):
+        out += a.broadcast(b"", topic="t", now=0.01 * i)[1]
+    ihaves = [s.message for s in sends(out) if isinstance(s.message, IHave)]
+    assert [len(m.announcements) for m in ihaves] == [3]  # queue full: flushed at once
+    deadline = a.next_deadline()
+    assert deadline is not None
+    assert deadline <= 0.03 + 0.1
+    flushed = a.on_timer(now=deadline)
+    assert flushed == [SendTo("b", IHave(announcements=((("a", 0, 4), 0),)))]
+
+
+def test_exactly_once_after_the_seen_cache_forgets() -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.0, seen_retention=5.0, payload_retention=5.0)
+    a = make("a", config)
+    a.neighbor_up("b", now=0.0)
+    old = Gossip(msg_id=("b", 0, 3), round=0, topic="t", payload=b"")
+    assert len(delivers(a.receive("b", old, now=0.0))) == 1
+    a.on_timer(now=100.0)
+    # The id itself is forgotten, its origin's watermark is not: no second delivery.
+    again = a.receive("b", old, now=100.0)
+    assert delivers(again) == []
+    assert a.counters["dropped.stale"] == 1
+    older = Gossip(msg_id=("b", 0, 2), round=0, topic="t", payload=b"")
+    assert delivers(a.receive("b", older, now=100.0)) == []
+    # A new incarnation of the origin starts its own sequence.
+    reborn = Gossip(msg_id=("b", 1, 1), round=0, topic="t", payload=b"")
+    assert len(delivers(a.receive("b", reborn, now=100.0))) == 1
+
+
+def test_seen_cache_is_bounded() -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.0, seen_max=10, payload_cache_max=5)
+    a = make("a", config)
+    a.neighbor_up("b", now=0.0)
+    for seq in range(100):
+        g = Gossip(msg_id=("o", 0, seq), round=0, topic="t", payload=b"")
+        a.receive("b", g, now=0.0)
+    assert a.counters["delivered"] == 100
+    assert len(a._seen) == 10
+    assert len(a._cache) == 5
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Gossip(msg_id=("", 0, 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o", 0, -1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o", 0, 1), round=-3, topic="t", payload=b""),
+        Gossip(msg_id=("o", True, 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o", 0, 1), round=0, topic=5, payload=b""),  # type: ignore[arg-type]
+        Gossip(msg_id=("o", 0, 1), round=0, topic="t", payload="s"),  # type: ignore[arg-type]
+        Gossip(msg_id="nope", round=0, topic="t", payload=b""),  # type: ignore[arg-type]
+        IHave(announcements=(("bad", 1),)),  # type: ignore[arg-type]
+        IHave(announcements=None),  # type: ignore[arg-type]
+        Graft(msg_id=("o", 0), round=0),  # type: ignore[arg-type]
+        "not a message",
+        None,
+    ],
+)
+def test_garbage_is_dropped_and_counted(message: object) -> None:
+    a = make("a")
+    a.neighbor_up("b", now=0.0)
+    assert a.receive("b", message, now=0.0) == []
+    assert sum(v for k, v in a.counters.items() if k.startswith("dropped.")) >= 1
+    assert a.counters["delivered"] == 0
+
+
+def test_control_messages_from_strangers_are_dropped() -> None:
+    a = make("a")
+    a.neighbor_up("b", now=0.0)
+    assert a.receive("z", Prune(), now=0.0) == []
+    assert a.receive("z", Graft(msg_id=None, round=0), now=0.0) == []
+    assert a.receive("z", IHave(announcements=((("o", 0, 1), 0),)), now=0.0) == []
+    assert a.counters["dropped.not_neighbor"] == 3
+    assert a.next_deadline() is None
+    # GOSSIP from a stranger is still delivered and forwarded, without touching the links.
+    got = a.receive("z", Gossip(msg_id=("o", 0, 1), round=0, topic="t", payload=b""), now=0.0)
+    assert len(delivers(got)) == 1
+    assert [s.peer_id for s in sends(got)] == ["b"]
+    assert "z" not in a.eager_peers
+    assert "z" not in a.lazy_peers
+
+
+def test_local_misuse_raises() -> None:
+    a = make("a")
+    with pytest.raises(PlumtreeError):
+        a.broadcast("text", topic="t", now=0.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        PlumtreeConfig(ihave_timeout=0)
+    with pytest.raises(ConfigError):
+        PlumtreeConfig(optimization_threshold=0)
+    with pytest.raises(ConfigError):
+        PlumtreeConfig(seen_max=0)
+
+
+# --- whole overlays ------------------------------------------------------------------------------
+
+
+def test_triangle_prunes_to_a_tree() -> None:
+    net = Net([("a", "b"), ("b", "c"), ("a", "c")], seed=1)
+    mid = net.broadcast("a")
+    net.run()
+    for name in "abc":
+        assert [d.msg_id for d in net.delivered[name]] == [mid]
+    assert net.eager_edges() == {frozenset("ab"), frozenset("ac")}
+
+
+def assert_exactly_once(net: Net, ids: list[MsgId]) -> None:
+    for name, got in net.delivered.items():
+        counts = Counter(d.msg_id for d in got)
+        assert sorted(counts) == sorted(ids), f"{name} missed or invented messages"
+        assert set(counts.values()) <= {1}, f"{name} delivered a message twice"
+
+
+def test_200_nodes_deliver_once_and_settle_into_a_spanning_tree() -> None:
+    rng = random.Random(200)
+    net = Net(random_connected_graph(rng, 200, 5), seed=200)
+    ids = []
+    for i in range(5):
+        ids.append(net.broadcast(f"n{rng.randrange(200):04d}", payload=bytes([i])))
+        net.run()
+    assert_exactly_once(net, ids)
+    assert is_spanning_tree(net.nodes, net.eager_edges())
+    # Once the tree is built a broadcast costs N - 1 GOSSIP messages, nothing more.
+    before = net.total("received.Gossip")
+    ids.append(net.broadcast("n0000"))
+    net.run()
+    assert net.total("received.Gossip") - before == 199
+    assert_exactly_once(net, ids)
+
+
+def test_tree_heals_when_tree_links_fail() -> None:
+    rng = random.Random(7)
+    edges = random_connected_graph(rng, 60, 5)
+    net = Net(edges, seed=7)
+    ids = [net.broadcast("n0000")]
+    net.run()
+    tree = sorted(tuple(sorted(e)) for e in net.eager_edges())
+    # Cut tree links whose removal keeps the graph connected.
+    cut = 0
+    for a, b in tree:
+        remaining = net.links - {frozenset((a, b))}
+        if is_connected(net.nodes, remaining):
+            net.link_down(a, b)
+            cut += 1
+        if cut == 10:
+            break
+    assert cut == 10
+    ids.append(net.broadcast("n0001"))
+    net.run()
+    assert_exactly_once(net, ids)
+    assert net.total("graft.timer") >= 1
+    assert is_connected(net.nodes, net.eager_edges())
+
+
+def is_connected(nodes: Iterable[str], edges: set[frozenset[str]]) -> bool:
+    names = list(nodes)
+    adj: dict[str, list[str]] = {n: [] for n in names}
+    for edge in edges:
+        a, b = tuple(edge)
+        adj[a].append(b)
+        adj[b].append(a)
+    seen = {names[0]}
+    stack = [names[0]]
+    while stack:
+        for nxt in adj[stack.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return len(seen) == len(names)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 30),
+    degree=st.integers(1, 6),
+    ops=st.lists(st.sampled_from(["broadcast", "cut", "link", "burst"]), min_size=1, max_size=12),
+)
+def test_property_exactly_once_and_tree_at_quiescence(
+    seed: int, n: int, degree: int, ops: list[str]
+) -> None:
+    rng = random.Random(seed)
+    edges = random_connected_graph(rng, n, degree)
+    net = Net(edges, seed=seed)
+    names = sorted(net.nodes)
+    ids: list[MsgId] = []
+    for op in ops:
+        match op:
+            case "broadcast":
+                ids.append(net.broadcast(rng.choice(names)))
+            case "burst":  # concurrent broadcasts from several origins
+                for origin in rng.sample(names, min(3, n)):
+                    ids.append(net.broadcast(origin))
+            case "cut":  # a link fails, the graph stays connected
+                link = rng.choice(sorted(tuple(sorted(e)) for e in net.links))
+                if is_connected(names, net.links - {frozenset(link)}):
+                    net.link_down(*link)
+            case "link":
+                a, b = rng.sample(names, 2)
+                if frozenset((a, b)) not in net.links:
+                    net.link_up(a, b)
+        net.run()
+    assert_exactly_once(net, ids)
+    # Tree at quiescence: a broadcast from each node in turn settles the tree, after which the
+    # eager links form a spanning tree of the (static, connected) graph.
+    for origin in names:
+        ids.append(net.broadcast(origin))
+        net.run()
+    assert_exactly_once(net, ids)
+    assert is_spanning_tree(names, net.eager_edges())
