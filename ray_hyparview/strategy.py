@@ -541,7 +541,11 @@ class Strategy:
             _validate_node_id(peer.id, key)
             if peer.id == local.id:
                 raise StrategyError(
-                    key, item, "another node than this one", hint=f"{local.id} is this node"
+                    key,
+                    item,
+                    "another node than this one",
+                    hint=f"{local.id} is this node; remove it, or leave node.contacts unset to"
+                    " use every other node in [nodes]",
                 )
             if peer.id in seen:
                 raise StrategyError(key, item, "each contact once", hint=f"{peer.id} is repeated")
@@ -606,8 +610,11 @@ class Strategy:
             owner[spec.public_key] = node_id
         other = owner.get(security.public_key)
         if other is not None and other != local.id:
+            entry = nodes.get(other)
             raise StrategyError(
-                f"nodes.{other}.public_key",
+                f"nodes.{other}.public_key"
+                if entry is not None and entry.public_key == security.public_key
+                else f"security.allowed_keys.{other}",
                 security.public_key,
                 "a key other than this node's own",
                 hint=f"{other} would be able to pose as {local.id}",
