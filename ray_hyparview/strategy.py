@@ -162,14 +162,21 @@ class StrategyError(ConfigError):
 EndpointUse = Literal["dial", "advertise", "bind", "control"]
 
 
-def validate_endpoint(endpoint: object, key: str, use: EndpointUse) -> str:
-    """Check a ZeroMQ endpoint for one use and return it, or raise :class:`StrategyError`.
+def validate_endpoint(
+    endpoint: object, key: str, use: EndpointUse, *, transport: str = "zmq"
+) -> str:
+    """Check an endpoint for one use and return it, or raise :class:`StrategyError`.
 
     ``dial``: a peer's endpoint (port 1-65535, no wildcard host). ``advertise``: this node's
     own endpoint (port 0 allowed, meaning the agent advertises the port it gets). ``bind``:
     wildcard hosts allowed. ``control``: ``ipc://``, ``inproc://`` or TCP on loopback only,
-    since the control socket answers anyone who can reach it.
+    since the control socket answers anyone who can reach it. With ``transport="memory"`` the
+    node endpoints are the in-process switchboard's ``mem://name`` instead.
     """
+    if transport == "memory" and use != "control":
+        if isinstance(endpoint, str) and endpoint.startswith("mem://") and len(endpoint) > 6:
+            return endpoint
+        raise StrategyError(key, endpoint, "an in-memory endpoint mem://name")
     expected = {
         "dial": "an endpoint tcp://host:port (port 1-65535), ipc://path or inproc://name",
         "advertise": "an endpoint tcp://host:port (port 0-65535, not a wildcard host), "
@@ -194,6 +201,10 @@ def validate_endpoint(endpoint: object, key: str, use: EndpointUse) -> str:
             return endpoint
         case "tcp":
             pass
+        case "mem":
+            raise StrategyError(
+                key, endpoint, expected, hint="mem:// needs transport.kind = 'memory'"
+            )
         case _:
             raise StrategyError(key, endpoint, expected, hint=f"unknown scheme {scheme!r}")
     host, port_text = _split_host_port(rest)
@@ -368,6 +379,9 @@ class Security:
             _validate_key(key, f"security.allow_list[{index}]")
         object.__setattr__(self, "allow_list", frozenset(allow))
 
+    def __hash__(self) -> int:
+        return hash((self.public_key, tuple(sorted(self.allowed_keys.items())), self.allow_list))
+
     @property
     def public_key_bytes(self) -> bytes:
         """:attr:`public_key` as bytes, for ``zmq.CURVE_PUBLICKEY``."""
@@ -445,15 +459,17 @@ class Strategy:
     """Level of the ``ray_hyparview`` loggers ([agent] log_level), a ``logging`` level name."""
 
     def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise StrategyError("transport.kind", self.transport, f"one of {list(TRANSPORTS)}")
         nodes = self._check_nodes()
         local = self._check_local(nodes)
         object.__setattr__(self, "nodes", types.MappingProxyType(nodes))
         object.__setattr__(self, "local_peer", local)
-        bind = self.bind or local.endpoint
-        object.__setattr__(self, "bind", validate_endpoint(bind, "node.bind", "bind"))
+        bind = validate_endpoint(
+            self.bind or local.endpoint, "node.bind", "bind", transport=self.transport
+        )
+        object.__setattr__(self, "bind", bind)
         object.__setattr__(self, "contacts", self._check_contacts(nodes, local))
-        if self.transport not in TRANSPORTS:
-            raise StrategyError("transport.kind", self.transport, f"one of {list(TRANSPORTS)}")
         if not isinstance(self.hyparview_config, HyParViewConfig):
             raise StrategyError("hyparview", self.hyparview_config, "a HyParViewConfig")
         interval = _positive(self.heartbeat_interval, "transport.heartbeat_interval")
@@ -496,7 +512,9 @@ class Strategy:
                     spec,
                     'an endpoint string or a table { endpoint = "...", public_key = "..." }',
                 )
-            validate_endpoint(spec.endpoint, f"nodes.{node_id}.endpoint", "dial")
+            validate_endpoint(
+                spec.endpoint, f"nodes.{node_id}.endpoint", "dial", transport=self.transport
+            )
             if spec.public_key is not None:
                 _validate_key(spec.public_key, f"nodes.{node_id}.public_key")
             nodes[node_id] = spec
@@ -517,7 +535,7 @@ class Strategy:
                     hint=f"set node.endpoint or list {node_id} in [nodes]",
                 )
             return Peer(node_id, listed.endpoint)
-        validate_endpoint(endpoint, "node.endpoint", "advertise")
+        validate_endpoint(endpoint, "node.endpoint", "advertise", transport=self.transport)
         if listed is not None and listed.endpoint != endpoint:
             raise StrategyError(
                 "node.endpoint",
@@ -561,7 +579,7 @@ class Strategy:
                     )
                 peer = Peer(peer.id, listed.endpoint)
             else:
-                validate_endpoint(peer.endpoint, key, "dial")
+                validate_endpoint(peer.endpoint, key, "dial", transport=self.transport)
                 if listed is not None and listed.endpoint != peer.endpoint:
                     raise StrategyError(
                         key,
@@ -623,7 +641,51 @@ class Strategy:
             return security
         return replace(security, allowed_keys=merged)
 
+    # -- identity -------------------------------------------------------------------------------
+
+    def _identity(self) -> tuple[object, ...]:
+        """Every setting, endpoints included (``Peer`` equality looks at the id alone)."""
+        return (
+            (self.local_peer.id, self.local_peer.endpoint),
+            tuple((peer.id, peer.endpoint) for peer in self.contacts),
+            self.transport,
+            self.hyparview_config,
+            self.security,
+            tuple(self.nodes.items()),
+            self.bind,
+            self.control,
+            self.metrics_port,
+            self.heartbeat_interval,
+            self.heartbeat_timeout,
+            self.log_level,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Strategy):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
     # -- derived values -------------------------------------------------------------------------
+
+    def advertised_peer(self, bound_endpoint: str) -> Peer:
+        """The local peer to announce once the transport has bound ``bound_endpoint``.
+
+        If this node's endpoint asks for port 0 ("any free port"), the port the bind actually
+        got is put in; the host stays the advertised one (a bind to ``0.0.0.0`` must not be
+        announced as such). Otherwise the configured endpoint stands.
+        """
+        local = self.local_peer
+        if not local.endpoint.startswith("tcp://") or not bound_endpoint.startswith("tcp://"):
+            return local
+        host, port = _split_host_port(local.endpoint[len("tcp://") :])
+        _, bound_port = _split_host_port(bound_endpoint[len("tcp://") :])
+        if host is None or port != "0" or not bound_port.isdigit():
+            return local
+        shown = f"[{host}]" if ":" in host else host
+        return Peer(local.id, f"tcp://{shown}:{bound_port}")
 
     def endpoint_of(self, node_id: NodeId) -> str | None:
         """The endpoint ``nodes`` lists for ``node_id`` (or this node's own), else None."""
@@ -949,6 +1011,8 @@ def _parse_nodes(value: object) -> dict[NodeId, NodeSpec]:
         key = f"nodes.{node_id}"
         _validate_node_id(node_id, key)
         match spec:
+            case None:
+                continue
             case str():
                 nodes[node_id] = NodeSpec(endpoint=spec)
             case NodeSpec():
