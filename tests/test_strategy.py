@@ -128,8 +128,8 @@ def test_python_constructor_resolves_bare_peers() -> None:
     assert s.nodes["b"] == NodeSpec(endpoint="mem://b")
     with pytest.raises(TypeError):
         s.nodes["x"] = NodeSpec(endpoint="mem://x")  # type: ignore[index]
+    nodes: dict[str, Any] = {"b": "tcp://h:1"}
     with pytest.raises(StrategyError, match=r"^nodes\.b\.endpoint: expected an in-memory"):
-        nodes: dict[str, Any] = {"b": "tcp://h:1"}
         Strategy(local_peer=Peer("a", "mem://a"), nodes=nodes, transport="memory")
     with pytest.raises(StrategyError, match=r"needs transport\.kind = 'memory'"):
         Strategy(local_peer=Peer("a", "mem://a"))
