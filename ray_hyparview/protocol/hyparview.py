@@ -1,0 +1,755 @@
+"""The HyParView membership protocol as a pure state machine.
+
+Theory of operation
+===================
+
+Leitão, Pereira and Rodrigues, "HyParView: a membership protocol for reliable gossip-based
+broadcast" (DSN 2007), keep two views per node:
+
+* the *active view*, small (``active_view_size``, about log10(N) + 1) and symmetric: every member
+  holds an open, monitored link, and gossip floods along these links only;
+* the *passive view*, larger (``passive_view_size``): ids the node knows of but is not linked to,
+  refreshed by periodic SHUFFLE walks and used to replace failed active peers.
+
+This module holds every protocol decision and nothing else. It reads no clock (each input takes
+``now``), draws randomness only from the ``random.Random`` it is given, and does no I/O: each
+input returns a list of :data:`~ray_hyparview.protocol.messages.Action` values that the driver
+(the asyncio agent, or the simulator) carries out. ``next_deadline()`` says when to call
+``on_timer`` again. Same seed, same inputs, same outputs.
+
+The rules this file keeps, beyond the paper's (each departure is marked ``DEPARTURE`` below):
+
+1. A link is up only when both sides agreed. The node that is asked (JOIN or NEIGHBOR) adds the
+   asker and answers NEIGHBOR_REPLY(accepted); the asker adds the answerer when that reply comes.
+   ``PeerUp`` is emitted at the moment a peer enters the active view, on each side.
+2. Symmetry repair. A message that only travels along active links (FORWARD_JOIN, SHUFFLE,
+   KEEPALIVE) from a node that is not in our active view means that node believes in a link we do
+   not have: we answer DISCONNECT so that it drops the link too.
+3. Incarnations. Every message carries its sender's incarnation. A message from an older
+   incarnation than the one we know is dropped, a newer one means the peer restarted (its old
+   link is reported failed). Peers whose link failed are kept for ``lost_retention`` seconds in a
+   *lost* set so that a late NEIGHBOR_REPLY cannot resurrect them.
+4. Isolation and partitions (the paper has no answer to either). A node whose active view stays
+   below ``min_active_size`` retries its passive view and re-joins through its contacts,
+   round-robin, with capped exponential backoff. Lost peers are probed now and then with a JOIN,
+   so that the two halves of a healed partition link up again without help.
+5. Remote garbage never raises: messages that fail a check are dropped and counted in
+   ``counters`` under ``dropped.<cause>``.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import Counter
+from collections.abc import Iterable, KeysView, Sequence
+from dataclasses import dataclass
+
+from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.errors import StateError
+from ray_hyparview.protocol.messages import (
+    Action,
+    Disconnect,
+    DownReason,
+    ForwardJoin,
+    Join,
+    KeepAlive,
+    Message,
+    Neighbor,
+    NeighborReply,
+    PeerDown,
+    PeerUp,
+    Priority,
+    Send,
+    Shuffle,
+    ShuffleReply,
+)
+from ray_hyparview.protocol.peer import NodeId, Peer
+
+__all__ = ["HyParView"]
+
+# Refused periodic refills before a short node escalates to HIGH, doubling up to the cap.
+_STARVE_MIN = 3
+_STARVE_MAX = 48
+
+
+class _Ask(enum.Enum):
+    """What an outstanding request was for."""
+
+    JOIN = "join"  # JOIN to a contact, on start or re-join
+    PROBE = "probe"  # JOIN to a lost peer, to merge a healed partition
+    NEIGHBOR = "neighbor"  # NEIGHBOR to a passive peer or to a FORWARD_JOIN newcomer
+
+
+@dataclass(slots=True)
+class _Pending:
+    peer: Peer
+    ask: _Ask
+    priority: Priority
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Lost:
+    peer: Peer
+    incarnation: int
+    reason: DownReason
+    expires: float
+
+
+class HyParView:
+    """One node's HyParView state. Drive it with :meth:`join`, :meth:`receive`,
+    :meth:`link_failed`, :meth:`on_timer` and :meth:`leave`; carry out what they return."""
+
+    def __init__(
+        self,
+        myself: Peer,
+        config: HyParViewConfig | None = None,
+        *,
+        rng: random.Random,
+        incarnation: int = 0,
+    ) -> None:
+        if not isinstance(rng, random.Random):
+            raise TypeError("rng must be a random.Random instance (seed it for reproducible runs)")
+        self.myself = myself
+        self.config = config if config is not None else HyParViewConfig()
+        self.incarnation = incarnation
+        self.counters: Counter[str] = Counter()
+        self._rng = rng
+        # Insertion-ordered dicts, never sets: sampling order must not depend on hashing.
+        self._active: dict[NodeId, Peer] = {}
+        self._active_incarnation: dict[NodeId, int] = {}
+        self._last_heard: dict[NodeId, float] = {}
+        self._last_sent: dict[NodeId, float] = {}
+        self._passive: dict[NodeId, Peer] = {}
+        self._pending: dict[NodeId, _Pending] = {}
+        self._lost: dict[NodeId, _Lost] = {}
+        self._contacts: list[Peer] = []
+        self._next_contact = 0
+        self._repairing = False
+        self._tried: dict[NodeId, None] = {}
+        self._last_shuffle: tuple[Peer, ...] = ()
+        self._next_shuffle: float | None = None
+        self._next_keepalive: float | None = None
+        self._next_rejoin: float | None = None
+        self._rejoin_attempts = 0
+        self._next_probe: float | None = None
+        self._probe_delay = self.config.probe_interval_min
+        self._starved = 0
+        self._starve_limit = _STARVE_MIN
+        self._left = False
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def active_view(self) -> tuple[Peer, ...]:
+        """Peers we hold a confirmed link to, oldest first."""
+        return tuple(self._active.values())
+
+    @property
+    def passive_view(self) -> tuple[Peer, ...]:
+        """Peers we know of but are not linked to."""
+        return tuple(self._passive.values())
+
+    @property
+    def active_ids(self) -> KeysView[NodeId]:
+        """The active view's ids, without copying."""
+        return self._active.keys()
+
+    @property
+    def passive_ids(self) -> KeysView[NodeId]:
+        """The passive view's ids, without copying."""
+        return self._passive.keys()
+
+    @property
+    def has_left(self) -> bool:
+        """True once :meth:`leave` was called."""
+        return self._left
+
+    def __repr__(self) -> str:
+        return (
+            f"HyParView({self.myself.id!r}, active={list(self._active)},"
+            f" passive={len(self._passive)})"
+        )
+
+    # ----------------------------------------------------------------- inputs
+
+    def join(self, contacts: Sequence[Peer], *, now: float) -> list[Action]:
+        """Start: remember ``contacts`` for re-joins, start the timers and JOIN the first one.
+
+        With no contacts (the first node of an overlay) the node simply waits to be joined.
+        May be called again to add contacts; it then JOINs the next one.
+        """
+        if self._left:
+            raise StateError("this node has left the overlay; make a new HyParView to re-join")
+        known = {c.id for c in self._contacts}
+        for given in contacts:
+            if not isinstance(given, Peer):
+                raise TypeError(f"contacts must be Peer values, got {given!r}")
+            if given.id != self.myself.id and given.id not in known:
+                self._contacts.append(given)
+                known.add(given.id)
+        if self._next_shuffle is None:
+            self._next_shuffle = now + self._rng.uniform(0.0, self.config.shuffle_interval)
+        if self._next_keepalive is None and self.config.keepalive_interval is not None:
+            self._next_keepalive = now + self.config.keepalive_interval
+        out: list[Action] = []
+        contact = self._pick_contact()
+        if contact is not None:
+            self._ask(out, contact, _Ask.JOIN, Priority.HIGH, now)
+        return out
+
+    def learn(self, peers: Iterable[Peer], *, now: float) -> list[Action]:
+        """Add peers found by discovery (a GCS listing, a config file) to the passive view."""
+        if self._left:
+            raise StateError("this node has left the overlay")
+        self._merge_passive(tuple(peers), ())
+        out: list[Action] = []
+        if len(self._active) < self.config.min_active_size:
+            self._start_repair(out, now)
+        return out
+
+    def receive(self, sender: NodeId, message: Message, *, now: float) -> list[Action]:
+        """Handle ``message``, which the transport says came from node ``sender``."""
+        if self._left:
+            return self._drop("after_leave")
+        source = message.sender
+        if source.id != sender:
+            return self._drop("spoofed_sender")
+        if source.id == self.myself.id:
+            return self._drop("from_self")
+        self.counters["received." + type(message).__name__] += 1
+        out: list[Action] = []
+        known = self._active_incarnation.get(source.id)
+        if known is not None:
+            if message.incarnation < known:
+                return self._drop("stale_incarnation")
+            if message.incarnation > known:
+                # The peer restarted: whatever link we had with its earlier life is gone.
+                self._remove_active(out, source.id, DownReason.FAILED)
+            else:
+                self._last_heard[source.id] = now
+        was_lost = False
+        lost = self._lost.get(source.id)
+        if lost is not None:
+            if message.incarnation < lost.incarnation:
+                return self._drop("stale_incarnation")
+            if message.incarnation == lost.incarnation and lost.reason is DownReason.LEFT:
+                return self._drop("from_departed")
+            # Any message proves the node alive again (a partition healed, or it restarted).
+            del self._lost[source.id]
+            was_lost = message.incarnation == lost.incarnation
+        match message:
+            case Join():
+                self._on_join(out, message, now)
+            case ForwardJoin():
+                self._on_forward_join(out, message, now)
+            case Neighbor():
+                self._on_neighbor(out, message, now)
+            case NeighborReply():
+                self._on_neighbor_reply(out, message, was_lost, now)
+            case Disconnect():
+                self._on_disconnect(out, message, now)
+            case Shuffle():
+                self._on_shuffle(out, message, now)
+            case ShuffleReply():
+                self._on_shuffle_reply(message)
+            case KeepAlive():
+                self._on_keepalive(out, message, now)
+        return out
+
+    def link_failed(self, peer: NodeId, *, now: float) -> list[Action]:
+        """The driver saw the link to ``peer`` fail: a socket closed, a dial or send failed.
+
+        Paper, section 4.3: a failed active peer is dropped (not moved to the passive view) and
+        replaced from the passive view. A passive or pending peer that cannot be reached is
+        forgotten.
+        """
+        if self._left:
+            return []
+        out: list[Action] = []
+        if peer in self._active:
+            self._fail_active(out, peer, now)
+        elif peer in self._pending:
+            self._pending_failed(out, self._pending.pop(peer), now)
+        elif self._passive.pop(peer, None) is not None:
+            self.counters["passive.unreachable"] += 1
+        return out
+
+    def on_timer(self, *, now: float) -> list[Action]:
+        """Run whatever is due at ``now``: timeouts, keepalives, shuffle, re-join, probes."""
+        if self._left:
+            return []
+        out: list[Action] = []
+        for peer_id in [p for p, pend in self._pending.items() if pend.deadline <= now]:
+            self.counters["request.timeout"] += 1
+            self._pending_failed(out, self._pending.pop(peer_id), now)
+        if self._next_keepalive is not None and now >= self._next_keepalive:
+            self._keepalive_tick(out, now)
+        if self._next_shuffle is not None and now >= self._next_shuffle:
+            self._next_shuffle = now + self.config.shuffle_interval
+            self._shuffle_tick(out, now)
+        if self._next_rejoin is not None and now >= self._next_rejoin:
+            self._next_rejoin = None
+            self._rejoin_tick(out, now)
+        if self._next_probe is not None and now >= self._next_probe:
+            self._probe_tick(out, now)
+        self._schedule_rejoin(now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` must run next, or ``None`` when nothing is scheduled."""
+        if self._left:
+            return None
+        best: float | None = None
+        for t in (self._next_shuffle, self._next_keepalive, self._next_rejoin, self._next_probe):
+            if t is not None and (best is None or t < best):
+                best = t
+        for pend in self._pending.values():
+            if best is None or pend.deadline < best:
+                best = pend.deadline
+        return best
+
+    def leave(self, *, now: float) -> list[Action]:
+        """Leave gracefully: DISCONNECT(leaving) to every active peer, so they repair at once."""
+        if self._left:
+            return []
+        out: list[Action] = []
+        for peer in list(self._active.values()):
+            self._send(
+                out,
+                peer,
+                Disconnect(sender=self.myself, incarnation=self.incarnation, leaving=True),
+                now,
+            )
+            self._remove_active(out, peer.id, DownReason.LEFT)
+        self._passive.clear()
+        self._pending.clear()
+        self._lost.clear()
+        self._left = True
+        return out
+
+    # --------------------------------------------------------------- handlers
+
+    def _on_join(self, out: list[Action], msg: Join, now: float) -> None:
+        # Paper 4.2, JOIN: the contact takes the newcomer in (evicting if full) and starts one
+        # FORWARD_JOIN walk per other active peer.
+        new = msg.sender
+        if new.id in self._active:
+            # A re-join from a peer we still hold: confirm it, do not walk again.
+            self._reply(out, new, True, now)
+            return
+        self._pending.pop(new.id, None)
+        self._add_active(out, new, msg.incarnation, now)
+        self._reply(out, new, True, now)
+        walk = ForwardJoin(
+            sender=self.myself, incarnation=self.incarnation, new_peer=new, ttl=self.config.arwl
+        )
+        for peer in list(self._active.values()):
+            if peer.id != new.id:
+                self._send(out, peer, walk, now)
+
+    def _on_forward_join(self, out: list[Action], msg: ForwardJoin, now: float) -> None:
+        if self._one_sided(out, msg.sender, now):
+            return
+        new = msg.new_peer
+        if new.id == self.myself.id:
+            return
+        # Paper 4.2, FORWARD_JOIN. The prose says "the receiver has only one active peer", the
+        # pseudocode "zero": with zero the walk could never stop early, so we follow the prose.
+        if msg.ttl <= 0 or len(self._active) <= 1:
+            self._link_newcomer(out, new, now)
+            return
+        if msg.ttl == self.config.prwl:
+            self._merge_passive((new,), ())
+        candidates = [p for p in self._active.values() if p.id not in (msg.sender.id, new.id)]
+        if not candidates:
+            self._link_newcomer(out, new, now)
+            return
+        nxt = self._rng.choice(candidates)
+        walk = ForwardJoin(
+            sender=self.myself, incarnation=self.incarnation, new_peer=new, ttl=msg.ttl - 1
+        )
+        self._send(out, nxt, walk, now)
+
+    def _link_newcomer(self, out: list[Action], new: Peer, now: float) -> None:
+        # DEPARTURE: the paper adds the newcomer directly; we ask it first (NEIGHBOR, HIGH as
+        # the paper's newcomer must accept) so that the link is confirmed on both sides.
+        if new.id in self._active or new.id in self._pending or new.id in self._lost:
+            return
+        self._ask(out, new, _Ask.NEIGHBOR, Priority.HIGH, now)
+
+    def _on_neighbor(self, out: list[Action], msg: Neighbor, now: float) -> None:
+        # Paper 4.3, NEIGHBOR: HIGH is always accepted, LOW only into a free slot.
+        asker = msg.sender
+        if asker.id in self._active:
+            self._reply(out, asker, True, now)
+            return
+        if msg.priority is Priority.HIGH or len(self._active) < self.config.active_view_size:
+            self._pending.pop(asker.id, None)
+            self._add_active(out, asker, msg.incarnation, now)
+            self._reply(out, asker, True, now)
+        else:
+            self.counters["neighbor.refused"] += 1
+            self._reply(out, asker, False, now)
+            self._merge_passive((asker,), ())
+
+    def _on_neighbor_reply(
+        self, out: list[Action], msg: NeighborReply, was_lost: bool, now: float
+    ) -> None:
+        peer = msg.sender
+        pend = self._pending.pop(peer.id, None)
+        if peer.id in self._active:
+            return
+        if not msg.accepted:
+            self.counters["repair.refused"] += 1
+            if not self._repairing:
+                self._starved += 1
+            self._merge_passive((peer,), ())
+            if self._repairing or not self._active:
+                self._repair(out, now)
+            return
+        urgent = pend is not None and (
+            pend.ask is not _Ask.NEIGHBOR or pend.priority is Priority.HIGH
+        )
+        full = len(self._active) >= self.config.active_view_size
+        if (pend is None and (was_lost or full)) or (pend is not None and full and not urgent):
+            # A late acceptance we no longer want (or one from a peer we declared dead): tell
+            # the peer so that it drops its half of the link.
+            self.counters["reply.unwanted"] += 1
+            self._send(out, peer, self._disconnect(), now)
+            if not was_lost:
+                self._merge_passive((peer,), ())
+            return
+        self._add_active(out, peer, msg.incarnation, now)
+        if pend is not None and pend.ask is _Ask.NEIGHBOR:
+            self.counters["repair.succeeded"] += 1
+        if pend is not None and pend.ask is _Ask.PROBE:
+            self._probe_succeeded()
+
+    def _on_disconnect(self, out: list[Action], msg: Disconnect, now: float) -> None:
+        # Paper 4.3, DISCONNECT: move the sender to the passive view and refill from it.
+        peer = msg.sender
+        pend = self._pending.pop(peer.id, None)
+        if peer.id not in self._active:
+            if pend is not None:
+                self._pending_failed(out, pend, now)
+            self.counters["disconnect.ignored"] += 1
+            return
+        reason = DownReason.LEFT if msg.leaving else DownReason.DISCONNECTED
+        self._remove_active(out, peer.id, reason)
+        if msg.leaving:
+            self._remember_lost(peer, msg.incarnation, DownReason.LEFT, now)
+        else:
+            self._merge_passive((peer,), ())
+        self._start_repair(out, now, exclude=peer.id)
+
+    def _on_shuffle(self, out: list[Action], msg: Shuffle, now: float) -> None:
+        # Paper 4.4: the walk goes on while ttl > 0 and the receiver has another active peer;
+        # where it stops, the receiver answers the origin with as many passive ids and merges.
+        if self._one_sided(out, msg.sender, now):
+            return
+        ttl = msg.ttl - 1
+        if ttl > 0 and len(self._active) > 1:
+            candidates = [p for p in self._active.values() if p.id != msg.sender.id]
+            nxt = self._rng.choice(candidates)
+            walk = Shuffle(
+                sender=self.myself,
+                incarnation=self.incarnation,
+                origin=msg.origin,
+                peers=msg.peers,
+                ttl=ttl,
+            )
+            self._send(out, nxt, walk, now)
+            return
+        if msg.origin.id == self.myself.id:
+            return
+        passive = list(self._passive.values())
+        answer = tuple(self._rng.sample(passive, min(len(msg.peers), len(passive))))
+        reply = ShuffleReply(sender=self.myself, incarnation=self.incarnation, peers=answer)
+        self._send(out, msg.origin, reply, now)
+        self._merge_passive(msg.peers, answer)
+
+    def _on_shuffle_reply(self, msg: ShuffleReply) -> None:
+        self._merge_passive(msg.peers, self._last_shuffle)
+        self._last_shuffle = ()
+
+    def _on_keepalive(self, out: list[Action], msg: KeepAlive, now: float) -> None:
+        self._one_sided(out, msg.sender, now)
+
+    # ----------------------------------------------------------------- timers
+
+    def _keepalive_tick(self, out: list[Action], now: float) -> None:
+        interval = self.config.keepalive_interval
+        assert interval is not None
+        self._next_keepalive = now + interval
+        timeout = self.config.keepalive_timeout
+        for peer in list(self._active.values()):
+            if now - self._last_heard[peer.id] > timeout:
+                self.counters["keepalive.timeout"] += 1
+                self._fail_active(out, peer.id, now)
+            elif now - self._last_sent[peer.id] >= interval / 2:
+                self._send(
+                    out, peer, KeepAlive(sender=self.myself, incarnation=self.incarnation), now
+                )
+
+    def _shuffle_tick(self, out: list[Action], now: float) -> None:
+        if self._active:
+            cfg = self.config
+            active = list(self._active.values())
+            passive = list(self._passive.values())
+            sample = (
+                *self._rng.sample(active, min(cfg.shuffle_active, len(active))),
+                *self._rng.sample(passive, min(cfg.shuffle_passive, len(passive))),
+            )
+            self._last_shuffle = sample
+            walk = Shuffle(
+                sender=self.myself,
+                incarnation=self.incarnation,
+                origin=self.myself,
+                peers=(self.myself, *sample),
+                ttl=cfg.shuffle_ttl,
+            )
+            self._send(out, self._rng.choice(active), walk, now)
+        # DEPARTURE: the paper refills only on a loss. A node left short after a loss round
+        # (every candidate refused) retries one passive peer per shuffle period, so that views
+        # fill up again as the overlay changes. If it keeps being refused it escalates to HIGH
+        # now and then: in a small cluster an eviction can cut off a pair of nodes whose LOW
+        # requests every full node refuses forever (the paper's overlays are large enough for
+        # this to be negligible; a Ray cluster of six nodes is not). The escalation period
+        # doubles up to _STARVE_MAX periods, so a large overlay barely notices it.
+        if not self._repairing and self._missing() > 0:
+            self._tried.clear()
+            escalate = self._starved >= self._starve_limit
+            if escalate:
+                self.counters["repair.escalated"] += 1
+                self._starved = 0
+                self._starve_limit = min(self._starve_limit * 2, _STARVE_MAX)
+            self._repair(out, now, limit=1, escalate=escalate)
+
+    def _rejoin_tick(self, out: list[Action], now: float) -> None:
+        if len(self._active) >= self.config.min_active_size:
+            self._rejoin_attempts = 0
+            return
+        self._rejoin_attempts += 1
+        self.counters["rejoin"] += 1
+        self._start_repair(out, now)
+        contact = self._pick_contact()
+        if contact is not None:
+            self._ask(out, contact, _Ask.JOIN, Priority.HIGH, now)
+
+    def _probe_tick(self, out: list[Action], now: float) -> None:
+        for peer_id in [p for p, lost in self._lost.items() if lost.expires <= now]:
+            del self._lost[peer_id]
+        candidates = [
+            lost.peer
+            for lost in self._lost.values()
+            if lost.reason is DownReason.FAILED and lost.peer.id not in self._pending
+        ]
+        if not candidates:
+            self._next_probe = None
+            self._probe_delay = self.config.probe_interval_min
+            return
+        self.counters["probe"] += 1
+        self._ask(out, self._rng.choice(candidates), _Ask.PROBE, Priority.HIGH, now)
+        self._next_probe = now + self._probe_delay * self._rng.uniform(0.5, 1.0)
+        self._probe_delay = min(self._probe_delay * 2, self.config.probe_interval_max)
+
+    def _schedule_rejoin(self, now: float) -> None:
+        if (
+            self._next_rejoin is not None
+            or len(self._active) >= self.config.min_active_size
+            or self._repairing
+            or any(p.ask is _Ask.JOIN for p in self._pending.values())
+            or (not self._contacts and not self._passive)
+        ):
+            return
+        cfg = self.config
+        delay = min(cfg.rejoin_backoff_max, cfg.rejoin_backoff_initial * 2.0**self._rejoin_attempts)
+        self._next_rejoin = now + delay * self._rng.uniform(0.5, 1.0)
+
+    # ----------------------------------------------------------------- repair
+
+    def _missing(self) -> int:
+        asked = sum(1 for p in self._pending.values() if p.ask is not _Ask.PROBE)
+        return self.config.active_view_size - len(self._active) - asked
+
+    def _start_repair(self, out: list[Action], now: float, exclude: NodeId | None = None) -> None:
+        self._tried.clear()
+        if exclude is not None:
+            self._tried[exclude] = None
+        self._repairing = True
+        self._repair(out, now)
+
+    def _repair(
+        self, out: list[Action], now: float, limit: int | None = None, *, escalate: bool = False
+    ) -> None:
+        """Ask passive peers to fill the free active slots (paper 4.3)."""
+        missing = self._missing()
+        if limit is not None:
+            missing = min(missing, limit)
+        if missing > 0:
+            candidates = [
+                p
+                for pid, p in self._passive.items()
+                if pid not in self._tried and pid not in self._pending
+            ]
+            picks = self._rng.sample(candidates, min(missing, len(candidates)))
+            for peer in picks:
+                self._tried[peer.id] = None
+                priority = Priority.LOW if self._active and not escalate else Priority.HIGH
+                self.counters["repair.attempted"] += 1
+                self._ask(out, peer, _Ask.NEIGHBOR, priority, now)
+        if len(self._active) >= self.config.active_view_size or not any(
+            p.ask is _Ask.NEIGHBOR for p in self._pending.values()
+        ):
+            self._repairing = False
+        self._schedule_rejoin(now)
+
+    def _pending_failed(self, out: list[Action], pend: _Pending, now: float) -> None:
+        """A request was refused by the network (dial failed, timeout, disconnect)."""
+        match pend.ask:
+            case _Ask.NEIGHBOR:
+                self._passive.pop(pend.peer.id, None)
+                self.counters["repair.failed"] += 1
+                if self._repairing or not self._active:
+                    self._repair(out, now)
+            case _Ask.JOIN:
+                self.counters["join.failed"] += 1
+                self._schedule_rejoin(now)
+            case _Ask.PROBE:
+                self.counters["probe.failed"] += 1
+
+    def _probe_succeeded(self) -> None:
+        # A lost peer answered: the partition (if that is what it was) has healed and we now
+        # bridge it. The other lost peers are likely alive too: keep them as repair candidates.
+        self.counters["probe.succeeded"] += 1
+        revived = tuple(
+            lost.peer for lost in self._lost.values() if lost.reason is DownReason.FAILED
+        )
+        for peer in revived:
+            del self._lost[peer.id]
+        self._merge_passive(revived, ())
+        self._probe_delay = self.config.probe_interval_min
+
+    # ---------------------------------------------------------------- helpers
+
+    def _drop(self, cause: str) -> list[Action]:
+        self.counters["dropped." + cause] += 1
+        return []
+
+    def _disconnect(self) -> Disconnect:
+        return Disconnect(sender=self.myself, incarnation=self.incarnation)
+
+    def _send(self, out: list[Action], to: Peer, message: Message, now: float) -> None:
+        self.counters["sent." + type(message).__name__] += 1
+        if to.id in self._last_sent:
+            self._last_sent[to.id] = now
+        out.append(Send(to, message))
+
+    def _reply(self, out: list[Action], to: Peer, accepted: bool, now: float) -> None:
+        reply = NeighborReply(sender=self.myself, incarnation=self.incarnation, accepted=accepted)
+        self._send(out, to, reply, now)
+
+    def _ask(
+        self, out: list[Action], peer: Peer, ask: _Ask, priority: Priority, now: float
+    ) -> None:
+        self._pending[peer.id] = _Pending(peer, ask, priority, now + self.config.neighbor_timeout)
+        if ask is _Ask.NEIGHBOR:
+            message: Message = Neighbor(
+                sender=self.myself, incarnation=self.incarnation, priority=priority
+            )
+        else:
+            message = Join(sender=self.myself, incarnation=self.incarnation)
+        self._send(out, peer, message, now)
+
+    def _one_sided(self, out: list[Action], sender: Peer, now: float) -> bool:
+        """Symmetry repair: a message meant for an active link, from a non-neighbour."""
+        if sender.id in self._active:
+            return False
+        self.counters["dropped.not_active"] += 1
+        if sender.id not in self._pending:
+            self._send(out, sender, self._disconnect(), now)
+        return True
+
+    def _pick_contact(self) -> Peer | None:
+        """The next contact, round-robin, skipping ones we are linked to or waiting on."""
+        for _ in range(len(self._contacts)):
+            contact = self._contacts[self._next_contact % len(self._contacts)]
+            self._next_contact += 1
+            if contact.id not in self._active and contact.id not in self._pending:
+                return contact
+        return None
+
+    def _add_active(self, out: list[Action], peer: Peer, incarnation: int, now: float) -> None:
+        if peer.id in self._active:
+            return
+        self._passive.pop(peer.id, None)
+        self._lost.pop(peer.id, None)
+        if len(self._active) >= self.config.active_view_size:
+            victim = self._rng.choice(list(self._active.values()))
+            self._send(out, victim, self._disconnect(), now)
+            self._remove_active(out, victim.id, DownReason.EVICTED)
+            self._merge_passive((victim,), ())
+        self._active[peer.id] = peer
+        self._active_incarnation[peer.id] = incarnation
+        self._last_heard[peer.id] = now
+        self._last_sent[peer.id] = now
+        self.counters["peer_up"] += 1
+        out.append(PeerUp(peer))
+        if len(self._active) >= self.config.min_active_size:
+            self._rejoin_attempts = 0
+            self._next_rejoin = None
+        if len(self._active) >= self.config.active_view_size:
+            self._repairing = False
+            self._starved = 0
+            self._starve_limit = _STARVE_MIN
+
+    def _remove_active(self, out: list[Action], peer_id: NodeId, reason: DownReason) -> Peer:
+        peer = self._active.pop(peer_id)
+        del self._active_incarnation[peer_id]
+        del self._last_heard[peer_id]
+        del self._last_sent[peer_id]
+        self.counters["peer_down." + reason.value] += 1
+        out.append(PeerDown(peer, reason))
+        return peer
+
+    def _fail_active(self, out: list[Action], peer_id: NodeId, now: float) -> None:
+        incarnation = self._active_incarnation[peer_id]
+        peer = self._remove_active(out, peer_id, DownReason.FAILED)
+        self._remember_lost(peer, incarnation, DownReason.FAILED, now)
+        self._start_repair(out, now)
+
+    def _remember_lost(self, peer: Peer, incarnation: int, reason: DownReason, now: float) -> None:
+        self._lost.pop(peer.id, None)
+        self._lost[peer.id] = _Lost(peer, incarnation, reason, now + self.config.lost_retention)
+        while len(self._lost) > self.config.passive_view_size:
+            del self._lost[next(iter(self._lost))]
+        if reason is DownReason.FAILED and self._next_probe is None:
+            self._next_probe = now + self._probe_delay * self._rng.uniform(0.5, 1.0)
+
+    def _merge_passive(self, peers: Sequence[Peer], evict_first: Sequence[Peer]) -> None:
+        """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the
+        ids we just sent away, then random ones."""
+        size = self.config.passive_view_size
+        preferred = [p.id for p in evict_first]
+        for peer in peers:
+            pid = peer.id
+            if (
+                pid == self.myself.id
+                or pid in self._active
+                or pid in self._passive
+                or pid in self._lost
+            ):
+                continue
+            while len(self._passive) >= size:
+                victim: NodeId | None = None
+                while preferred:
+                    candidate = preferred.pop()
+                    if candidate in self._passive:
+                        victim = candidate
+                        break
+                if victim is None:
+                    victim = self._rng.choice(list(self._passive))
+                del self._passive[victim]
+            self._passive[pid] = peer

@@ -1,0 +1,58 @@
+"""HyParViewConfig: paper defaults, and errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.errors import ConfigError, HyParViewError
+from ray_hyparview.protocol.peer import Peer
+
+
+def test_defaults_are_the_papers() -> None:
+    cfg = HyParViewConfig()
+    paper = (5, 30, 6, 3, 3, 4, 6)
+    assert (
+        cfg.active_view_size,
+        cfg.passive_view_size,
+        cfg.arwl,
+        cfg.prwl,
+        cfg.shuffle_active,
+        cfg.shuffle_passive,
+        cfg.shuffle_ttl,
+    ) == paper
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"active_view_size": 0}, "active_view_size"),
+        ({"passive_view_size": -1}, "passive_view_size"),
+        ({"arwl": 2, "prwl": 3}, "prwl"),
+        ({"shuffle_ttl": 0}, "shuffle_ttl"),
+        ({"shuffle_interval": 0.0}, "shuffle_interval"),
+        ({"shuffle_interval": float("nan")}, "shuffle_interval"),
+        ({"active_view_size": 2.5}, "active_view_size"),
+        ({"active_view_size": True}, "active_view_size"),
+        ({"arwl": "6"}, "arwl"),
+        ({"min_active_size": 6}, "min_active_size"),
+        ({"keepalive_interval": 1.0, "keepalive_timeout": 1.0}, "keepalive_timeout"),
+        ({"keepalive_interval": -1.0}, "keepalive_interval"),
+        ({"rejoin_backoff_initial": 5.0, "rejoin_backoff_max": 1.0}, "rejoin_backoff_max"),
+        ({"probe_interval_min": 5.0, "probe_interval_max": 1.0}, "probe_interval_max"),
+    ],
+)
+def test_invalid_values_raise_an_error_naming_the_field(
+    kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ConfigError, match=field) as info:
+        HyParViewConfig(**kwargs)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, HyParViewError)
+
+
+def test_peer_equality_is_by_id() -> None:
+    assert Peer("a", "tcp://127.0.0.1:1") == Peer("a", "tcp://127.0.0.1:2")
+    assert len({Peer("a", "x"), Peer("a", "y")}) == 1
+    with pytest.raises(ValueError, match="non-empty"):
+        Peer("")

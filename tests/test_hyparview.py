@@ -1,0 +1,501 @@
+"""One or more tests per protocol rule, cores wired back to back with explicit time."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.errors import StateError
+from ray_hyparview.protocol.hyparview import HyParView
+from ray_hyparview.protocol.messages import (
+    Disconnect,
+    DownReason,
+    ForwardJoin,
+    Join,
+    KeepAlive,
+    Neighbor,
+    NeighborReply,
+    PeerDown,
+    PeerUp,
+    Priority,
+    Send,
+    Shuffle,
+    ShuffleReply,
+)
+from ray_hyparview.protocol.peer import Peer
+from tests.wiring import Wiring, peer
+
+QUIET = HyParViewConfig(keepalive_interval=None, shuffle_interval=1000.0, min_active_size=1)
+A, B, C, D, E = (peer(n) for n in "abcde")
+
+
+def node(me: Peer, config: HyParViewConfig = QUIET, *, incarnation: int = 0) -> HyParView:
+    return HyParView(me, config, rng=random.Random(7), incarnation=incarnation)
+
+
+def link(x: HyParView, y: HyParView, *, now: float = 0.0) -> None:
+    """Make x and y active neighbours through the real JOIN exchange."""
+    [send] = x.join([y.myself], now=now)
+    assert isinstance(send, Send)
+    for action in y.receive(x.myself.id, send.message, now=now):
+        if isinstance(action, Send) and action.to == x.myself:
+            x.receive(y.myself.id, action.message, now=now)
+    assert y.myself.id in x.active_ids
+    assert x.myself.id in y.active_ids
+
+
+def sends(actions: Sequence[object]) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send)]
+
+
+# --------------------------------------------------------------------------- JOIN (paper 4.2)
+
+
+def test_join_sends_join_to_first_contact_and_waits_for_acceptance() -> None:
+    a = node(A)
+    assert a.join([B, C], now=0.0) == [Send(B, Join(sender=A, incarnation=0))]
+    assert not a.active_view  # no PeerUp before the contact accepts
+    actions = a.receive("b", NeighborReply(sender=B, incarnation=0, accepted=True), now=0.1)
+    assert actions == [PeerUp(B)]
+    assert a.active_view == (B,)
+
+
+def test_contact_accepts_newcomer_and_starts_one_walk_per_other_active_peer() -> None:
+    b = node(B)
+    b.receive("c", Join(sender=C, incarnation=0), now=0.0)
+    b.receive("d", Join(sender=D, incarnation=0), now=0.0)
+    actions = b.receive("a", Join(sender=A, incarnation=0), now=0.0)
+    walk = ForwardJoin(sender=B, incarnation=0, new_peer=A, ttl=6)
+    assert actions == [
+        PeerUp(A),
+        Send(A, NeighborReply(sender=B, incarnation=0, accepted=True)),
+        Send(C, walk),
+        Send(D, walk),
+    ]
+
+
+def test_contact_with_full_view_evicts_a_random_peer_with_disconnect() -> None:
+    cfg = HyParViewConfig(active_view_size=2, min_active_size=1, keepalive_interval=None)
+    b = node(B, cfg)
+    b.receive("c", Join(sender=C, incarnation=0), now=0.0)
+    b.receive("d", Join(sender=D, incarnation=0), now=0.0)
+    actions = b.receive("a", Join(sender=A, incarnation=0), now=0.0)
+    [down] = [a for a in actions if isinstance(a, PeerDown)]
+    assert down.reason is DownReason.EVICTED
+    assert Send(down.peer, Disconnect(sender=B, incarnation=0)) in actions
+    assert down.peer in b.passive_view
+    assert set(b.active_ids) == {"a"} | ({"c", "d"} - {down.peer.id})
+
+
+def test_join_is_idempotent_for_a_peer_already_active() -> None:
+    a, b = node(A), node(B)
+    link(a, b)
+    again = b.receive("a", Join(sender=A, incarnation=0), now=1.0)
+    assert again == [Send(A, NeighborReply(sender=B, incarnation=0, accepted=True))]
+
+
+# ------------------------------------------------------------------- FORWARD_JOIN (paper 4.2)
+
+
+def test_forward_join_with_ttl_zero_asks_newcomer_with_high_priority() -> None:
+    b, c, d = node(B), node(C), node(D)
+    link(b, c)
+    link(b, d)
+    actions = b.receive("c", ForwardJoin(sender=C, incarnation=0, new_peer=A, ttl=0), now=0.0)
+    assert actions == [Send(A, Neighbor(sender=B, incarnation=0, priority=Priority.HIGH))]
+    assert "a" not in b.active_ids  # only once A accepts
+
+
+def test_forward_join_at_node_with_one_active_peer_links_newcomer() -> None:
+    b, c = node(B), node(C)
+    link(b, c)
+    actions = b.receive("c", ForwardJoin(sender=C, incarnation=0, new_peer=A, ttl=5), now=0.0)
+    assert actions == [Send(A, Neighbor(sender=B, incarnation=0, priority=Priority.HIGH))]
+
+
+def test_forward_join_at_prwl_enters_passive_view_and_walks_on_excluding_sender() -> None:
+    b, c, d = node(B), node(C), node(D)
+    link(b, c)
+    link(b, d)
+    actions = b.receive("c", ForwardJoin(sender=C, incarnation=0, new_peer=A, ttl=3), now=0.0)
+    assert actions == [Send(D, ForwardJoin(sender=B, incarnation=0, new_peer=A, ttl=2))]
+    assert A in b.passive_view
+
+
+def test_forward_join_above_prwl_only_walks_on() -> None:
+    b, c, d = node(B), node(C), node(D)
+    link(b, c)
+    link(b, d)
+    actions = b.receive("c", ForwardJoin(sender=C, incarnation=0, new_peer=A, ttl=5), now=0.0)
+    assert actions == [Send(D, ForwardJoin(sender=B, incarnation=0, new_peer=A, ttl=4))]
+    assert A not in b.passive_view
+
+
+def test_newcomer_accepts_forward_join_link_and_both_sides_emit_peer_up() -> None:
+    a = node(A)
+    request = Neighbor(sender=B, incarnation=0, priority=Priority.HIGH)
+    assert a.receive("b", request, now=0.0) == [
+        PeerUp(B),
+        Send(B, NeighborReply(sender=A, incarnation=0, accepted=True)),
+    ]
+    b, c = node(B), node(C)
+    link(b, c)
+    b.receive("c", ForwardJoin(sender=C, incarnation=0, new_peer=A, ttl=0), now=0.0)
+    reply = NeighborReply(sender=A, incarnation=0, accepted=True)
+    assert b.receive("a", reply, now=0.0) == [PeerUp(A)]
+
+
+# ------------------------------------------------------------------- NEIGHBOR (paper 4.3)
+
+
+def full_node(me: Peer, size: int = 2) -> HyParView:
+    cfg = HyParViewConfig(active_view_size=size, min_active_size=1, keepalive_interval=None)
+    n = node(me, cfg)
+    for p in (peer("x"), peer("y"), peer("z"))[:size]:
+        n.receive(p.id, Join(sender=p, incarnation=0), now=0.0)
+    assert len(n.active_view) == size
+    return n
+
+
+def test_low_priority_neighbor_is_refused_when_full_and_kept_in_passive() -> None:
+    b = full_node(B)
+    actions = b.receive("a", Neighbor(sender=A, incarnation=0, priority=Priority.LOW), now=0.0)
+    assert actions == [Send(A, NeighborReply(sender=B, incarnation=0, accepted=False))]
+    assert A in b.passive_view
+
+
+def test_low_priority_neighbor_is_accepted_into_a_free_slot() -> None:
+    b = node(B)
+    actions = b.receive("a", Neighbor(sender=A, incarnation=0, priority=Priority.LOW), now=0.0)
+    assert actions == [PeerUp(A), Send(A, NeighborReply(sender=B, incarnation=0, accepted=True))]
+
+
+def test_high_priority_neighbor_is_always_accepted_evicting_with_disconnect() -> None:
+    b = full_node(B)
+    actions = b.receive("a", Neighbor(sender=A, incarnation=0, priority=Priority.HIGH), now=0.0)
+    [down] = [x for x in actions if isinstance(x, PeerDown)]
+    assert down.reason is DownReason.EVICTED
+    assert actions[-2:] == [
+        PeerUp(A),
+        Send(A, NeighborReply(sender=B, incarnation=0, accepted=True)),
+    ]
+
+
+# ------------------------------------------------------------------- failures (paper 4.3)
+
+
+def test_failed_active_peer_is_dropped_not_kept_and_replaced_with_high_when_empty() -> None:
+    a, b = node(A), node(B)
+    link(a, b)
+    a.learn([C, D], now=0.0)
+    actions = a.link_failed("b", now=1.0)
+    assert actions[0] == PeerDown(B, DownReason.FAILED)
+    asks = sends(actions)
+    assert asks, "repair must start at once"
+    assert all(s.message == Neighbor(sender=A, incarnation=0, priority=Priority.HIGH) for s in asks)
+    assert B not in a.passive_view
+    assert "b" not in a.active_ids
+
+
+def test_repair_uses_low_priority_while_some_link_remains() -> None:
+    a, b, c = node(A), node(B), node(C)
+    link(a, b)
+    link(a, c)
+    a.learn([D, E], now=0.0)
+    actions = a.link_failed("b", now=1.0)
+    asks = sends(actions)
+    assert asks
+    assert all(s.message == Neighbor(sender=A, incarnation=0, priority=Priority.LOW) for s in asks)
+
+
+def test_refusal_moves_on_to_another_passive_peer_and_keeps_the_refuser() -> None:
+    cfg = HyParViewConfig(active_view_size=2, min_active_size=1, keepalive_interval=None)
+    a, b, c = node(A, cfg), node(B, cfg), node(C, cfg)
+    link(a, b)
+    link(a, c)
+    a.learn([D, E], now=0.0)
+    [ask] = sends(a.link_failed("b", now=1.0))
+    first = ask.to
+    refusal = NeighborReply(sender=first, incarnation=0, accepted=False)
+    [again] = sends(a.receive(first.id, refusal, now=1.1))
+    assert again.to != first
+    assert first in a.passive_view
+
+
+def test_unreachable_passive_peer_is_forgotten() -> None:
+    a = node(A)
+    a.learn([C], now=0.0)
+    assert a.link_failed("c", now=0.0) == []
+    assert C not in a.passive_view
+
+
+def test_request_timeout_counts_as_failure() -> None:
+    a = node(A)
+    a.join([B], now=0.0)
+    deadline = a.next_deadline()
+    assert deadline is not None
+    a.on_timer(now=deadline)
+    assert a.counters["request.timeout"] == 1
+    assert a.counters["join.failed"] == 1
+
+
+# ------------------------------------------------------------------ DISCONNECT (paper 4.3)
+
+
+def test_disconnect_moves_sender_to_passive_and_refills_without_it() -> None:
+    a, b, c = node(A), node(B), node(C)
+    link(a, b)
+    link(a, c)
+    a.learn([D], now=0.0)
+    actions = a.receive("b", Disconnect(sender=B, incarnation=0), now=1.0)
+    assert actions[0] == PeerDown(B, DownReason.DISCONNECTED)
+    assert B in a.passive_view
+    assert [s.to for s in sends(actions)] == [D]
+
+
+def test_leaving_peer_is_reported_left_and_not_kept() -> None:
+    a, b = node(A), node(B)
+    link(a, b)
+    actions = a.receive("b", Disconnect(sender=B, incarnation=0, leaving=True), now=1.0)
+    assert actions[0] == PeerDown(B, DownReason.LEFT)
+    assert B not in a.passive_view
+    # A stray message from the departed node cannot bring it back.
+    a.receive("b", NeighborReply(sender=B, incarnation=0, accepted=True), now=1.1)
+    assert "b" not in a.active_ids
+    assert a.counters["dropped.from_departed"] == 1
+
+
+def test_leave_disconnects_every_active_peer_and_stops() -> None:
+    a, b, c = node(A), node(B), node(C)
+    link(a, b)
+    link(a, c)
+    actions = a.leave(now=1.0)
+    bye = Disconnect(sender=A, incarnation=0, leaving=True)
+    assert sends(actions) == [Send(B, bye), Send(C, bye)]
+    assert [x for x in actions if isinstance(x, PeerDown)] == [
+        PeerDown(B, DownReason.LEFT),
+        PeerDown(C, DownReason.LEFT),
+    ]
+    assert a.next_deadline() is None
+    assert a.receive("b", KeepAlive(sender=B, incarnation=0), now=2.0) == []
+    with pytest.raises(StateError):
+        a.join([B], now=2.0)
+
+
+# ---------------------------------------------------------- symmetry, incarnations, garbage
+
+
+def test_message_for_an_active_link_from_a_non_neighbour_is_answered_with_disconnect() -> None:
+    a = node(A)
+    actions = a.receive("b", KeepAlive(sender=B, incarnation=0), now=0.0)
+    assert actions == [Send(B, Disconnect(sender=A, incarnation=0))]
+    walk = Shuffle(sender=B, incarnation=0, origin=B, peers=(B,), ttl=3)
+    assert a.receive("b", walk, now=0.0) == [Send(B, Disconnect(sender=A, incarnation=0))]
+    assert a.counters["dropped.not_active"] == 2
+
+
+def test_late_acceptance_from_a_failed_peer_does_not_resurrect_it() -> None:
+    a, b = node(A), node(B)
+    link(a, b)
+    a.link_failed("b", now=1.0)
+    actions = a.receive("b", NeighborReply(sender=B, incarnation=0, accepted=True), now=1.1)
+    assert actions == [Send(B, Disconnect(sender=A, incarnation=0))]
+    assert "b" not in a.active_ids
+
+
+def test_stale_disconnect_from_an_older_incarnation_cannot_tear_down_a_fresh_link() -> None:
+    a = node(A)
+    b_new = Peer("b", "tcp://127.0.0.1/b2")
+    a.receive("b", Join(sender=b_new, incarnation=2), now=0.0)
+    actions = a.receive("b", Disconnect(sender=B, incarnation=1), now=0.1)
+    assert actions == []
+    assert a.counters["dropped.stale_incarnation"] == 1
+    assert "b" in a.active_ids
+
+
+def test_restarted_peer_replaces_its_earlier_life() -> None:
+    a, b = node(A), node(B)
+    link(a, b)
+    actions = a.receive("b", Join(sender=B, incarnation=5), now=1.0)
+    assert actions[:2] == [PeerDown(B, DownReason.FAILED), PeerUp(B)]
+
+
+def test_spoofed_sender_and_messages_from_self_are_dropped_and_counted() -> None:
+    a = node(A)
+    assert a.receive("mallory", Join(sender=B, incarnation=0), now=0.0) == []
+    assert a.receive("a", Join(sender=A, incarnation=0), now=0.0) == []
+    assert a.counters["dropped.spoofed_sender"] == 1
+    assert a.counters["dropped.from_self"] == 1
+    assert a.active_view == ()
+
+
+# ------------------------------------------------------------------------ SHUFFLE (paper 4.4)
+
+
+def test_shuffle_walks_on_then_answers_the_origin_and_merges() -> None:
+    b, c, d = node(B), node(C), node(D)
+    link(b, c)
+    link(b, d)
+    walk = Shuffle(sender=C, incarnation=0, origin=A, peers=(A, E), ttl=3)
+    assert b.receive("c", walk, now=0.0) == [
+        Send(D, Shuffle(sender=B, incarnation=0, origin=A, peers=(A, E), ttl=2))
+    ]
+    last = Shuffle(sender=C, incarnation=0, origin=A, peers=(A, E), ttl=1)
+    b.learn([peer("p")], now=0.0)
+    actions = b.receive("c", last, now=0.0)
+    assert actions == [Send(A, ShuffleReply(sender=B, incarnation=0, peers=(peer("p"),)))]
+    assert {A, E} <= set(b.passive_view)
+
+
+def test_shuffle_timer_sends_own_id_with_samples_of_both_views() -> None:
+    cfg = HyParViewConfig(keepalive_interval=None, shuffle_interval=1.0)
+    a, b = node(A, cfg), node(B, cfg)
+    link(a, b)
+    a.learn([C, D, E], now=0.0)
+    actions = a.on_timer(now=1.0)
+    [walk] = [s for s in sends(actions) if isinstance(s.message, Shuffle)]
+    assert walk.to == B
+    assert isinstance(walk.message, Shuffle)
+    assert walk.message.peers[0] == A
+    assert set(walk.message.peers[1:]) == {B, C, D, E}
+    assert walk.message.ttl == cfg.shuffle_ttl
+
+
+def test_shuffle_merge_evicts_the_ids_just_sent_first() -> None:
+    cfg = HyParViewConfig(passive_view_size=3, keepalive_interval=None, shuffle_interval=1.0)
+    a, b = node(A, cfg), node(B, cfg)
+    link(a, b)
+    olds = [peer("o1"), peer("o2"), peer("o3")]
+    a.learn(olds, now=0.0)
+    actions = a.on_timer(now=1.0)
+    [walk] = [s.message for s in sends(actions) if isinstance(s.message, Shuffle)]
+    sent_passive = [p for p in walk.peers if p in olds]
+    assert sent_passive
+    news = (peer("n1"), peer("n2"))
+    a.receive("b", ShuffleReply(sender=B, incarnation=0, peers=news), now=1.1)
+    kept = set(a.passive_view)
+    assert set(news) <= kept
+    evicted = set(olds) - kept
+    assert evicted <= set(sent_passive)
+
+
+def test_passive_view_never_holds_self_or_active_peers() -> None:
+    a, b = node(A), node(B)
+    link(a, b)
+    a.receive("b", ShuffleReply(sender=B, incarnation=0, peers=(A, B, C)), now=0.0)
+    assert a.passive_view == (C,)
+
+
+# ----------------------------------------------------- keepalives and silent failures
+
+
+def test_keepalive_on_quiet_links_and_silent_peer_declared_failed() -> None:
+    cfg = HyParViewConfig(keepalive_interval=0.5, keepalive_timeout=2.0, shuffle_interval=1000.0)
+    a, b = node(A, cfg), node(B, cfg)
+    link(a, b)
+    actions = a.on_timer(now=0.5)
+    assert Send(B, KeepAlive(sender=A, incarnation=0)) in actions
+    # b stays silent: a declares it failed once the timeout has passed, not before.
+    assert PeerDown(B, DownReason.FAILED) not in a.on_timer(now=2.0)
+    assert PeerDown(B, DownReason.FAILED) in a.on_timer(now=2.5)
+
+
+def test_any_message_counts_as_a_heartbeat() -> None:
+    cfg = HyParViewConfig(keepalive_interval=0.5, keepalive_timeout=2.0, shuffle_interval=1000.0)
+    a, b = node(A, cfg), node(B, cfg)
+    link(a, b)
+    for t in (1.0, 2.0, 3.0, 4.0):
+        a.receive("b", KeepAlive(sender=B, incarnation=0), now=t)
+        assert PeerDown(B, DownReason.FAILED) not in a.on_timer(now=t + 0.5)
+
+
+# ------------------------------------------------ isolation, re-join, partitions
+
+
+def test_isolated_node_rejoins_through_contacts_round_robin_with_capped_backoff() -> None:
+    cfg = HyParViewConfig(
+        keepalive_interval=None,
+        shuffle_interval=1000.0,
+        rejoin_backoff_initial=0.5,
+        rejoin_backoff_max=4.0,
+        neighbor_timeout=0.1,
+    )
+    a = node(A, cfg)
+    [first] = sends(a.join([B, C], now=0.0))
+    now = 0.0
+    targets: list[str] = [first.to.id]
+    gaps: list[float] = []
+    last_join = 0.0
+    while now < 60.0:
+        deadline = a.next_deadline()
+        assert deadline is not None
+        now = deadline
+        for s in sends(a.on_timer(now=now)):
+            if isinstance(s.message, Join):
+                targets.append(s.to.id)
+                gaps.append(now - last_join)
+                last_join = now
+    assert targets[:4] == ["b", "c", "b", "c"]
+    assert max(gaps) <= 4.0 + 0.1 + 1e-9
+    assert gaps[1] < gaps[4]  # it backs off
+    assert a.counters["rejoin"] >= 5
+
+
+def test_healed_partition_merges_again_by_itself() -> None:
+    cfg = HyParViewConfig(
+        active_view_size=3,
+        passive_view_size=8,
+        keepalive_interval=None,
+        shuffle_interval=1.0,
+        probe_interval_min=1.0,
+        probe_interval_max=4.0,
+    )
+    w = Wiring(config=cfg, seed=3)
+    names = [f"n{i}" for i in range(12)]
+    w.add(names[0])
+    w.join(names[0])
+    for i, name in enumerate(names[1:], start=1):
+        w.add(name)
+        w.join(name, names[i - 1])
+        w.settle()
+    w.advance(5.0)
+    assert w.connected()
+    left, right = set(names[:6]), set(names[6:])
+    w.partition(left, right)
+    # Every cross link fails, as the agent's keepalive timeout would report.
+    for name in names:
+        node_ = w.nodes[name]
+        other = right if name in left else left
+        for p in [p for p in node_.active_ids if p in other]:
+            w.apply(name, node_.link_failed(p, now=w.now))
+    w.settle()
+    w.advance(10.0)
+    assert not w.connected()
+    w.heal()
+    w.advance(30.0)
+    assert w.connected()
+    assert w.symmetric()
+
+
+def test_determinism_same_seed_same_trace() -> None:
+    def run() -> list[str]:
+        cfg = HyParViewConfig(keepalive_interval=None, shuffle_interval=1.0)
+        w = Wiring(config=cfg, seed=11)
+        w.add("n0")
+        w.join("n0")
+        for i in range(1, 30):
+            w.add(f"n{i}")
+            w.join(f"n{i}", f"n{(i * 7) % i}")
+            w.settle()
+        w.advance(3.0)
+        w.crash("n3", "n4", "n5")
+        w.detect()
+        w.advance(3.0)
+        return w.trace
+
+    first, second = run(), run()
+    assert len(first) > 1000
+    assert first == second
