@@ -181,7 +181,9 @@ class KeepAlive:
     """Its incarnation."""
 
 
-Message = Join | ForwardJoin | Neighbor | NeighborReply | Disconnect | Shuffle | ShuffleReply | KeepAlive
+Message = (
+    Join | ForwardJoin | Neighbor | NeighborReply | Disconnect | Shuffle | ShuffleReply | KeepAlive
+)
 """Every message of the membership protocol."""
 
 
