@@ -148,11 +148,22 @@ class StrategyError(ConfigError):
             message += f"; {hint}"
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle as ``cls(*args)`` by default, which loses the keyword fields and
+        # breaks on our signature; Ray pickles exceptions raised inside tasks and actors.
+        return (_rebuild_error, (self.key, self.value, self.expected, self.source, self.hint))
+
     def with_source(self, source: str | None) -> StrategyError:
         """A copy that also says where the value came from."""
         if source is None or self.source is not None:
             return self
         return StrategyError(self.key, self.value, self.expected, source=source, hint=self.hint)
+
+
+def _rebuild_error(
+    key: str, value: object, expected: str, source: str | None, hint: str | None
+) -> StrategyError:
+    return StrategyError(key, value, expected, source=source, hint=hint)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,6 +485,8 @@ class Strategy:
             raise StrategyError("hyparview", self.hyparview_config, "a HyParViewConfig")
         interval = _positive(self.heartbeat_interval, "transport.heartbeat_interval")
         timeout = _positive(self.heartbeat_timeout, "transport.heartbeat_timeout")
+        object.__setattr__(self, "heartbeat_interval", interval)
+        object.__setattr__(self, "heartbeat_timeout", timeout)
         if timeout <= interval:
             raise StrategyError(
                 "transport.heartbeat_timeout",
@@ -1204,6 +1217,11 @@ def _env_optional_text(text: str, var: str) -> str | None:
     return text.strip() or None
 
 
+def _env_path(text: str, var: str) -> str:
+    # Relative to the working directory of whoever set the variable, not to the config file.
+    return os.path.abspath(os.path.expanduser(text.strip())) if text.strip() else ""
+
+
 _EnvParser = Callable[[str, str], Any]
 
 ENV_VARS: Final[Mapping[str, tuple[str, _EnvParser]]] = types.MappingProxyType(
@@ -1221,7 +1239,7 @@ ENV_VARS: Final[Mapping[str, tuple[str, _EnvParser]]] = types.MappingProxyType(
         "LOG_LEVEL": ("agent.log_level", _env_text),
         "PUBLIC_KEY": ("security.public_key", _env_text),
         "SECRET_KEY": ("security.secret_key", _env_text),
-        "SECRET_KEY_FILE": ("security.secret_key_file", _env_text),
+        "SECRET_KEY_FILE": ("security.secret_key_file", _env_path),
         "ALLOW_LIST": ("security.allow_list", lambda text, var: _env_list(text)),
         **{
             name.upper(): (
@@ -1279,10 +1297,16 @@ def _merge(base: Mapping[str, Any], overlay: Mapping[str, Any], path: str) -> di
             out[key] = _merge(current, value, _join(path, key))
         else:
             out[key] = value
-    if path == "security" and "secret_key_file" in overlay:
-        out.pop("secret_key", None)  # the variable replaces the file's key, not adds to it
-    if path == "security" and "secret_key" in overlay:
-        out.pop("secret_key_file", None)
+    if path == "security":
+        # A secret from the environment replaces the file's key pair, not adds to it.
+        if "secret_key_file" in overlay:
+            out.pop("secret_key", None)
+        if "secret_key" in overlay:
+            out.pop("secret_key_file", None)
+        if ("secret_key" in overlay or "secret_key_file" in overlay) and (
+            "public_key" not in overlay
+        ):
+            out.pop("public_key", None)
     return out
 
 

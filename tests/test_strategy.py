@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import pickle
 import stat
 from pathlib import Path
 from typing import Any
@@ -455,6 +456,37 @@ def test_invalid_env_names_the_variable(env: dict[str, str], key: str, expected:
     assert info.value.key == key
     assert expected in str(info.value)
     assert any(var in str(info.value) for var in env)
+
+
+def test_strategy_error_pickles() -> None:
+    with pytest.raises(StrategyError) as info:
+        Strategy.from_mapping(_set(secured(), "security.secret_key", "x" * 39), source="file f")
+    again = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(again, StrategyError)
+    assert str(again) == str(info.value)
+    assert (again.key, again.source) == ("security.secret_key", "file f")
+
+
+def test_env_secret_replaces_the_file_key_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = write_keypair(tmp_path / "keys", "other")
+    monkeypatch.chdir(tmp_path)
+    env = {"RAY_HYPARVIEW_SECRET_KEY_FILE": "keys/other.key_secret"}  # relative to the cwd
+    data = secured()
+    data["nodes"]["n1"] = "tcp://127.0.0.1:7001"  # the file's n1 key would contradict
+    s = Strategy.from_env(data, env)
+    assert s.security is not None
+    assert s.security.public_key == files.public_key
+    assert s.security.secret_key_file == str(files.secret_file)
+    public, secret = generate_keypair()
+    s2 = Strategy.from_env(data, {"RAY_HYPARVIEW_SECRET_KEY": secret})
+    assert s2.security is not None
+    assert s2.security.public_key == public
+    assert s2.security.secret_key_file is None
+    # n2's key pair may not serve as n1: n2 would then be able to pose as n1.
+    with pytest.raises(StrategyError, match=r"^nodes\.n2\.public_key: .*pose as n1"):
+        Strategy.from_env(data, {"RAY_HYPARVIEW_SECRET_KEY": SEC2})
 
 
 def test_file_errors(tmp_path: Path) -> None:
