@@ -431,7 +431,8 @@ class Strategy:
     """
 
     local_peer: Peer
-    """This node ([node] id, endpoint). An empty endpoint is taken from ``nodes``."""
+    """This node ([node] id, endpoint). An empty endpoint is taken from ``nodes``, else from
+    ``bind`` unless that is a wildcard."""
 
     contacts: tuple[Peer, ...] = ()
     """Nodes to join through, in order ([node] contacts). A ``Peer`` without endpoint (or a bare
@@ -540,14 +541,20 @@ class Strategy:
         listed = nodes.get(node_id)
         endpoint = self.local_peer.endpoint
         if not endpoint:
-            if listed is None:
-                raise StrategyError(
-                    "node.endpoint",
-                    _MISSING,
-                    "this node's endpoint",
-                    hint=f"set node.endpoint or list {node_id} in [nodes]",
-                )
-            return Peer(node_id, listed.endpoint)
+            if listed is not None:
+                return Peer(node_id, listed.endpoint)
+            if self.bind and _tcp_host(self.bind) not in _WILDCARD_HOSTS:
+                # `run --id a --bind tcp://127.0.0.1:0`: a bind others can dial doubles as
+                # the advertised endpoint (with its port filled in by advertised_peer).
+                validate_endpoint(self.bind, "node.bind", "advertise", transport=self.transport)
+                return Peer(node_id, self.bind)
+            raise StrategyError(
+                "node.endpoint",
+                _MISSING,
+                "this node's endpoint",
+                hint=f"set node.endpoint (or a non-wildcard node.bind), or list {node_id} in"
+                " [nodes]",
+            )
         validate_endpoint(endpoint, "node.endpoint", "advertise", transport=self.transport)
         if listed is not None and listed.endpoint != endpoint:
             raise StrategyError(

@@ -117,6 +117,15 @@ def test_first_node_has_no_contacts() -> None:
     assert s.bind == "tcp://127.0.0.1:0"
 
 
+def test_endpoint_defaults_to_a_dialable_bind() -> None:
+    s = Strategy.from_mapping({"node": {"id": "a", "bind": "tcp://127.0.0.1:0"}})
+    assert s.local_peer.endpoint == "tcp://127.0.0.1:0"
+    assert s.advertised_peer("tcp://127.0.0.1:41000").endpoint == "tcp://127.0.0.1:41000"
+    assert Strategy.from_mapping(s.to_mapping()) == s
+    with pytest.raises(StrategyError, match=r"^node\.endpoint: expected this node's endpoint"):
+        Strategy.from_mapping({"node": {"id": "a", "bind": "tcp://0.0.0.0:7946"}})
+
+
 def test_python_constructor_resolves_bare_peers() -> None:
     s = Strategy(
         local_peer=Peer("a"),
