@@ -1,0 +1,512 @@
+"""The asyncio shell around the HyParView core: one agent per node.
+
+Theory of operation
+===================
+
+The agent owns three things the core must not: the clock, the sockets and the tasks. It runs
+three loops in one :class:`asyncio.TaskGroup` (python-zeroconf and aioquic's ``asyncio/``
+package are the models):
+
+* *receive*: takes batches of frames from the transport, decodes them (garbage is counted and
+  dropped, never raised), and feeds HyParView messages to ``core.receive``; other registered
+  message types (Plumtree, routed mesh frames) go to their handlers;
+* *links*: feeds the transport's ``LinkFailed`` events (socket monitor, failed dials) to
+  ``core.link_failed``: the fast path for crashes;
+* *timer*: sleeps until ``core.next_deadline()`` (or until an input changed it) and calls
+  ``core.on_timer``; ``now`` never goes backwards (aioquic's rule). The core's keepalives and
+  silence check run from here: the slow path that catches hung and partitioned peers.
+
+Everything the core returns goes through :meth:`Agent._apply`: ``Send`` is encoded and handed
+to the transport, ``PeerUp`` pins a monitored link and ``PeerDown`` releases it, and both are
+published to subscribers, the gate and the log. Subscribers get a replay of the current active
+view first, so no early ``PeerUp`` is missed (libcluster_hyparview's ``replay: true``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
+
+from ray_hyparview.codec import Codec, DecodeError, default_codec
+from ray_hyparview.protocol.errors import HyParViewError, StateError
+from ray_hyparview.protocol.hyparview import HyParView
+from ray_hyparview.protocol.messages import (
+    Action,
+    Disconnect,
+    DownReason,
+    ForwardJoin,
+    Join,
+    KeepAlive,
+    Neighbor,
+    NeighborReply,
+    PeerDown,
+    PeerUp,
+    Send,
+    Shuffle,
+    ShuffleReply,
+)
+from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.strategy import Strategy
+from ray_hyparview.transport.base import LinkFailed, Transport, TransportClosed
+
+__all__ = ["Agent", "AgentClosed", "Event", "EventsOverflow", "Gate", "main"]
+
+log = logging.getLogger("ray_hyparview.agent")
+
+Event = PeerUp | PeerDown
+"""What subscribers see: a peer entered or left this node's active view."""
+
+_HYPARVIEW_TYPES = (
+    Join,
+    ForwardJoin,
+    Neighbor,
+    NeighborReply,
+    Disconnect,
+    Shuffle,
+    ShuffleReply,
+    KeepAlive,
+)
+
+# Seconds a released link stays open so that a DISCONNECT sent just before reaches the peer.
+_RELEASE_GRACE = 1.0
+# Bounded event queue per subscriber; a subscriber this far behind is cut off, loudly.
+_SUBSCRIBER_QUEUE = 10_000
+# Decode errors from one sender in a row before its link is dropped.
+_MAX_OFFENCES = 100
+
+
+class AgentClosed(HyParViewError, RuntimeError):
+    """The agent is closed (or not started) and cannot do what was asked."""
+
+
+class EventsOverflow(HyParViewError, RuntimeError):
+    """A subscriber fell more than the queue bound behind and lost its place."""
+
+
+class Gate(Protocol):
+    """The connect/disconnect pair of libcluster: told whenever a link comes up or goes down.
+
+    Called synchronously from the agent's loop; do not block in it.
+    """
+
+    def peer_up(self, peer: Peer) -> None: ...
+
+    def peer_down(self, peer: Peer, reason: DownReason) -> None: ...
+
+
+Handler = Callable[[NodeId, Any], None]
+
+
+class Agent:
+    """One HyParView node: ``async with Agent(strategy) as agent: ...``.
+
+    On entry it binds, joins its contacts and starts its loops; on exit it leaves gracefully
+    (DISCONNECT to every active peer, so that they repair at once) and closes everything.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        transport: Transport | None = None,
+        gate: Gate | None = None,
+        rng: random.Random | None = None,
+        incarnation: int | None = None,
+        codec: Codec | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self._transport = transport
+        self._gate = gate
+        self._rng = rng if rng is not None else random.Random()
+        # Microseconds since the epoch: larger at every restart, as incarnations must be.
+        self._incarnation = incarnation if incarnation is not None else time.time_ns() // 1000
+        self._codec = codec if codec is not None else default_codec()
+        self._core: HyParView | None = None
+        self._handlers: dict[type, Handler] = {}
+        self._subscribers: list[_Subscriber] = []
+        self._callbacks: list[Callable[[Event], None]] = []
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._released: dict[NodeId, float] = {}
+        self._offences: Counter[NodeId] = Counter()
+        self.counters: Counter[str] = Counter()
+        self._group: asyncio.TaskGroup | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._closing = False
+        self._closed = False
+        self._started = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Bind, start the loops and join the contacts."""
+        if self._started:
+            raise StateError("the agent was already started")
+        self._started = True
+        strategy = self.strategy
+        if self._transport is None:
+            self._transport = _make_transport(strategy)
+        try:
+            bound = await self._transport.start()
+            myself = strategy.advertised_peer(bound)
+            self._core = HyParView(
+                myself, strategy.hyparview_config, rng=self._rng, incarnation=self._incarnation
+            )
+            for note in strategy.warnings():
+                log.warning("%s: %s", myself.id, note)
+            self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
+            self._group.create_task(self._receive_loop(), name=f"hyparview-recv-{myself.id}")
+            self._group.create_task(self._link_loop(), name=f"hyparview-links-{myself.id}")
+            self._group.create_task(self._timer_loop(), name=f"hyparview-timer-{myself.id}")
+            log.info("%s: listening on %s", myself.id, bound)
+            self._apply(self._core.join(list(strategy.contacts), now=self._now()))
+        except BaseException:
+            await self._shutdown(graceful=False)
+            raise
+
+    async def aclose(self, *, graceful: bool = True) -> None:
+        """Leave (if ``graceful``) and release every task and socket. Idempotent."""
+        await self._shutdown(graceful=graceful)
+
+    async def _shutdown(self, *, graceful: bool) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        core = self._core
+        if core is not None and graceful and not core.has_left:
+            self._apply(core.leave(now=self._now()))
+            # Let the goodbyes leave the sockets; bounded, never a hang on shutdown.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await asyncio.sleep(0.05)
+        self._closed = True
+        for sub in self._subscribers:
+            sub.close()
+        self._changed.set()
+        if self._transport is not None:
+            await self._transport.aclose()
+        self._wake.set()
+        await self._stack.aclose()
+
+    # ------------------------------------------------------------ views
+
+    @property
+    def core(self) -> HyParView:
+        if self._core is None:
+            raise AgentClosed("the agent has not been started")
+        return self._core
+
+    @property
+    def myself(self) -> Peer:
+        """This node, with its bound endpoint."""
+        return self.core.myself
+
+    @property
+    def incarnation(self) -> int:
+        return self._incarnation
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            raise AgentClosed("the agent has not been started")
+        return self._transport
+
+    @property
+    def active_view(self) -> tuple[Peer, ...]:
+        return self.core.active_view
+
+    @property
+    def passive_view(self) -> tuple[Peer, ...]:
+        return self.core.passive_view
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def wait_for_active(self, n: int, *, timeout: float) -> tuple[Peer, ...]:  # noqa: ASYNC109
+        """Wait until at least ``n`` peers are active; ``TimeoutError`` after ``timeout`` s."""
+        async with asyncio.timeout(timeout):
+            while len(self.core.active_view) < n:
+                if self._closed:
+                    raise AgentClosed("the agent closed while waiting")
+                self._changed.clear()
+                await self._changed.wait()
+        return self.core.active_view
+
+    # ------------------------------------------------------------ events
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every PeerUp / PeerDown from now on, after a replay of the current active view."""
+        sub = _Subscriber(self._replay())
+        self._subscribers.append(sub)
+        return sub.iterate(lambda: self._subscribers.remove(sub))
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``callback`` for every event (after a replay); returns an unsubscribe function."""
+        for event in self._replay():
+            callback(event)
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def _replay(self) -> list[Event]:
+        return [PeerUp(p) for p in self.core.active_view] if self._core is not None else []
+
+    # ------------------------------------------------------------ extension points
+
+    def add_handler(self, message_type: type, handler: Handler) -> None:
+        """Route decoded messages of ``message_type`` (registered with the codec) to ``handler``
+        instead of the membership core; used by Plumtree and the routed mesh."""
+        if message_type in _HYPARVIEW_TYPES:
+            raise ValueError(f"{message_type.__name__} belongs to the membership protocol")
+        self._handlers[message_type] = handler
+
+    def send_raw(self, peer: Peer, message: object) -> bool:
+        """Encode ``message`` and send it to ``peer``; for layers above membership."""
+        if self._closed:
+            return False
+        data = self._codec.encode(message)
+        self._count_send(type(message).__name__, len(data))
+        return self.transport.send(peer, data)
+
+    def add_passive(self, peers: Sequence[Peer]) -> None:
+        """Tell the core about peers found by discovery (e.g. the Ray GCS)."""
+        self._apply(self.core.learn(peers, now=self._now()))
+
+    def join_contacts(self, contacts: Sequence[Peer]) -> None:
+        """Join through more contacts (a reconciler found new ones)."""
+        self._apply(self.core.join(contacts, now=self._now()))
+
+    # ------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges: the agent's, the core's and the transport's."""
+        core = self.core
+        return {
+            "id": core.myself.id,
+            "endpoint": core.myself.endpoint,
+            "incarnation": self._incarnation,
+            "active": [p.id for p in core.active_view],
+            "passive": [p.id for p in core.passive_view],
+            "gauges": {
+                "active_view_size": len(core.active_view),
+                "passive_view_size": len(core.passive_view),
+                "links": len(self.transport.linked()),
+            },
+            "counters": {
+                **{f"agent.{k}": v for k, v in sorted(self.counters.items())},
+                **{f"core.{k}": v for k, v in sorted(core.counters.items())},
+                **{f"transport.{k}": v for k, v in sorted(self.transport.counters.items())},
+            },
+        }
+
+    # ------------------------------------------------------------ loops
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _receive_loop(self) -> None:
+        transport = self.transport
+        core = self.core
+        while True:
+            try:
+                batch = await transport.recv_batch()
+            except TransportClosed:
+                return
+            for sender, data in batch:
+                message = self._codec.decode(data)
+                if isinstance(message, DecodeError):
+                    self._offence(sender, message.cause)
+                    continue
+                self._offences.pop(sender, None)
+                name = type(message).__name__
+                self.counters["received." + name] += 1
+                self.counters["received.bytes"] += len(data)
+                handler = self._handlers.get(type(message))
+                if handler is not None:
+                    try:
+                        handler(sender, message)
+                    except Exception:
+                        self.counters["handler.errors"] += 1
+                        log.exception("%s: handler for %s failed", core.myself.id, name)
+                elif isinstance(message, _HYPARVIEW_TYPES):
+                    self._apply(core.receive(sender, message, now=self._now()))
+                else:
+                    self.counters["dropped.unhandled_type"] += 1
+            await asyncio.sleep(0)
+
+    def _offence(self, sender: NodeId, cause: str) -> None:
+        self.counters["dropped." + cause] += 1
+        self._offences[sender] += 1
+        if self._offences[sender] >= _MAX_OFFENCES:
+            # A peer that sends nothing but garbage: drop its link; frames keep being counted.
+            self.counters["offender.disconnected"] += 1
+            del self._offences[sender]
+            self.transport.close_link(sender)
+            log.warning("%s: dropping link to %s after repeated bad frames", self.myself.id, sender)
+
+    async def _link_loop(self) -> None:
+        transport = self.transport
+        core = self.core
+        while True:
+            try:
+                events: list[LinkFailed] = await transport.link_events()
+            except TransportClosed:
+                return
+            for event in events:
+                self.counters["link_failed." + event.cause.value] += 1
+                self._apply(core.link_failed(event.peer_id, now=self._now()))
+
+    async def _timer_loop(self) -> None:
+        core = self.core
+        last = self._now()
+        while not self._closed:
+            deadline = core.next_deadline()
+            if self._released:
+                soonest = min(self._released.values())
+                deadline = soonest if deadline is None else min(deadline, soonest)
+            self._wake.clear()
+            timeout = None if deadline is None else max(0.0, deadline - self._now())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            if self._closed:
+                return
+            # Never let time go backwards for the core (aioquic's rule).
+            now = max(last, self._now())
+            last = now
+            due = core.next_deadline()
+            if due is not None and due <= now:
+                self._apply(core.on_timer(now=now))
+            self._close_released(now)
+
+    def _close_released(self, now: float) -> None:
+        for peer_id, when in list(self._released.items()):
+            if when <= now:
+                del self._released[peer_id]
+                if peer_id not in self.core.active_ids:
+                    self.transport.close_link(peer_id)
+
+    # ------------------------------------------------------------ actions
+
+    def _count_send(self, name: str, size: int) -> None:
+        self.counters["sent." + name] += 1
+        self.counters["sent.bytes"] += size
+
+    def _apply(self, actions: list[Action]) -> None:
+        if not actions:
+            return
+        transport = self.transport
+        for action in actions:
+            match action:
+                case Send(to=to, message=message):
+                    data = self._codec.encode(message)
+                    self._count_send(type(message).__name__, len(data))
+                    if not transport.send(to, data):
+                        self.counters["send.dropped"] += 1
+                case PeerUp(peer=peer):
+                    self._released.pop(peer.id, None)
+                    transport.open_link(peer)
+                    log.info("%s: peer up %s", self.myself.id, peer)
+                    self._publish(action)
+                case PeerDown(peer=peer, reason=reason):
+                    if reason is DownReason.FAILED:
+                        transport.close_link(peer.id)
+                    else:
+                        # A DISCONNECT may still be queued on this link: close it a bit later.
+                        self._released[peer.id] = self._now() + _RELEASE_GRACE
+                    log.info("%s: peer down %s (%s)", self.myself.id, peer, reason.value)
+                    self._publish(action)
+        self._wake.set()
+
+    def _publish(self, event: Event) -> None:
+        self._changed.set()
+        for sub in list(self._subscribers):
+            sub.put(event)
+        for callback in list(self._callbacks):
+            try:
+                callback(event)
+            except Exception:
+                self.counters["callback.errors"] += 1
+                log.exception("%s: event callback failed", self.myself.id)
+        gate = self._gate
+        if gate is not None:
+            try:
+                if isinstance(event, PeerUp):
+                    gate.peer_up(event.peer)
+                else:
+                    gate.peer_down(event.peer, event.reason)
+            except Exception:
+                self.counters["gate.errors"] += 1
+                log.exception("%s: gate failed", self.myself.id)
+
+
+class _Subscriber:
+    """A bounded queue of events for one ``events()`` iterator."""
+
+    def __init__(self, replay: list[Event]) -> None:
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=_SUBSCRIBER_QUEUE)
+        self._overflowed = False
+        for event in replay:
+            self._queue.put_nowait(event)
+
+    def put(self, event: Event) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._overflowed = True
+
+    def close(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    async def iterate(self, done: Callable[[], None]) -> AsyncIterator[Event]:
+        try:
+            while True:
+                if self._overflowed and self._queue.empty():
+                    raise EventsOverflow("subscriber fell too far behind; events were lost")
+                event = await self._queue.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            with contextlib.suppress(ValueError):
+                done()
+
+
+def _make_transport(strategy: Strategy) -> Transport:
+    if strategy.transport == "zmq":
+        from ray_hyparview.transport.zmq import ZmqTransport
+
+        return ZmqTransport.from_strategy(strategy)
+    raise StateError(
+        f"transport {strategy.transport!r} needs a transport object: pass transport=... to Agent"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ray_hyparview.agent``: see ``--help``."""
+    from ray_hyparview.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
