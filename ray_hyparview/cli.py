@@ -1,0 +1,380 @@
+"""``python -m ray_hyparview.agent``: run, status, check, keygen and demo.
+
+``run`` is the standalone agent an operator starts on each node (or as a sidecar next to
+``ray start``); ``status`` asks a running agent over its local control endpoint; ``check``
+validates a strategy file without starting anything; ``keygen`` writes a CURVE key pair;
+``demo`` starts a small overlay on loopback, kills part of it and shows the repair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ray_hyparview.control import control_server, metrics_server, query_status
+from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.strategy import Strategy, StrategyError, apply_env
+
+__all__ = ["main"]
+
+log = logging.getLogger("ray_hyparview.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ray_hyparview.agent",
+        description="The ray_hyparview agent: HyParView membership over ZeroMQ, one per node.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run an agent until SIGINT/SIGTERM, then leave gracefully",
+        description="Run one agent. Take the strategy from --config (TOML) and/or flags; "
+        "RAY_HYPARVIEW_* environment variables override the file. Flags override both.",
+    )
+    run.add_argument("--config", metavar="FILE", help="strategy file (TOML)")
+    run.add_argument("--id", dest="node_id", help="this node's id")
+    run.add_argument("--endpoint", help="endpoint the others reach this node at (tcp://host:port)")
+    run.add_argument("--bind", help="endpoint to bind (default: the endpoint); port 0 = any")
+    run.add_argument(
+        "--contact",
+        action="append",
+        default=[],
+        metavar="ID=ENDPOINT",
+        help="a node to join through; repeat for more",
+    )
+    run.add_argument("--control", help="local control endpoint for `status` (tcp:// or ipc://)")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    run.add_argument(
+        "--ray-address",
+        help="run as a sidecar of a Ray node: find the node id and peers through the GCS "
+        "(`auto` for the local node)",
+    )
+    run.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+
+    status = sub.add_parser(
+        "status",
+        help="ask a running agent for its views and counters",
+        description="Ask a running agent over its control endpoint.",
+    )
+    status.add_argument("--control", help="the agent's control endpoint")
+    status.add_argument("--config", metavar="FILE", help="read the control endpoint from here")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    check = sub.add_parser(
+        "check",
+        help="validate a strategy file without starting anything",
+        description="Validate a strategy file (and RAY_HYPARVIEW_* overrides); exit 1 if invalid.",
+    )
+    check.add_argument("--config", metavar="FILE", required=True, help="strategy file (TOML)")
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="write a CURVE key pair",
+        description="Write NAME.key (public) and NAME.key_secret (secret, mode 0600) into DIR.",
+    )
+    keygen.add_argument("--out", default=".", metavar="DIR", help="directory (default: .)")
+    keygen.add_argument("--name", default="node", help="file name stem (default: node)")
+    keygen.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    demo = sub.add_parser(
+        "demo",
+        help="start N agents on loopback, kill some, show the repair, exit 0",
+        description="Start N agents on 127.0.0.1 in this process, wait for a connected "
+        "symmetric overlay, kill a share of them without goodbye, and show the survivors repair.",
+    )
+    demo.add_argument("--agents", type=int, default=12, help="how many agents (default 12)")
+    demo.add_argument(
+        "--kill", type=float, default=0.25, help="share of agents to kill (default 0.25)"
+    )
+    demo.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    demo.add_argument("--timeout", type=float, default=60.0, help="give up after this many s")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    match args.command:
+        case "run":
+            return _cmd_run(args)
+        case "status":
+            return _cmd_status(args)
+        case "check":
+            from ray_hyparview.strategy import cmd_check
+
+            return cmd_check(args.config, environ=os.environ)
+        case "keygen":
+            from ray_hyparview.keys import cmd_keygen
+
+            return cmd_keygen(args.out, args.name, overwrite=args.force)
+        case "demo":
+            return _cmd_demo(args)
+    return 2  # argparse rejects unknown commands before this
+
+
+# ------------------------------------------------------------------------------------ run
+
+
+def _strategy_from_args(args: argparse.Namespace) -> Strategy:
+    """Flags override RAY_HYPARVIEW_* variables, which override the file."""
+    data: dict[str, Any] = {}
+    base_dir: Path | None = None
+    if args.config:
+        path = Path(args.config)
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise StrategyError(
+                "", str(path), "a readable TOML strategy file", hint=str(exc)
+            ) from None
+        base_dir = path.resolve().parent
+    data = apply_env(data, os.environ)
+    node: dict[str, Any] = dict(data.get("node", {}))
+    if args.node_id:
+        node["id"] = args.node_id
+    if args.endpoint:
+        node["endpoint"] = args.endpoint
+    if args.bind:
+        node["bind"] = args.bind
+        node.setdefault("endpoint", args.bind)
+    if args.contact:
+        node["contacts"] = list(args.contact)
+    data["node"] = node
+    agent_section: dict[str, Any] = dict(data.get("agent", {}))
+    if args.control:
+        agent_section["control"] = args.control
+    if args.metrics_port is not None:
+        agent_section["metrics_port"] = args.metrics_port
+    if args.log_level:
+        agent_section["log_level"] = args.log_level
+    if agent_section:
+        data["agent"] = agent_section
+    return Strategy.from_mapping(data, base_dir=base_dir, source=args.config or "command line")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.ray_address:
+        from ray_hyparview.cluster import run_sidecar
+
+        return run_sidecar(args.ray_address, args)
+    try:
+        strategy = _strategy_from_args(args)
+    except StrategyError as exc:
+        print(f"run: invalid strategy: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=getattr(logging, strategy.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(run_agent(strategy))
+
+
+async def run_agent(strategy: Strategy, *, ready: asyncio.Event | None = None) -> int:
+    """Run one agent with its control and metrics servers until SIGINT or SIGTERM."""
+    from ray_hyparview.agent import Agent
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with (
+        Agent(strategy) as agent,
+        control_server(strategy.control, agent.stats) as control,
+        metrics_server(strategy.metrics_port, agent.stats) as metrics_port,
+    ):
+        log.info(
+            "%s: agent running at %s (control %s, metrics port %s)",
+            agent.myself.id,
+            agent.myself.endpoint,
+            control,
+            metrics_port,
+        )
+        print(
+            json.dumps(
+                {
+                    "id": agent.myself.id,
+                    "endpoint": agent.myself.endpoint,
+                    "control": control,
+                    "metrics_port": metrics_port,
+                    "pid": os.getpid(),
+                }
+            ),
+            flush=True,
+        )
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("%s: leaving", agent.myself.id)
+    return 0
+
+
+# --------------------------------------------------------------------------------- status
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    endpoint = args.control
+    if endpoint is None and args.config:
+        try:
+            endpoint = Strategy.from_file(args.config, environ=os.environ).control
+        except StrategyError as exc:
+            print(f"status: invalid strategy: {exc}", file=sys.stderr)
+            return 1
+    if endpoint is None:
+        print(
+            "status: give --control ENDPOINT or --config FILE with [agent] control", file=sys.stderr
+        )
+        return 2
+    try:
+        status = asyncio.run(query_status(endpoint))
+    except (OSError, TimeoutError, ValueError) as exc:
+        print(
+            f"status: no agent answers at {endpoint}: {exc or type(exc).__name__}", file=sys.stderr
+        )
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(render_status(status))
+    return 0
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """A readable table of one agent's status."""
+    lines = [
+        f"node      {status.get('id')}",
+        f"endpoint  {status.get('endpoint')}",
+        f"active    {len(status.get('active', []))}: {', '.join(status.get('active', []))}",
+        f"passive   {len(status.get('passive', []))}: {', '.join(status.get('passive', []))}",
+        "",
+        f"{'counter':<48} {'value':>10}",
+    ]
+    for key, value in sorted(status.get("counters", {}).items()):
+        lines.append(f"{key:<48} {value:>10}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.agents < 3:
+        print("demo: --agents must be at least 3", file=sys.stderr)
+        return 2
+    if not 0.0 < args.kill < 1.0:
+        print("demo: --kill must be between 0 and 1", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return asyncio.run(_demo(args.agents, args.kill, args.seed, args.timeout))
+    except TimeoutError:
+        print("demo: the overlay did not converge in time", file=sys.stderr)
+        return 1
+
+
+def overlay_report(agents: Sequence[Any]) -> tuple[bool, bool, int]:
+    """(connected, symmetric, links) over the agents' active views."""
+    views = {a.myself.id: {p.id for p in a.active_view} for a in agents}
+    symmetric = all(x in views.get(y, {x}) for x, peers in views.items() for y in peers)
+    links = sum(len(v) for v in views.values()) // 2
+    if not views:
+        return True, symmetric, links
+    start = next(iter(views))
+    seen = {start}
+    todo = [start]
+    while todo:
+        for nxt in views[todo.pop()]:
+            if nxt in views and nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return len(seen) == len(views), symmetric, links
+
+
+async def _demo(n: int, kill_share: float, seed: int, limit: float) -> int:
+    from ray_hyparview.agent import Agent
+
+    rng = random.Random(seed)
+    size = max(2, min(5, round(math.log10(n)) + 2))
+    config = HyParViewConfig(
+        active_view_size=size,
+        passive_view_size=4 * size,
+        shuffle_interval=1.0,
+        keepalive_interval=0.25,
+        keepalive_timeout=1.0,
+    )
+    agents: list[Agent] = []
+    started = time.monotonic()
+    print(f"starting {n} agents on 127.0.0.1 (active view {size}) ...")
+    try:
+        for i in range(n):
+            contacts: tuple[Peer, ...] = ()
+            if agents:
+                picks = rng.sample(agents, min(2, len(agents)))
+                contacts = tuple(a.myself for a in picks)
+            strategy = Strategy(
+                local_peer=Peer(f"agent-{i:03d}", "tcp://127.0.0.1:0"),
+                contacts=contacts,
+                hyparview_config=config,
+                heartbeat_interval=0.25,
+                heartbeat_timeout=1.0,
+            )
+            agent = Agent(strategy, rng=random.Random(rng.random()))
+            await agent.start()
+            agents.append(agent)
+        async with asyncio.timeout(limit):
+            while True:
+                connected, symmetric, links = overlay_report(agents)
+                if connected and symmetric and all(a.active_view for a in agents):
+                    break
+                await asyncio.sleep(0.2)
+        took = time.monotonic() - started
+        print(f"converged in {took:.1f}s: connected, symmetric, {links} links")
+        print(f"  (a full mesh of {n} nodes would hold {n * (n - 1) // 2})")
+        _print_views(agents)
+        victims = rng.sample(agents, max(1, int(n * kill_share)))
+        print(
+            f"\nkilling {len(victims)} agents without goodbye: "
+            f"{', '.join(a.myself.id for a in victims)}"
+        )
+        killed_at = time.monotonic()
+        for victim in victims:
+            await victim.aclose(graceful=False)
+        survivors = [a for a in agents if a not in victims]
+        dead = {a.myself.id for a in victims}
+        async with asyncio.timeout(limit):
+            while True:
+                connected, symmetric, links = overlay_report(survivors)
+                stale = any(p.id in dead for a in survivors for p in a.active_view)
+                if connected and symmetric and not stale:
+                    break
+                await asyncio.sleep(0.05)
+        print(
+            f"repaired in {time.monotonic() - killed_at:.2f}s: {len(survivors)} survivors, "
+            f"connected, symmetric, no dead peer in any active view, {links} links"
+        )
+        _print_views(survivors)
+        return 0
+    finally:
+        for agent in agents:
+            await agent.aclose()
+
+
+def _print_views(agents: Sequence[Any]) -> None:
+    for agent in agents:
+        print(f"  {agent.myself.id}: {' '.join(sorted(p.id for p in agent.active_view))}")

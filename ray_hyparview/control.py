@@ -1,0 +1,151 @@
+"""The local control endpoint (``python -m ray_hyparview.agent status``) and the optional
+Prometheus ``/metrics`` page.
+
+Both are tiny asyncio stream servers bound to loopback (or a Unix socket): the control
+endpoint answers one JSON line per connection, the metrics page one HTTP response. Neither
+accepts input beyond a short request line, so neither can be used to steer the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+__all__ = ["control_server", "metrics_server", "prometheus_text", "query_status"]
+
+_MAX_REQUEST = 1024
+StatsSource = Callable[[], Mapping[str, Any]]
+
+
+def _parse(endpoint: str) -> tuple[str, str, int]:
+    """``tcp://host:port`` -> ("tcp", host, port); ``ipc:///path`` -> ("ipc", path, 0)."""
+    if endpoint.startswith("ipc://"):
+        return "ipc", endpoint[len("ipc://") :], 0
+    match = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)", endpoint)
+    if match is None:
+        raise ValueError(
+            f"control endpoint must be tcp://host:port or ipc://path, got {endpoint!r}"
+        )
+    return "tcp", match.group(1), int(match.group(2))
+
+
+async def _serve(
+    endpoint: str, handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
+) -> tuple[asyncio.Server, str]:
+    kind, where, port = _parse(endpoint)
+    if kind == "ipc":
+        server = await asyncio.start_unix_server(handle, path=where)
+        return server, endpoint
+    server = await asyncio.start_server(handle, host=where, port=port)
+    bound_port = server.sockets[0].getsockname()[1]
+    host = f"[{where}]" if ":" in where else where
+    return server, f"tcp://{host}:{bound_port}"
+
+
+@contextlib.asynccontextmanager
+async def control_server(endpoint: str | None, stats: StatsSource) -> AsyncIterator[str | None]:
+    """Serve ``stats()`` as one JSON line to every connection on ``endpoint``; yields the bound
+    endpoint (port 0 resolved), or None when ``endpoint`` is None."""
+    if endpoint is None:
+        yield None
+        return
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(2.0):
+                await reader.readline()
+                writer.write(json.dumps(stats(), sort_keys=True).encode() + b"\n")
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server, bound = await _serve(endpoint, handle)
+    try:
+        yield bound
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def query_status(endpoint: str, *, deadline: float = 3.0) -> dict[str, Any]:
+    """Ask a running agent's control endpoint for its status."""
+    kind, where, port = _parse(endpoint)
+    async with asyncio.timeout(deadline):
+        if kind == "ipc":
+            reader, writer = await asyncio.open_unix_connection(where)
+        else:
+            reader, writer = await asyncio.open_connection(where, port)
+        try:
+            writer.write(b"status\n")
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+    result = json.loads(line)
+    if not isinstance(result, dict):
+        raise ValueError("the control endpoint answered something other than a JSON object")
+    return result
+
+
+def _metric_name(key: str) -> str:
+    return "ray_hyparview_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+def prometheus_text(stats: Mapping[str, Any]) -> str:
+    """Render an agent's ``stats()`` in the Prometheus text exposition format (version 0.0.4)."""
+    node = str(stats.get("id", "")).replace("\\", "\\\\").replace('"', '\\"')
+    lines: list[str] = []
+    for key, value in sorted(stats.get("gauges", {}).items()):
+        name = _metric_name(key)
+        lines += [f"# TYPE {name} gauge", f'{name}{{node="{node}"}} {value}']
+    for key, value in sorted(stats.get("counters", {}).items()):
+        name = _metric_name(key) + "_total"
+        lines += [f"# TYPE {name} counter", f'{name}{{node="{node}"}} {value}']
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.asynccontextmanager
+async def metrics_server(
+    port: int | None, stats: StatsSource, *, host: str = "127.0.0.1"
+) -> AsyncIterator[int | None]:
+    """Serve ``GET /metrics`` on ``host:port``; yields the bound port (None when off)."""
+    if port is None:
+        yield None
+        return
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(2.0):
+                request = await reader.readuntil(b"\r\n\r\n")
+                if len(request) > _MAX_REQUEST or not request.startswith(b"GET /metrics"):
+                    writer.write(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    body = prometheus_text(stats()).encode()
+                    writer.write(
+                        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
+                await writer.drain()
+        except (
+            TimeoutError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host=host, port=port)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
