@@ -1,0 +1,232 @@
+"""The asyncio agent over the in-memory transport: lifecycle, events, gate, stats, garbage."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import pytest_asyncio
+
+from ray_hyparview.agent import Agent
+from ray_hyparview.control import control_server, metrics_server, prometheus_text, query_status
+from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.messages import DownReason, PeerDown, PeerUp
+from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.strategy import Strategy
+from ray_hyparview.transport.memory import MemoryNetwork
+
+FAST = HyParViewConfig(
+    active_view_size=3,
+    passive_view_size=8,
+    shuffle_interval=0.5,
+    keepalive_interval=0.1,
+    keepalive_timeout=0.5,
+    neighbor_timeout=0.5,
+)
+
+
+def make_agent(net: MemoryNetwork, name: str, *contacts: str, gate: object | None = None) -> Agent:
+    strategy = Strategy(
+        local_peer=Peer(name, f"mem://{name}"),
+        contacts=tuple(Peer(c, f"mem://{c}") for c in contacts),
+        transport="memory",
+        hyparview_config=FAST,
+    )
+    return Agent(
+        strategy,
+        transport=net.transport(name, bind=f"mem://{name}"),
+        rng=random.Random(name),
+        gate=gate,  # type: ignore[arg-type]
+    )
+
+
+async def until(predicate: Callable[[], bool], *, limit: float = 5.0) -> None:
+    """Wait for ``predicate`` with a deadline (never sleep-and-hope)."""
+    async with asyncio.timeout(limit):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+@pytest_asyncio.fixture
+async def pair() -> AsyncIterator[tuple[MemoryNetwork, Agent, Agent]]:
+    net = MemoryNetwork()
+    a = make_agent(net, "a")
+    b = make_agent(net, "b", "a")
+    await a.start()
+    await b.start()
+    try:
+        yield net, a, b
+    finally:
+        await b.aclose()
+        await a.aclose()
+
+
+@pytest.mark.asyncio
+async def test_two_agents_link_and_see_each_other(pair: tuple[MemoryNetwork, Agent, Agent]) -> None:
+    _, a, b = pair
+    await a.wait_for_active(1, timeout=5)
+    await b.wait_for_active(1, timeout=5)
+    assert [p.id for p in a.active_view] == ["b"]
+    assert [p.id for p in b.active_view] == ["a"]
+    assert b.myself.endpoint == "mem://b"
+
+
+@pytest.mark.asyncio
+async def test_events_replay_the_current_view_then_follow_changes() -> None:
+    net = MemoryNetwork()
+    a, b, c = make_agent(net, "a"), make_agent(net, "b", "a"), make_agent(net, "c", "a")
+    await a.start()
+    await b.start()
+    try:
+        await a.wait_for_active(1, timeout=5)
+        seen: list[PeerUp | PeerDown] = []
+        unsubscribe = a.subscribe(seen.append)
+        events = a.events()
+        first = await anext(events)
+        assert first == PeerUp(Peer("b"))
+        await c.start()
+        second = await asyncio.wait_for(anext(events), 5)
+        assert second == PeerUp(Peer("c"))
+        await c.aclose()
+        third = await asyncio.wait_for(anext(events), 5)
+        assert third == PeerDown(Peer("c"), DownReason.LEFT)
+        assert seen == [first, second, third]
+        unsubscribe()
+        await events.aclose()  # type: ignore[attr-defined]
+    finally:
+        await c.aclose()
+        await b.aclose()
+        await a.aclose()
+
+
+class RecordingGate:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, DownReason | None]] = []
+
+    def peer_up(self, peer: Peer) -> None:
+        self.calls.append(("up", peer.id, None))
+
+    def peer_down(self, peer: Peer, reason: DownReason) -> None:
+        self.calls.append(("down", peer.id, reason))
+
+
+@pytest.mark.asyncio
+async def test_gate_hears_connect_and_disconnect_with_reason() -> None:
+    net = MemoryNetwork()
+    gate = RecordingGate()
+    a = make_agent(net, "a", gate=gate)
+    b = make_agent(net, "b", "a")
+    await a.start()
+    await b.start()
+    try:
+        await until(lambda: ("up", "b", None) in gate.calls)
+        await b.aclose(graceful=False)
+        net.kill("b")
+        await until(lambda: ("down", "b", DownReason.FAILED) in gate.calls)
+    finally:
+        await b.aclose()
+        await a.aclose()
+
+
+@pytest.mark.asyncio
+async def test_silent_peer_is_declared_failed_by_keepalive_timeout() -> None:
+    net = MemoryNetwork()
+    a, b = make_agent(net, "a"), make_agent(net, "b", "a")
+    await a.start()
+    await b.start()
+    try:
+        await a.wait_for_active(1, timeout=5)
+        net.block("a", "b")  # frames vanish, no link event: only keepalives can tell
+        loop = asyncio.get_running_loop()
+        cut = loop.time()
+        await until(lambda: not a.active_view, limit=5)
+        assert loop.time() - cut < FAST.keepalive_timeout + 1.0
+        assert a.core.counters["keepalive.timeout"] + a.counters["link_failed.disconnected"] >= 1
+    finally:
+        await b.aclose()
+        await a.aclose()
+
+
+@pytest.mark.asyncio
+async def test_garbage_frames_are_counted_and_the_agent_keeps_serving(
+    pair: tuple[MemoryNetwork, Agent, Agent],
+) -> None:
+    net, a, b = pair
+    await a.wait_for_active(1, timeout=5)
+    mallory = net.transport("mallory", bind="mem://mallory")
+    await mallory.start()
+    try:
+        rng = random.Random(5)
+        for _ in range(2000):
+            mallory.send(a.myself, rng.randbytes(rng.randrange(0, 200)))
+            if rng.random() < 0.01:
+                await asyncio.sleep(0)
+        await until(
+            lambda: sum(v for k, v in a.counters.items() if k.startswith("dropped.")) >= 2000
+        )
+        assert a.counters["offender.disconnected"] >= 1
+        # Still serving: the link with b stays up and keepalives flow.
+        before = a.counters["received.KeepAlive"]
+        await until(lambda: a.counters["received.KeepAlive"] > before)
+        assert [p.id for p in a.active_view] == ["b"]
+    finally:
+        await mallory.aclose()
+
+
+@pytest.mark.asyncio
+async def test_aclose_is_idempotent_and_leaves_no_tasks() -> None:
+    net = MemoryNetwork()
+    before = set(asyncio.all_tasks())
+    a, b = make_agent(net, "a"), make_agent(net, "b", "a")
+    await a.start()
+    await b.start()
+    await b.wait_for_active(1, timeout=5)
+    await b.aclose()
+    await b.aclose()
+    await a.aclose()
+    await a.aclose()
+    await asyncio.sleep(0)
+    leftover = {t for t in asyncio.all_tasks() - before if not t.done()}
+    assert not leftover, leftover
+    assert a.closed
+    assert b.closed
+
+
+@pytest.mark.asyncio
+async def test_stats_and_prometheus_text(pair: tuple[MemoryNetwork, Agent, Agent]) -> None:
+    _, a, _ = pair
+    await a.wait_for_active(1, timeout=5)
+    stats = a.stats()
+    assert stats["id"] == "a"
+    assert stats["gauges"]["active_view_size"] == 1
+    assert stats["counters"]["core.peer_up"] == 1
+    assert stats["counters"]["agent.received.Join"] == 1
+    text = prometheus_text(stats)
+    assert 'ray_hyparview_active_view_size{node="a"} 1' in text
+    assert 'ray_hyparview_core_peer_up_total{node="a"} 1' in text
+
+
+@pytest.mark.asyncio
+async def test_control_endpoint_and_metrics_page_answer(
+    pair: tuple[MemoryNetwork, Agent, Agent],
+) -> None:
+    _, a, _ = pair
+    await a.wait_for_active(1, timeout=5)
+    async with (
+        control_server("tcp://127.0.0.1:0", a.stats) as control,
+        metrics_server(0, a.stats) as port,
+    ):
+        assert control is not None
+        assert port is not None
+        status = await query_status(control)
+        assert status["id"] == "a"
+        assert status["active"] == ["b"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        body = await reader.read()
+        writer.close()
+        assert body.startswith(b"HTTP/1.0 200 OK")
+        assert b'ray_hyparview_active_view_size{node="a"} 1' in body
