@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -16,6 +16,7 @@ from ray_hyparview.protocol.messages import DownReason, PeerDown, PeerUp
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.memory import MemoryNetwork
+from tests.conditions import until
 
 FAST = HyParViewConfig(
     active_view_size=3,
@@ -40,13 +41,6 @@ def make_agent(net: MemoryNetwork, name: str, *contacts: str, gate: object | Non
         rng=random.Random(name),
         gate=gate,  # type: ignore[arg-type]
     )
-
-
-async def until(predicate: Callable[[], bool], *, limit: float = 5.0) -> None:
-    """Wait for ``predicate`` with a deadline (never sleep-and-hope)."""
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 @pytest_asyncio.fixture
@@ -153,7 +147,7 @@ async def test_silent_peer_is_declared_failed_by_keepalive_timeout() -> None:
 async def test_garbage_frames_are_counted_and_the_agent_keeps_serving(
     pair: tuple[MemoryNetwork, Agent, Agent],
 ) -> None:
-    net, a, b = pair
+    net, a, _ = pair
     await a.wait_for_active(1, timeout=5)
     mallory = net.transport("mallory", bind="mem://mallory")
     await mallory.start()
