@@ -387,7 +387,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
-            if self._closed:
+            if self.closed:  # set by aclose() while we waited
                 return
             # Never let time go backwards for the core (aioquic's rule).
             now = max(last, self._now())
@@ -492,13 +492,28 @@ class _Subscriber:
 
 
 def _make_transport(strategy: Strategy) -> Transport:
-    if strategy.transport == "zmq":
-        from ray_hyparview.transport.zmq import ZmqTransport
+    """The transport a strategy names; only ZeroMQ can be built from a strategy alone."""
+    if strategy.transport != "zmq":
+        raise StateError(
+            f"transport {strategy.transport!r} needs a transport object: pass transport=..."
+        )
+    from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
 
-        return ZmqTransport.from_strategy(strategy)
-    raise StateError(
-        f"transport {strategy.transport!r} needs a transport object: pass transport=... to Agent"
+    options = ZmqOptions(
+        heartbeat_ivl=strategy.heartbeat_interval,
+        heartbeat_timeout=strategy.heartbeat_timeout,
+        heartbeat_ttl=strategy.heartbeat_timeout,
     )
+    curve = None
+    security = strategy.security
+    if security is not None:
+        curve = CurveConfig(
+            public_key=security.public_key,
+            secret_key=security.secret_key,
+            node_keys=dict(security.allowed_keys),
+            allowed_keys=frozenset(security.allow_list),
+        )
+    return ZmqTransport(strategy.local_peer.id, strategy.bind, options=options, curve=curve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
