@@ -637,6 +637,28 @@ def test_garbage_mappings_raise_only_strategy_error(garbage: Any) -> None:
         assert isinstance(result, Strategy | StrategyError)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from([*ENV_VARS, "NODE", "ARWLL", "nodes"]).map(lambda n: "RAY_HYPARVIEW_" + n),
+        st.text(max_size=30),
+        max_size=4,
+    )
+)
+def test_garbage_environment_raises_only_strategy_error(env: dict[str, str]) -> None:
+    try:
+        result: object = Strategy.from_env(base(), env)
+    except StrategyError as err:  # anything else fails the test
+        result = err
+    if isinstance(result, StrategyError) and result.key.startswith("RAY_HYPARVIEW_"):
+        assert result.key in env  # a variable that does not parse is named as such
+
+
+def test_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_HYPARVIEW_NODE_ID", "n2")
+    assert Strategy.from_env(base() | {"node": {"id": "n1"}}).local_peer.id == "n2"
+
+
 # -- examples ---------------------------------------------------------------------------------
 
 
