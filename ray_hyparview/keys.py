@@ -23,6 +23,7 @@ node out of every peer that pinned its old public key.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import stat
@@ -274,7 +275,7 @@ def cmd_keygen(
     print("", file=stdout)
     print("# in this node's strategy file:", file=stdout)
     print("[security]", file=stdout)
-    print(f'secret_key_file = "{secret_path}"', file=stdout)
+    print(f"secret_key_file = {json.dumps(str(secret_path))}", file=stdout)  # a TOML string
     print("", file=stdout)
     print("# in the [nodes] table every node shares:", file=stdout)
     print(
