@@ -810,3 +810,53 @@ def test_security_value_rejects_bad_keys() -> None:
         Security(public_key="x", secret_key=SEC1)
     with pytest.raises(StrategyError, match="belongs to"):
         Security(public_key=PUB2, secret_key=SEC1)
+
+
+def test_written_keys_work_with_zap_and_curve(tmp_path: Path) -> None:
+    """Key files from write_keypair, loaded by pyzmq's ZAP authenticator from a directory,
+    admit a listed client over a real CURVE handshake on loopback and refuse an unlisted one."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    allowed_dir = tmp_path / "allowed"
+    server = write_keypair(tmp_path / "server")
+    client = write_keypair(allowed_dir, "client")
+    server_pub, server_sec = load_keypair(server.secret_file)
+    assert server_sec is not None
+    ctx = zmq.Context()
+    auth = ThreadAuthenticator(ctx)
+    sockets: list[zmq.Socket[bytes]] = []
+    try:
+        auth.start()
+        auth.configure_curve(domain="*", location=str(allowed_dir))
+        router = ctx.socket(zmq.ROUTER)
+        sockets.append(router)
+        router.curve_server = True
+        router.curve_publickey = server_pub.encode()
+        router.curve_secretkey = server_sec.encode()
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+
+        def dealer(secret_file: Path) -> zmq.Socket[bytes]:
+            public, secret = load_keypair(secret_file)
+            assert secret is not None
+            sock = ctx.socket(zmq.DEALER)
+            sockets.append(sock)
+            sock.curve_serverkey = server_pub.encode()
+            sock.curve_publickey = public.encode()
+            sock.curve_secretkey = secret.encode()
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            return sock
+
+        stranger = dealer(write_keypair(tmp_path / "stranger").secret_file)
+        stranger.send(b"let me in")
+        friend = dealer(client.secret_file)
+        friend.send(b"hello")
+        assert router.poll(5000), "the listed client's message did not arrive"
+        frames = router.recv_multipart()
+        assert frames[-1] == b"hello"
+        assert frames[0] != b""  # routed, with the peer's identity
+        assert not router.poll(300), "the unlisted client got through"
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        auth.stop()
+        ctx.term()
