@@ -1,0 +1,531 @@
+"""The Ray cluster plugin: one HyParView agent per Ray node, discovered through the GCS.
+
+Theory of operation
+===================
+
+``start()`` (from any driver connected to a cluster) creates one detached *reconciler* actor,
+named so that a second ``start()`` finds it instead of making another. The reconciler looks at
+``ray.nodes()`` every ``reconcile_interval`` seconds:
+
+* for every alive node without an agent it creates a detached async actor
+  (:class:`NodeAgent`, ``num_cpus=0``) pinned to that node with a hard
+  ``NodeAffinitySchedulingStrategy``; the agent's node id is Ray's NodeID;
+* for every node that died it forgets the agent and removes its GCS entry.
+
+Each agent binds a ZeroMQ ROUTER on its node's address (``bind_host`` overrides it; tests use
+127.0.0.1), publishes ``{endpoint, incarnation}`` in the GCS key-value store under
+``agent/<node id>`` (namespace ``ray_hyparview``), and joins through up to three agents that
+are already published, picked at random: discovery populates the contacts, nobody writes a
+contact list. The other published agents seed its passive view. If its active view ever empties
+and stays empty, it looks in the GCS again (``_rediscover``).
+
+The same agent runs as a sidecar next to ``ray start`` with ``python -m ray_hyparview.agent run
+--ray-address auto`` (see :func:`run_sidecar`): it connects as a driver only to learn its node
+id and its peers, then runs exactly as above, in its own process.
+
+In Ray mode the agent's counters and gauges are also exported with ``ray.util.metrics``, so
+they reach Ray's own Prometheus endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ray_hyparview.agent import Agent
+from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.strategy import Security, Strategy
+
+__all__ = [
+    "NAMESPACE",
+    "HyParViewCluster",
+    "NodeAgent",
+    "agent_actor_name",
+    "get_agent",
+    "run_sidecar",
+    "start",
+]
+
+log = logging.getLogger("ray_hyparview.cluster")
+
+NAMESPACE = "ray_hyparview"
+"""Ray namespace of the plugin's named actors and of its GCS key-value entries."""
+
+RECONCILER_NAME = "hyparview-reconciler"
+_KV_PREFIX = "agent/"
+_CONTACTS = 3
+_METRICS_INTERVAL = 5.0
+
+
+def agent_actor_name(node_id: NodeId) -> str:
+    """The name of the agent actor of Ray node ``node_id``."""
+    return f"hyparview-agent-{node_id}"
+
+
+def _kv_put(key: str, value: bytes) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(key.encode(), value, overwrite=True, namespace=NAMESPACE)
+
+
+def _kv_del(key: str) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_del(key.encode(), namespace=NAMESPACE)
+
+
+def published_agents() -> dict[NodeId, dict[str, Any]]:
+    """Every agent published in the GCS: node id -> ``{endpoint, incarnation}``."""
+    from ray.experimental import internal_kv
+
+    found: dict[NodeId, dict[str, Any]] = {}
+    for key in internal_kv._internal_kv_list(_KV_PREFIX.encode(), namespace=NAMESPACE):
+        raw: bytes | None = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
+        if not raw:
+            continue  # deleted between the listing and the read
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            found[key.decode()[len(_KV_PREFIX) :]] = json.loads(raw)
+    return found
+
+
+def _node_ip() -> str:
+    ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return ip
+
+
+def _alive_nodes() -> dict[NodeId, str]:
+    """Alive Ray nodes: node id -> node address."""
+    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
+
+
+class _Service:
+    """One node's agent plus its discovery and metrics, shared by the actor and the sidecar."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        host: str,
+        config: HyParViewConfig,
+        security: Security | None,
+        *,
+        export_metrics: bool,
+    ) -> None:
+        self.node_id = node_id
+        strategy = Strategy(
+            local_peer=Peer(node_id, f"tcp://{host}:0"),
+            hyparview_config=config,
+            security=security,
+        )
+        self.agent = Agent(strategy)
+        self._export_metrics = export_metrics
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rng = random.Random()
+
+    async def start(self) -> str:
+        agent = self.agent
+        await agent.start()
+        me = agent.myself
+        _kv_put(
+            _KV_PREFIX + self.node_id,
+            json.dumps({"endpoint": me.endpoint, "incarnation": agent.incarnation}).encode(),
+        )
+        self._discover()
+        self._tasks.append(asyncio.create_task(self._rediscover(), name="hyparview-discovery"))
+        if self._export_metrics:
+            self._tasks.append(asyncio.create_task(self._export(), name="hyparview-metrics"))
+        return me.endpoint
+
+    def _discover(self) -> None:
+        others = [
+            Peer(node_id, info["endpoint"])
+            for node_id, info in sorted(published_agents().items())
+            if node_id != self.node_id and isinstance(info.get("endpoint"), str)
+        ]
+        if not others:
+            return
+        self.agent.add_passive(others)
+        picks = self._rng.sample(others, min(_CONTACTS, len(others)))
+        self.agent.join_contacts(picks)
+
+    async def _rediscover(self) -> None:
+        # A node that lost every link and every passive peer knows nobody alive: the GCS does.
+        while True:
+            await asyncio.sleep(2.0)
+            if not self.agent.active_view:
+                self._discover()
+
+    async def _export(self) -> None:
+        from ray.util import metrics
+
+        gauges: dict[str, Any] = {}
+        counters: dict[str, Any] = {}
+        last: dict[str, float] = {}
+        tags = {"node": self.node_id}
+        while True:
+            stats = self.agent.stats()
+            for key, value in stats["gauges"].items():
+                name = "ray_hyparview_" + key.replace(".", "_")
+                if name not in gauges:
+                    gauges[name] = metrics.Gauge(name, key, tag_keys=("node",))
+                gauges[name].set(value, tags=tags)
+            for key, value in stats["counters"].items():
+                name = "ray_hyparview_" + "".join(c if c.isalnum() else "_" for c in key)
+                if name not in counters:
+                    counters[name] = metrics.Counter(name, key, tag_keys=("node",))
+                delta = value - last.get(name, 0)
+                if delta > 0:
+                    counters[name].inc(delta, tags=tags)
+                last[name] = value
+            await asyncio.sleep(_METRICS_INTERVAL)
+
+    def views(self) -> dict[str, Any]:
+        agent = self.agent
+        return {
+            "endpoint": agent.myself.endpoint,
+            "active": [p.id for p in agent.active_view],
+            "passive": [p.id for p in agent.passive_view],
+        }
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            _kv_del(_KV_PREFIX + self.node_id)
+        await self.agent.aclose()
+
+
+class _NodeAgent:
+    """The detached actor that hosts one node's agent (and, later, its mesh service)."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        config: dict[str, Any],
+        security: Security | None,
+        bind_host: str | None,
+        log_level: str = "WARNING",
+    ) -> None:
+        # Membership changes are logged at INFO: one line each, which Ray forwards to every
+        # driver. WARNING by default keeps drivers readable; start(log_level="INFO") shows them.
+        logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING))
+        host = bind_host or _node_ip()
+        self._service = _Service(
+            node_id, host, HyParViewConfig(**config), security, export_metrics=True
+        )
+        self._started = False
+
+    async def start(self) -> str:
+        if not self._started:
+            self._started = True
+            return await self._service.start()
+        return self._service.agent.myself.endpoint
+
+    async def views(self) -> dict[str, Any]:
+        return self._service.views()
+
+    async def stats(self) -> dict[str, Any]:
+        return self._service.agent.stats()
+
+    async def wait_for_active(self, n: int, limit: float) -> int:
+        await self._service.agent.wait_for_active(n, timeout=limit)
+        return len(self._service.agent.active_view)
+
+    async def stop(self) -> None:
+        await self._service.stop()
+
+
+class _Reconciler:
+    """Keeps exactly one :class:`NodeAgent` on every alive node."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        security: Security | None,
+        bind_host: str | None,
+        interval: float,
+        log_level: str = "WARNING",
+    ) -> None:
+        self._log_level = log_level
+        self._config = config
+        self._security = security
+        self._bind_host = bind_host
+        self._interval = interval
+        self._agents: dict[NodeId, Any] = {}
+        self._dead: set[NodeId] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def run(self) -> None:
+        """Reconcile once now, then keep doing it in the background."""
+        await self.reconcile()
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="hyparview-reconciler")
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed; trying again")
+
+    async def reconcile(self) -> dict[str, list[NodeId]]:
+        alive = _alive_nodes()
+        started: list[NodeId] = []
+        for node_id in sorted(alive):
+            if node_id in self._agents:
+                continue
+            handle = NodeAgent.options(
+                name=agent_actor_name(node_id),
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote(node_id, self._config, self._security, self._bind_host, self._log_level)
+            self._agents[node_id] = handle
+            started.append(node_id)
+        if started:
+            # Start one at a time so that each finds the ones before it in the GCS.
+            for node_id in started:
+                try:
+                    await self._agents[node_id].start.remote()
+                except Exception:
+                    log.exception("agent on node %s failed to start", node_id)
+                    self._agents.pop(node_id, None)
+        forgotten: list[NodeId] = []
+        for node_id in [n for n in self._agents if n not in alive]:
+            del self._agents[node_id]
+            self._dead.add(node_id)
+            forgotten.append(node_id)
+            with contextlib.suppress(Exception):
+                _kv_del(_KV_PREFIX + node_id)
+        return {"started": started, "forgotten": forgotten}
+
+    async def agents(self) -> dict[NodeId, Any]:
+        return dict(self._agents)
+
+    async def dead(self) -> list[NodeId]:
+        return sorted(self._dead)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        handles = list(self._agents.values())
+        self._agents.clear()
+        results = await asyncio.gather(*(h.stop.remote() for h in handles), return_exceptions=True)
+        for handle, result in zip(handles, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("agent did not stop cleanly: %s", result)
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+
+
+# The actor classes; typed as Any because ray.remote's wrapper types are not generic.
+NodeAgent: Any = ray.remote(num_cpus=0, max_restarts=0)(_NodeAgent)
+Reconciler: Any = ray.remote(num_cpus=0, max_restarts=0)(_Reconciler)
+
+
+def get_agent(node_id: NodeId | None = None) -> Any:
+    """The agent actor of ``node_id`` (default: the caller's node)."""
+    if node_id is None:
+        node_id = ray.get_runtime_context().get_node_id()
+    return ray.get_actor(agent_actor_name(node_id), namespace=NAMESPACE)
+
+
+class HyParViewCluster:
+    """The handle ``start()`` returns: views, topology, stats, a picture, and ``stop()``."""
+
+    def __init__(self, reconciler: Any) -> None:
+        self._reconciler = reconciler
+
+    def _agents(self) -> dict[NodeId, Any]:
+        agents: dict[NodeId, Any] = ray.get(self._reconciler.agents.remote())
+        return agents
+
+    def reconcile(self) -> dict[str, list[NodeId]]:
+        """Reconcile now (start agents on new nodes, forget dead ones) instead of waiting."""
+        result: dict[str, list[NodeId]] = ray.get(self._reconciler.reconcile.remote())
+        return result
+
+    def _gather(self, method: str, *, limit: float = 10.0) -> dict[NodeId, Any]:
+        agents = self._agents()
+        refs = {node_id: getattr(h, method).remote() for node_id, h in agents.items()}
+        out: dict[NodeId, Any] = {}
+        for node_id, ref in refs.items():
+            try:
+                out[node_id] = ray.get(ref, timeout=limit)
+            except Exception as exc:  # a node that just died: say so, do not fail the call
+                out[node_id] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
+
+    def views(self) -> dict[NodeId, dict[str, Any]]:
+        """``{node_id: {"endpoint", "active": [...], "passive": [...]}}`` from every agent."""
+        return self._gather("views")
+
+    def topology(self) -> set[tuple[NodeId, NodeId]]:
+        """Active-view edges as sorted pairs (an edge both ends agree on appears once)."""
+        edges: set[tuple[NodeId, NodeId]] = set()
+        for node_id, view in self.views().items():
+            for peer in view.get("active", []):
+                a, b = sorted((node_id, peer))
+                edges.add((a, b))
+        return edges
+
+    def stats(self) -> dict[NodeId, dict[str, Any]]:
+        """Every agent's ``stats()``."""
+        return self._gather("stats")
+
+    def wait_converged(self, *, limit: float = 60.0, min_active: int = 1) -> dict[NodeId, Any]:
+        """Block until every alive node has an agent with ``min_active`` links, views are
+        symmetric and the overlay is connected; return the views."""
+        deadline = time.monotonic() + limit
+        while True:
+            self.reconcile()
+            views = self.views()
+            alive = set(_alive_nodes())
+            if set(views) >= alive and _converged(views, alive, min_active):
+                return views
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the overlay did not converge in {limit} s: {views}")
+            time.sleep(0.2)
+
+    def draw(self, path: str) -> str:
+        """Write a PNG of the overlay: nodes on a circle, active links, dead nodes marked."""
+        from ray_hyparview.drawing import draw_overlay
+
+        views = self.views()
+        dead = set(ray.get(self._reconciler.dead.remote()))
+        nodes = sorted(set(views) | dead)
+        edges = sorted(self.topology())
+        return draw_overlay(path, nodes, edges, dead=dead, title="ray_hyparview overlay")
+
+    def stop(self) -> None:
+        """Stop every agent (they leave gracefully) and the reconciler."""
+        with contextlib.suppress(Exception):
+            ray.get(self._reconciler.stop.remote(), timeout=30)
+        with contextlib.suppress(Exception):
+            ray.kill(self._reconciler)
+
+
+def _converged(views: Mapping[NodeId, Any], alive: set[NodeId], min_active: int) -> bool:
+    live = {n: set(v.get("active", [])) for n, v in views.items() if n in alive and "active" in v}
+    if set(live) != alive:
+        return False
+    if len(live) > 1 and any(len(a) < min_active for a in live.values()):
+        return False
+    if any(p not in live or n not in live[p] for n, peers in live.items() for p in peers):
+        return False
+    start_node = next(iter(live), None)
+    if start_node is None:
+        return True
+    seen = {start_node}
+    todo = [start_node]
+    while todo:
+        for p in live[todo.pop()]:
+            if p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return seen == set(live)
+
+
+def start(
+    hyparview_config: HyParViewConfig | None = None,
+    security: Security | None = None,
+    *,
+    bind_host: str | None = None,
+    reconcile_interval: float = 1.0,
+    wait: bool = True,
+    limit: float = 60.0,
+    log_level: str = "WARNING",
+) -> HyParViewCluster:
+    """Start (or find) the plugin on the connected Ray cluster; see the module docstring.
+
+    ``bind_host`` is the address each agent binds and advertises (default: its node's address).
+    With ``wait`` it returns once the overlay is connected and symmetric.
+    """
+    if not ray.is_initialized():
+        raise RuntimeError("connect to a Ray cluster first (ray.init(...))")
+    config = hyparview_config if hyparview_config is not None else HyParViewConfig()
+    head = ray.get_runtime_context().get_node_id()
+    reconciler = Reconciler.options(
+        name=RECONCILER_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=True),
+    ).remote(asdict(config), security, bind_host, reconcile_interval, log_level)
+    ray.get(reconciler.run.remote())
+    handle = HyParViewCluster(reconciler)
+    if wait:
+        handle.wait_converged(limit=limit)
+    return handle
+
+
+def run_sidecar(address: str, args: argparse.Namespace) -> int:
+    """``python -m ray_hyparview.agent run --ray-address ADDR``: the agent as a process next to
+    ``ray start``, finding its node id and peers through the GCS."""
+    logging.basicConfig(level=getattr(logging, (args.log_level or "INFO").upper(), logging.INFO))
+    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        host = args.bind.removeprefix("tcp://").rsplit(":", 1)[0] if args.bind else None
+        service = _Service(
+            node_id,
+            host or _node_ip(),
+            HyParViewConfig(),
+            None,
+            export_metrics=False,
+        )
+        return asyncio.run(_run_service(service, args))
+    finally:
+        ray.shutdown()
+
+
+async def _run_service(service: _Service, args: argparse.Namespace) -> int:
+    import signal
+
+    from ray_hyparview.control import control_server
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    endpoint = await service.start()
+    try:
+        async with control_server(args.control, service.agent.stats) as control:
+            print(json.dumps({"id": service.node_id, "endpoint": endpoint, "control": control}))
+            await stop.wait()
+    finally:
+        await service.stop()
+    return 0
+
+
+def views_summary(views: Mapping[NodeId, Any], names: Sequence[NodeId] | None = None) -> str:
+    """A few readable lines: one per node with its active peers (ids shortened)."""
+    short = {n: n[:8] for n in views}
+    lines = []
+    for node_id in names or sorted(views):
+        view = views[node_id]
+        peers = " ".join(short.get(p, p[:8]) for p in view.get("active", []))
+        lines.append(f"  {short[node_id]}: {peers}")
+    return "\n".join(lines)
