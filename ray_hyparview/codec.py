@@ -23,7 +23,7 @@ The rules this module keeps:
   ``TypeError``, ``OverflowError``...), so the call is wrapped in a broad ``except Exception``.
 * **Strict schema.** Every field is checked by a small :class:`Field` object: exact types (a
   ``bool`` is not an ``int``), integer ranges (TTLs in 0..255), bounded sequences, enum values,
-  peer ids that are non-empty printable strings of at most 255 UTF-8 bytes (they become ZeroMQ
+  peer ids that are non-empty printable strings of at most 240 UTF-8 bytes (they become ZeroMQ
   routing ids, which libzmq limits to 255 bytes and whose leading zero byte is reserved).
 * **Extensible registry.** Other layers (Plumtree, the routed mesh) add their own message
   dataclasses with :func:`register` (or :meth:`Registry.register`); the registry checks that the
@@ -106,8 +106,9 @@ HEADER: Final = MAGIC + bytes([VERSION])
 DEFAULT_MAX_SIZE: Final = 64 * 1024
 """Largest frame accepted or produced, header included (64 KiB)."""
 
-MAX_PEER_ID_BYTES: Final = 255
-"""Longest node id in UTF-8 bytes: ZeroMQ routing ids are at most 255 bytes."""
+MAX_PEER_ID_BYTES: Final = 240
+"""Longest node id in UTF-8 bytes. ZeroMQ routing ids are at most 255 bytes, and the ZeroMQ
+transport appends a separator and a per-connection tag to the node id."""
 
 MAX_ENDPOINT_LEN: Final = 255
 """Longest endpoint string (``tcp://[v6 address]:port`` fits easily)."""

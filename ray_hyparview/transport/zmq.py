@@ -1,0 +1,729 @@
+"""The ZeroMQ transport: one ROUTER in, one DEALER out per peer, over asyncio pyzmq.
+
+Theory of operation
+-------------------
+**Sockets.** Each agent binds one ROUTER socket for everything inbound and opens one DEALER
+socket per peer it sends to. We never send on the ROUTER. The reasons for this arrangement:
+
+* Every outbound link is its own socket, so every link has its own socket monitor: a
+  ``DISCONNECTED`` event names exactly one peer, which is what ``link_failed`` needs. A ROUTER
+  multiplexes many peers on one socket and its monitor events carry no routing id.
+* The DEALER's routing id tells the receiving ROUTER who is sending, with no hello message.
+  It is ``node_id + b"\\0" + 6 random bytes``: the receiver strips the tag to get the node id.
+  The tag makes each connection's routing id unique. libzmq silently drops every message of a
+  connection whose routing id is already taken on the ROUTER (``ROUTER_HANDOVER=0``, measured
+  here: the handshake succeeds, sends succeed, nothing arrives), which would black-hole a
+  re-dial racing the teardown of the previous connection, or a restarted node whose old
+  half-open connection the peer has not yet timed out. ``ROUTER_HANDOVER`` stays off: with
+  handover a second connection claiming an id steals the route.
+* The cost is two TCP connections per active link (one each way): still O(active view).
+
+**Who sent this?** The routing id is only a claim. Without CURVE it is trusted, as is the
+network (the transport warns when it binds a non-loopback address in plain text). With CURVE
+the ROUTER is a CURVE server whose ZAP handler (pyzmq's ``AsyncioAuthenticator`` with an
+allow-list callback on our ZAP domain; CURVE alone encrypts but admits any client key) refuses
+unknown client keys during the handshake, so their frames never reach us. For each received
+frame we then read the ``User-Id`` property that ZAP attached (the client's z85 public key) and
+require that the claimed node id is the one bound to that key (``CurveConfig.node_keys``), or,
+for keys in the unbound allow-list, that the claimed id is not bound to another key. Frames that
+fail are dropped and counted as ``recv.dropped.impersonation``. The agent then checks that the
+message's own ``sender`` equals this id.
+
+**Failure detection.** Each DEALER has a socket monitor read by the link's task:
+``HANDSHAKE_SUCCEEDED`` marks it up (``CONNECTED`` does not: the kernel accepts connections for
+a frozen process), ``CONNECT_RETRIED`` while dialling means refused, ``HANDSHAKE_FAILED_*`` means
+a refused key, ``DISCONNECTED`` on an up link means the peer crashed (within milliseconds) or
+stopped answering ZMTP heartbeats (``HEARTBEAT_IVL``/``TIMEOUT``/``TTL``, within the timeout).
+No handshake within ``dial_timeout`` is ``DIAL_TIMEOUT``. ZMTP heartbeats are answered by
+libzmq's I/O thread, so a peer whose Python loop is stuck but whose process runs still looks
+alive; the agent's application keepalives catch that. Each failure is reported once as
+``LinkFailed`` and the link is torn down; the next ``send`` dials afresh.
+
+**Bounds.** ``SNDHWM``/``RCVHWM`` bound libzmq's queues; ``MAXMSGSIZE`` on the ROUTER drops a
+peer that sends an oversize frame (libzmq closes that connection); frames sent while a link
+dials wait in a per-link queue of ``pending_limit``; links opened implicitly by ``send`` (not
+``open_link``) are cached at most ``max_cached_links`` and expire after ``idle_timeout``; a
+receive batch is at most ``max_batch`` frames; link events coalesce per peer. ``IMMEDIATE=1``
+on DEALERs: nothing is queued for a peer that is not connected, so stale frames cannot reach a
+later incarnation bound at the same endpoint. Every socket closes with ``linger=0``, monitors
+are disabled before their socket closes, and monitor sockets are read until then (libzmq stops
+making connections if they fill up). Facts from ``/work/shared/DESIGN.md``, measured with
+pyzmq 27.3 and libzmq 4.3.5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+from collections import Counter, OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import zmq
+import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
+
+from ray_hyparview.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
+from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.transport.base import LinkEventBox, LinkFailed, LinkFailure, TransportClosed
+
+__all__ = ["CurveConfig", "ZmqOptions", "ZmqTransport"]
+
+log = logging.getLogger(__name__)
+
+ZAP_DOMAIN: Final = "ray_hyparview"
+_TAG_LEN: Final = 6
+_LINK_EVENTS: Final = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_HANDSHAKE_FAILED: Final[dict[int, str]] = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no_detail",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+}
+_ROUTER_EVENTS: Final[dict[int, str]] = {
+    zmq.EVENT_ACCEPTED: "accepted",
+    zmq.EVENT_DISCONNECTED: "disconnected",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed_no_detail",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed_auth",
+}
+_SCHEMES: Final = ("tcp://", "ipc://", "inproc://")
+_ID_CACHE_MAX: Final = 4096
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ZmqOptions:
+    """Socket and bookkeeping limits. Defaults suit a LAN or loopback cluster."""
+
+    hwm: int = 1000
+    """SNDHWM of each DEALER and RCVHWM of the ROUTER, in frames."""
+
+    max_msg_size: int = DEFAULT_MAX_SIZE
+    """MAXMSGSIZE of the ROUTER: a larger inbound frame makes libzmq drop that connection."""
+
+    heartbeat_ivl: float = 0.5
+    """Seconds between ZMTP PINGs on idle connections (both directions)."""
+
+    heartbeat_timeout: float = 1.5
+    """Seconds without traffic after a PING before libzmq drops the connection: three missed
+    intervals, as one lost packet already costs a 200 ms TCP retransmit."""
+
+    heartbeat_ttl: float = 1.5
+    """Seconds the remote end may wait for traffic from us before it drops the connection."""
+
+    dial_timeout: float = 2.0
+    """Seconds from dial to completed handshake before ``LinkFailed(DIAL_TIMEOUT)``."""
+
+    reconnect_ivl: float = 0.1
+    """libzmq's reconnect interval while dialling (a refused dial fails the link at once)."""
+
+    pending_limit: int = 128
+    """Frames held per link while it dials; more are dropped and counted."""
+
+    max_cached_links: int = 32
+    """Most links kept that were opened by ``send`` rather than ``open_link``."""
+
+    idle_timeout: float = 30.0
+    """Seconds an unpinned link may stay unused before it is closed."""
+
+    max_batch: int = 256
+    """Most inbound frames returned by one ``recv_batch``."""
+
+    def __post_init__(self) -> None:
+        for name in ("hwm", "max_msg_size", "pending_limit", "max_cached_links", "max_batch"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"ZmqOptions.{name} must be a positive int, got {value!r}")
+        for name in (
+            "heartbeat_ivl",
+            "heartbeat_timeout",
+            "heartbeat_ttl",
+            "dial_timeout",
+            "reconnect_ivl",
+            "idle_timeout",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"ZmqOptions.{name} must be a positive number, got {value!r}")
+
+
+def _z85_key(value: str | bytes, what: str) -> str:
+    text = value.decode("ascii") if isinstance(value, bytes) else value
+    try:
+        raw = z85.decode(text.encode("ascii"))
+    except (ValueError, UnicodeError, IndexError):
+        raise ValueError(f"{what} is not a z85 CURVE key: {text!r}") from None
+    if len(raw) != 32:
+        raise ValueError(f"{what} must be a 40-character z85 key, got {text!r}")
+    return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CurveConfig:
+    """CURVE encryption and authentication for one node.
+
+    Keys are 40-character z85 strings (or their ASCII bytes), as ``zmq.curve_keypair()`` makes.
+    """
+
+    public_key: str | bytes
+    """This node's public key: the server key peers dial us with."""
+
+    secret_key: str | bytes
+    """This node's secret key."""
+
+    node_keys: Mapping[NodeId, str | bytes] = field(default_factory=dict)
+    """Node id -> that node's public key. A listed key may speak only as its node id, a listed
+    id only with its key; dials to a listed id use its key as the server key."""
+
+    allowed_keys: frozenset[str | bytes] = frozenset()
+    """Extra client keys admitted without an id binding (e.g. one key shared by a cluster).
+    Such a client may claim any id that is not bound in ``node_keys``."""
+
+    default_server_key: str | bytes | None = None
+    """Server key for dialling ids absent from ``node_keys`` (e.g. a shared cluster key);
+    without it such dials fail as ``UNREACHABLE``."""
+
+    def __post_init__(self) -> None:
+        _z85_key(self.public_key, "public_key")
+        _z85_key(self.secret_key, "secret_key")
+        for node_id, key in self.node_keys.items():
+            _z85_key(key, f"node_keys[{node_id!r}]")
+        for key in self.allowed_keys:
+            _z85_key(key, "allowed_keys entry")
+        if self.default_server_key is not None:
+            _z85_key(self.default_server_key, "default_server_key")
+
+
+class _Auth:
+    """The allow-list and key->id binding derived from a :class:`CurveConfig`."""
+
+    def __init__(self, curve: CurveConfig, counters: Counter[str]) -> None:
+        self.public = _z85_key(curve.public_key, "public_key").encode()
+        self.secret = _z85_key(curve.secret_key, "secret_key").encode()
+        self.id_to_key = {i: _z85_key(k, "key") for i, k in curve.node_keys.items()}
+        self.key_to_id = {k: i for i, k in self.id_to_key.items()}
+        if len(self.key_to_id) != len(self.id_to_key):
+            raise ValueError("CurveConfig.node_keys binds one key to two node ids")
+        self.unbound = frozenset(_z85_key(k, "key") for k in curve.allowed_keys)
+        default = curve.default_server_key
+        self.default_server = None if default is None else _z85_key(default, "key").encode()
+        self._counters = counters
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP allow-list: called by the authenticator with the client's z85 key."""
+        text = key.decode("ascii", "replace")
+        allowed = domain == ZAP_DOMAIN and (text in self.key_to_id or text in self.unbound)
+        if not allowed:
+            self._counters["zap.denied"] += 1
+            log.warning("refused CURVE client key %s", text)
+        return allowed
+
+    def server_key_for(self, peer_id: NodeId) -> bytes | None:
+        key = self.id_to_key.get(peer_id)
+        return key.encode() if key is not None else self.default_server
+
+    def may_claim(self, node_id: NodeId, user_id: str | None) -> bool:
+        if user_id is None:
+            return False
+        bound = self.key_to_id.get(user_id)
+        if bound is not None:
+            return bound == node_id
+        return user_id in self.unbound and node_id not in self.id_to_key
+
+
+class _Link:
+    """One outbound DEALER, its monitor, and its dial state."""
+
+    __slots__ = ("last_used", "mon", "peer", "pending", "pinned", "shadow", "sock", "task", "up")
+
+    def __init__(self, peer: Peer, sock: zmq.asyncio.Socket, mon: zmq.asyncio.Socket) -> None:
+        self.peer = peer
+        self.sock = sock
+        self.shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self.mon = mon
+        self.up = False
+        self.pinned = False
+        self.pending: deque[bytes] = deque()
+        self.last_used = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+
+def _is_loopback(endpoint: str) -> bool:
+    if not endpoint.startswith("tcp://"):
+        return True  # ipc:// and inproc:// never leave the host
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # '*', an interface or a host name
+
+
+class ZmqTransport:
+    """The production transport; see the module docstring and :mod:`.base` for the contract."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        bind: str = "tcp://127.0.0.1:0",
+        *,
+        options: ZmqOptions | None = None,
+        curve: CurveConfig | None = None,
+    ) -> None:
+        raw_id = node_id.encode("utf-8") if isinstance(node_id, str) else b""
+        if not raw_id or not node_id.isprintable() or len(raw_id) > MAX_PEER_ID_BYTES:
+            raise ValueError(
+                f"node id must be a printable string of 1..{MAX_PEER_ID_BYTES} UTF-8 bytes,"
+                f" got {node_id!r}"
+            )
+        if not bind.startswith(_SCHEMES):
+            raise ValueError(f"bind endpoint must start with one of {_SCHEMES}, got {bind!r}")
+        self._node_id = node_id
+        self._raw_id = raw_id
+        self._bind_addr = bind
+        self._opts = options or ZmqOptions()
+        self._counters: Counter[str] = Counter()
+        self._auth = None if curve is None else _Auth(curve, self._counters)
+        self._endpoint = ""
+        self._ctx: zmq.asyncio.Context | None = None
+        self._router: zmq.asyncio.Socket | None = None
+        self._router_shadow: zmq.Socket[bytes] | None = None
+        self._router_mon: zmq.asyncio.Socket | None = None
+        self._authenticator: AsyncioAuthenticator | None = None
+        self._links: OrderedDict[NodeId, _Link] = OrderedDict()
+        self._events = LinkEventBox()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._open_sockets: set[zmq.Socket[Any]] = set()
+        self._ids: dict[bytes, NodeId] = {}
+        self._started = False
+        self._closed = False
+
+    # -- the Transport protocol --------------------------------------------------------------
+
+    @property
+    def node_id(self) -> NodeId:
+        return self._node_id
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self._counters
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has begun."""
+        return self._closed
+
+    @property
+    def open_sockets(self) -> int:
+        """Sockets this transport holds open (ROUTER, DEALERs, monitors): for leak tests."""
+        return sum(1 for s in self._open_sockets if not s.closed)
+
+    async def start(self) -> str:
+        if self._started:
+            raise RuntimeError("transport already started")
+        if self._closed:
+            raise TransportClosed("transport closed")
+        self._started = True
+        opts = self._opts
+        # Own context per transport: the ZAP handler is per context, and tests run several
+        # agents, each with its own key set, in one process.
+        self._ctx = ctx = zmq.asyncio.Context()
+        router = self._socket(zmq.ROUTER)
+        router.setsockopt(zmq.RCVHWM, opts.hwm)
+        router.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_size)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 0)
+        router.setsockopt(zmq.HANDSHAKE_IVL, _ms(opts.dial_timeout))
+        self._heartbeats(router)
+        if self._auth is not None:
+            self._authenticator = AsyncioAuthenticator(context=ctx)
+            self._authenticator.start()
+            self._authenticator.configure_curve_callback(
+                domain=ZAP_DOMAIN, credentials_provider=self._auth
+            )
+            router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+            router.setsockopt(zmq.CURVE_SERVER, 1)
+            router.setsockopt(zmq.CURVE_SECRETKEY, self._auth.secret)
+            router.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.public)
+        elif not _is_loopback(self._bind_addr):
+            log.warning(
+                "binding %s in plain text: any host that reaches it can join and read the"
+                " overlay; configure CURVE keys for anything but loopback",
+                self._bind_addr,
+            )
+        self._router_mon = router.get_monitor_socket(sum(_ROUTER_EVENTS))
+        self._open_sockets.add(self._router_mon)
+        bind = self._bind_addr
+        if bind.startswith("tcp://") and bind.endswith(":0"):
+            bind = bind[:-2] + ":*"
+        router.bind(bind)
+        self._router = router
+        self._router_shadow = zmq.Socket.shadow(router.underlying)
+        self._endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._spawn(self._watch_router(self._router_mon))
+        self._spawn(self._expire_idle())
+        log.debug("%s listening on %s", self._node_id, self._endpoint)
+        return self._endpoint
+
+    def send(self, peer: Peer, data: bytes) -> bool:
+        if self._closed or self._ctx is None:
+            self._counters["send.dropped.closed"] += 1
+            return False
+        link = self._links.get(peer.id)
+        if link is None:
+            link = self._dial(peer)
+            if link is None:
+                self._counters["send.dropped.unreachable"] += 1
+                return False
+        else:
+            self._links.move_to_end(peer.id)
+        link.last_used = self._now()
+        if not link.up:
+            if len(link.pending) >= self._opts.pending_limit:
+                self._counters["send.dropped.pending_full"] += 1
+                return False
+            link.pending.append(data)
+            return True
+        try:
+            link.shadow.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self._counters["send.dropped.hwm"] += 1
+            return False
+        except zmq.ZMQError as exc:
+            self._counters["send.dropped.error"] += 1
+            log.debug("send to %s failed: %s", peer, exc)
+            return False
+        self._counters["sent.msgs"] += 1
+        self._counters["sent.bytes"] += len(data)
+        return True
+
+    def open_link(self, peer: Peer) -> None:
+        if self._closed or self._ctx is None:
+            return
+        link = self._links.get(peer.id)
+        if link is None:
+            self._events.discard(peer.id)
+            link = self._dial(peer)
+        if link is not None:
+            link.pinned = True
+
+    def close_link(self, peer_id: NodeId) -> None:
+        link = self._links.pop(peer_id, None)
+        if link is not None:
+            self._stop_link(link)
+
+    def linked(self) -> frozenset[NodeId]:
+        return frozenset(self._links)
+
+    async def recv_batch(self) -> list[tuple[NodeId, bytes]]:
+        router, shadow = self._router, self._router_shadow
+        if self._closed or router is None or shadow is None:
+            raise TransportClosed("transport closed")
+        copy = self._auth is None
+        batch: list[tuple[NodeId, bytes]] = []
+        while not batch:
+            try:
+                frames: list[Any] = await router.recv_multipart(copy=copy)
+            except (asyncio.CancelledError, zmq.ZMQError):
+                task = asyncio.current_task()
+                if self.closed and (task is None or not task.cancelling()):
+                    raise TransportClosed("transport closed") from None
+                raise
+            self._accept(frames, batch)
+            for _ in range(self._opts.max_batch - 1):
+                try:
+                    frames = shadow.recv_multipart(zmq.NOBLOCK, copy=copy)
+                except zmq.Again:
+                    break
+                self._accept(frames, batch)
+        return batch
+
+    async def link_events(self) -> list[LinkFailed]:
+        return await self._events.get()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._events.close()
+        links = list(self._links.values())
+        self._links.clear()
+        for link in links:
+            self._stop_link(link)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._router is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._router.disable_monitor()
+        for sock in list(self._open_sockets):
+            sock.close(linger=0)
+        self._open_sockets.clear()
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+            await asyncio.sleep(0)  # let the authenticator's cancelled task finish
+        if self._ctx is not None:
+            self._ctx.term()
+
+    # -- outbound links ----------------------------------------------------------------------
+
+    def _dial(self, peer: Peer) -> _Link | None:
+        """Create, monitor and connect a DEALER to ``peer``; report UNREACHABLE on failure."""
+        endpoint = peer.endpoint
+        if not endpoint.startswith(_SCHEMES):
+            self._report(LinkFailed(peer.id, LinkFailure.UNREACHABLE, f"bad endpoint {endpoint!r}"))
+            return None
+        server_key = None
+        if self._auth is not None:
+            server_key = self._auth.server_key_for(peer.id)
+            if server_key is None:
+                self._report(LinkFailed(peer.id, LinkFailure.UNREACHABLE, "no CURVE key"))
+                return None
+        opts = self._opts
+        sock = self._socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self._raw_id + b"\0" + os.urandom(_TAG_LEN))
+        sock.setsockopt(zmq.SNDHWM, opts.hwm)
+        sock.setsockopt(zmq.RCVHWM, 16)  # peers never send on this socket
+        sock.setsockopt(zmq.MAXMSGSIZE, 1024)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, _ms(opts.reconnect_ivl))
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, _ms(opts.dial_timeout))
+        sock.setsockopt(zmq.HANDSHAKE_IVL, _ms(opts.dial_timeout))
+        self._heartbeats(sock)
+        if self._auth is not None and server_key is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self._auth.secret)
+        mon = sock.get_monitor_socket(_LINK_EVENTS)
+        self._open_sockets.add(mon)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            self._close_sockets(sock, mon)
+            self._report(LinkFailed(peer.id, LinkFailure.UNREACHABLE, str(exc)))
+            return None
+        link = _Link(peer, sock, mon)
+        self._links[peer.id] = link
+        self._counters["link.opened"] += 1
+        link.task = self._spawn(self._run_link(link))
+        link.task.add_done_callback(lambda _t: self._release(link))
+        self._evict_cached()
+        return link
+
+    async def _run_link(self, link: _Link) -> None:
+        failure = await self._dial_phase(link)
+        if failure is None:
+            failure = await self._watch_phase(link)
+        cause, detail = failure
+        if self._links.get(link.peer.id) is link:
+            del self._links[link.peer.id]
+            self._report(LinkFailed(link.peer.id, cause, detail))
+
+    async def _dial_phase(self, link: _Link) -> tuple[LinkFailure, str] | None:
+        try:
+            async with asyncio.timeout(self._opts.dial_timeout):
+                while True:
+                    event = await self._next_event(link.mon)
+                    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        break
+                    if event == zmq.EVENT_CONNECT_RETRIED:
+                        return LinkFailure.REFUSED, link.peer.endpoint
+                    if event == zmq.EVENT_DISCONNECTED:
+                        return LinkFailure.DISCONNECTED, "during handshake"
+                    if event in _HANDSHAKE_FAILED:
+                        return LinkFailure.HANDSHAKE_FAILED, _HANDSHAKE_FAILED[event]
+                # IMMEDIATE=1: the pipe may attach just after the handshake event.
+                await self._flush(link)
+        except TimeoutError:
+            return LinkFailure.DIAL_TIMEOUT, f"{self._opts.dial_timeout}s"
+        return None
+
+    async def _flush(self, link: _Link) -> None:
+        sent = 0
+        while link.pending:
+            try:
+                link.shadow.send(link.pending[0], zmq.NOBLOCK)
+            except zmq.Again:
+                await asyncio.sleep(0.001)  # bounded by the dial timeout around us
+                continue
+            data = link.pending.popleft()
+            self._counters["sent.msgs"] += 1
+            self._counters["sent.bytes"] += len(data)
+            sent += 1
+            if sent % 64 == 0:
+                await asyncio.sleep(0)  # sends do not yield while writable; let timers run
+        link.up = True
+
+    async def _watch_phase(self, link: _Link) -> tuple[LinkFailure, str]:
+        while True:
+            event = await self._next_event(link.mon)
+            if event == zmq.EVENT_DISCONNECTED:
+                return LinkFailure.DISCONNECTED, "connection dropped"
+            if event in _HANDSHAKE_FAILED:
+                return LinkFailure.HANDSHAKE_FAILED, _HANDSHAKE_FAILED[event]
+
+    @staticmethod
+    async def _next_event(mon: zmq.asyncio.Socket) -> int:
+        msg = await mon.recv_multipart()
+        return int(parse_monitor_message(msg)["event"])
+
+    def _stop_link(self, link: _Link) -> None:
+        if link.pending:
+            self._counters["send.dropped.link_closed"] += len(link.pending)
+            link.pending.clear()
+        if link.task is not None:
+            link.task.cancel()
+
+    def _release(self, link: _Link) -> None:
+        """Close a link's sockets once its task is done, however it ended (even if it was
+        cancelled before it first ran, when a ``finally`` would never execute)."""
+        if self._links.get(link.peer.id) is link:
+            del self._links[link.peer.id]
+        if link.pending:
+            self._counters["send.dropped.link_failed"] += len(link.pending)
+            link.pending.clear()
+        with contextlib.suppress(zmq.ZMQError):
+            link.sock.disable_monitor()
+        self._close_sockets(link.sock, link.mon)
+
+    def _evict_cached(self) -> None:
+        cached = [link for link in self._links.values() if not link.pinned]
+        for link in cached[: max(0, len(cached) - self._opts.max_cached_links)]:
+            del self._links[link.peer.id]
+            self._stop_link(link)
+            self._counters["link.evicted"] += 1
+
+    async def _expire_idle(self) -> None:
+        period = max(0.05, self._opts.idle_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            cutoff = self._now() - self._opts.idle_timeout
+            for link in [lk for lk in self._links.values() if not lk.pinned]:
+                if link.last_used < cutoff:
+                    del self._links[link.peer.id]
+                    self._stop_link(link)
+                    self._counters["link.expired"] += 1
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    def _accept(self, frames: list[Any], batch: list[tuple[NodeId, bytes]]) -> None:
+        if len(frames) != 2:
+            self._counters["recv.dropped.multipart"] += 1
+            return
+        rid_frame, data_frame = frames
+        rid: bytes = rid_frame if type(rid_frame) is bytes else rid_frame.bytes
+        node_id = self._ids.get(rid)
+        if node_id is None:
+            node_id = self._parse_routing_id(rid)
+            if node_id is None:
+                self._counters["recv.dropped.bad_id"] += 1
+                return
+        if self._auth is None:
+            data: bytes = data_frame
+        else:
+            user_id = data_frame.get("User-Id")
+            if not self._auth.may_claim(node_id, user_id):
+                self._counters["recv.dropped.impersonation"] += 1
+                log.warning("dropped a frame claiming id %r from key %s", node_id, user_id)
+                return
+            data = data_frame.bytes
+        self._counters["recv.msgs"] += 1
+        self._counters["recv.bytes"] += len(data)
+        batch.append((node_id, data))
+
+    def _parse_routing_id(self, rid: bytes) -> NodeId | None:
+        """``node_id + b"\\0" + tag`` -> node id; ``None`` for anything else (e.g. the
+        zero-led ids libzmq invents for peers that set none)."""
+        sep = len(rid) - _TAG_LEN - 1
+        if sep < 1 or rid[sep] != 0 or rid[0] == 0:
+            return None
+        try:
+            node_id = rid[:sep].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not node_id.isprintable():
+            return None
+        if len(self._ids) >= _ID_CACHE_MAX:
+            self._ids.clear()
+        self._ids[rid] = node_id
+        return node_id
+
+    async def _watch_router(self, mon: zmq.asyncio.Socket) -> None:
+        """Count the ROUTER's connection events (refused handshakes show up here)."""
+        while True:
+            event = await self._next_event(mon)
+            name = _ROUTER_EVENTS.get(event)
+            if name is not None:
+                self._counters[f"router.{name}"] += 1
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _socket(self, kind: int) -> zmq.asyncio.Socket:
+        assert self._ctx is not None
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        self._open_sockets.add(sock)
+        return sock
+
+    def _heartbeats(self, sock: zmq.asyncio.Socket) -> None:
+        opts = self._opts
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _ms(opts.heartbeat_ivl))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(opts.heartbeat_timeout))
+        sock.setsockopt(zmq.HEARTBEAT_TTL, _ms(opts.heartbeat_ttl))
+
+    def _close_sockets(self, *socks: zmq.asyncio.Socket) -> None:
+        for sock in socks:
+            sock.close(linger=0)
+            self._open_sockets.discard(sock)
+
+    def _report(self, event: LinkFailed) -> None:
+        if self._closed:
+            return
+        self._counters[f"link.failed.{event.cause.value}"] += 1
+        log.debug(
+            "%s: link to %s failed: %s %s",
+            self._node_id,
+            event.peer_id,
+            event.cause.value,
+            event.detail,
+        )
+        self._events.put(event)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("transport task failed", exc_info=task.exception())
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()

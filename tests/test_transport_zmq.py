@@ -1,0 +1,477 @@
+"""The ZeroMQ transport on real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+import zmq
+import zmq.asyncio
+
+from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.transport import LinkFailed, LinkFailure, Transport, TransportClosed
+from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
+
+DEADLINE = 5.0
+FAST = ZmqOptions(heartbeat_ivl=0.1, heartbeat_timeout=0.3, heartbeat_ttl=0.3, dial_timeout=0.5)
+
+
+def peer(t: ZmqTransport) -> Peer:
+    return Peer(t.node_id, t.endpoint)
+
+
+async def until(predicate: object, deadline: float = DEADLINE) -> None:
+    """Wait until ``predicate()`` holds, polling the loop; fail after ``deadline`` seconds."""
+    assert callable(predicate)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not predicate():
+        if loop.time() > end:
+            pytest.fail(f"condition not met within {deadline}s")
+        await asyncio.sleep(0.01)
+
+
+async def recv_n(t: ZmqTransport, n: int) -> list[tuple[str, bytes]]:
+    out: list[tuple[str, bytes]] = []
+    async with asyncio.timeout(DEADLINE):
+        while len(out) < n:
+            out.extend(await t.recv_batch())
+    return out
+
+
+async def collect(t: ZmqTransport, into: list[tuple[str, bytes]]) -> None:
+    while True:
+        into.extend(await t.recv_batch())
+
+
+def assert_no_leaks(*transports: ZmqTransport) -> None:
+    for t in transports:
+        assert t.open_sockets == 0
+    current = asyncio.current_task()
+    assert [t for t in asyncio.all_tasks() if t is not current] == []
+
+
+@pytest_asyncio.fixture
+async def pair() -> AsyncIterator[tuple[ZmqTransport, ZmqTransport]]:
+    a, b = ZmqTransport("a", options=FAST), ZmqTransport("b", options=FAST)
+    await a.start()
+    await b.start()
+    yield a, b
+    await a.aclose()
+    await b.aclose()
+
+
+# -- basics -------------------------------------------------------------------------------------
+
+
+def test_satisfies_the_protocol() -> None:
+    transport: Transport = ZmqTransport("x")
+    assert transport.endpoint == ""
+
+
+def test_rejects_bad_local_ids_and_endpoints() -> None:
+    for bad in ("", "a\nb", "x" * 241):
+        with pytest.raises(ValueError, match="node id"):
+            ZmqTransport(bad)
+    with pytest.raises(ValueError, match="bind endpoint"):
+        ZmqTransport("a", "udp://127.0.0.1:1")
+    with pytest.raises(ValueError, match="heartbeat_ivl"):
+        ZmqOptions(heartbeat_ivl=0)
+
+
+@pytest.mark.asyncio
+async def test_send_both_ways(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+    a, b = pair
+    assert a.endpoint.startswith("tcp://127.0.0.1:")
+    assert not a.endpoint.endswith(":0")
+    assert a.send(peer(b), b"ping")
+    assert await recv_n(b, 1) == [("a", b"ping")]
+    assert b.send(peer(a), b"pong")
+    assert await recv_n(a, 1) == [("b", b"pong")]
+    assert a.counters["sent.msgs"] == 1
+    assert b.counters["recv.bytes"] == 4
+    assert a.linked() == {"b"}
+
+
+@pytest.mark.asyncio
+async def test_order_kept_and_batches_bounded() -> None:
+    a = ZmqTransport("a", options=ZmqOptions(max_batch=50))
+    b = ZmqTransport("b", options=ZmqOptions(max_batch=50))
+    await a.start()
+    await b.start()
+    for i in range(2000):  # the first 128 wait in the pending queue while b dials
+        frame = i.to_bytes(2, "big")
+        if not b.send(peer(a), frame):
+            await until(lambda frame=frame: b.send(peer(a), frame))
+    assert b.counters["send.dropped.pending_full"] >= 1  # the queue is bounded
+    got: list[tuple[str, bytes]] = []
+    async with asyncio.timeout(DEADLINE):
+        while len(got) < 2000:
+            batch = await a.recv_batch()
+            assert 1 <= len(batch) <= 50
+            got.extend(batch)
+    assert [int.from_bytes(d, "big") for _, d in got] == list(range(2000))
+    await a.aclose()
+    await b.aclose()
+
+
+# -- failure detection --------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_closed_peer_fails_the_link_fast(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+    a, b = pair
+    a.open_link(peer(b))
+    assert a.send(peer(b), b"hello")
+    await recv_n(b, 1)
+    start = time.perf_counter()
+    await b.aclose()
+    events = await asyncio.wait_for(a.link_events(), DEADLINE)
+    elapsed = time.perf_counter() - start
+    assert events == [LinkFailed("b", LinkFailure.DISCONNECTED, "connection dropped")]
+    assert elapsed < 0.5, f"{elapsed * 1e3:.1f} ms"
+    assert a.linked() == frozenset()
+    assert a.counters["link.failed.disconnected"] == 1
+
+
+@pytest.mark.asyncio
+async def test_refused_dial_is_reported(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+    a, _ = pair
+    with socket.socket() as s:  # a port that is surely closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    a.open_link(Peer("ghost", f"tcp://127.0.0.1:{port}"))
+    events = await asyncio.wait_for(a.link_events(), DEADLINE)
+    assert [(e.peer_id, e.cause) for e in events] == [("ghost", LinkFailure.REFUSED)]
+    assert a.linked() == frozenset()
+
+
+@pytest.mark.asyncio
+async def test_silent_listener_times_out_and_pending_is_bounded() -> None:
+    """A kernel that accepts but a process that never speaks ZMTP (frozen, or not ZeroMQ)."""
+    a = ZmqTransport("a", options=ZmqOptions(dial_timeout=0.3, pending_limit=5))
+    await a.start()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        mute = Peer("mute", f"tcp://127.0.0.1:{listener.getsockname()[1]}")
+        results = [a.send(mute, b"x") for _ in range(8)]
+        assert results == [True] * 5 + [False] * 3
+        start = time.perf_counter()
+        events = await asyncio.wait_for(a.link_events(), DEADLINE)
+        assert [(e.peer_id, e.cause) for e in events] == [("mute", LinkFailure.DIAL_TIMEOUT)]
+        assert 0.25 < time.perf_counter() - start < 2.0
+    assert a.counters["send.dropped.pending_full"] == 3
+    await until(lambda: a.counters["send.dropped.link_failed"] == 5)
+    await a.aclose()
+
+
+@pytest.mark.asyncio
+async def test_unusable_endpoints_are_unreachable(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+    a, _ = pair
+    assert not a.send(Peer("x", ""), b"1")
+    assert not a.send(Peer("y", "http://example"), b"1")
+    events = await a.link_events()
+    assert {(e.peer_id, e.cause) for e in events} == {
+        ("x", LinkFailure.UNREACHABLE),
+        ("y", LinkFailure.UNREACHABLE),
+    }
+
+
+PEER_SCRIPT = """
+import asyncio, sys
+from ray_hyparview.transport.zmq import ZmqOptions, ZmqTransport
+
+async def main():
+    t = ZmqTransport("child", options=ZmqOptions(heartbeat_ivl=0.1, heartbeat_timeout=0.3,
+                                                 heartbeat_ttl=0.3))
+    print(await t.start(), flush=True)
+    while True:
+        await t.recv_batch()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def child() -> Iterator[tuple[subprocess.Popen[str], Peer]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PEER_SCRIPT], stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    try:
+        assert proc.stdout is not None
+        endpoint = proc.stdout.readline().strip()
+        assert endpoint.startswith("tcp://127.0.0.1:"), endpoint
+        yield proc, Peer("child", endpoint)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+async def open_and_wait_up(a: ZmqTransport, target: Peer) -> None:
+    a.open_link(target)
+    a.send(target, b"hello")
+    await until(lambda: a.counters["sent.msgs"] >= 1)
+
+
+@pytest.mark.asyncio
+async def test_sigkilled_process_is_detected_fast(
+    child: tuple[subprocess.Popen[str], Peer],
+) -> None:
+    proc, target = child
+    a = ZmqTransport("a", options=FAST)
+    await a.start()
+    await open_and_wait_up(a, target)
+    start = time.perf_counter()
+    os.kill(proc.pid, signal.SIGKILL)
+    events = await asyncio.wait_for(a.link_events(), DEADLINE)
+    elapsed = time.perf_counter() - start
+    assert [(e.peer_id, e.cause) for e in events] == [("child", LinkFailure.DISCONNECTED)]
+    assert elapsed < 1.0, f"{elapsed * 1e3:.1f} ms"
+    await a.aclose()
+
+
+@pytest.mark.asyncio
+async def test_sigstopped_process_is_detected_by_heartbeats(
+    child: tuple[subprocess.Popen[str], Peer],
+) -> None:
+    proc, target = child
+    a = ZmqTransport("a", options=FAST)
+    await a.start()
+    await open_and_wait_up(a, target)
+    start = time.perf_counter()
+    os.kill(proc.pid, signal.SIGSTOP)
+    events = await asyncio.wait_for(a.link_events(), DEADLINE)
+    elapsed = time.perf_counter() - start
+    assert [(e.peer_id, e.cause) for e in events] == [("child", LinkFailure.DISCONNECTED)]
+    # ZMTP heartbeat: detected after about the timeout (0.3 s) past the last PING.
+    assert 0.2 < elapsed < FAST.heartbeat_timeout + 1.0, f"{elapsed * 1e3:.1f} ms"
+    os.kill(proc.pid, signal.SIGCONT)
+    await a.aclose()
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_garbage_frames_are_counted_and_dropped(
+    pair: tuple[ZmqTransport, ZmqTransport],
+) -> None:
+    a, b = pair
+    ctx = zmq.asyncio.Context()
+    socks = []
+    try:
+        anon = ctx.socket(zmq.DEALER)  # no routing id: libzmq invents a zero-led one
+        plain_id = ctx.socket(zmq.DEALER)  # an id without our tag
+        plain_id.setsockopt(zmq.ROUTING_ID, b"mallory")
+        ours = ctx.socket(zmq.DEALER)
+        ours.setsockopt(zmq.ROUTING_ID, b"m\0abcdef")
+        socks = [anon, plain_id, ours]
+        for s in socks:
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(b.endpoint)
+        rng = random.Random(7)
+        for _ in range(1000):
+            await anon.send(rng.randbytes(rng.randrange(0, 200)))
+            await plain_id.send(rng.randbytes(rng.randrange(0, 200)))
+            await ours.send_multipart([b"a", rng.randbytes(10)])  # multipart: refused
+        await ours.send(b"\xff" * (FAST.max_msg_size + 1))  # oversize: connection dropped
+        got: list[tuple[str, bytes]] = []
+        drain = asyncio.ensure_future(collect(b, got))
+        await until(lambda: b.counters["recv.dropped.multipart"] == 1000)
+        await until(lambda: b.counters["recv.dropped.bad_id"] == 2000)
+        await until(lambda: b.counters["router.disconnected"] >= 1)  # the oversize sender
+        # Random bytes straight onto the TCP port (not even ZMTP) do no harm either.
+        host, port = b.endpoint.removeprefix("tcp://").rsplit(":", 1)
+        for _ in range(20):
+            with socket.create_connection((host, int(port))) as raw:
+                raw.sendall(rng.randbytes(300))
+        # Still serving:
+        assert a.send(peer(b), b"still here")
+        await until(lambda: len(got) == 1)
+        assert got == [("a", b"still here")]
+        assert b.counters["recv.msgs"] == 1
+        drain.cancel()
+    finally:
+        for s in socks:
+            s.close(linger=0)
+        ctx.term()
+
+
+# -- link bookkeeping ---------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_cached_links_are_bounded_and_expire() -> None:
+    opts = ZmqOptions(max_cached_links=2, idle_timeout=0.2)
+    a = ZmqTransport("a", options=opts)
+    others = [ZmqTransport(f"p{i}") for i in range(4)]
+    await a.start()
+    for t in others:
+        await t.start()
+    a.open_link(peer(others[0]))
+    for t in others[1:]:
+        assert a.send(peer(t), b"x")
+    assert a.linked() == {"p0", "p2", "p3"}
+    assert a.counters["link.evicted"] == 1
+    await until(lambda: a.linked() == {"p0"})  # unpinned links expired, pinned one stays
+    assert a.counters["link.expired"] == 2
+    await until(lambda: a.open_sockets == 4)  # ROUTER + its monitor + p0's DEALER + monitor
+    a.close_link("p0")
+    await until(lambda: a.open_sockets == 2)
+    await a.aclose()
+    for t in others:
+        await t.aclose()
+    assert_no_leaks(a, *others)
+
+
+@pytest.mark.asyncio
+async def test_aclose_is_idempotent_wakes_waiters_and_leaks_nothing() -> None:
+    a, b = ZmqTransport("a"), ZmqTransport("b")
+    await a.start()
+    await b.start()
+    a.open_link(peer(b))
+    assert b.send(peer(a), b"x")
+    assert await recv_n(a, 1) == [("b", b"x")]
+    receiver = asyncio.ensure_future(a.recv_batch())
+    watcher = asyncio.ensure_future(a.link_events())
+    await asyncio.sleep(0.05)
+    await a.aclose()
+    await a.aclose()
+    with pytest.raises(TransportClosed):
+        await receiver
+    with pytest.raises(TransportClosed):
+        await watcher
+    assert not a.send(peer(b), b"late")
+    await b.aclose()
+    assert_no_leaks(a, b)
+
+
+@pytest.mark.asyncio
+async def test_plain_text_on_a_public_address_warns(caplog: pytest.LogCaptureFixture) -> None:
+    t = ZmqTransport("a", "tcp://0.0.0.0:0")
+    with caplog.at_level(logging.WARNING, logger="ray_hyparview.transport.zmq"):
+        await t.start()
+    await t.aclose()
+    assert "plain text" in caplog.text
+    caplog.clear()
+    t = ZmqTransport("b")
+    with caplog.at_level(logging.WARNING, logger="ray_hyparview.transport.zmq"):
+        await t.start()
+    await t.aclose()
+    assert caplog.text == ""
+
+
+# -- CURVE --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keys() -> dict[str, tuple[bytes, bytes]]:
+    return {name: zmq.curve_keypair() for name in ("a", "b", "c", "shared")}
+
+
+def curve_for(name: str, keys: dict[str, tuple[bytes, bytes]], **kwargs: object) -> CurveConfig:
+    public, secret = keys[name]
+    node_keys = {n: keys[n][0] for n in ("a", "b")}
+    return CurveConfig(public_key=public, secret_key=secret, node_keys=node_keys, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_curve_peers_talk(keys: dict[str, tuple[bytes, bytes]]) -> None:
+    a = ZmqTransport("a", curve=curve_for("a", keys))
+    b = ZmqTransport("b", curve=curve_for("b", keys))
+    await a.start()
+    await b.start()
+    assert a.send(peer(b), b"secret")
+    assert b.send(peer(a), b"reply")
+    assert await recv_n(b, 1) == [("a", b"secret")]
+    assert await recv_n(a, 1) == [("b", b"reply")]
+    await a.aclose()
+    await b.aclose()
+    assert_no_leaks(a, b)
+
+
+@pytest.mark.asyncio
+async def test_curve_refuses_unlisted_and_plain_clients(
+    keys: dict[str, tuple[bytes, bytes]],
+) -> None:
+    b = ZmqTransport("b", curve=curve_for("b", keys))
+    await b.start()
+    # c has a valid key pair, but b does not list it.
+    c = ZmqTransport("c", curve=curve_for("c", keys))
+    await c.start()
+    assert c.send(peer(b), b"let me in")
+    events = await asyncio.wait_for(c.link_events(), DEADLINE)
+    assert [(e.peer_id, e.cause) for e in events] == [("b", LinkFailure.HANDSHAKE_FAILED)]
+    assert b.counters["zap.denied"] >= 1
+    # A plain-text client cannot even complete the handshake.
+    ctx = zmq.asyncio.Context()
+    plain = ctx.socket(zmq.DEALER)
+    plain.setsockopt(zmq.LINGER, 0)
+    plain.setsockopt(zmq.ROUTING_ID, b"a\0abcdef")
+    plain.connect(b.endpoint)
+    await plain.send(b"plain")
+    await until(lambda: b.counters["router.handshake_failed_no_detail"] >= 1)
+    # A CURVE client without the server's key (wrong server key) fails too.
+    wrong = ZmqTransport("a", curve=curve_for("a", keys, default_server_key=keys["shared"][0]))
+    await wrong.start()
+    assert wrong.send(Peer("stranger", b.endpoint), b"x")
+    events = await asyncio.wait_for(wrong.link_events(), DEADLINE)
+    assert events[0].cause in {LinkFailure.HANDSHAKE_FAILED, LinkFailure.DIAL_TIMEOUT}
+    assert b.counters["recv.msgs"] == 0
+    plain.close(linger=0)
+    ctx.term()
+    for t in (b, c, wrong):
+        await t.aclose()
+
+
+@pytest.mark.asyncio
+async def test_curve_drops_impersonation(keys: dict[str, tuple[bytes, bytes]]) -> None:
+    shared_public = keys["shared"][0]
+    b = ZmqTransport("b", curve=curve_for("b", keys, allowed_keys=frozenset({shared_public})))
+    await b.start()
+    # A valid key bound to "a" claims to be "c".
+    liar = ZmqTransport("c", curve=curve_for("a", keys))
+    # A valid unbound key claims to be "a", an id bound to another key.
+    thief = ZmqTransport("a", curve=curve_for("shared", keys))
+    # A valid unbound key under an unbound id is fine.
+    guest = ZmqTransport("guest", curve=curve_for("shared", keys))
+    for t in (liar, thief, guest):
+        await t.start()
+        assert t.send(peer(b), t.node_id.encode())
+    got: list[tuple[str, bytes]] = []
+    drain = asyncio.ensure_future(collect(b, got))
+    await until(lambda: b.counters["recv.dropped.impersonation"] == 2 and len(got) == 1)
+    assert got == [("guest", b"guest")]
+    drain.cancel()
+    for t in (b, liar, thief, guest):
+        await t.aclose()
+
+
+def test_curve_config_validates_keys(keys: dict[str, tuple[bytes, bytes]]) -> None:
+    public, secret = keys["a"]
+    with pytest.raises(ValueError, match="public_key"):
+        CurveConfig(public_key=b"short", secret_key=secret)
+    with pytest.raises(ValueError, match="node_keys"):
+        CurveConfig(public_key=public, secret_key=secret, node_keys={"x": "not a key"})
+    with pytest.raises(ValueError, match="two node ids"):
+        ZmqTransport(
+            "a",
+            curve=CurveConfig(
+                public_key=public, secret_key=secret, node_keys={"x": public, "y": public}
+            ),
+        )
