@@ -212,6 +212,8 @@ def load_keypair(path: str | os.PathLike[str]) -> tuple[str, str | None]:
     function adds the checks it lacks (Z85 shape, and that the secret matches the public key).
     """
     file = Path(path)
+    if not file.name:
+        raise KeyFileError(f"key file path {str(path)!r} names no file")
     if not file.is_file():
         for suffix in (".key_secret", ".key"):
             candidate = file.with_name(file.name + suffix)

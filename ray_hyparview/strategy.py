@@ -355,6 +355,11 @@ class Security:
     """The certificate file the key pair was read from, if any (kept so that ``to_mapping``
     writes the path rather than the secret)."""
 
+    default_server_key: str | None = None
+    """Public key to expect when dialling a node whose key is not bound in
+    :attr:`allowed_keys` (a node learned by shuffle, or a cluster sharing one key pair);
+    without it such a node cannot be dialled."""
+
     def __post_init__(self) -> None:
         _validate_key(self.public_key, "security.public_key")
         _validate_key(self.secret_key, "security.secret_key", secret=True)
@@ -389,9 +394,22 @@ class Security:
         for index, key in enumerate(allow):
             _validate_key(key, f"security.allow_list[{index}]")
         object.__setattr__(self, "allow_list", frozenset(allow))
+        if self.default_server_key is not None:
+            _validate_key(self.default_server_key, "security.default_server_key")
 
     def __hash__(self) -> int:
-        return hash((self.public_key, tuple(sorted(self.allowed_keys.items())), self.allow_list))
+        return hash(
+            (
+                self.public_key,
+                tuple(sorted(self.allowed_keys.items())),
+                self.allow_list,
+                self.default_server_key,
+            )
+        )
+
+    def server_key_for(self, node_id: NodeId) -> str | None:
+        """The public key a dial to ``node_id`` must expect, or None if it cannot be dialled."""
+        return self.allowed_keys.get(node_id, self.default_server_key)
 
     @property
     def public_key_bytes(self) -> bytes:
@@ -825,6 +843,8 @@ class Strategy:
                 security["allowed_keys"] = extra
             if sec.allow_list:
                 security["allow_list"] = sorted(sec.allow_list)
+            if sec.default_server_key is not None:
+                security["default_server_key"] = sec.default_server_key
             out["security"] = security
         if self.nodes:
             out["nodes"] = {
@@ -920,6 +940,7 @@ _SECURITY_KEYS: Final = (
     "secret_key_file",
     "allowed_keys",
     "allow_list",
+    "default_server_key",
 )
 _NODE_SPEC_KEYS: Final = ("endpoint", "public_key")
 _CONFIG_FIELDS: Final = {f.name: str(f.type) for f in fields(HyParViewConfig)}
@@ -1103,6 +1124,8 @@ def _parse_security(value: object, base_dir: Path | None) -> Security:
                 hint="set one of the two",
             )
         raw = _string(table["secret_key_file"], "security.secret_key_file", "a file path")
+        if not raw.strip():
+            raise StrategyError("security.secret_key_file", raw, "a file path")
         path = Path(raw).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
@@ -1149,6 +1172,7 @@ def _parse_security(value: object, base_dir: Path | None) -> Security:
         secret_key=secret,
         allowed_keys=dict(allowed),
         allow_list=frozenset(allow_list),
+        default_server_key=table.get("default_server_key"),
         secret_key_file=secret_file,
     )
 
@@ -1248,6 +1272,7 @@ ENV_VARS: Final[Mapping[str, tuple[str, _EnvParser]]] = types.MappingProxyType(
         "SECRET_KEY": ("security.secret_key", _env_text),
         "SECRET_KEY_FILE": ("security.secret_key_file", _env_path),
         "ALLOW_LIST": ("security.allow_list", lambda text, var: _env_list(text)),
+        "DEFAULT_SERVER_KEY": ("security.default_server_key", _env_optional_text),
         **{
             name.upper(): (
                 f"hyparview.{name}",

@@ -282,6 +282,20 @@ def test_security_merges_node_keys_and_decides_claims() -> None:
     assert not sec.may_claim("n2", extra_pub)
     assert SEC1 not in repr(s)
     assert s.warnings() == ()
+    assert sec.server_key_for("n3") == PUB3
+    assert sec.server_key_for("n9") is None
+
+
+def test_shared_cluster_key_pair() -> None:
+    """Every node holds the same pair: no key is bound to an id, any id may be claimed with
+    it, and dials to nodes learned later expect it."""
+    data = base()
+    data["security"] = {"secret_key": SEC1, "allow_list": [PUB1], "default_server_key": PUB1}
+    s = Strategy.from_mapping(data)
+    assert s.security is not None
+    assert s.security.may_claim("n7", PUB1)
+    assert s.security.server_key_for("n7") == PUB1
+    assert Strategy.from_mapping(s.to_mapping()) == s
 
 
 def test_public_key_is_derived_from_secret() -> None:
@@ -404,6 +418,8 @@ INVALID: list[tuple[str, Any, str, str, str]] = [
     ("security.allowed_keys", {"n9": PUB1}, "nodes.n1.public_key", "no other node", "secure"),
     ("security.allowed_keys", {"n9": PUB1}, "security.allowed_keys.n9", "other than", "n1-bare"),
     ("security.colour", "red", "security.colour", "a key of [security]", "secure"),
+    ("security.default_server_key", "k", "security.default_server_key", "40 char", "secure"),
+    ("security", {"secret_key_file": " "}, "security.secret_key_file", "a file path", "secure"),
 ]  # fmt: skip
 
 
@@ -776,6 +792,8 @@ def test_load_keypair_rejects_mismatch_and_garbage(tmp_path: Path) -> None:
         load_keypair(empty)
     with pytest.raises(KeyFileError, match="does not exist"):
         load_keypair(tmp_path / "absent")
+    with pytest.raises(KeyFileError, match="names no file"):
+        load_keypair("")
 
 
 def test_cmd_keygen(tmp_path: Path) -> None:
