@@ -30,7 +30,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from ray_hyparview.codec import Codec, DecodeError, default_codec
@@ -137,6 +137,7 @@ class Agent:
         self._offences: Counter[NodeId] = Counter()
         self.counters: Counter[str] = Counter()
         self._group: asyncio.TaskGroup | None = None
+        self._spawned: list[asyncio.Task[None]] = []
         self._stack = contextlib.AsyncExitStack()
         self._closing = False
         self._closed = False
@@ -188,11 +189,11 @@ class Agent:
         core = self._core
         if core is not None and graceful and not core.has_left:
             self._apply(core.leave(now=self._now()))
-            # Let the goodbyes leave the sockets; bounded, never a hang on shutdown.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.2):
-                    await asyncio.sleep(0.05)
+            # One short, bounded pause so that the goodbyes leave the sockets before linger=0.
+            await asyncio.sleep(0.05)
         self._closed = True
+        for task in self._spawned:
+            task.cancel()
         for sub in self._subscribers:
             sub.close()
         self._changed.set()
@@ -236,7 +237,7 @@ class Agent:
     def closed(self) -> bool:
         return self._closed
 
-    async def wait_for_active(self, n: int, *, timeout: float) -> tuple[Peer, ...]:  # noqa: ASYNC109
+    async def wait_for_active(self, n: int, *, timeout: float) -> tuple[Peer, ...]:
         """Wait until at least ``n`` peers are active; ``TimeoutError`` after ``timeout`` s."""
         async with asyncio.timeout(timeout):
             while len(self.core.active_view) < n:
@@ -277,6 +278,24 @@ class Agent:
         if message_type in _HYPARVIEW_TYPES:
             raise ValueError(f"{message_type.__name__} belongs to the membership protocol")
         self._handlers[message_type] = handler
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+        """Run ``coro`` in the agent's task group (a service of a layer above membership); it is
+        cancelled when the agent closes, if its owner has not stopped it before."""
+        if self._group is None or self._closing:
+            coro.close()
+            raise AgentClosed("the agent is not running")
+        task = self._group.create_task(coro, name=name)
+        self._spawned.append(task)
+        task.add_done_callback(self._spawned.remove)
+        return task
+
+    def active_peer(self, peer_id: NodeId) -> Peer | None:
+        """The active peer with id ``peer_id``, if it is one."""
+        for peer in self.core.active_view:
+            if peer.id == peer_id:
+                return peer
+        return None
 
     def send_raw(self, peer: Peer, message: object) -> bool:
         """Encode ``message`` and send it to ``peer``; for layers above membership."""

@@ -1,0 +1,174 @@
+"""The wire schemas of the layers above membership: routing, Plumtree and the mesh envelopes.
+
+Importing this module registers them in the codec's default registry, with the tag ranges that
+:mod:`ray_hyparview.codec` sets aside: 16-31 Plumtree, 32-63 routing and mesh. The protocol
+modules stay free of any codec knowledge; this is where their fields meet msgpack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ray_hyparview.codec import (
+    BytesField,
+    Codec,
+    IntField,
+    OptionalField,
+    SeqField,
+    StrField,
+    _Invalid,
+    default_codec,
+    register,
+)
+from ray_hyparview.protocol import plumtree as pt
+from ray_hyparview.protocol import routing as rt
+
+__all__ = [
+    "MAX_PAYLOAD",
+    "MeshAck",
+    "MeshPublish",
+    "MeshReply",
+    "MeshSend",
+    "TupleField",
+    "wire_codec",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TupleField:
+    """A fixed-length tuple whose items have their own kinds (e.g. a Plumtree message id)."""
+
+    items: tuple[Any, ...]
+
+    def encode(self, value: Any) -> Any:
+        if not isinstance(value, tuple | list) or len(value) != len(self.items):
+            raise _Invalid(f"expected a tuple of {len(self.items)}")
+        return [kind.encode(v) for kind, v in zip(self.items, value, strict=True)]
+
+    def decode(self, raw: Any) -> Any:
+        if type(raw) is not list or len(raw) != len(self.items):
+            raise _Invalid(f"expected an array of {len(self.items)}")
+        return tuple(kind.decode(v) for kind, v in zip(self.items, raw, strict=True))
+
+    def max_array_len(self) -> int:
+        inner: list[int] = [kind.max_array_len() for kind in self.items]
+        return max([len(self.items), *inner])
+
+
+_ID = StrField(240, min_len=1)
+_U64 = IntField(0, 2**64 - 1)
+_SMALL = IntField(0, 255)
+_TEXT = StrField(200)
+MAX_PAYLOAD: Final = 48 * 1024
+"""Largest application payload the mesh carries; the envelopes around it stay under the
+codec's 64 KiB frame limit."""
+_PAYLOAD = BytesField(MAX_PAYLOAD)
+_ENVELOPE = BytesField(60_000)  # an encoded mesh envelope, inside a data frame or a gossip
+_MSG_ID = TupleField((_ID, _U64, _U64))
+
+# Plumtree (Leitão, Pereira, Rodrigues, SRDS 2007): 16-19.
+register(16, pt.Gossip, {"msg_id": _MSG_ID, "round": _SMALL, "topic": _TEXT, "payload": _ENVELOPE})
+register(17, pt.IHave, {"announcements": SeqField(TupleField((_MSG_ID, _SMALL)), 256)})
+register(18, pt.Graft, {"msg_id": OptionalField(_MSG_ID), "round": _SMALL})
+register(19, pt.Prune, {})
+
+# Routing (a reduced Babel, RFC 8966): 32-35.
+register(32, rt.RouteUpdate, {"entries": SeqField(TupleField((_ID, _U64, _U64)), 1024)})
+register(
+    33,
+    rt.SeqnoRequest,
+    {"destination": _ID, "seqno": _U64, "origin": _ID, "hop_limit": _SMALL},
+)
+register(
+    34,
+    rt.DataFrame,
+    {
+        "source": _ID,
+        "destination": _ID,
+        "frame_id": _U64,
+        "hops": _SMALL,
+        "hop_limit": _SMALL,
+        "payload": _ENVELOPE,
+    },
+)
+register(
+    35,
+    rt.RouteError,
+    {
+        "source": _ID,
+        "destination": _ID,
+        "frame_id": _U64,
+        "frame_destination": _ID,
+        "reason": StrField(32, min_len=1),
+        "hops": _SMALL,
+        "hop_limit": _SMALL,
+    },
+)
+
+
+# The mesh envelopes travel inside routed data frames (or Plumtree gossip): 40-43.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshSend:
+    """A message for one actor."""
+
+    msg_id: int
+    """Per-sending-node id; with the source node it names the message for dedup and ACK."""
+    src_name: str
+    """The sending actor's mesh name."""
+    dst_name: str
+    """The target actor's mesh name."""
+    kind: str
+    """``send`` or ``request``."""
+    payload: bytes
+    """The application's bytes."""
+    request_id: int = 0
+    """For requests: where the reply goes on the requesting node."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshAck:
+    """The target node's answer to a MeshSend: ``ok`` or why not."""
+
+    msg_id: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshReply:
+    """The answer to a request."""
+
+    request_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshPublish:
+    """A publication, carried as the payload of a Plumtree gossip."""
+
+    src_name: str
+    payload: bytes
+
+
+register(
+    40,
+    MeshSend,
+    {
+        "msg_id": _U64,
+        "src_name": _TEXT,
+        "dst_name": _TEXT,
+        "kind": StrField(16, min_len=1),
+        "payload": _PAYLOAD,
+        "request_id": _U64,
+    },
+)
+register(41, MeshAck, {"msg_id": _U64, "status": StrField(32, min_len=1)})
+register(42, MeshReply, {"request_id": _U64, "payload": _PAYLOAD})
+register(43, MeshPublish, {"src_name": _TEXT, "payload": _PAYLOAD})
+
+_CODEC: Final = default_codec()
+
+
+def wire_codec() -> Codec:
+    """The default codec, with every message type of this package registered."""
+    return _CODEC
