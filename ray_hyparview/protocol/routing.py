@@ -1,0 +1,795 @@
+"""Unicast routing over the overlay's active links, as a pure state machine.
+
+Theory of operation
+===================
+
+Actors may only talk across active-view links, so a message for a node outside the active view
+travels hop by hop. Each node therefore needs a next hop for every destination, kept current as
+HyParView adds and drops links. The method here is a *distance vector with sequence numbers and a
+feasibility condition*, a reduced Babel (Chroboczek and Schinazi, RFC 8966, sections 2.4-2.6 and
+3.5-3.8), itself a descendant of DSDV (Perkins and Bhagwat, SIGCOMM 1994):
+
+* Every node announces a route to itself with metric 0 and its own *sequence number*; every other
+  node announces its selected routes with metric = hops. A route learnt from neighbour ``p`` costs
+  ``p``'s metric + 1 (every active link costs one hop).
+* Loops are prevented, not counted away. Each node keeps, per destination, a *feasibility
+  distance* ``(seqno, metric)``: the best it ever announced for that sequence number. An
+  announcement ``(s, m)`` from a neighbour may be selected only if ``s`` is newer, or ``s`` is the
+  same and ``m`` is strictly smaller than ours (RFC 8966, 2.4). A node never picks a neighbour that
+  could be routing through it, so no routing loop forms, even while routes change, and there is
+  no counting to infinity (the failure mode of plain RIP-style vectors).
+* When a link fails the routes through it are dropped at once and the best feasible alternative
+  is selected; if none is feasible the node is *starved*: it retracts the route (metric infinity)
+  and sends a SEQNO_REQUEST towards the destination, which answers by raising its sequence number
+  and announcing it; the new number floods back, and every route to it is feasible again
+  (RFC 8966, 3.8.1). Requests are retried every ``request_interval`` while starvation lasts.
+* Announcements go out on change (triggered, at the end of the input that caused them) and in full
+  every ``update_interval`` (jittered); a learnt route expires after ``route_expiry`` without
+  refresh. A route is never announced back to its own next hop with a finite metric
+  (split horizon with poisoned reverse).
+* Data frames carry source, destination, a per-source frame id, the hop count and a hop limit.
+  The next hop is the destination itself when it is a neighbour, else the selected route's next
+  hop. When that hop is the neighbour the frame came from, or a send fails (the shell hands the
+  frame back with ``forward_failed``), another neighbour that announces the destination is tried.
+  A frame that cannot go on is dropped at that node and a ROUTE_ERROR travels back to its source,
+  which reports ``Undeliverable(reason)``: ``"no_route"`` or ``"hop_limit"``. End-to-end
+  acknowledgement and retry belong to the layer above (the mesh).
+
+Why not the alternatives. Partisan relays along the Plumtree broadcast tree with a TTL of 5 and no
+acknowledgement or error report (off by default): tree paths are long (the tree ignores the
+shortcut links), a broken tree link loses messages silently until the tree is repaired, and 5
+hops do not span a 10,000-node overlay. Reverse paths learnt from broadcasts only know the nodes
+that broadcast lately. A distance vector costs state linear in the cluster size (about 20 bytes
+per destination per neighbour), which is fine for the hundreds to low thousands of nodes of a Ray
+cluster; ``max_routes`` caps it.
+
+Rules this file keeps, beyond RFC 8966 (each departure is marked ``DEPARTURE`` below):
+
+1. Sequence numbers are unbounded integers (msgpack carries 64 bits): no modular comparison.
+2. A restarted node learns, from announcements or requests about itself, the highest sequence
+   number its earlier life used, and moves above it.
+3. Remote garbage never raises: it is dropped and counted under ``dropped.<cause>``.
+
+Counters (``counters``): ``sent.<Type>`` / ``received.<Type>``, ``route.changed``,
+``route.starved``, ``forward.direct``, ``forward.routed``, ``forward.alternate``, ``arrived``,
+``undeliverable.<reason>``, ``dropped.<cause>``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import KeysView
+from dataclasses import dataclass, fields, replace
+
+from ray_hyparview.protocol.errors import ConfigError, HyParViewError
+from ray_hyparview.protocol.peer import NodeId
+
+__all__ = [
+    "INFINITY",
+    "Action",
+    "Arrived",
+    "DataFrame",
+    "RouteError",
+    "RouteUpdate",
+    "Router",
+    "RoutingConfig",
+    "RoutingError",
+    "RoutingMessage",
+    "SendTo",
+    "SeqnoRequest",
+    "Undeliverable",
+]
+
+INFINITY = 0xFFFF
+"""The metric of a retraction: the destination is unreachable through the sender."""
+
+_MAX_ENTRIES = 65_536
+"""At most this many entries are read from one ROUTE_UPDATE."""
+
+_MAX_HOPS = 255
+"""Hop counts and limits above this are garbage."""
+
+
+class RoutingError(HyParViewError, ValueError):
+    """The local caller passed a bad argument (e.g. a payload that is not bytes)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingConfig:
+    """Timers and bounds of the routing layer, validated on construction."""
+
+    update_interval: float = 5.0
+    """Seconds between two full announcements of the routing table (jittered by up to 25%)."""
+
+    route_expiry: float = 17.5
+    """Seconds a learnt route lives without refresh (RFC 8966 uses 3.5 update intervals)."""
+
+    hop_limit: int = 16
+    """Hops a data frame may take; routes longer than this are treated as unreachable."""
+
+    request_interval: float = 1.0
+    """Seconds between two SEQNO_REQUESTs for a destination that stays starved."""
+
+    triggered_delay: float = 0.02
+    """Seconds changes are collected before a triggered update goes out: one message per
+    neighbour for a burst of changes instead of one per change; 0 sends at the end of each
+    input. Route selection itself is never delayed."""
+
+    source_retention: float = 180.0
+    """Seconds a feasibility distance is kept after its destination was last heard of (RFC 8966
+    keeps source entries about three minutes); forgetting it earlier could let a loop form."""
+
+    max_routes: int = 65_536
+    """Most destinations tracked; announcements of further ones are dropped."""
+
+    max_entries_per_update: int = 512
+    """Most entries in one ROUTE_UPDATE; a full table goes out in several."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{f.name} must be a number, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be finite, got {value!r}")
+            if value < 0 or (value == 0 and f.name != "triggered_delay"):
+                raise ConfigError(f"{f.name} must be greater than 0, got {value!r}")
+        for name in ("hop_limit", "max_routes", "max_entries_per_update"):
+            if not isinstance(getattr(self, name), int):
+                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if self.hop_limit > _MAX_HOPS:
+            raise ConfigError(f"hop_limit must be at most {_MAX_HOPS}, got {self.hop_limit}")
+        if self.route_expiry <= self.update_interval:
+            raise ConfigError(
+                f"route_expiry must exceed update_interval ({self.update_interval}), "
+                f"got {self.route_expiry!r}"
+            )
+
+
+# --- messages ------------------------------------------------------------------------------------
+# Fields are str / int / bytes / tuples of those, so that any msgpack codec can carry them.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteUpdate:
+    """Announcements of the sender's selected routes (RFC 8966, 4.6.9)."""
+
+    entries: tuple[tuple[str, int, int], ...]
+    """``(destination, seqno, metric)``; metric ``INFINITY`` retracts the destination."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeqnoRequest:
+    """Ask ``destination`` for a sequence number of at least ``seqno`` (RFC 8966, 3.8.1.2)."""
+
+    destination: str
+    """The destination whose routes are starved."""
+
+    seqno: int
+    """The smallest sequence number that would make a route feasible again."""
+
+    origin: str
+    """The starved node that asked first."""
+
+    hop_limit: int
+    """Hops the request may still travel."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataFrame:
+    """An application payload routed hop by hop from ``source`` to ``destination``."""
+
+    source: str
+    """The node that sent the frame; errors go back to it."""
+
+    destination: str
+    """The node the frame is for."""
+
+    frame_id: int
+    """Per-source number of the frame; ``(source, frame_id)`` names it for end-to-end acks."""
+
+    hops: int
+    """Links crossed so far."""
+
+    hop_limit: int
+    """Links the frame may cross; at ``hops == hop_limit`` it is dropped unless it arrived."""
+
+    payload: bytes
+    """Application bytes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteError:
+    """A frame of ``destination`` (its source) could not be forwarded: routed back to it."""
+
+    source: str
+    """The node where the frame stopped."""
+
+    destination: str
+    """The source of the failed frame."""
+
+    frame_id: int
+    """The failed frame's id."""
+
+    frame_destination: str
+    """Where the failed frame was going."""
+
+    reason: str
+    """``"no_route"`` or ``"hop_limit"``."""
+
+    hops: int
+    """Links this report crossed so far."""
+
+    hop_limit: int
+    """Links this report may cross."""
+
+
+RoutingMessage = RouteUpdate | SeqnoRequest | DataFrame | RouteError
+"""Every message of the routing layer."""
+
+_Routed = DataFrame | RouteError
+
+
+@dataclass(frozen=True, slots=True)
+class SendTo:
+    """Send ``message`` to neighbour ``peer_id`` over its active link. If the send fails with a
+    routed frame in it, hand the frame back with :meth:`Router.forward_failed`."""
+
+    peer_id: NodeId
+    message: RoutingMessage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Arrived:
+    """A data frame reached this node, its destination."""
+
+    source: NodeId
+    frame_id: int
+    payload: bytes
+    hops: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Undeliverable:
+    """A frame this node sent will not arrive (the shell raises ``DeliveryError(reason)``)."""
+
+    frame_id: int
+    destination: NodeId
+    reason: str
+    """``"no_route"`` or ``"hop_limit"``."""
+    reported_by: NodeId
+    """The node where the frame stopped (this node when it never left)."""
+
+
+Action = SendTo | Arrived | Undeliverable
+"""What the routing core asks of its driver."""
+
+
+@dataclass(slots=True)
+class _Adv:
+    """What one neighbour announced for one destination."""
+
+    seqno: int
+    metric: int
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """The selected route to one destination."""
+
+    next_hop: NodeId
+    seqno: int
+    metric: int
+
+
+def _is_int(value: object, low: int, high: int | None = None) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= low
+        and (high is None or value <= high)
+    )
+
+
+class Router:
+    """One node's routing state; see the module comment for the rules."""
+
+    def __init__(
+        self,
+        myself: NodeId,
+        config: RoutingConfig | None = None,
+        *,
+        rng: random.Random,
+        incarnation: int = 0,
+    ) -> None:
+        if not isinstance(myself, str) or not myself:
+            raise RoutingError(f"myself must be a non-empty node id, got {myself!r}")
+        self.myself = myself
+        self.config = config if config is not None else RoutingConfig()
+        self.incarnation = incarnation
+        self.counters: Counter[str] = Counter()
+        self._rng = rng
+        self._now = -math.inf
+        self._seqno = 0
+        self._frame_seq = 0
+        self._links: dict[NodeId, None] = {}
+        self._rib: dict[NodeId, dict[NodeId, _Adv]] = {}  # destination -> neighbour -> adv
+        self._selected: dict[NodeId, _Route] = {}
+        self._fd: dict[NodeId, tuple[int, int]] = {}  # feasibility distance (seqno, metric)
+        self._fd_heard: dict[NodeId, float] = {}  # when the destination was last in use
+        self._advertised: dict[NodeId, int] = {}  # destination -> seqno last announced finite
+        self._pending: dict[NodeId, None] = {}  # destinations to announce at the end of input
+        self._starved: dict[NodeId, float] = {}  # destination -> next request time
+        self._requests_seen: dict[tuple[NodeId, int], float] = {}  # (dest, seqno) -> expiry
+        self._next_update: float | None = None
+        self._flush_at: float | None = None  # when the pending triggered update goes out
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    @property
+    def links(self) -> KeysView[NodeId]:
+        """Neighbours over which frames may go (the active view)."""
+        return self._links.keys()
+
+    @property
+    def seqno(self) -> int:
+        """This node's own sequence number."""
+        return self._seqno
+
+    def next_hop(self, dest_id: NodeId) -> NodeId | None:
+        """The neighbour a frame for ``dest_id`` goes to next, or ``None`` when unreachable."""
+        if dest_id in self._links:
+            return dest_id
+        route = self._selected.get(dest_id)
+        return route.next_hop if route is not None else None
+
+    def routes(self) -> dict[NodeId, tuple[NodeId, int]]:
+        """A snapshot: destination -> (next hop, metric in hops), neighbours included."""
+        table = {dest: (route.next_hop, route.metric) for dest, route in self._selected.items()}
+        for peer in self._links:
+            table[peer] = (peer, 1)
+        return table
+
+    # --- inputs ----------------------------------------------------------------------------------
+
+    def link_up(self, peer_id: NodeId, *, now: float) -> list[Action]:
+        """A HyParView PeerUp: the new neighbour gets our whole table at once."""
+        now = self._tick(now)
+        actions: list[Action] = []
+        if peer_id == self.myself or peer_id in self._links:
+            return actions
+        self._links[peer_id] = None
+        if self._next_update is None:
+            self._next_update = now + self._jitter()
+        self._send_table(peer_id, self._all_destinations(), actions)
+        return self._finish(now, actions)
+
+    def link_down(self, peer_id: NodeId, *, now: float) -> list[Action]:
+        """A HyParView PeerDown: routes through the peer go now; alternatives are picked."""
+        now = self._tick(now)
+        if peer_id not in self._links:
+            return []
+        del self._links[peer_id]
+        for dest, advs in list(self._rib.items()):
+            if advs.pop(peer_id, None) is not None or dest == peer_id:
+                self._reselect(dest, now)
+        self._reselect(peer_id, now)
+        return self._finish(now, [])
+
+    def route(self, dest_id: NodeId, payload: bytes, *, now: float) -> tuple[int, list[Action]]:
+        """Send ``payload`` to ``dest_id``; returns the frame id and what to do.
+
+        An unreachable destination yields ``Undeliverable(reason="no_route")`` at once.
+        """
+        if not isinstance(payload, bytes):
+            raise RoutingError(f"payload must be bytes, got {type(payload).__name__}")
+        if not isinstance(dest_id, str) or not dest_id:
+            raise RoutingError(f"destination must be a non-empty node id, got {dest_id!r}")
+        now = self._tick(now)
+        self._frame_seq += 1
+        frame = DataFrame(
+            source=self.myself,
+            destination=dest_id,
+            frame_id=self._frame_seq,
+            hops=0,
+            hop_limit=self.config.hop_limit,
+            payload=payload,
+        )
+        actions: list[Action] = []
+        self._forward(frame, None, actions)
+        return frame.frame_id, self._finish(now, actions)
+
+    def forward_failed(
+        self, message: RoutingMessage, peer_id: NodeId, *, now: float
+    ) -> list[Action]:
+        """The shell could not hand ``message`` (from one of our ``SendTo``) to ``peer_id``.
+
+        A routed frame takes another next hop or is reported; anything else is dropped (the
+        link's own failure arrives separately as ``link_down``).
+        """
+        now = self._tick(now)
+        actions: list[Action] = []
+        match message:
+            case DataFrame() | RouteError():
+                self.counters["forward.failed"] += 1
+                self._forward(replace(message, hops=max(0, message.hops - 1)), peer_id, actions)
+        return self._finish(now, actions)
+
+    def receive(self, sender_id: NodeId, message: object, *, now: float) -> list[Action]:
+        """Handle one message from ``sender_id`` (as authenticated by the transport)."""
+        now = self._tick(now)
+        actions: list[Action] = []
+        match message:
+            case RouteUpdate():
+                self.counters["received.RouteUpdate"] += 1
+                self._on_update(sender_id, message, now)
+            case SeqnoRequest():
+                self.counters["received.SeqnoRequest"] += 1
+                self._on_request(sender_id, message, now, actions)
+            case DataFrame() | RouteError():
+                self.counters["received." + type(message).__name__] += 1
+                self._on_routed(sender_id, message, actions)
+            case _:
+                self._drop("unknown_message")
+        return self._finish(now, actions)
+
+    def on_timer(self, *, now: float) -> list[Action]:
+        """Periodic announcements, expiry and request retries (call at ``next_deadline``)."""
+        now = self._tick(now)
+        actions: list[Action] = []
+        if self._next_update is not None and now >= self._next_update:
+            self._next_update = now + self._jitter() if self._links else None
+            self._expire(now)
+            everything = self._all_destinations()
+            for peer in self._links:
+                self._send_table(peer, everything, actions)
+        for dest, due in list(self._starved.items()):
+            if due <= now:
+                self._request(dest, now, actions)
+        return self._finish(now, actions)
+
+    def next_deadline(self) -> float | None:
+        """When ``on_timer`` must next be called, or ``None`` if nothing is pending."""
+        candidates = [t for t in (self._next_update, self._flush_at) if t is not None]
+        if self._starved:
+            candidates.append(min(self._starved.values()))
+        return min(candidates) if candidates else None
+
+    # --- route selection (RFC 8966, 3.5-3.6) -----------------------------------------------------
+
+    def _feasible(self, dest: NodeId, seqno: int, metric: int) -> bool:
+        fd = self._fd.get(dest)
+        return fd is None or seqno > fd[0] or (seqno == fd[0] and metric < fd[1])
+
+    def _reselect(self, dest: NodeId, now: float) -> None:
+        """Pick the best feasible route to ``dest``; schedule announcements and requests."""
+        if dest == self.myself:
+            return
+        old = self._selected.get(dest)
+        advs = self._rib.get(dest, {})
+        best: _Route | None = None
+        for peer, adv in advs.items():
+            metric = adv.metric + 1
+            if peer not in self._links or metric > self.config.hop_limit:
+                continue
+            if not self._feasible(dest, adv.seqno, adv.metric):
+                continue
+            candidate = _Route(peer, adv.seqno, metric)
+            if (
+                best is None
+                or metric < best.metric
+                or (metric == best.metric and old is not None and peer == old.next_hop)
+            ):
+                best = candidate
+        if best is not None:
+            self._selected[dest] = best
+            self._starved.pop(dest, None)
+        else:
+            self._selected.pop(dest, None)
+        if best != old:
+            self.counters["route.changed"] += 1
+            self._pending[dest] = None
+        usable = any(
+            peer in self._links and adv.metric + 1 <= self.config.hop_limit
+            for peer, adv in advs.items()
+        )
+        if best is None and usable and dest in self._fd and dest not in self._starved:
+            # Routes exist but none is feasible: ask the destination for a newer seqno.
+            self.counters["route.starved"] += 1
+            self._starved[dest] = now
+        if not advs and best is None:
+            self._rib.pop(dest, None)
+            self._starved.pop(dest, None)
+
+    def _on_update(self, sender: NodeId, update: RouteUpdate, now: float) -> None:
+        if sender not in self._links:
+            self._drop("not_neighbor")
+            return
+        entries: object = update.entries  # decoded remote data: check, not trust
+        if not isinstance(entries, tuple | list):
+            self._drop("malformed")
+            return
+        if len(entries) > _MAX_ENTRIES:
+            self._drop("update_too_long")
+        expires = now + self.config.route_expiry
+        touched: dict[NodeId, None] = {}
+        for item in entries[:_MAX_ENTRIES]:
+            match item:
+                case (str() as dest, seqno, metric) if (
+                    dest and _is_int(seqno, 0) and _is_int(metric, 0, INFINITY)
+                ):
+                    pass
+                case _:
+                    self._drop("malformed")
+                    continue
+            if dest == self.myself:
+                if seqno > self._seqno:
+                    # DEPARTURE: a seqno of ours from an earlier life; move past it.
+                    self._seqno = seqno + 1
+                    self._pending[self.myself] = None
+                continue
+            advs = self._rib.get(dest)
+            if metric >= INFINITY:
+                if advs is not None and advs.pop(sender, None) is not None:
+                    touched[dest] = None
+                continue
+            if advs is None:
+                if len(self._rib) >= self.config.max_routes:
+                    self._drop("table_full")
+                    continue
+                advs = self._rib[dest] = {}
+            self._fd_heard[dest] = now
+            adv = advs.get(sender)
+            if adv is not None and adv.seqno == seqno and adv.metric == metric:
+                adv.expires = expires  # a refresh: nothing to reselect
+                continue
+            advs[sender] = _Adv(seqno, metric, expires)
+            touched[dest] = None
+        for dest in touched:
+            self._reselect(dest, now)
+
+    # --- sequence number requests (RFC 8966, 3.8.1) ----------------------------------------------
+
+    def _request(self, dest: NodeId, now: float, actions: list[Action]) -> None:
+        """Send (or resend) a SEQNO_REQUEST for a starved destination."""
+        fd = self._fd.get(dest)
+        advs = self._rib.get(dest)
+        if fd is None or not advs or dest in self._selected:
+            self._starved.pop(dest, None)
+            return
+        self._starved[dest] = now + self.config.request_interval
+        request = SeqnoRequest(
+            destination=dest, seqno=fd[0] + 1, origin=self.myself, hop_limit=self.config.hop_limit
+        )
+        self._requests_seen[(dest, request.seqno)] = now + self.config.request_interval / 2
+        # Towards the destination along the neighbour that claims to be closest (RFC 8966,
+        # 3.8.1.1); a retry after request_interval covers a request lost on the way.
+        choices = [p for p in advs if p in self._links]
+        if choices:
+            self._send(min(choices, key=lambda p: (advs[p].metric, p)), request, actions)
+
+    def _on_request(
+        self, sender: NodeId, request: SeqnoRequest, now: float, actions: list[Action]
+    ) -> None:
+        dest, seqno, hop_limit = request.destination, request.seqno, request.hop_limit
+        if not (
+            isinstance(dest, str)
+            and dest
+            and _is_int(seqno, 0)
+            and _is_int(hop_limit, 0, _MAX_HOPS)
+            and isinstance(request.origin, str)
+        ):
+            self._drop("malformed")
+            return
+        if dest == self.myself:
+            if self._seqno < seqno:
+                self._seqno = seqno
+                self.counters["seqno.raised"] += 1
+                self._pending[self.myself] = None
+            return
+        route = self._selected.get(dest)
+        if route is not None and route.seqno >= seqno:
+            self._pending[dest] = None  # we can answer ourselves with a fresh announcement
+            return
+        key = (dest, seqno)
+        if self._requests_seen.get(key, -math.inf) > now:
+            self._drop("request_duplicate")
+            return
+        self._requests_seen[key] = now + self.config.request_interval / 2
+        if hop_limit <= 1:
+            self._drop("request_hop_limit")
+            return
+        forwarded = replace(request, hop_limit=hop_limit - 1)
+        if route is not None and route.next_hop != sender:
+            self._send(route.next_hop, forwarded, actions)
+            return
+        advs = self._rib.get(dest, {})
+        choices = [p for p in advs if p in self._links and p != sender]
+        if choices:
+            self._send(min(choices, key=lambda p: (advs[p].metric, p)), forwarded, actions)
+
+    # --- forwarding ------------------------------------------------------------------------------
+
+    def _on_routed(self, sender: NodeId, frame: _Routed, actions: list[Action]) -> None:
+        valid = (
+            isinstance(frame.source, str)
+            and bool(frame.source)
+            and isinstance(frame.destination, str)
+            and bool(frame.destination)
+            and _is_int(frame.frame_id, 0)
+            and _is_int(frame.hop_limit, 0, _MAX_HOPS)
+        )
+        if not (valid and _is_int(frame.hops, 1, frame.hop_limit)):
+            self._drop("malformed")
+            return
+        payload: object = frame.payload if isinstance(frame, DataFrame) else b""
+        if not isinstance(payload, bytes):
+            self._drop("malformed")
+            return
+        if sender not in self._links:
+            self.counters["received.from_not_neighbor"] += 1
+        self._forward(frame, sender, actions)
+
+    def _forward(self, frame: _Routed, avoid: NodeId | None, actions: list[Action]) -> None:
+        """Deliver ``frame`` here, send it one hop on, or report why it cannot go on."""
+        dest = frame.destination
+        if dest == self.myself:
+            self._arrive(frame, actions)
+            return
+        if frame.hops >= frame.hop_limit:
+            self._fail(frame, "hop_limit", actions)
+            return
+        hop: NodeId | None = None
+        if dest in self._links and dest != avoid:
+            hop = dest
+            self.counters["forward.direct"] += 1
+        else:
+            route = self._selected.get(dest)
+            if route is not None and route.next_hop != avoid and route.next_hop in self._links:
+                hop = route.next_hop
+                self.counters["forward.routed"] += 1
+            else:
+                # Another neighbour that announces the destination, feasible or not: a frame
+                # may loop for a moment, but its hop limit bounds that, and it beats a drop.
+                advs = self._rib.get(dest, {})
+                choices = [p for p in advs if p in self._links and p != avoid]
+                if choices:
+                    hop = min(choices, key=lambda p: (advs[p].metric, p))
+                    self.counters["forward.alternate"] += 1
+        if hop is None:
+            self._fail(frame, "no_route", actions)
+            return
+        self._send(hop, replace(frame, hops=frame.hops + 1), actions)
+
+    def _arrive(self, frame: _Routed, actions: list[Action]) -> None:
+        match frame:
+            case DataFrame():
+                self.counters["arrived"] += 1
+                actions.append(
+                    Arrived(
+                        source=frame.source,
+                        frame_id=frame.frame_id,
+                        payload=frame.payload,
+                        hops=frame.hops,
+                    )
+                )
+            case RouteError():
+                self.counters["undeliverable." + frame.reason] += 1
+                actions.append(
+                    Undeliverable(
+                        frame_id=frame.frame_id,
+                        destination=frame.frame_destination,
+                        reason=frame.reason,
+                        reported_by=frame.source,
+                    )
+                )
+
+    def _fail(self, frame: _Routed, reason: str, actions: list[Action]) -> None:
+        match frame:
+            case RouteError():
+                self._drop("route_error_" + reason)  # never an error about an error
+            case DataFrame() if frame.source == self.myself:
+                self.counters["undeliverable." + reason] += 1
+                actions.append(
+                    Undeliverable(
+                        frame_id=frame.frame_id,
+                        destination=frame.destination,
+                        reason=reason,
+                        reported_by=self.myself,
+                    )
+                )
+            case DataFrame():
+                self._drop("frame_" + reason)
+                report = RouteError(
+                    source=self.myself,
+                    destination=frame.source,
+                    frame_id=frame.frame_id,
+                    frame_destination=frame.destination,
+                    reason=reason,
+                    hops=0,
+                    hop_limit=self.config.hop_limit,
+                )
+                self._forward(report, None, actions)
+
+    # --- announcements ---------------------------------------------------------------------------
+
+    def _all_destinations(self) -> list[NodeId]:
+        return [
+            self.myself,
+            *self._selected,
+            *(d for d in self._advertised if d not in self._selected),
+        ]
+
+    def _entry_for(self, dest: NodeId, peer: NodeId) -> tuple[str, int, int] | None:
+        """What to tell ``peer`` about ``dest`` now (and update the feasibility distance)."""
+        if dest == self.myself:
+            return (dest, self._seqno, 0)
+        route = self._selected.get(dest)
+        if route is None:
+            seqno = self._advertised.get(dest)
+            return None if seqno is None else (dest, seqno, INFINITY)
+        self._advertised[dest] = route.seqno
+        fd = self._fd.get(dest)
+        if fd is None or route.seqno > fd[0] or (route.seqno == fd[0] and route.metric < fd[1]):
+            self._fd[dest] = (route.seqno, route.metric)
+        self._fd_heard[dest] = self._now
+        if route.next_hop == peer:
+            return (dest, route.seqno, INFINITY)  # poisoned reverse
+        return (dest, route.seqno, route.metric)
+
+    def _send_table(self, peer: NodeId, dests: list[NodeId], actions: list[Action]) -> None:
+        entries = [e for d in dests if (e := self._entry_for(d, peer)) is not None]
+        size = self.config.max_entries_per_update
+        for start in range(0, len(entries), size):
+            self._send(peer, RouteUpdate(entries=tuple(entries[start : start + size])), actions)
+
+    def _finish(self, now: float, actions: list[Action]) -> list[Action]:
+        """End of every input: announce what changed (triggered updates)."""
+        if not self._pending:
+            return actions
+        if self._flush_at is None:
+            self._flush_at = now + self.config.triggered_delay
+        if self._flush_at <= now:
+            self._flush_at = None
+            dests = list(self._pending)
+            self._pending.clear()
+            for peer in self._links:
+                self._send_table(peer, dests, actions)
+            for dest in dests:
+                if dest not in self._selected and dest != self.myself:
+                    self._advertised.pop(dest, None)  # the retraction is out
+        return actions
+
+    def _expire(self, now: float) -> None:
+        """Drop routes not refreshed in time, and old feasibility distances and requests."""
+        for dest, advs in list(self._rib.items()):
+            stale = [peer for peer, adv in advs.items() if adv.expires <= now]
+            for peer in stale:
+                del advs[peer]
+            if stale:
+                self.counters["route.expired"] += len(stale)
+                self._reselect(dest, now)
+        for dest, heard in list(self._fd_heard.items()):
+            if heard + self.config.source_retention <= now and dest not in self._rib:
+                del self._fd_heard[dest]
+                self._fd.pop(dest, None)
+        self._requests_seen = {k: t for k, t in self._requests_seen.items() if t > now}
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _tick(self, now: float) -> float:
+        self._now = max(now, self._now)
+        return self._now
+
+    def _jitter(self) -> float:
+        return self.config.update_interval * (0.75 + 0.25 * self._rng.random())
+
+    def _send(self, peer: NodeId, message: RoutingMessage, actions: list[Action]) -> None:
+        self.counters["sent." + type(message).__name__] += 1
+        actions.append(SendTo(peer, message))
+
+    def _drop(self, cause: str) -> None:
+        self.counters["dropped." + cause] += 1

@@ -1,0 +1,510 @@
+"""Tests of the distance-vector routing core, driven back to back with explicit time.
+
+:class:`Net` delivers messages over a graph of active links with seeded random latencies, fires
+timers in time order, and loses whatever is in flight on a link that goes down. After a run of
+a few seconds of simulated time without topology changes the network is quiescent: the checks
+below then hold for every pair of nodes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ray_hyparview.protocol.errors import ConfigError
+from ray_hyparview.protocol.routing import (
+    INFINITY,
+    Action,
+    Arrived,
+    DataFrame,
+    RouteError,
+    Router,
+    RouteUpdate,
+    RoutingConfig,
+    RoutingError,
+    SendTo,
+    SeqnoRequest,
+    Undeliverable,
+)
+
+FAST = RoutingConfig(update_interval=1.0, route_expiry=3.5, request_interval=0.2, hop_limit=64)
+
+
+def make(name: str, config: RoutingConfig = FAST) -> Router:
+    return Router(name, config, rng=random.Random(name))
+
+
+class Net:
+    """Routers over an undirected graph of links, with seeded random latencies."""
+
+    def __init__(
+        self,
+        edges: Iterable[tuple[str, str]] = (),
+        nodes: Iterable[str] = (),
+        *,
+        seed: int = 0,
+        config: RoutingConfig = FAST,
+        latency: tuple[float, float] = (0.001, 0.05),
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.latency = latency
+        self.config = config
+        self.now = 0.0
+        self.nodes: dict[str, Router] = {}
+        self.links: set[frozenset[str]] = set()
+        self.queue: list[tuple[float, int, str, str, object]] = []
+        self.seq = 0
+        self.timers: list[tuple[float, int, str]] = []  # (deadline, seq, node); stale skipped
+        self.last: dict[tuple[str, str], float] = {}
+        self.arrived: dict[str, list[Arrived]] = {}
+        self.undeliverable: dict[str, list[Undeliverable]] = {}
+        self.sent: dict[str, int] = {}
+        for name in nodes:
+            self.add(name)
+        for a, b in edges:
+            self.link_up(a, b)
+
+    def add(self, name: str) -> None:
+        if name not in self.nodes:
+            self.nodes[name] = make(name, self.config)
+            self.arrived[name] = []
+            self.undeliverable[name] = []
+
+    def link_up(self, a: str, b: str) -> None:
+        self.add(a)
+        self.add(b)
+        self.links.add(frozenset((a, b)))
+        self.apply(a, self.nodes[a].link_up(b, now=self.now))
+        self.apply(b, self.nodes[b].link_up(a, now=self.now))
+
+    def link_down(self, a: str, b: str) -> None:
+        self.links.discard(frozenset((a, b)))
+        self.apply(a, self.nodes[a].link_down(b, now=self.now))
+        self.apply(b, self.nodes[b].link_down(a, now=self.now))
+
+    def apply(self, name: str, actions: list[Action]) -> None:
+        deadline = self.nodes[name].next_deadline()
+        if deadline is not None:
+            self.seq += 1
+            heapq.heappush(self.timers, (deadline, self.seq, name))
+        for action in actions:
+            match action:
+                case SendTo(peer_id=peer, message=message):
+                    edge = (name, peer)
+                    assert frozenset(edge) in self.links, "sent off the active view"
+                    kind = type(message).__name__
+                    self.sent[kind] = self.sent.get(kind, 0) + 1
+                    self.seq += 1
+                    # Links are FIFO, like the TCP connections under ZeroMQ.
+                    at = max(self.now + self.rng.uniform(*self.latency), self.last.get(edge, 0.0))
+                    self.last[edge] = at
+                    heapq.heappush(self.queue, (at, self.seq, name, peer, message))
+                case Arrived():
+                    self.arrived[name].append(action)
+                case Undeliverable():
+                    self.undeliverable[name].append(action)
+
+    def send(self, src: str, dst: str, payload: bytes = b"x") -> int:
+        frame_id, actions = self.nodes[src].route(dst, payload, now=self.now)
+        self.apply(src, actions)
+        return frame_id
+
+    def run(self, duration: float = 5.0, max_steps: int = 2_000_000) -> None:
+        """Deliver messages and fire timers for ``duration`` seconds of simulated time."""
+        until = self.now + duration
+        for _ in range(max_steps):
+            while (
+                self.timers and self.nodes[self.timers[0][2]].next_deadline() != (self.timers[0][0])
+            ):
+                heapq.heappop(self.timers)  # stale: the node re-armed or cancelled
+            timer_at: float | None = None
+            timer_node: str | None = None
+            if self.timers:
+                timer_at, _, timer_node = self.timers[0]
+            msg_at = self.queue[0][0] if self.queue else None
+            at = min((t for t in (msg_at, timer_at) if t is not None), default=None)
+            if at is None or at > until:
+                self.now = until
+                return
+            self.now = max(self.now, at)
+            if msg_at is not None and msg_at == at:
+                _, _, src, dst, message = heapq.heappop(self.queue)
+                if frozenset((src, dst)) not in self.links:
+                    # The link died with the message queued: the shell hands frames back.
+                    if isinstance(message, DataFrame | RouteError):
+                        self.apply(src, self.nodes[src].forward_failed(message, dst, now=self.now))
+                    continue
+                self.apply(dst, self.nodes[dst].receive(src, message, now=self.now))
+            else:
+                assert timer_node is not None
+                heapq.heappop(self.timers)
+                self.apply(timer_node, self.nodes[timer_node].on_timer(now=self.now))
+        raise AssertionError("too many steps")
+
+    def distances(self, src: str) -> dict[str, int]:
+        adj: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for edge in self.links:
+            a, b = tuple(edge)
+            adj[a].append(b)
+            adj[b].append(a)
+        dist = {src: 0}
+        todo = deque([src])
+        while todo:
+            node = todo.popleft()
+            for nxt in adj[node]:
+                if nxt not in dist:
+                    dist[nxt] = dist[node] + 1
+                    todo.append(nxt)
+        return dist
+
+
+def check_routes(net: Net) -> None:
+    """Every reachable destination has a loop-free shortest route over links; others none."""
+    hop_limit = net.config.hop_limit
+    for src in net.nodes:
+        dist = net.distances(src)
+        for dst in net.nodes:
+            if dst == src:
+                continue
+            hop = net.nodes[src].next_hop(dst)
+            if dst not in dist or dist[dst] > hop_limit:
+                assert hop is None, f"{src} has a route to unreachable {dst}"
+                continue
+            assert hop is not None, f"{src} has no route to reachable {dst}"
+            path = [src]
+            while path[-1] != dst:
+                step = net.nodes[path[-1]].next_hop(dst)
+                assert step is not None, f"route {path} to {dst} breaks"
+                assert frozenset((path[-1], step)) in net.links, f"hop {path[-1]}-{step} no link"
+                assert step not in path, f"loop {[*path, step]} towards {dst}"
+                path.append(step)
+            assert len(path) - 1 == dist[dst], f"{src}->{dst} takes {path}, not a shortest path"
+
+
+def random_connected_graph(rng: random.Random, n: int, degree: int) -> list[tuple[str, str]]:
+    names = [f"n{i:04d}" for i in range(n)]
+    edges: set[tuple[str, str]] = set()
+    for i in range(1, n):
+        a, b = sorted((names[i], names[rng.randrange(i)]))
+        edges.add((a, b))
+    while len(edges) < min(n * degree // 2, n * (n - 1) // 2):
+        a, b = sorted(rng.sample(names, 2))
+        edges.add((a, b))
+    return sorted(edges)
+
+
+# --- unit tests, back to back --------------------------------------------------------------------
+
+
+def test_link_up_announces_own_route_and_learns_the_neighbors() -> None:
+    a, b = make("a"), make("b")
+    to_b = a.link_up("b", now=0.0)
+    assert to_b == [SendTo("b", RouteUpdate(entries=(("a", 0, 0),)))]
+    (to_a,) = b.link_up("a", now=0.0)
+    assert isinstance(to_a, SendTo)
+    b.receive("a", RouteUpdate(entries=(("a", 0, 0),)), now=0.01)
+    a.receive("b", to_a.message, now=0.01)
+    assert a.next_hop("b") == "b"
+    assert a.routes() == {"b": ("b", 1)}
+    assert a.next_hop("z") is None
+
+
+def test_line_routes_frames_hop_by_hop() -> None:
+    net = Net([("a", "b"), ("b", "c"), ("c", "d")])
+    net.run(0.5)
+    assert net.nodes["a"].next_hop("d") == "b"
+    assert net.nodes["a"].routes()["d"] == ("b", 3)
+    frame_id = net.send("a", "d", b"payload")
+    net.run(0.5)
+    assert net.arrived["d"] == [Arrived(source="a", frame_id=frame_id, payload=b"payload", hops=3)]
+    check_routes(net)
+
+
+def test_failed_link_switches_to_a_feasible_alternative_at_once() -> None:
+    # a-b-c and a-d-c: two equal paths; losing the used one leaves the other feasible.
+    net = Net([("a", "b"), ("b", "c"), ("a", "d"), ("d", "c")])
+    net.run(0.5)
+    used = net.nodes["a"].next_hop("c")
+    other = "d" if used == "b" else "b"
+    actions = net.nodes["a"].link_down(used or "", now=net.now)
+    net.links.discard(frozenset(("a", used or "")))
+    net.apply("a", actions)
+    assert net.nodes["a"].next_hop("c") == other  # same input, no round trip
+    # The route to the lost neighbour itself (now 3 hops, was 1) needs a new seqno from it.
+    assert net.nodes["a"].next_hop(used or "") is None
+    net.apply(used or "", net.nodes[used or ""].link_down("a", now=net.now))
+    net.run(1.0)
+    assert net.nodes["a"].routes()[used or ""] == (other, 3)
+    check_routes(net)
+
+
+def test_starved_node_gets_a_new_seqno_from_the_destination() -> None:
+    # a reaches c in 2 hops via b; the only other way (a-d-e-c) is longer, so after a-b fails
+    # d's announcement (metric 2, same seqno) is not feasible for a: a must ask c.
+    net = Net([("a", "b"), ("b", "c"), ("a", "d"), ("d", "e"), ("e", "c")])
+    net.run(1.0)
+    assert net.nodes["a"].routes()["c"] == ("b", 2)
+    net.link_down("a", "b")
+    assert net.nodes["a"].next_hop("c") is None
+    net.run(1.0)
+    assert net.nodes["a"].counters["route.starved"] >= 1
+    assert net.nodes["c"].seqno >= 1
+    assert net.nodes["a"].routes()["c"] == ("d", 3)
+    check_routes(net)
+
+
+def test_unknown_destination_is_reported_at_once() -> None:
+    a = make("a")
+    frame_id, actions = a.route("nowhere", b"x", now=0.0)
+    assert actions == [
+        Undeliverable(frame_id=frame_id, destination="nowhere", reason="no_route", reported_by="a")
+    ]
+
+
+def test_frame_to_self_arrives_locally() -> None:
+    a = make("a")
+    frame_id, actions = a.route("a", b"x", now=0.0)
+    assert actions == [Arrived(source="a", frame_id=frame_id, payload=b"x", hops=0)]
+
+
+def test_dead_end_sends_a_route_error_back_to_the_source() -> None:
+    net = Net([("a", "b"), ("b", "c")])
+    net.run(0.5)
+    # b loses c, but a's frame is already on its way to b.
+    frame_id = net.send("a", "c")
+    actions = net.nodes["b"].link_down("c", now=net.now)
+    net.nodes["c"].link_down("b", now=net.now)
+    net.links.discard(frozenset(("b", "c")))
+    net.apply("b", actions)
+    net.run(0.5)
+    assert net.undeliverable["a"] == [
+        Undeliverable(frame_id=frame_id, destination="c", reason="no_route", reported_by="b")
+    ]
+    assert net.arrived["c"] == []
+
+
+def test_hop_limit_is_enforced_and_reported() -> None:
+    config = RoutingConfig(update_interval=1.0, route_expiry=3.5, hop_limit=3)
+    net = Net([("a", "b"), ("b", "c"), ("c", "d"), ("d", "e")], config=config)
+    net.run(0.5)
+    # e is 4 hops from a: beyond the hop limit, so there is no route at all.
+    assert net.nodes["a"].next_hop("e") is None
+    assert net.nodes["a"].next_hop("d") == "b"
+    # A frame that has used its hops is dropped where it is and reported to its source.
+    b = net.nodes["b"]
+    frame = DataFrame(source="a", destination="e", frame_id=9, hops=3, hop_limit=3, payload=b"")
+    out = b.receive("a", frame, now=net.now)
+    reports = [s.message for s in out if isinstance(s, SendTo)]
+    assert reports == [
+        RouteError(
+            source="b",
+            destination="a",
+            frame_id=9,
+            frame_destination="e",
+            reason="hop_limit",
+            hops=1,
+            hop_limit=3,
+        )
+    ]
+    check_routes(net)
+
+
+def test_forward_failed_takes_another_next_hop() -> None:
+    net = Net([("a", "b"), ("b", "c"), ("a", "d"), ("d", "c")])
+    net.run(0.5)
+    a = net.nodes["a"]
+    _, actions = a.route("c", b"x", now=net.now)
+    (first,) = actions
+    assert isinstance(first, SendTo)
+    retry = a.forward_failed(first.message, first.peer_id, now=net.now)
+    assert len(retry) == 1
+    assert isinstance(retry[0], SendTo)
+    assert retry[0].peer_id != first.peer_id
+    assert retry[0].message == first.message  # the hop count is not charged twice
+    assert a.counters["forward.failed"] == 1
+
+
+def test_partition_leaves_no_route_and_goes_quiet() -> None:
+    net = Net([("a", "b"), ("b", "c"), ("c", "d"), ("d", "a"), ("c", "e")])
+    net.run(1.0)
+    net.link_down("c", "e")
+    net.run(3.0)
+    check_routes(net)
+    assert net.nodes["a"].next_hop("e") is None
+    assert net.nodes["e"].next_hop("a") is None
+    before = dict(net.sent)
+    net.run(3.0)
+    # Quiescent: only the periodic tables are sent, no requests chase the lost node.
+    assert net.sent.get("SeqnoRequest", 0) == before.get("SeqnoRequest", 0)
+    frame_id = net.send("a", "e")
+    assert net.undeliverable["a"][-1].frame_id == frame_id
+
+
+def test_routes_expire_without_refresh() -> None:
+    a = make("a")
+    a.link_up("b", now=0.0)
+    a.receive("b", RouteUpdate(entries=(("b", 0, 0), ("far", 0, 2))), now=0.0)
+    assert a.next_hop("far") == "b"
+    for t in range(1, 8):
+        a.on_timer(now=float(t))
+    assert a.next_hop("far") is None
+    assert a.counters["route.expired"] >= 2
+
+
+def test_restarted_node_moves_past_its_old_seqno() -> None:
+    a = make("a")
+    a.link_up("b", now=0.0)
+    a.receive("b", RouteUpdate(entries=(("a", 41, 1),)), now=0.0)
+    assert a.seqno == 42
+
+
+def test_seqno_request_raises_the_destination_seqno_once() -> None:
+    c = make("c")
+    c.link_up("b", now=0.0)
+    out = c.receive("b", SeqnoRequest(destination="c", seqno=5, origin="a", hop_limit=8), now=0.1)
+    assert c.seqno == 5
+    assert out == []  # the triggered update waits triggered_delay to batch changes
+    assert c.next_deadline() == pytest.approx(0.1 + FAST.triggered_delay)
+    out = c.on_timer(now=0.1 + FAST.triggered_delay)
+    assert out == [SendTo("b", RouteUpdate(entries=(("c", 5, 0),)))]
+    again = c.receive("b", SeqnoRequest(destination="c", seqno=5, origin="a", hop_limit=8), now=0.2)
+    assert again == []
+    assert c.next_deadline() != pytest.approx(0.2 + FAST.triggered_delay)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        RouteUpdate(entries=(("x", -1, 1),)),
+        RouteUpdate(entries=(("", 0, 1),)),
+        RouteUpdate(entries=(("x", 0, INFINITY + 1),)),
+        RouteUpdate(entries=(("x", 0),)),  # type: ignore[arg-type]
+        RouteUpdate(entries=None),  # type: ignore[arg-type]
+        SeqnoRequest(destination="x", seqno=-1, origin="a", hop_limit=3),
+        DataFrame(source="a", destination="z", frame_id=1, hops=0, hop_limit=4, payload=b""),
+        DataFrame(source="a", destination="z", frame_id=1, hops=5, hop_limit=4, payload=b""),
+        DataFrame(source="a", destination="z", frame_id=1, hops=1, hop_limit=4, payload="s"),  # type: ignore[arg-type]
+        "not a message",
+        None,
+    ],
+)
+def test_garbage_is_dropped_and_counted(message: object) -> None:
+    a = make("a")
+    a.link_up("b", now=0.0)
+    assert a.receive("b", message, now=0.0) == []
+    assert sum(v for k, v in a.counters.items() if k.startswith("dropped.")) >= 1
+    assert a.routes() == {"b": ("b", 1)}
+
+
+def test_updates_from_strangers_are_dropped() -> None:
+    a = make("a")
+    assert a.receive("z", RouteUpdate(entries=(("z", 0, 0),)), now=0.0) == []
+    assert a.counters["dropped.not_neighbor"] == 1
+    assert a.next_hop("z") is None
+
+
+def test_table_is_bounded_and_chunked() -> None:
+    config = RoutingConfig(max_routes=10, max_entries_per_update=4)
+    a = make("a", config)
+    a.link_up("b", now=0.0)
+    entries = tuple((f"d{i}", 0, 1) for i in range(20))
+    a.receive("b", RouteUpdate(entries=entries), now=0.0)
+    out = a.on_timer(now=1.0)
+    assert len(a.routes()) == 1 + 10
+    assert a.counters["dropped.table_full"] == 10
+    sizes = [
+        len(s.message.entries)
+        for s in out
+        if isinstance(s, SendTo) and isinstance(s.message, RouteUpdate)
+    ]
+    assert sizes == [4, 4, 2]  # the 10 new routes, poisoned back to b
+
+
+def test_local_misuse_raises() -> None:
+    a = make("a")
+    with pytest.raises(RoutingError):
+        a.route("b", "text", now=0.0)  # type: ignore[arg-type]
+    with pytest.raises(RoutingError):
+        a.route("", b"", now=0.0)
+    with pytest.raises(ConfigError):
+        RoutingConfig(update_interval=5.0, route_expiry=5.0)
+    with pytest.raises(ConfigError):
+        RoutingConfig(hop_limit=0)
+
+
+# --- whole overlays ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [100, pytest.param(400, marks=pytest.mark.slow)])
+def test_overlay_converges_to_shortest_loop_free_routes_and_delivers(n: int) -> None:
+    config = RoutingConfig(update_interval=10.0, route_expiry=35.0, request_interval=0.2)
+    rng = random.Random(n)
+    net = Net(random_connected_graph(rng, n, 5), seed=n, config=config)
+    net.run(2.0)
+    check_routes(net)
+    # Fail 10% of the nodes' worth of random links (the graph may split), then check again.
+    for edge in rng.sample(sorted(tuple(sorted(e)) for e in net.links), n // 10):
+        net.link_down(*edge)
+    net.run(3.0)
+    check_routes(net)
+    names = sorted(net.nodes)
+    sent = []
+    for _ in range(100):
+        src, dst = rng.sample(names, 2)
+        sent.append((src, dst, net.send(src, dst)))
+    net.run(1.0)
+    for src, dst, frame_id in sent:
+        arrived = [a for a in net.arrived[dst] if a.source == src and a.frame_id == frame_id]
+        failed = [u for u in net.undeliverable[src] if u.frame_id == frame_id]
+        if dst in net.distances(src):
+            assert len(arrived) == 1
+            assert arrived[0].hops == net.distances(src)[dst]
+        else:
+            assert arrived == []
+            assert [u.reason for u in failed] == ["no_route"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 14),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["up", "down", "wait"]), st.integers(0, 10_000)),
+        min_size=1,
+        max_size=25,
+    ),
+)
+def test_property_quiescent_routes_are_loop_free_over_links(
+    seed: int, n: int, ops: list[tuple[str, int]]
+) -> None:
+    rng = random.Random(seed)
+    names = [f"n{i:02d}" for i in range(n)]
+    net = Net(nodes=names, seed=seed)
+    for op, pick in ops:
+        match op:
+            case "up":
+                a, b = sorted(random.Random(pick).sample(names, 2))
+                if frozenset((a, b)) not in net.links:
+                    net.link_up(a, b)
+            case "down":
+                if net.links:
+                    edges = sorted(tuple(sorted(e)) for e in net.links)
+                    net.link_down(*edges[pick % len(edges)])
+            case "wait":
+                net.run(rng.uniform(0.0, 0.3))  # changes overlap with convergence
+    net.run(6.0)
+    check_routes(net)
+    # In-flight frames after quiescence: every one arrives or is reported, never lost.
+    pairs = [(a, b) for a in names for b in names if a != b]
+    sent = [(a, b, net.send(a, b)) for a, b in rng.sample(pairs, min(10, len(pairs)))]
+    net.run(1.0)
+    for src, dst, frame_id in sent:
+        arrived = [x for x in net.arrived[dst] if x.source == src and x.frame_id == frame_id]
+        failed = [u for u in net.undeliverable[src] if u.frame_id == frame_id]
+        assert len(arrived) + len(failed) == 1
