@@ -259,6 +259,31 @@ def test_starved_node_gets_a_new_seqno_from_the_destination() -> None:
     check_routes(net)
 
 
+def test_frames_keep_flowing_while_starved() -> None:
+    net = Net([("a", "b"), ("b", "c"), ("a", "d"), ("d", "e"), ("e", "c")])
+    net.run(1.0)
+    net.link_down("a", "b")
+    assert net.nodes["a"].next_hop("c") is None  # starved: no feasible route yet
+    frame_id = net.send("a", "c")  # ...but d still announces c: the frame goes that way
+    assert net.nodes["a"].counters["forward.alternate"] == 1
+    net.run(1.0)
+    assert [x.frame_id for x in net.arrived["c"]] == [frame_id]
+
+
+def test_frame_queued_on_a_failing_link_takes_another_route() -> None:
+    net = Net([("a", "b"), ("b", "c"), ("a", "d"), ("d", "c")])
+    net.run(0.5)
+    used = net.nodes["a"].next_hop("c") or ""
+    frame_id = net.send("a", "c", b"in flight")
+    net.link_down("a", used)  # the frame is still queued on the link: the shell hands it back
+    net.run(0.5)
+    assert net.arrived["c"] == [
+        Arrived(source="a", frame_id=frame_id, payload=b"in flight", hops=2)
+    ]
+    assert net.nodes["a"].counters["forward.failed"] == 1
+    assert net.undeliverable["a"] == []
+
+
 def test_unknown_destination_is_reported_at_once() -> None:
     a = make("a")
     frame_id, actions = a.route("nowhere", b"x", now=0.0)

@@ -595,6 +595,8 @@ class Router:
             self._pending[dest] = None  # we can answer ourselves with a fresh announcement
             return
         key = (dest, seqno)
+        if len(self._requests_seen) >= self.config.max_routes:
+            self._requests_seen = {k: t for k, t in self._requests_seen.items() if t > now}
         if self._requests_seen.get(key, -math.inf) > now:
             self._drop("request_duplicate")
             return
