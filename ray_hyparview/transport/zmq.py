@@ -286,7 +286,11 @@ class ZmqTransport:
         *,
         options: ZmqOptions | None = None,
         curve: CurveConfig | None = None,
+        context: zmq.asyncio.Context | None = None,
     ) -> None:
+        """``context``: share one ZeroMQ context (one I/O thread) among the plain-text
+        transports of a process; the caller terminates it. A CURVE transport needs a context
+        of its own, because the ZAP handler is bound once per context."""
         raw_id = node_id.encode("utf-8") if isinstance(node_id, str) else b""
         if not raw_id or not node_id.isprintable() or len(raw_id) > MAX_PEER_ID_BYTES:
             raise ValueError(
@@ -302,6 +306,9 @@ class ZmqTransport:
         self._counters: Counter[str] = Counter()
         self._auth = None if curve is None else _Auth(curve, self._counters)
         self._endpoint = ""
+        if context is not None and curve is not None:
+            raise ValueError("a CURVE transport needs its own context (one ZAP handler each)")
+        self._shared_ctx = context
         self._ctx: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._router_shadow: zmq.Socket[bytes] | None = None
@@ -346,9 +353,9 @@ class ZmqTransport:
             raise TransportClosed("transport closed")
         self._started = True
         opts = self._opts
-        # Own context per transport: the ZAP handler is per context, and tests run several
-        # agents, each with its own key set, in one process.
-        self._ctx = ctx = zmq.asyncio.Context()
+        # Own context per transport unless one is shared: the ZAP handler is per context, and
+        # tests run several agents, each with its own key set, in one process.
+        self._ctx = ctx = self._shared_ctx or zmq.asyncio.Context()
         router = self._socket(zmq.ROUTER)
         router.setsockopt(zmq.RCVHWM, opts.hwm)
         router.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_size)
@@ -484,7 +491,7 @@ class ZmqTransport:
             self._authenticator.stop()
             self._authenticator = None
             await asyncio.sleep(0)  # let the authenticator's cancelled task finish
-        if self._ctx is not None:
+        if self._ctx is not None and self._shared_ctx is None:
             self._ctx.term()
 
     # -- outbound links ----------------------------------------------------------------------
