@@ -66,6 +66,7 @@ class Net:
         self.links: set[frozenset[str]] = set()
         self.queue: list[tuple[float, int, str, str, object]] = []
         self.seq = 0
+        self.timers: list[tuple[float, int, str]] = []  # (deadline, seq, node); stale skipped
         self.config = config
         for name in nodes:
             self._add(name)
@@ -90,6 +91,10 @@ class Net:
         self.apply(b, self.nodes[b].neighbor_down(a, now=self.now))
 
     def apply(self, name: str, actions: list[Action]) -> None:
+        deadline = self.nodes[name].next_deadline()
+        if deadline is not None:
+            self.seq += 1
+            heapq.heappush(self.timers, (deadline, self.seq, name))
         for action in actions:
             match action:
                 case SendTo(peer_id=peer, message=message):
@@ -123,23 +128,20 @@ class Net:
                     self.apply(dst, self.nodes[dst].receive(src, message, now=self.now))
             else:
                 assert timer_node is not None
+                heapq.heappop(self.timers)
                 self.apply(timer_node, self.nodes[timer_node].on_timer(now=self.now))
         raise AssertionError("no quiescence: too many steps")
 
     def _next_timer(self) -> tuple[float | None, str | None]:
         # Cache expiry deadlines are minutes away; quiescence means no protocol timer is due
-        # within the horizon of one ihave + graft cycle.
+        # within the horizon of ten ihave + graft cycles.
         horizon = self.now + 10 * (self.config.ihave_timeout + self.config.graft_timeout)
-        best: tuple[float | None, str | None] = (None, None)
-        for name, node in self.nodes.items():
-            deadline = node.next_deadline()
-            if (
-                deadline is not None
-                and deadline <= horizon
-                and (best[0] is None or deadline < best[0])
-            ):
-                best = (deadline, name)
-        return best
+        while self.timers:
+            deadline, _, name = self.timers[0]
+            if self.nodes[name].next_deadline() == deadline:
+                return (deadline, name) if deadline <= horizon else (None, None)
+            heapq.heappop(self.timers)  # stale: the node re-armed or cancelled
+        return None, None
 
     def eager_edges(self) -> set[frozenset[str]]:
         edges = set()
@@ -535,3 +537,62 @@ def test_property_exactly_once_and_tree_at_quiescence(
         net.run()
     assert_exactly_once(net, ids)
     assert is_spanning_tree(names, net.eager_edges())
+
+
+@pytest.mark.parametrize("n", [1000, pytest.param(10_000, marks=pytest.mark.slow)])
+def test_redundancy_falls_from_flooding_to_zero_and_survives_half_crashing(n: int) -> None:
+    """The paper's figures in small (section 4): relative message redundancy (RMR) of the first
+    broadcast is flooding's, once the tree settles it is zero; after half the nodes crash (with
+    no membership repair here) every survivor still connected to the origin delivers."""
+    rng = random.Random(n)
+    config = PlumtreeConfig(ihave_timeout=0.5, graft_timeout=0.25, lazy_flush_interval=0.05)
+    net = Net(random_connected_graph(rng, n, 5), seed=n, config=config, latency=(0.001, 0.02))
+    names = sorted(net.nodes)
+
+    def broadcast(origin: str) -> tuple[int, float]:
+        for got in net.delivered.values():
+            got.clear()
+        before = net.total("received.Gossip")
+        net.broadcast(origin)
+        net.run()
+        delivered = sum(len(got) for got in net.delivered.values())
+        assert all(len(got) <= 1 for got in net.delivered.values())
+        rmr = (net.total("received.Gossip") - before) / (delivered - 1) - 1
+        return delivered, rmr
+
+    delivered, flood_rmr = broadcast(names[0])
+    assert delivered == n
+    assert flood_rmr > 2.5  # average degree 5: about 2E / (N - 1) - 2 = 3
+    for _ in range(3):
+        delivered, rmr = broadcast(rng.choice(names))
+    assert delivered == n
+    assert rmr == 0.0
+    assert is_spanning_tree(names, net.eager_edges())
+
+    dead = set(rng.sample(names, n // 2))
+    for edge in sorted(tuple(sorted(e)) for e in net.links):
+        if dead & set(edge):
+            net.link_down(*edge)
+    origin = next(name for name in names if name not in dead)
+    reachable = component(net.links, origin)
+    delivered, _ = broadcast(origin)
+    assert delivered == len(reachable)
+    assert all(net.delivered[name] for name in reachable)
+    assert net.total("graft.timer") > 0
+
+
+def component(links: set[frozenset[str]], origin: str) -> set[str]:
+    """The nodes linked to ``origin``, directly or not."""
+    adj: dict[str, list[str]] = {}
+    for edge in links:
+        a, b = tuple(edge)
+        adj.setdefault(a, []).append(b)
+        adj.setdefault(b, []).append(a)
+    seen = {origin}
+    stack = [origin]
+    while stack:
+        for nxt in adj.get(stack.pop(), []):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
