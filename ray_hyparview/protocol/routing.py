@@ -373,6 +373,11 @@ class Router:
         if peer_id not in self._links:
             return []
         del self._links[peer_id]
+        # DEPARTURE: announce a new seqno for ourselves at once. Nodes that reached us over the
+        # lost link now have only longer, unfeasible routes to us and would each ask for it
+        # (RFC 8966 waits for that request); DSDV-like, we skip the round trip.
+        self._seqno += 1
+        self._pending[self.myself] = None
         for dest, advs in list(self._rib.items()):
             if advs.pop(peer_id, None) is not None or dest == peer_id:
                 self._reselect(dest, now)
