@@ -234,6 +234,11 @@ class Agent:
         return self.core.passive_view
 
     @property
+    def started(self) -> bool:
+        """True once :meth:`start` bound the transport and made the core."""
+        return self._core is not None
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -531,6 +536,7 @@ def _make_transport(strategy: Strategy) -> Transport:
             secret_key=security.secret_key,
             node_keys=dict(security.allowed_keys),
             allowed_keys=frozenset(security.allow_list),
+            default_server_key=security.default_server_key,
         )
     return ZmqTransport(strategy.local_peer.id, strategy.bind, options=options, curve=curve)
 

@@ -44,6 +44,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_hyparview.agent import Agent
+from ray_hyparview.meshnode import MeshNode
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.strategy import Security, Strategy
@@ -110,6 +111,47 @@ def _alive_nodes() -> dict[NodeId, str]:
     return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
 
 
+class GcsDirectory:
+    """Mesh names in the GCS key-value store: ``name/<name>`` -> node id. ``claim`` is atomic:
+    the GCS refuses to overwrite a key that exists."""
+
+    def claim(self, name: str, node_id: NodeId) -> bool:
+        from ray.experimental import internal_kv
+
+        key = f"name/{name}".encode()
+        existed = internal_kv._internal_kv_put(
+            key, node_id.encode(), overwrite=False, namespace=NAMESPACE
+        )
+        if not existed:
+            return True
+        owner: bytes | None = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
+        return owner is not None and owner.decode() == node_id
+
+    def lookup(self, name: str) -> NodeId | None:
+        from ray.experimental import internal_kv
+
+        owner: bytes | None = internal_kv._internal_kv_get(
+            f"name/{name}".encode(), namespace=NAMESPACE
+        )
+        return owner.decode() if owner else None
+
+    def release(self, name: str, node_id: NodeId) -> None:
+        if self.lookup(name) == node_id:
+            _kv_del(f"name/{name}")
+
+    @staticmethod
+    def forget_node(node_id: NodeId) -> int:
+        """Drop every name of a dead node; returns how many."""
+        from ray.experimental import internal_kv
+
+        dropped = 0
+        for key in internal_kv._internal_kv_list(b"name/", namespace=NAMESPACE):
+            if internal_kv._internal_kv_get(key, namespace=NAMESPACE) == node_id.encode():
+                internal_kv._internal_kv_del(key, namespace=NAMESPACE)
+                dropped += 1
+        return dropped
+
+
 class _Service:
     """One node's agent plus its discovery and metrics, shared by the actor and the sidecar."""
 
@@ -130,6 +172,7 @@ class _Service:
         )
         self.agent = Agent(strategy)
         self._export_metrics = export_metrics
+        self.mesh: MeshNode | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._rng = random.Random()
 
@@ -141,6 +184,7 @@ class _Service:
             _KV_PREFIX + self.node_id,
             json.dumps({"endpoint": me.endpoint, "incarnation": agent.incarnation}).encode(),
         )
+        self.mesh = MeshNode(agent, GcsDirectory())
         self._discover()
         self._tasks.append(asyncio.create_task(self._rediscover(), name="hyparview-discovery"))
         if self._export_metrics:
@@ -192,6 +236,8 @@ class _Service:
 
     def views(self) -> dict[str, Any]:
         agent = self.agent
+        if not agent.started:
+            return {"endpoint": "", "active": [], "passive": []}
         return {
             "endpoint": agent.myself.endpoint,
             "active": [p.id for p in agent.active_view],
@@ -205,6 +251,8 @@ class _Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.mesh is not None:
+            await self.mesh.aclose()
         with contextlib.suppress(Exception):
             _kv_del(_KV_PREFIX + self.node_id)
         await self.agent.aclose()
@@ -248,6 +296,48 @@ class _NodeAgent:
 
     async def stop(self) -> None:
         await self._service.stop()
+
+    # The mesh API, called by actors on this node through ray_hyparview.mesh.
+
+    def _mesh(self) -> MeshNode:
+        mesh = self._service.mesh
+        if mesh is None:
+            raise RuntimeError("the agent on this node is not started")
+        return mesh
+
+    async def mesh_register(self, name: str) -> list[NodeId]:
+        self._mesh().register(name)
+        return await self.mesh_view()
+
+    async def mesh_unregister(self, name: str) -> None:
+        self._mesh().unregister(name)
+
+    async def mesh_view(self) -> list[NodeId]:
+        return [p.id for p in self._service.agent.active_view]
+
+    async def mesh_send(self, src: str, dst: str, payload: bytes, timeout: float) -> str:
+        return await self._mesh().send(src, dst, payload, timeout=timeout)
+
+    async def mesh_request(self, src: str, dst: str, payload: bytes, timeout: float) -> bytes:
+        return await self._mesh().request(src, dst, payload, timeout=timeout)
+
+    async def mesh_reply(self, request: tuple[NodeId, int], payload: bytes) -> None:
+        await self._mesh().reply(tuple(request), payload)  # type: ignore[arg-type]
+
+    async def mesh_poll(self, name: str, wait: float) -> list[Any]:
+        return await self._mesh().poll(name, wait=wait)
+
+    async def mesh_subscribe(self, name: str, topic: str) -> None:
+        self._mesh().subscribe(name, topic)
+
+    async def mesh_unsubscribe(self, name: str, topic: str) -> None:
+        self._mesh().unsubscribe(name, topic)
+
+    async def mesh_publish(self, name: str, topic: str, payload: bytes) -> None:
+        self._mesh().publish(name, topic, payload)
+
+    async def mesh_stats(self) -> dict[str, Any]:
+        return self._mesh().stats()
 
 
 class _Reconciler:
@@ -315,6 +405,7 @@ class _Reconciler:
             forgotten.append(node_id)
             with contextlib.suppress(Exception):
                 _kv_del(_KV_PREFIX + node_id)
+                GcsDirectory.forget_node(node_id)
         return {"started": started, "forgotten": forgotten}
 
     async def agents(self) -> dict[NodeId, Any]:
@@ -465,13 +556,21 @@ def start(
     if not ray.is_initialized():
         raise RuntimeError("connect to a Ray cluster first (ray.init(...))")
     config = hyparview_config if hyparview_config is not None else HyParViewConfig()
-    head = ray.get_runtime_context().get_node_id()
+    # The head node: the reconciler lives there, since the cluster does not outlive it anyway.
+    head = next(
+        (
+            n["NodeID"]
+            for n in ray.nodes()  # type: ignore[no-untyped-call]
+            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
+        ),
+        ray.get_runtime_context().get_node_id(),
+    )
     reconciler = Reconciler.options(
         name=RECONCILER_NAME,
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=True),
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False),
     ).remote(asdict(config), security, bind_host, reconcile_interval, log_level)
     ray.get(reconciler.run.remote())
     handle = HyParViewCluster(reconciler)
