@@ -71,6 +71,7 @@ __all__ = [
     "EncodeError",
     "EnumField",
     "Field",
+    "FieldError",
     "FloatField",
     "HEADER",
     "INCARNATION",
@@ -91,6 +92,7 @@ __all__ = [
     "decode",
     "default_codec",
     "encode",
+    "hyparview_registry",
     "register",
 ]
 
@@ -149,8 +151,13 @@ class RegistryError(HyParViewError, ValueError):
     """A message type was registered wrongly (tag taken, fields not matching the dataclass)."""
 
 
-class _Invalid(Exception):
-    """Internal: a field failed validation. Never escapes :meth:`Codec.decode`."""
+class FieldError(Exception):
+    """Raised by a :class:`Field` whose value is invalid. Field kinds defined by other modules
+    raise it too; :meth:`Codec.decode` turns it into ``DecodeError("bad_schema")`` and
+    :meth:`Codec.encode` into :class:`EncodeError`, so it never reaches the agent loop."""
+
+
+_Invalid = FieldError  # the name this module uses internally
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,39 +597,44 @@ class Codec:
 # The default registry with the eight HyParView messages
 # --------------------------------------------------------------------------------------------
 
-REGISTRY: Final = Registry()
-"""The process-wide registry that :func:`encode`, :func:`decode` and new codecs use."""
+_SHUFFLE_PEERS = SeqField(PEER, MAX_SHUFFLE_PEERS)
+
+
+def hyparview_registry() -> Registry:
+    """A fresh registry holding just the eight HyParView messages (tags 1-8): for codecs that
+    must not see what other modules added to :data:`REGISTRY`, e.g. to pin limits in tests."""
+    registry = Registry()
+    hv = registry.register
+    hv(1, Join, {"sender": PEER, "incarnation": INCARNATION})
+    hv(2, ForwardJoin, {"sender": PEER, "incarnation": INCARNATION, "new_peer": PEER, "ttl": TTL})
+    hv(3, Neighbor, {"sender": PEER, "incarnation": INCARNATION, "priority": EnumField(Priority)})
+    hv(4, NeighborReply, {"sender": PEER, "incarnation": INCARNATION, "accepted": BOOL})
+    hv(5, Disconnect, {"sender": PEER, "incarnation": INCARNATION, "leaving": BOOL})
+    hv(
+        6,
+        Shuffle,
+        {
+            "sender": PEER,
+            "incarnation": INCARNATION,
+            "origin": PEER,
+            "peers": _SHUFFLE_PEERS,
+            "ttl": TTL,
+        },
+    )
+    hv(7, ShuffleReply, {"sender": PEER, "incarnation": INCARNATION, "peers": _SHUFFLE_PEERS})
+    hv(8, KeepAlive, {"sender": PEER, "incarnation": INCARNATION})
+    return registry
+
+
+REGISTRY: Final = hyparview_registry()
+"""The process-wide registry that :func:`encode`, :func:`decode` and new codecs use; other
+layers register their messages here at import time (see ``ray_hyparview.wire``)."""
 
 
 def register(tag: int, cls: type[Any], fields: Mapping[str, Field]) -> None:
     """Register a message type in the default :data:`REGISTRY`."""
     REGISTRY.register(tag, cls, fields)
 
-
-_SHUFFLE_PEERS = SeqField(PEER, MAX_SHUFFLE_PEERS)
-
-register(1, Join, {"sender": PEER, "incarnation": INCARNATION})
-register(
-    2,
-    ForwardJoin,
-    {"sender": PEER, "incarnation": INCARNATION, "new_peer": PEER, "ttl": TTL},
-)
-register(3, Neighbor, {"sender": PEER, "incarnation": INCARNATION, "priority": EnumField(Priority)})
-register(4, NeighborReply, {"sender": PEER, "incarnation": INCARNATION, "accepted": BOOL})
-register(5, Disconnect, {"sender": PEER, "incarnation": INCARNATION, "leaving": BOOL})
-register(
-    6,
-    Shuffle,
-    {
-        "sender": PEER,
-        "incarnation": INCARNATION,
-        "origin": PEER,
-        "peers": _SHUFFLE_PEERS,
-        "ttl": TTL,
-    },
-)
-register(7, ShuffleReply, {"sender": PEER, "incarnation": INCARNATION, "peers": _SHUFFLE_PEERS})
-register(8, KeepAlive, {"sender": PEER, "incarnation": INCARNATION})
 
 _DEFAULT_CODEC: Final = Codec(REGISTRY)
 

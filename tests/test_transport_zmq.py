@@ -316,6 +316,46 @@ async def test_garbage_frames_are_counted_and_dropped(
 
 
 @pytest.mark.asyncio
+async def test_a_restarted_peer_at_a_new_endpoint_is_redialled() -> None:
+    a, old = ZmqTransport("a"), ZmqTransport("b")
+    await a.start()
+    await old.start()
+    a.open_link(peer(old))
+    assert a.send(peer(old), b"1")
+    assert await recv_n(old, 1) == [("a", b"1")]
+    await old.aclose()
+    assert [e.cause for e in await a.link_events()] == [LinkFailure.DISCONNECTED]
+    new = ZmqTransport("b")
+    await new.start()
+    a.open_link(Peer("b", old.endpoint))  # stale endpoint from a passive view: refused
+    assert [e.cause for e in await a.link_events()] == [LinkFailure.REFUSED]
+    a.open_link(Peer("b", "tcp://127.0.0.1:1"))
+    assert a.send(peer(new), b"2")  # the new endpoint replaces the link, still pinned
+    assert await recv_n(new, 1) == [("a", b"2")]
+    assert a.counters["link.redialled"] == 1
+    await a.aclose()
+    await new.aclose()
+    assert_no_leaks(a, old, new)
+
+
+@pytest.mark.asyncio
+async def test_plain_transports_can_share_a_context() -> None:
+    ctx = zmq.asyncio.Context()
+    a, b = ZmqTransport("a", context=ctx), ZmqTransport("b", context=ctx)
+    await a.start()
+    await b.start()
+    assert a.send(peer(b), b"x")
+    assert await recv_n(b, 1) == [("a", b"x")]
+    await a.aclose()
+    await b.aclose()
+    assert not ctx.closed
+    ctx.term()
+    public, secret = zmq.curve_keypair()
+    with pytest.raises(ValueError, match="own context"):
+        ZmqTransport("c", curve=CurveConfig(public_key=public, secret_key=secret), context=ctx)
+
+
+@pytest.mark.asyncio
 async def test_cached_links_are_bounded_and_expire() -> None:
     opts = ZmqOptions(max_cached_links=2, idle_timeout=0.2)
     a = ZmqTransport("a", options=opts)

@@ -156,11 +156,14 @@ class MemoryTransport:
             self._counters["send.dropped.failed"] += 1
             return False
         self._links.move_to_end(peer.id)
+        if peer.endpoint and self._links[peer.id].endpoint != peer.endpoint:
+            self._links[peer.id] = peer  # the node restarted elsewhere
+        endpoint = self._links[peer.id].endpoint
         self._counters["sent.msgs"] += 1
         self._counters["sent.bytes"] += len(data)
         if self._network.is_blocked(self._node_id, peer.id):
             return True  # lost on the wire; the link fails after failure_delay
-        target = self._network.lookup(peer.endpoint)
+        target = self._network.lookup(endpoint)
         if target is not None:
             target._deliver(self._node_id, bytes(data))
         return True

@@ -397,7 +397,12 @@ class ZmqTransport:
             self._counters["send.dropped.closed"] += 1
             return False
         link = self._links.get(peer.id)
-        if link is None:
+        if link is not None and peer.endpoint and link.peer.endpoint != peer.endpoint:
+            link = self._redial(link, peer)  # the node restarted elsewhere
+            if link is None:
+                self._counters["send.dropped.unreachable"] += 1
+                return False
+        elif link is None:
             link = self._dial(peer)
             if link is None:
                 self._counters["send.dropped.unreachable"] += 1
@@ -428,7 +433,9 @@ class ZmqTransport:
         if self._closed or self._ctx is None:
             return
         link = self._links.get(peer.id)
-        if link is None:
+        if link is not None and peer.endpoint and link.peer.endpoint != peer.endpoint:
+            link = self._redial(link, peer)
+        elif link is None:
             self._events.discard(peer.id)
             link = self._dial(peer)
         if link is not None:
@@ -540,6 +547,18 @@ class ZmqTransport:
         link.task.add_done_callback(lambda _t: self._release(link))
         self._evict_cached()
         return link
+
+    def _redial(self, link: _Link, peer: Peer) -> _Link | None:
+        """Replace a link whose peer now names another endpoint (the node restarted elsewhere),
+        keeping it pinned if it was."""
+        del self._links[link.peer.id]
+        self._stop_link(link)
+        self._counters["link.redialled"] += 1
+        log.debug("%s moved from %s to %s", peer.id, link.peer.endpoint, peer.endpoint)
+        new = self._dial(peer)
+        if new is not None:
+            new.pinned = link.pinned
+        return new
 
     async def _run_link(self, link: _Link) -> None:
         failure = await self._dial_phase(link)
