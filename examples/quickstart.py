@@ -166,7 +166,7 @@ def main() -> int:
         say(f"wrote {args.picture}")
 
         # Kill a node that is not the head, with its actors, and watch the repair.
-        victim = cluster.list_all_nodes()[-1]
+        victim = cluster.list_all_nodes()[-1]  # type: ignore[no-untyped-call]
         victim_id = victim.node_id
         lost = [n for n in names if homes[n] == victim_id]
         say(f"killing node {short(victim_id)} (actors there: {', '.join(lost) or 'none'}) ...")
