@@ -220,16 +220,17 @@ def measure(
     senders = rng.sample(live, min(broadcasts, len(live)))
     stats = metrics.broadcast_stats(adjacency, senders)
     sources = rng.sample(live, min(path_samples, len(live)))
+    graph = metrics.undirected(adjacency)
     return Measurement(
         alive=len(adjacency),
         reliability=stats.reliability,
         min_reliability=stats.min_reliability,
         rmr=stats.rmr,
         last_delivery_hop=stats.last_delivery_hop,
-        connected_fraction=metrics.largest_component_fraction(adjacency),
+        connected_fraction=metrics.largest_component_fraction(graph),
         symmetric_fraction=metrics.symmetric_fraction(adjacency),
-        clustering_coefficient=metrics.clustering_coefficient(adjacency),
-        avg_shortest_path=metrics.average_shortest_path(adjacency, sources),
+        clustering_coefficient=metrics.clustering_coefficient(graph),
+        avg_shortest_path=metrics.average_shortest_path(graph, sources),
         dead_passive_fraction=dead_passive_fraction,
         in_degree=metrics.in_degree_histogram(adjacency),
     )

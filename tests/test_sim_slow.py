@@ -1,0 +1,77 @@
+"""The paper's setting at 10,000 nodes (issue 2, section 4): slow, run with ``-m slow``.
+
+One overlay is built and every failure level is crashed on a copy of it (``run_sweep``); the
+timed single run goes to a fresh interpreter so that its wall time and peak memory are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ray_hyparview.sim.scenario import Experiment, run_sweep
+
+pytestmark = pytest.mark.slow
+
+NODES = 10_000
+
+
+@pytest.fixture(scope="module")
+def sweep() -> dict[str, Any]:
+    return run_sweep(Experiment(nodes=NODES, seed=0))
+
+
+@pytest.mark.timeout(1800)
+def test_overlay_before_failures_is_connected_symmetric_and_reliable(
+    sweep: dict[str, Any],
+) -> None:
+    before = sweep["before_crash"]
+    assert before["alive"] == NODES
+    assert before["connected_fraction"] == 1.0
+    assert before["symmetric_fraction"] == 1.0
+    assert before["reliability"] == 1.0
+    assert before["min_reliability"] == 1.0
+    base = sweep["baseline"]
+    # The paper compares with a random graph of the same degree: low clustering, short paths.
+    assert base["clustering_coefficient"] < 0.001
+    assert base["avg_shortest_path"] == pytest.approx(6.4, abs=0.2)
+    assert before["clustering_coefficient"] < 0.005
+    assert before["avg_shortest_path"] == pytest.approx(base["avg_shortest_path"], rel=0.1)
+
+
+@pytest.mark.timeout(1800)
+def test_reliability_after_simultaneous_crash(sweep: dict[str, Any]) -> None:
+    levels = {level["failed_fraction"]: level for level in sweep["levels"]}
+    assert sorted(levels) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    for fraction, level in levels.items():
+        assert level["alive"] == NODES - round(fraction * NODES)
+        assert len(level["reliability_by_cycle"]) == 4
+        if fraction <= 0.8:
+            assert level["healing_cycles"] is not None, level
+            assert level["healing_cycles"] <= 4, level
+            assert level["reliability"] == 1.0, level
+    assert levels[0.9]["reliability"] >= 0.99, levels[0.9]
+    assert levels[0.95]["reliability"] >= 0.95, levels[0.95]
+
+
+@pytest.mark.timeout(600)
+def test_whole_10k_run_within_30_seconds_and_1_5_gib(tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    argv = ["--nodes", str(NODES), "--fail", "0.5", "--json", str(out), "--no-plot", "--quiet"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ray_hyparview.sim", *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["reliability"] == 1.0
+    assert result["peak_rss_mb"] < 1536
+    assert result["wall_seconds"] <= 30, result["phase_seconds"]
