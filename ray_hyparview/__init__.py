@@ -10,13 +10,17 @@ actor API). This module re-exports the names most users need; it does not import
 
 from __future__ import annotations
 
-from ray_hyparview.agent import Agent, AgentClosed, EventsOverflow
+from typing import TYPE_CHECKING, Any
+
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import ConfigError, HyParViewError, StateError
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.messages import DownReason, PeerDown, PeerUp
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.strategy import Security, Strategy, StrategyError
+
+if TYPE_CHECKING:
+    from ray_hyparview.agent import Agent, AgentClosed, EventsOverflow
 
 __version__ = "0.1.0"
 
@@ -38,3 +42,13 @@ __all__ = [
     "StrategyError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The agent is imported on first use, not here: `python -m ray_hyparview.agent` runs that
+    # module as __main__, and importing it first from the package would load it twice.
+    if name in {"Agent", "AgentClosed", "EventsOverflow"}:
+        from ray_hyparview import agent
+
+        return getattr(agent, name)
+    raise AttributeError(f"module 'ray_hyparview' has no attribute {name!r}")

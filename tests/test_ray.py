@@ -209,3 +209,41 @@ def test_small_views_still_reach_every_actor_and_broadcast_once(
             ray.kill(w)
         hv.stop()
         del extra
+
+
+def test_sidecar_finds_its_node_and_peers_through_the_gcs(ray_cluster: Cluster) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from ray_hyparview.control import query_status
+
+    command = [
+        sys.executable, "-m", "ray_hyparview.agent", "run",
+        "--ray-address", ray_cluster.address,
+        "--bind", "tcp://127.0.0.1:0",
+        "--control", "tcp://127.0.0.1:0",
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        info = json.loads(line)
+        assert info["id"] in alive()
+        published = plugin.published_agents()
+        assert published[info["id"]]["endpoint"] == info["endpoint"]
+        import asyncio
+
+        status = asyncio.run(query_status(info["control"]))
+        assert status["id"] == info["id"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert info["id"] not in plugin.published_agents()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
