@@ -12,6 +12,7 @@ import heapq
 import random
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -277,8 +278,9 @@ def test_frame_queued_on_a_failing_link_takes_another_route() -> None:
     frame_id = net.send("a", "c", b"in flight")
     net.link_down("a", used)  # the frame is still queued on the link: the shell hands it back
     net.run(0.5)
+    # Two links crossed, plus the hop charged for the failed attempt.
     assert net.arrived["c"] == [
-        Arrived(source="a", frame_id=frame_id, payload=b"in flight", hops=2)
+        Arrived(source="a", frame_id=frame_id, payload=b"in flight", hops=3)
     ]
     assert net.nodes["a"].counters["forward.failed"] == 1
     assert net.undeliverable["a"] == []
@@ -351,8 +353,24 @@ def test_forward_failed_takes_another_next_hop() -> None:
     assert len(retry) == 1
     assert isinstance(retry[0], SendTo)
     assert retry[0].peer_id != first.peer_id
-    assert retry[0].message == first.message  # the hop count is not charged twice
+    assert isinstance(first.message, DataFrame)
+    assert retry[0].message == replace(first.message, hops=2)  # the failed try is charged
     assert a.counters["forward.failed"] == 1
+
+
+def test_a_shell_whose_sends_keep_failing_cannot_loop_a_frame() -> None:
+    net = Net([("a", "b"), ("b", "c"), ("a", "d"), ("d", "c")])
+    net.run(0.5)
+    a = net.nodes["a"]
+    _, actions = a.route("c", b"x", now=net.now)
+    attempts = 0
+    while actions and isinstance(actions[0], SendTo):
+        attempts += 1
+        action = actions[0]
+        assert isinstance(action.message, DataFrame)
+        actions = a.forward_failed(action.message, action.peer_id, now=net.now)
+    assert attempts == FAST.hop_limit
+    assert [type(x) for x in actions] == [Undeliverable]
 
 
 def test_partition_leaves_no_route_and_goes_quiet() -> None:

@@ -413,14 +413,16 @@ class Router:
         """The shell could not hand ``message`` (from one of our ``SendTo``) to ``peer_id``.
 
         A routed frame takes another next hop or is reported; anything else is dropped (the
-        link's own failure arrives separately as ``link_down``).
+        link's own failure arrives separately as ``link_down``). The failed attempt keeps the
+        hop it was charged, so a shell whose sends keep failing (its link state lagging ours)
+        sees the frame reported after at most ``hop_limit`` attempts instead of looping.
         """
         now = self._tick(now)
         actions: list[Action] = []
         match message:
             case DataFrame() | RouteError():
                 self.counters["forward.failed"] += 1
-                self._forward(replace(message, hops=max(0, message.hops - 1)), peer_id, actions)
+                self._forward(message, peer_id, actions)
         return self._finish(now, actions)
 
     def receive(self, sender_id: NodeId, message: object, *, now: float) -> list[Action]:
