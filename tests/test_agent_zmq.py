@@ -1,0 +1,382 @@
+"""The agent over real ZeroMQ sockets on 127.0.0.1, in one process.
+
+What the in-memory tests cannot show: real ROUTER/DEALER links, socket monitors, libzmq's
+size limit, CURVE handshakes and ZAP, and that closing an agent gives back every task, socket,
+file descriptor and libzmq thread. The fuzzer is a raw pyzmq DEALER with a routing id of its
+choosing, i.e. exactly what an attacker on the network can do without keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+import zmq.asyncio
+
+from ray_hyparview.agent import Agent
+from ray_hyparview.codec import HEADER, default_codec
+from ray_hyparview.keys import generate_keypair
+from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.messages import (
+    Disconnect,
+    DownReason,
+    KeepAlive,
+    Neighbor,
+    PeerDown,
+    PeerUp,
+    Priority,
+)
+from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.strategy import Security, Strategy
+from ray_hyparview.transport.zmq import ZmqTransport
+from tests.conditions import until
+
+CONFIG = HyParViewConfig(
+    active_view_size=3,
+    passive_view_size=8,
+    shuffle_interval=1.0,
+    keepalive_interval=0.2,
+    keepalive_timeout=3.0,
+    neighbor_timeout=1.0,
+)
+
+
+def strategy(
+    name: str, *contacts: Peer, security: Security | None = None, nodes: Any = None
+) -> Strategy:
+    return Strategy(
+        local_peer=Peer(name, "tcp://127.0.0.1:0"),
+        contacts=contacts,
+        hyparview_config=CONFIG,
+        security=security,
+        nodes=nodes or {},
+    )
+
+
+@asynccontextmanager
+async def linked_pair(
+    a_strategy: Strategy, make_b: Any
+) -> AsyncIterator[tuple[Agent, Agent, list[PeerUp | PeerDown]]]:
+    """Start ``a``, then ``b`` (built from a's bound peer) joining it; yield both linked and
+    the events ``a`` saw after the link came up."""
+    async with Agent(a_strategy, rng=random.Random(1)) as a:  # noqa: SIM117 - b needs a's port
+        async with Agent(make_b(a.myself), rng=random.Random(2)) as b:
+            await a.wait_for_active(1, timeout=10)
+            await b.wait_for_active(1, timeout=10)
+            seen: list[PeerUp | PeerDown] = []
+            unsubscribe = a.subscribe(seen.append)
+            seen.clear()  # drop the replay: only what happens from now on
+            try:
+                yield a, b, seen
+            finally:
+                unsubscribe()
+
+
+@pytest.mark.asyncio
+async def test_two_agents_link_and_a_graceful_leave_is_seen_at_once() -> None:
+    async with Agent(strategy("a"), rng=random.Random(1)) as a:
+        b = Agent(strategy("b", a.myself), rng=random.Random(2))
+        await b.start()
+        try:
+            await a.wait_for_active(1, timeout=10)
+            await b.wait_for_active(1, timeout=10)
+            assert [p.id for p in a.active_view] == ["b"]
+            assert [p.id for p in b.active_view] == ["a"]
+            assert b.active_view[0].endpoint == a.myself.endpoint
+            events = a.events()
+            assert await anext(events) == PeerUp(Peer("b"))
+            loop = asyncio.get_running_loop()
+            left = loop.time()
+            await b.aclose()
+            event = await asyncio.wait_for(anext(events), 5)
+            took = loop.time() - left
+            assert event == PeerDown(Peer("b"), DownReason.LEFT)
+            # A LEFT is announced, not detected: far below any timeout.
+            assert took < 0.5, took
+            await events.aclose()  # type: ignore[attr-defined]
+        finally:
+            await b.aclose()
+
+
+# ---------------------------------------------------------------------------------- fuzzing
+
+
+def fuzz_frames(rng: random.Random, victim: Peer, claimed: Peer, count: int) -> Iterator[bytes]:
+    """Random, malformed, wrong-version and lying frames, in a reproducible mix."""
+    codec = default_codec()
+    valid = [
+        codec.encode(KeepAlive(sender=claimed, incarnation=7)),
+        codec.encode(Disconnect(sender=claimed, incarnation=7, leaving=True)),
+        codec.encode(Neighbor(sender=claimed, incarnation=7, priority=Priority.HIGH)),
+    ]
+    for index in range(count):
+        kind = index % 10
+        if kind == 0:
+            yield rng.randbytes(rng.randrange(0, 2048))
+        elif kind == 1:
+            yield b""
+        elif kind == 2:
+            wrong = bytearray(rng.choice(valid))
+            wrong[2] = rng.choice([0, 2, 255])  # wrong version
+            yield bytes(wrong)
+        elif kind == 3:
+            whole = rng.choice(valid)
+            yield whole[: rng.randrange(0, len(whole))]  # truncated
+        elif kind == 4:
+            yield HEADER + rng.randbytes(rng.randrange(1, 512))  # garbage after a good header
+        elif kind == 5:
+            yield HEADER + msgpack.packb([rng.randrange(0, 128), "x", -1, None])  # bad schema
+        elif kind == 6:
+            yield HEADER + b"\x81\x80" * 1000  # nested maps: a small "map bomb"
+        elif kind == 7:
+            yield HEADER + b"\x91" * 5000 + b"\xc0"  # deep nested arrays
+        elif kind == 8:
+            flipped = bytearray(rng.choice(valid))
+            flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)  # one flipped bit
+            yield bytes(flipped)
+        else:
+            # Well-formed, but the message says it is from another node than the routing id.
+            yield rng.choice(valid)
+
+
+async def blast(sock: zmq.Socket[bytes], frames: Iterator[bytes]) -> int:
+    """Send without blocking the loop the agents share; frames over the HWM are skipped."""
+    sent = 0
+    for index, frame in enumerate(frames):
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+            sent += 1
+        except zmq.Again:
+            await asyncio.sleep(0.005)
+        if index % 50 == 0:
+            await asyncio.sleep(0)
+    return sent
+
+
+@contextmanager
+def raw_dealer(
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, routing_id: bytes | None, **opts: Any
+) -> Iterator[zmq.Socket[bytes]]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    for name, value in opts.items():
+        sock.setsockopt(getattr(zmq, name), value)
+    sock.connect(endpoint)
+    try:
+        yield sock
+    finally:
+        sock.close(linger=0)
+
+
+def received_keepalives(agent: Agent) -> int:
+    return int(agent.core.counters["received.KeepAlive"])
+
+
+@pytest.mark.asyncio
+async def test_fuzzed_router_keeps_serving_its_real_peer_and_counts_drops() -> None:
+    rng = random.Random(20261128)
+    async with linked_pair(strategy("a"), lambda a: strategy("b", a)) as (a, b, seen):
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            endpoint = a.myself.endpoint
+            with (
+                raw_dealer(ctx, endpoint, b"fuzz\x00" + os.urandom(6)) as liar,
+                raw_dealer(ctx, endpoint, b"b\x00" + os.urandom(6)) as thief,
+                raw_dealer(ctx, endpoint, None) as anonymous,
+                raw_dealer(ctx, endpoint, b"\x00\x01bad") as bad_id,
+            ):
+                before = received_keepalives(a)
+                sent = await blast(liar, fuzz_frames(rng, a.myself, b.myself, 4000))
+                # A connection claiming b's id and sending garbage: counted against "b", but
+                # the real b's keepalives must keep its link and its place in a's view.
+                sent += await blast(thief, (rng.randbytes(64) for _ in range(500)))
+                sent += await blast(anonymous, (rng.randbytes(32) for _ in range(200)))
+                sent += await blast(bad_id, (rng.randbytes(32) for _ in range(200)))
+                for _ in range(20):
+                    liar.send_multipart([b"one", b"two"], zmq.NOBLOCK)
+                assert sent > 4000
+                # Oversize: libzmq drops the connection (MAXMSGSIZE); the agent never sees it.
+                with raw_dealer(ctx, endpoint, b"huge\x00" + os.urandom(6)) as huge:
+                    for _ in range(5):
+                        huge.send(b"\x00" * (default_codec().max_size + 1024), zmq.NOBLOCK)
+
+                def counted() -> dict[str, int]:
+                    return {
+                        k: v
+                        for k, v in a.stats()["counters"].items()
+                        if "dropped" in k or "offender" in k
+                    }
+
+                await until(
+                    lambda: (
+                        sum(counted().values()) >= 0.9 * sent
+                        and received_keepalives(a) > before + 10
+                    ),
+                    limit=20,
+                )
+            drops = counted()
+            print(f"drops by cause after {sent} frames: {drops}")
+            for cause in ("bad_magic", "bad_version", "truncated", "malformed", "bad_schema"):
+                assert drops.get(f"agent.dropped.{cause}", 0) > 0, (cause, drops)
+            assert drops["core.dropped.spoofed_sender"] >= 300, drops
+            assert drops["transport.recv.dropped.multipart"] >= 1, drops
+            assert drops["transport.recv.dropped.bad_id"] >= 300, drops
+            assert [p.id for p in a.active_view] == ["b"]
+            assert [p.id for p in b.active_view] == ["a"]
+            assert seen == [], seen  # no PeerDown, no churn
+            # Still serving: keepalives flow both ways after the storm.
+            a_now, b_now = received_keepalives(a), received_keepalives(b)
+            await until(
+                lambda: received_keepalives(a) > a_now + 3 and received_keepalives(b) > b_now + 3,
+                limit=10,
+            )
+        finally:
+            ctx.term()
+
+
+# ------------------------------------------------------------------------------------ CURVE
+
+
+@pytest.mark.asyncio
+async def test_curve_agents_link_and_refuse_strangers_and_impersonators() -> None:
+    keys = {name: generate_keypair() for name in ("a", "b", "c", "stranger")}
+    bound = {name: keys[name][0] for name in ("a", "b", "c")}  # c is listed but never runs
+
+    def secure(name: str, *contacts: Peer) -> Strategy:
+        public, secret = keys[name]
+        return strategy(
+            name,
+            *contacts,
+            security=Security(public_key=public, secret_key=secret, allowed_keys=dict(bound)),
+        )
+
+    async with linked_pair(secure("a"), lambda a: secure("b", a)) as (a, b, seen):
+        endpoint = a.myself.endpoint
+        transport = a.transport
+        assert isinstance(transport, ZmqTransport)
+        before_agent = dict(a.counters)
+        before_core = dict(a.core.counters)
+        codec = default_codec()
+        claim_b = codec.encode(Neighbor(sender=b.myself, incarnation=1, priority=Priority.HIGH))
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            server_key = keys["a"][0].encode()
+            stranger_pub, stranger_sec = (k.encode() for k in keys["stranger"])
+            c_pub, c_sec = (k.encode() for k in keys["c"])
+            with (
+                # No CURVE at all: the handshake cannot even start.
+                raw_dealer(ctx, endpoint, b"plain\x00" + os.urandom(6)) as plain,
+                # Good CURVE, but a key nobody listed: ZAP refuses it.
+                raw_dealer(
+                    ctx,
+                    endpoint,
+                    b"stranger\x00" + os.urandom(6),
+                    CURVE_SERVERKEY=server_key,
+                    CURVE_PUBLICKEY=stranger_pub,
+                    CURVE_SECRETKEY=stranger_sec,
+                ) as stranger,
+                # A listed key (c's) claiming to be b: admitted by ZAP, dropped per frame.
+                raw_dealer(
+                    ctx,
+                    endpoint,
+                    b"b\x00" + os.urandom(6),
+                    CURVE_SERVERKEY=server_key,
+                    CURVE_PUBLICKEY=c_pub,
+                    CURVE_SECRETKEY=c_sec,
+                ) as impostor,
+            ):
+                for _ in range(50):
+                    for sock in (plain, stranger, impostor):
+                        # A dealer whose handshake fails has no pipe: its sends may refuse.
+                        with contextlib.suppress(zmq.Again):
+                            sock.send(claim_b, zmq.NOBLOCK)
+                    await asyncio.sleep(0.01)
+                counters = transport.counters
+                await until(
+                    lambda: (
+                        counters["zap.denied"] >= 1
+                        and counters["recv.dropped.impersonation"] >= 1
+                        and counters["router.handshake_failed_no_detail"]
+                        + counters["router.handshake_failed_protocol"]
+                        + counters["router.handshake_failed_auth"]
+                        >= 2
+                    ),
+                    limit=10,
+                )
+            # Nothing from the three reached the core: its only inputs were b's keepalives.
+            after_core = a.core.counters
+            for key in ("received.Neighbor", "received.Join", "dropped.spoofed_sender"):
+                assert after_core[key] == before_core.get(key, 0), key
+            # ... nor the agent's decoder: no Neighbor decoded, no garbage counted.
+            assert a.counters["received.Neighbor"] == before_agent.get("received.Neighbor", 0)
+            assert not [k for k in a.counters if k.startswith("dropped.")]
+            assert [p.id for p in a.active_view] == ["b"]
+            assert seen == []
+        finally:
+            ctx.term()
+
+
+# ------------------------------------------------------------------------------ clean close
+
+
+def os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "curve"])
+async def test_clean_shutdown_leaves_no_task_socket_or_thread(secure: bool) -> None:
+    keys = {name: generate_keypair() for name in ("a", "b")}
+    bound = {name: keys[name][0] for name in keys}
+
+    def make(name: str, *contacts: Peer) -> Strategy:
+        security = None
+        if secure:
+            security = Security(
+                public_key=keys[name][0], secret_key=keys[name][1], allowed_keys=dict(bound)
+            )
+        return strategy(name, *contacts, security=security)
+
+    tasks_before = asyncio.all_tasks()
+    threads_before = set(threading.enumerate())
+    os_threads_before, fds_before = os_threads(), open_fds()
+
+    a = Agent(make("a"), rng=random.Random(1))
+    await a.start()
+    b = Agent(make("b", a.myself), rng=random.Random(2))
+    await b.start()
+    await a.wait_for_active(1, timeout=10)
+    await b.wait_for_active(1, timeout=10)
+    assert os_threads() > os_threads_before  # libzmq I/O threads exist while running
+    transports = [a.transport, b.transport]
+    await b.aclose(graceful=False)  # crash-like close
+    await a.aclose()  # graceful close
+    await a.aclose()  # idempotent
+
+    for transport in transports:
+        assert isinstance(transport, ZmqTransport)
+        assert transport.closed
+        assert transport.open_sockets == 0
+        ctx = transport._ctx  # the test checks the context really ended
+        assert ctx is not None
+        assert ctx.closed
+    await until(lambda: asyncio.all_tasks() == tasks_before, limit=5)
+    assert set(threading.enumerate()) == threads_before
+    # libzmq's I/O and reaper threads are OS threads, invisible to ``threading``.
+    await until(lambda: os_threads() == os_threads_before, limit=5)
+    await until(lambda: open_fds() == fds_before, limit=5)
