@@ -1,0 +1,309 @@
+"""Latency of the actor mesh against plain Ray actor calls, between the same actors.
+
+An embedded ``--nodes``-node (default 6) Ray cluster with ``--active`` (default 2) active links
+per agent. The benchmark picks, from the converged overlay, a sender node that has a node one
+hop away (a neighbour) and a node as far away as the overlay allows (2 or 3 hops), and pins a
+sender actor and two receiver actors there. From inside the sender actor it then times, for
+each receiver, in interleaved order so that all three share the same background noise:
+
+* ``m.send(name, i)``: one-way delivery, acknowledged end to end (the call returns when the
+  target node's agent has put the message in the receiver's inbox and its ACK came back);
+* ``m.request(name, i)``: a round trip to the receiver actor itself and back (the receiver's
+  inbox loop answers it);
+* ``handle.echo.remote(i)``: a plain Ray actor call to the same receiver actor.
+
+Reported per target: median and 99th percentile of each, and their ratios to the plain Ray
+call. The route's hop count comes from the sender node's router. Every mesh message crosses two
+extra same-node Ray calls (actor to its agent, and agent to the receiving actor's poll) on top
+of the hops between agents, so a ratio above 1 is expected; the figures say by how much.
+
+    python benchmarks/ray_latency.py               # 6 nodes, 1000 samples per method
+    python benchmarks/ray_latency.py --quick       # 4 nodes, 100 samples: a smoke run
+    python benchmarks/ray_latency.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ray_hyparview import cluster as plugin
+from ray_hyparview import mesh
+from ray_hyparview.protocol.config import HyParViewConfig
+
+METHODS = ("send", "request", "ray")
+
+
+class _Receiver:
+    """Answers mesh requests from its inbox and plain Ray calls."""
+
+    def __init__(self) -> None:
+        self.m: Any = None
+        self.received = 0
+        self._server: asyncio.Task[None] | None = None
+
+    async def join(self, name: str) -> str:
+        self.m = await mesh.join(name)
+        self._server = asyncio.get_running_loop().create_task(self._serve())
+        return str(self.m.node_id)
+
+    async def _serve(self) -> None:
+        async for message in self.m.inbox():
+            self.received += 1
+            if message.kind == "request":
+                await message.reply(message.payload)
+
+    async def echo(self, item: Any) -> Any:
+        return item
+
+    async def leave(self) -> int:
+        if self._server is not None:
+            self._server.cancel()
+        await self.m.leave()
+        return self.received
+
+
+class _Sender:
+    """Times the three ways of reaching each receiver, interleaved."""
+
+    def __init__(self) -> None:
+        self.m: Any = None
+
+    async def join(self, name: str) -> str:
+        self.m = await mesh.join(name)
+        return str(self.m.node_id)
+
+    async def measure(
+        self, targets: dict[str, Any], samples: int, warmup: int
+    ) -> dict[str, dict[str, list[float]]]:
+        """``{target: {method: [seconds, ...]}}``; ``targets`` maps mesh names to handles."""
+        out: dict[str, dict[str, list[float]]] = {t: {m: [] for m in METHODS} for t in targets}
+        clock = time.perf_counter
+        for i in range(warmup + samples):
+            for name, handle in targets.items():
+                for method in METHODS:
+                    t0 = clock()
+                    if method == "send":
+                        await self.m.send(name, i, timeout=10.0)
+                    elif method == "request":
+                        await self.m.request(name, i, timeout=10.0)
+                    else:
+                        await handle.echo.remote(i)
+                    if i >= warmup:
+                        out[name][method].append(clock() - t0)
+        return out
+
+    async def channel_kinds(self, names: list[str]) -> dict[str, str]:
+        return {n: str(self.m.channel(n).kind) for n in names}
+
+    async def leave(self) -> None:
+        await self.m.leave()
+
+
+Receiver: Any = ray.remote(num_cpus=0)(_Receiver)
+Sender: Any = ray.remote(num_cpus=0)(_Sender)
+
+
+def distances(edges: Iterable[tuple[str, str]], source: str) -> dict[str, int]:
+    """Hop counts from ``source`` over the overlay's active links (breadth first)."""
+    adjacent: dict[str, set[str]] = {}
+    for a, b in edges:
+        adjacent.setdefault(a, set()).add(b)
+        adjacent.setdefault(b, set()).add(a)
+    hops = {source: 0}
+    queue = deque([source])
+    while queue:
+        node = queue.popleft()
+        for peer in adjacent.get(node, ()):
+            if peer not in hops:
+                hops[peer] = hops[node] + 1
+                queue.append(peer)
+    return hops
+
+
+def choose(edges: set[tuple[str, str]], nodes: list[str]) -> tuple[str, str, str | None, int]:
+    """(sender node, neighbour node, far node or None, far hops): the sender with the farthest
+    reachable node, preferring 2-3 hops."""
+    best: tuple[int, str, str, str | None] | None = None
+    for source in nodes:
+        hops = distances(edges, source)
+        neighbours = sorted(n for n, h in hops.items() if h == 1)
+        if not neighbours:
+            continue
+        far = max((n for n in hops if n != source), key=lambda n: (min(hops[n], 3), n))
+        score = min(hops[far], 3)
+        if best is None or score > best[0]:
+            best = (score, source, neighbours[0], far if score >= 2 else None)
+    if best is None:
+        raise RuntimeError("no node has a neighbour: the overlay is not connected")
+    return best[1], best[2], best[3], best[0]
+
+
+def _hops(n: int) -> str:
+    return f"{n} hop" if n == 1 else f"{n} hops"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), nearest rank."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summarise(samples: Mapping[str, list[float]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for method, values in samples.items():
+        out[method] = {
+            "median_ms": statistics.median(values) * 1e3,
+            "p99_ms": percentile(values, 99) * 1e3,
+            "mean_ms": statistics.fmean(values) * 1e3,
+            "samples": len(values),
+        }
+    ray_call = out["ray"]
+    for method in METHODS:
+        out[method]["median_ratio"] = out[method]["median_ms"] / ray_call["median_ms"]
+        out[method]["p99_ratio"] = out[method]["p99_ms"] / ray_call["p99_ms"]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=6)
+    parser.add_argument("--active", type=int, default=2, help="active view size (default 2)")
+    parser.add_argument("--samples", type=int, default=1000, help="timed calls per method")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="4 nodes, 100 samples")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.nodes, args.samples, args.warmup = 4, 100, 10
+    if args.nodes < 3:
+        parser.error("use at least 3 nodes")
+    started = time.monotonic()
+
+    def say(text: str) -> None:
+        print(f"[{time.monotonic() - started:5.1f}s] {text}", flush=True)
+
+    say(f"starting an embedded Ray cluster of {args.nodes} nodes ...")
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    actors: list[Any] = []
+    hv = None
+    try:
+        for _ in range(args.nodes - 1):
+            cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
+        cluster.wait_for_nodes()
+        config = HyParViewConfig(
+            active_view_size=args.active,
+            passive_view_size=8,
+            min_active_size=1,
+            shuffle_interval=2.0,
+            keepalive_interval=0.25,
+            keepalive_timeout=1.5,
+        )
+        hv = plugin.start(config, bind_host="127.0.0.1")
+        views = hv.wait_converged(limit=120)
+        nodes = sorted(views)
+        edges = hv.topology()
+        say(f"overlay up: {len(nodes)} agents, {len(edges)} links")
+        print(plugin.views_summary(views))
+        source, near, far, far_hops = choose(edges, nodes)
+        if far is None:
+            say("no node is 2 or more hops from any other: measuring the neighbour only")
+
+        def place(node: str) -> NodeAffinitySchedulingStrategy:
+            return NodeAffinitySchedulingStrategy(node, soft=False)
+
+        sender = Sender.options(scheduling_strategy=place(source)).remote()
+        receivers = {"near": Receiver.options(scheduling_strategy=place(near)).remote()}
+        if far is not None:
+            receivers["far"] = Receiver.options(scheduling_strategy=place(far)).remote()
+        actors = [sender, *receivers.values()]
+        ray.get(sender.join.remote("sender"))
+        ray.get([r.join.remote(name) for name, r in receivers.items()])
+        route_table = ray.get(plugin.get_agent(source).mesh_stats.remote())["routes"]
+        hops = {"near": 1}
+        if far is not None:
+            hops["far"] = int(route_table.get(far, [None, far_hops])[1])
+        kinds = ray.get(sender.channel_kinds.remote(list(receivers)))
+        say(
+            f"sender on {source[:8]}; near receiver on {near[:8]} ({kinds['near']}, {_hops(1)})"
+            + (
+                f"; far receiver on {far[:8]} ({kinds['far']}, {_hops(hops['far'])})"
+                if far is not None
+                else ""
+            )
+        )
+        say(f"timing {args.samples} calls per method and target (after {args.warmup} warm-up)")
+        t0 = time.monotonic()
+        raw = ray.get(sender.measure.remote(receivers, args.samples, args.warmup), timeout=900)
+        say(f"measured in {time.monotonic() - t0:.1f}s")
+        results = {target: summarise(samples) for target, samples in raw.items()}
+
+        print()
+        print(f"latency from inside an actor, {args.nodes} nodes, active_view_size={args.active}")
+        print(
+            f"  {'target':12}  {'method':10}  {'median ms':>9}  {'p99 ms':>8}  "
+            f"{'median/ray':>10}  {'p99/ray':>8}"
+        )
+        labels = {"send": "m.send", "request": "m.request", "ray": "ray call"}
+        for target, table in results.items():
+            for method in METHODS:
+                row = table[method]
+                print(
+                    f"  {f'{target} ({_hops(hops[target])})':12}  {labels[method]:10}  "
+                    f"{row['median_ms']:9.3f}  {row['p99_ms']:8.3f}  "
+                    f"{row['median_ratio']:10.2f}  {row['p99_ratio']:8.2f}"
+                )
+        print()
+        for target, table in results.items():
+            say(
+                f"summary {target} ({_hops(hops[target])}): m.send median "
+                f"{table['send']['median_ms']:.2f} ms = {table['send']['median_ratio']:.2f}x "
+                f"the Ray call ({table['ray']['median_ms']:.2f} ms); p99 "
+                f"{table['send']['p99_ms']:.2f} ms = {table['send']['p99_ratio']:.2f}x"
+            )
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(
+                    {
+                        "benchmark": "ray_latency",
+                        "nodes": args.nodes,
+                        "active_view_size": args.active,
+                        "samples": args.samples,
+                        "cpus": os.cpu_count(),
+                        "hops": hops,
+                        "channel_kinds": kinds,
+                        "results": results,
+                    },
+                    handle,
+                    indent=2,
+                )
+            say(f"wrote {args.json}")
+        return 0
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if hv is not None:
+            hv.stop()
+        ray.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
