@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -66,7 +67,16 @@ from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.base import LinkFailed
 from ray_hyparview.transport.zmq import ZmqOptions, ZmqTransport
 
-__all__ = ["AgentInfo", "Host", "main", "overlay_problems"]
+__all__ = [
+    "AgentInfo",
+    "Host",
+    "collect_views",
+    "main",
+    "overlay_problems",
+    "percentile",
+    "start_hosts",
+    "wait_healthy",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 _EVENTS_MAX = 100_000
@@ -482,6 +492,41 @@ def overlay_problems(views: Mapping[NodeId, Sequence[NodeId]]) -> list[str]:
         if len(seen) != len(views):
             problems.append(f"not connected: {len(seen)} of {len(views)} reachable from {start}")
     return problems
+
+
+def start_hosts(
+    hosts: list[Host], processes: int, per_process: int, tag: str, **options: Any
+) -> None:
+    """Start ``processes`` hosts of ``per_process`` agents, appending each to ``hosts`` as soon
+    as it runs (so the caller's ``finally`` can kill it). Host i joins through one agent of the
+    first host and the first agent of host i-1: a join survives the loss of either."""
+    first = Host(f"{tag}0", per_process, seed=0, **options)
+    hosts.append(first)
+    for index in range(1, processes):
+        contacts = [first.agents[index % per_process], hosts[-1].agents[0]]
+        hosts.append(Host(f"{tag}{index}", per_process, contacts=contacts, seed=index, **options))
+
+
+def wait_healthy(hosts: Sequence[Host], *, limit: float, poll: float = 0.1) -> float:
+    """Wait until the agents of ``hosts`` form a connected, symmetric overlay with no unknown
+    peer in any active view; return the seconds it took, or raise ``TimeoutError`` naming the
+    remaining problems."""
+    start = time.monotonic()
+    deadline = start + limit
+    while True:
+        problems = overlay_problems(collect_views(hosts))
+        if not problems:
+            return time.monotonic() - start
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"overlay not healthy after {limit}s: {problems[:5]}")
+        time.sleep(poll)
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of a non-empty sample."""
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
 
 
 if __name__ == "__main__":

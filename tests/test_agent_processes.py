@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.agent_host import Host, collect_views, overlay_problems
+from tests.agent_host import Host, collect_views, overlay_problems, start_hosts
 from tests.conditions import wait_sync
 
 # Fast enough for a test, slow enough that a loaded 2-core machine raises no false alarms:
@@ -57,14 +57,7 @@ def hosts_running() -> Iterator[list[Host]]:
 
 
 def start_overlay(hosts: list[Host], processes: int, per_process: int, tag: str) -> None:
-    first = Host(f"{tag}0", per_process, config=CONFIG, seed=0)
-    hosts.append(first)
-    for index in range(1, processes):
-        # Two contacts each, in different processes when possible: a join survives one of them.
-        contacts = [first.agents[index % per_process], hosts[-1].agents[0]]
-        hosts.append(
-            Host(f"{tag}{index}", per_process, contacts=contacts, config=CONFIG, seed=index)
-        )
+    start_hosts(hosts, processes, per_process, tag, config=CONFIG)
 
 
 def wait_overlay(hosts: list[Host], *, limit: float) -> float:
