@@ -402,6 +402,41 @@ async def test_aclose_is_idempotent_wakes_waiters_and_leaks_nothing() -> None:
 
 
 @pytest.mark.asyncio
+async def test_aclose_with_linger_lets_goodbyes_leave() -> None:
+    a, b = ZmqTransport("a"), ZmqTransport("b")
+    await a.start()
+    await b.start()
+    a.open_link(peer(b))
+    assert a.send(peer(b), b"hello")
+    assert await recv_n(b, 1) == [("a", b"hello")]
+    for i in range(200):
+        assert a.send(peer(b), b"bye %d" % i)
+    start = time.perf_counter()
+    await a.aclose(linger=0.5)
+    assert time.perf_counter() - start < 0.5 + 0.5
+    got = await recv_n(b, 200)
+    assert got[-1] == ("a", b"bye 199")
+    await b.aclose()
+    assert_no_leaks(a, b)
+
+
+@pytest.mark.asyncio
+async def test_linger_is_bounded_when_the_peer_is_frozen() -> None:
+    """Goodbyes to a peer that reads nothing must not hold aclose beyond ``linger``."""
+    a = ZmqTransport("a", options=ZmqOptions(hwm=10))
+    await a.start()
+    with socket.socket() as listener:  # accepts TCP, never speaks ZMTP: the link never comes up
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        a.send(Peer("mute", f"tcp://127.0.0.1:{listener.getsockname()[1]}"), b"x")
+        start = time.perf_counter()
+        await a.aclose(linger=0.3)
+        assert time.perf_counter() - start < 1.0
+    assert a.counters["send.dropped.link_closed"] == 1
+    assert_no_leaks(a)
+
+
+@pytest.mark.asyncio
 async def test_plain_text_on_a_public_address_warns(caplog: pytest.LogCaptureFixture) -> None:
     t = ZmqTransport("a", "tcp://0.0.0.0:0")
     with caplog.at_level(logging.WARNING, logger="ray_hyparview.transport.zmq"):

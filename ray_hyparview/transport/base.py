@@ -31,7 +31,8 @@ The contract, which both :mod:`.zmq` and :mod:`.memory` keep:
   Pending events are coalesced per peer, so the backlog is bounded by the number of links.
 * ``counters`` counts frames and bytes sent and received, drops by cause, link failures by
   cause. ``aclose()`` is idempotent; afterwards ``recv_batch``/``link_events`` raise
-  :class:`TransportClosed` and ``send`` returns ``False``.
+  :class:`TransportClosed` and ``send`` returns ``False``. ``aclose(linger=0.2)`` gives frames
+  already sent (goodbyes) a bounded time to leave before the sockets go.
 """
 
 from __future__ import annotations
@@ -126,8 +127,10 @@ class Transport(Protocol):
         """Wait for link failures; return every pending one (coalesced per peer)."""
         ...
 
-    async def aclose(self) -> None:
-        """Close every socket and task; idempotent."""
+    async def aclose(self, *, linger: float = 0.0) -> None:
+        """Close every socket and task; idempotent. With ``linger`` > 0, frames already sent
+        on up links get that many seconds to leave (e.g. DISCONNECTs when leaving); frames
+        still waiting for a dial are dropped."""
         ...
 
 

@@ -200,7 +200,8 @@ class MemoryTransport:
     async def link_events(self) -> list[LinkFailed]:
         return await self._events.get()
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, linger: float = 0.0) -> None:
+        # Frames are delivered synchronously by send(): nothing is left to linger for.
         if self._closed:
             return
         self._shutdown()

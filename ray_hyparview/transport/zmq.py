@@ -45,7 +45,8 @@ dials wait in a per-link queue of ``pending_limit``; links opened implicitly by 
 ``open_link``) are cached at most ``max_cached_links`` and expire after ``idle_timeout``; a
 receive batch is at most ``max_batch`` frames; link events coalesce per peer. ``IMMEDIATE=1``
 on DEALERs: nothing is queued for a peer that is not connected, so stale frames cannot reach a
-later incarnation bound at the same endpoint. Every socket closes with ``linger=0``, monitors
+later incarnation bound at the same endpoint. Every socket closes with ``linger=0`` (only
+``aclose(linger=...)`` lets DEALERs keep a bounded time to send goodbyes), monitors
 are disabled before their socket closes, and monitor sockets are read until then (libzmq stops
 making connections if they fill up). Facts from ``/work/shared/DESIGN.md``, measured with
 pyzmq 27.3 and libzmq 4.3.5.
@@ -101,6 +102,21 @@ _ROUTER_EVENTS: Final[dict[int, str]] = {
 }
 _SCHEMES: Final = ("tcp://", "ipc://", "inproc://")
 _ID_CACHE_MAX: Final = 4096
+
+
+_warned: set[tuple[str | None, ...]] = set()
+
+
+def _warn_once(key: tuple[str | None, ...], message: str, *args: object) -> None:
+    """Warn once per offender, then only at debug level: a refused client that keeps
+    reconnecting must not flood the log. The memory of offenders is bounded."""
+    if key in _warned:
+        log.debug(message, *args)
+        return
+    if len(_warned) >= 1024:
+        _warned.clear()
+    _warned.add(key)
+    log.warning(message, *args)
 
 
 def _ms(seconds: float) -> int:
@@ -231,7 +247,7 @@ class _Auth:
         allowed = domain == ZAP_DOMAIN and (text in self.key_to_id or text in self.unbound)
         if not allowed:
             self._counters["zap.denied"] += 1
-            log.warning("refused CURVE client key %s", text)
+            _warn_once(("zap", text), "refused CURVE client key %s", text)
         return allowed
 
     def server_key_for(self, peer_id: NodeId) -> bytes | None:
@@ -321,6 +337,7 @@ class ZmqTransport:
         self._ids: dict[bytes, NodeId] = {}
         self._started = False
         self._closed = False
+        self._linger_ms = 0
 
     # -- the Transport protocol --------------------------------------------------------------
 
@@ -475,10 +492,11 @@ class ZmqTransport:
     async def link_events(self) -> list[LinkFailed]:
         return await self._events.get()
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, linger: float = 0.0) -> None:
         if self._closed:
             return
         self._closed = True
+        self._linger_ms = max(0, round(linger * 1000))
         self._events.close()
         links = list(self._links.values())
         self._links.clear()
@@ -492,14 +510,18 @@ class ZmqTransport:
             with contextlib.suppress(zmq.ZMQError):
                 self._router.disable_monitor()
         for sock in list(self._open_sockets):
-            sock.close(linger=0)
+            self._close_sockets(sock)
         self._open_sockets.clear()
         if self._authenticator is not None:
             self._authenticator.stop()
             self._authenticator = None
             await asyncio.sleep(0)  # let the authenticator's cancelled task finish
         if self._ctx is not None and self._shared_ctx is None:
-            self._ctx.term()
+            if self._linger_ms:
+                # term() blocks until lingering frames are sent or ``linger`` has passed.
+                await asyncio.to_thread(self._ctx.term)
+            else:
+                self._ctx.term()
 
     # -- outbound links ----------------------------------------------------------------------
 
@@ -674,7 +696,12 @@ class ZmqTransport:
             user_id = data_frame.get("User-Id")
             if not self._auth.may_claim(node_id, user_id):
                 self._counters["recv.dropped.impersonation"] += 1
-                log.warning("dropped a frame claiming id %r from key %s", node_id, user_id)
+                _warn_once(
+                    ("claim", node_id, user_id),
+                    "dropped frames claiming id %r from key %s",
+                    node_id,
+                    user_id,
+                )
                 return
             data = data_frame.bytes
         self._counters["recv.msgs"] += 1
@@ -721,9 +748,11 @@ class ZmqTransport:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(opts.heartbeat_timeout))
         sock.setsockopt(zmq.HEARTBEAT_TTL, _ms(opts.heartbeat_ttl))
 
-    def _close_sockets(self, *socks: zmq.asyncio.Socket) -> None:
+    def _close_sockets(self, *socks: zmq.Socket[Any]) -> None:
         for sock in socks:
-            sock.close(linger=0)
+            # Only DEALERs of a closing transport linger, so goodbyes can still leave.
+            linger = self._linger_ms if sock.type == zmq.DEALER else 0
+            sock.close(linger=linger)
             self._open_sockets.discard(sock)
 
     def _report(self, event: LinkFailed) -> None:
