@@ -43,8 +43,9 @@ def print_run(result: dict[str, Any]) -> None:
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in result["phase_seconds"].items())
     print(
         f"{result['nodes']:,} nodes, 50% crash: wall {result['wall_seconds']:.1f} s ({phases}),"
+        f" CPU {result['cpu_seconds']:.1f} s,"
         f" peak RSS {result['peak_rss_mb']:.0f} MiB, {result['events']:,} events,"
-        f" {result['events_per_second']:,.0f} events/s;"
+        f" {result['events_per_second']:,.0f} events per CPU second;"
         f" first broadcast {100 * result['first_reliability']:.2f}%,"
         f" healed after {result['healing_cycles']} cycle(s)"
     )
@@ -81,7 +82,8 @@ def main() -> int:
             print(f"| {key} | {before[key]:.4g} | {base[key]:.4g} |")
         print(
             f"\nsweep: {sweep['wall_seconds']:.1f} s wall, {sweep['events']:,} events,"
-            f" {sweep['events_per_second']:,.0f} events/s, peak RSS {sweep['peak_rss_mb']:.0f} MiB"
+            f" CPU {sweep['cpu_seconds']:.1f} s, {sweep['events_per_second']:,.0f} events per CPU"
+            f" second, peak RSS {sweep['peak_rss_mb']:.0f} MiB"
         )
         if args.json is not None:
             args.json.write_text(json.dumps(sweep, indent=2) + "\n")

@@ -208,6 +208,14 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _cost(result: dict[str, Any]) -> str:
+    return (
+        f"{result['events']:,} events in {result['wall_seconds']:.1f} s wall,"
+        f" {result['cpu_seconds']:.1f} s CPU ({result['events_per_second']:,.0f} events per"
+        f" CPU second), peak RSS {result['peak_rss_mb']:.0f} MiB"
+    )
+
+
 def summary(result: dict[str, Any]) -> str:
     """A readable account of one run."""
     before = result["before_crash"]
@@ -245,9 +253,7 @@ def summary(result: dict[str, Any]) -> str:
         f"{'  dead ids in passive views':28} {_pct(result['dead_passive_fraction'])}",
         f"{'  in-degree histogram':28} {result['in_degree']}",
         "",
-        f"{result['events']:,} events in {result['wall_seconds']:.1f} s"
-        f" ({result['events_per_second']:,.0f} events/s), peak RSS"
-        f" {result['peak_rss_mb']:.0f} MiB",
+        _cost(result),
     ]
     return "\n".join(lines)
 
@@ -287,9 +293,7 @@ def _sweep_summary(result: dict[str, Any]) -> str:
             "",
             sweep_table(result),
             "",
-            f"{result['events']:,} events in {result['wall_seconds']:.1f} s"
-            f" ({result['events_per_second']:,.0f} events/s), peak RSS"
-            f" {result['peak_rss_mb']:.0f} MiB",
+            _cost(result),
         ]
     )
 
