@@ -10,7 +10,8 @@ the ratio compares like with like on whatever machine runs it, even a busy one.
 * **transport**: two :class:`ZmqTransport` (one DEALER each way, monitors, heartbeats on) and
   the full codec (header, limits, schema validation, dataclass construction) at both ends.
 
-Run: ``python benchmarks/roundtrip.py [--rounds 5000] [--messages 50000] [--json]``.
+Run: ``python benchmarks/roundtrip.py [--rounds 5000] [--messages 50000] [--curve] [--json]``.
+Throughput is always measured in plain text.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import zmq.asyncio
 from ray_hyparview import codec
 from ray_hyparview.protocol.messages import KeepAlive
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.transport.zmq import ZmqTransport
+from ray_hyparview.transport.zmq import CurveConfig, ZmqTransport
 
 INCARNATION = 1_764_300_000_000_000
 
@@ -47,12 +48,20 @@ def summarize(samples: list[float]) -> dict[str, float]:
 class RawPair:
     """A DEALER and a ROUTER; the ROUTER answers on the same connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, curve: bool = False) -> None:
         self.ctx = zmq.asyncio.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.dealer = self.ctx.socket(zmq.DEALER)
         for s in (self.router, self.dealer):
             s.setsockopt(zmq.LINGER, 0)
+        if curve:  # encryption only: raw CURVE without a ZAP handler admits any client key
+            server_public, server_secret = zmq.curve_keypair()
+            client_public, client_secret = zmq.curve_keypair()
+            self.router.setsockopt(zmq.CURVE_SERVER, 1)
+            self.router.setsockopt(zmq.CURVE_SECRETKEY, server_secret)
+            self.dealer.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+            self.dealer.setsockopt(zmq.CURVE_PUBLICKEY, client_public)
+            self.dealer.setsockopt(zmq.CURVE_SECRETKEY, client_secret)
         self.router.bind("tcp://127.0.0.1:*")
         self.dealer.connect(self.router.getsockopt_string(zmq.LAST_ENDPOINT))
         self.body = [8, ["node-a", "tcp://127.0.0.1:7000"], INCARNATION]
@@ -124,10 +133,23 @@ async def raw_throughput(messages: int) -> float:
     return messages / elapsed
 
 
+def curve_configs() -> tuple[CurveConfig, CurveConfig]:
+    keys = {name: zmq.curve_keypair() for name in ("node-a", "node-b")}
+    bound = {name: public for name, (public, _) in keys.items()}
+    return tuple(  # type: ignore[return-value]
+        CurveConfig(public_key=keys[n][0], secret_key=keys[n][1], node_keys=bound)
+        for n in ("node-a", "node-b")
+    )
+
+
 async def transport_pair(
-    ctx: zmq.asyncio.Context | None = None,
+    ctx: zmq.asyncio.Context | None = None, curve: bool = False
 ) -> tuple[ZmqTransport, ZmqTransport, Peer, Peer]:
-    a, b = ZmqTransport("node-a", context=ctx), ZmqTransport("node-b", context=ctx)
+    if curve:  # CURVE transports need their own contexts (one ZAP handler each)
+        ca, cb = curve_configs()
+        a, b = ZmqTransport("node-a", curve=ca), ZmqTransport("node-b", curve=cb)
+    else:
+        a, b = ZmqTransport("node-a", context=ctx), ZmqTransport("node-b", context=ctx)
     pa, pb = Peer("node-a", await a.start()), Peer("node-b", await b.start())
     return a, b, pa, pb
 
@@ -135,10 +157,10 @@ async def transport_pair(
 class TransportPair:
     """Two transports with the full codec at both ends; b answers every KEEPALIVE."""
 
-    async def start(self) -> None:
+    async def start(self, curve: bool = False) -> None:
         # One context (one I/O thread) for both ends, as the raw pair has.
         self.ctx = zmq.asyncio.Context()
-        self.a, self.b, self.pa, self.pb = await transport_pair(self.ctx)
+        self.a, self.b, self.pa, self.pb = await transport_pair(self.ctx, curve)
         self.ping = KeepAlive(sender=self.pa, incarnation=INCARNATION)
         self.pong = KeepAlive(sender=self.pb, incarnation=INCARNATION)
         self.server = asyncio.ensure_future(self.serve())
@@ -167,11 +189,13 @@ class TransportPair:
         self.ctx.term()
 
 
-async def roundtrips(rounds: int, warmup: int, blocks: int = 20) -> tuple[list[float], list[float]]:
+async def roundtrips(
+    rounds: int, warmup: int, blocks: int = 20, curve: bool = False
+) -> tuple[list[float], list[float]]:
     """Alternate blocks of raw and transport round trips, so that load from anything else on
     the machine falls on both alike."""
-    raw, ours = RawPair(), TransportPair()
-    await ours.start()
+    raw, ours = RawPair(curve), TransportPair()
+    await ours.start(curve)
     raw_samples: list[float] = []
     our_samples: list[float] = []
     try:
@@ -224,13 +248,14 @@ async def transport_throughput(messages: int) -> float:
     return messages / elapsed
 
 
-async def run(rounds: int, warmup: int, messages: int) -> dict[str, Any]:
-    raw_samples, our_samples = await roundtrips(rounds, warmup)
+async def run(rounds: int, warmup: int, messages: int, curve: bool = False) -> dict[str, Any]:
+    raw_samples, our_samples = await roundtrips(rounds, warmup, curve=curve)
     raw, ours = summarize(raw_samples), summarize(our_samples)
     raw_rate = await raw_throughput(messages)
     our_rate = await transport_throughput(messages)
     return {
         "rounds": rounds,
+        "curve": curve,
         "messages": messages,
         "raw": {**raw, "msgs_per_s": raw_rate},
         "transport": {**ours, "msgs_per_s": our_rate},
@@ -246,12 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=500, help="untimed round trips first")
     parser.add_argument("--messages", type=int, default=50_000, help="frames for throughput")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--curve", action="store_true", help="round trips over CURVE on both sides")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.rounds, args.warmup, args.messages))
+    result = asyncio.run(run(args.rounds, args.warmup, args.messages, args.curve))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"round trip of a KEEPALIVE-sized message, {args.rounds} rounds, loopback")
+    security = "CURVE" if args.curve else "plain text"
+    print(f"round trip of a KEEPALIVE-sized message, {args.rounds} rounds, loopback, {security}")
     print(f"{'':12}{'median us':>12}{'p99 us':>12}{'msgs/s':>12}")
     for name in ("raw", "transport"):
         r = result[name]
