@@ -3,6 +3,7 @@
     python benchmarks/sim_10k.py                    # sweep + timed run at 10,000 nodes
     python benchmarks/sim_10k.py --big 100000       # also one 100,000-node run
     python benchmarks/sim_10k.py --nodes 2000       # a quicker look
+    python benchmarks/sim_10k.py --quick            # smoke run, 1,000 nodes
 
 Prints: the sweep table (reliability after a simultaneous crash of 10% .. 95%, by cycle, next
 to a random 5-regular graph with no repair), the overlay's figures before the crash next to the
@@ -59,7 +60,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the sweep's JSON here")
     parser.add_argument("--plot", type=Path, help="draw the sweep here (needs matplotlib)")
     parser.add_argument("--no-sweep", action="store_true", help="only the timed runs")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 nodes")
     args = parser.parse_args()
+    if args.quick:
+        args.nodes = 1000
+        args.big = 0
 
     if not args.no_sweep:
         sweep = run_sweep(Experiment(nodes=args.nodes, seed=args.seed))

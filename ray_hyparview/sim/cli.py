@@ -272,7 +272,8 @@ def sweep_table(result: dict[str, Any]) -> str:
         healing = level["healing_cycles"]
         cells = [f"{100 * fail:g}%", f"{level['alive']:,}", _pct(level["first_reliability"])]
         cells += [_pct(v) for v in level["reliability_by_cycle"]]
-        cells += ["-" if healing is None else f"{healing} cycles", _pct(base.get(f"{fail:g}"))]
+        healed = "-" if healing is None else f"{healing} cycle" + ("" if healing == 1 else "s")
+        cells += [healed, _pct(base.get(f"{fail:g}"))]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
