@@ -478,6 +478,29 @@ def test_partition_splits_the_overlay_and_heals_back() -> None:
     assert metrics.symmetric_fraction(adjacency) == 1.0
 
 
+def test_overlay_builds_over_a_lossy_jittery_network() -> None:
+    network = NetworkConfig(loss=0.01, latency=LogNormalLatency(median=0.002, sigma=0.8))
+    sim, _ = prepare(Experiment(nodes=500, seed=0, cycles=4, network=network))
+    assert sim.stats.lost > 0
+    adjacency = live_adjacency(sim)
+    # A lost DISCONNECT leaves a one-sided link until traffic crosses it (keepalives are off
+    # in the simulator), so symmetry is near, not at, 100%.
+    assert metrics.symmetric_fraction(adjacency) > 0.99
+    assert all(peers for peers in adjacency.values())
+    assert metrics.broadcast_stats(adjacency, list(adjacency)[:5]).reliability > 0.95
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="core: a few nodes whose JOIN was lost link up with later joiners and form an "
+    "island with empty passive views; with >= min_active_size peers they never re-join",
+)
+def test_overlay_over_a_lossy_network_is_one_component() -> None:
+    network = NetworkConfig(loss=0.01, latency=LogNormalLatency(median=0.002, sigma=0.8))
+    sim, _ = prepare(Experiment(nodes=500, seed=0, cycles=10, network=network))
+    assert metrics.largest_component_fraction(live_adjacency(sim)) == 1.0
+
+
 # --------------------------------------------------------------------------- command line
 
 REQUIRED_KEYS = {
