@@ -465,12 +465,19 @@ def curve_for(name: str, keys: dict[str, tuple[bytes, bytes]], **kwargs: object)
     return CurveConfig(public_key=public, secret_key=secret, node_keys=node_keys, **kwargs)  # type: ignore[arg-type]
 
 
+def os_threads() -> int:
+    """Threads of this process, libzmq's native I/O threads included."""
+    return len(os.listdir("/proc/self/task"))
+
+
 @pytest.mark.asyncio
 async def test_curve_peers_talk(keys: dict[str, tuple[bytes, bytes]]) -> None:
+    threads = os_threads()
     a = ZmqTransport("a", curve=curve_for("a", keys))
     b = ZmqTransport("b", curve=curve_for("b", keys))
     await a.start()
     await b.start()
+    assert os_threads() > threads  # each context runs an I/O thread and a reaper
     assert a.send(peer(b), b"secret")
     assert b.send(peer(a), b"reply")
     assert await recv_n(b, 1) == [("a", b"secret")]
@@ -478,6 +485,7 @@ async def test_curve_peers_talk(keys: dict[str, tuple[bytes, bytes]]) -> None:
     await a.aclose()
     await b.aclose()
     assert_no_leaks(a, b)
+    assert os_threads() == threads  # context.term() joined them
 
 
 @pytest.mark.asyncio
