@@ -17,6 +17,8 @@ socket per peer it sends to. We never send on the ROUTER. The reasons for this a
   half-open connection the peer has not yet timed out. ``ROUTER_HANDOVER`` stays off: with
   handover a second connection claiming an id steals the route.
 * The cost is two TCP connections per active link (one each way): still O(active view).
+* ``ROUTER_MANDATORY`` (which turns a send to a vanished routing id into ``EHOSTUNREACH``) is
+  not needed: the ROUTER never sends, and a DEALER's monitor reports a vanished peer itself.
 
 **Who sent this?** The routing id is only a claim. Without CURVE it is trusted, as is the
 network (the transport warns when it binds a non-loopback address in plain text). With CURVE
