@@ -24,10 +24,14 @@ processes, so one TCP connection between two nodes counts once at each end.
 Baseline. Before each phase's traffic (actors created, joined and called once by the driver)
 the benchmark takes a snapshot; connections in it are Ray's own control plane (raylet to GCS,
 workers to GCS, the driver to each actor, object-manager links) and are subtracted: a
-connection counts for a phase only if it is new at the end of the phase, identified by (pid,
-local address, remote address). One exception, stated rather than hidden: the overlay's links
+connection counts for a phase only if it was not in that snapshot, identified by (pid, local
+address, remote address). One exception, stated rather than hidden: the overlay's links
 between agents exist before the mesh traffic (they are what the mesh pays for, traffic or not),
-so the mesh figure is the agent-to-agent sockets at the end of the phase plus anything else new.
+so the mesh figure is the agent-to-agent sockets plus anything else new.
+
+Sampling. While a phase runs the sockets are sampled every ~0.2 s and once after it; a node's
+figure is the largest it held in any sample, so a connection opened and closed during the
+traffic still counts.
 ZeroMQ uses two TCP connections per active link (one dialled each way, see
 :mod:`ray_hyparview.transport.zmq`), so the fair comparison with the active view size is the
 number of distinct *peer nodes*; socket counts are printed next to it.
@@ -319,6 +323,20 @@ class NodeRow:
     baseline_sockets: int
 
 
+def sampled(refs: list[Any], owner: Mapping[int, str]) -> tuple[list[Any], list[list[Socket]]]:
+    """Wait for ``refs`` while sampling the cross-node sockets every ~0.2 s (and once after),
+    so that a connection opened and closed during the traffic is seen too."""
+    samples = []
+    pending = list(refs)
+    deadline = time.monotonic() + 300
+    while pending and time.monotonic() < deadline:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
+        samples.append(cross_node(snapshot(owner)))
+    results = ray.get(refs, timeout=max(1.0, deadline - time.monotonic()))
+    samples.append(cross_node(snapshot(owner)))
+    return results, samples
+
+
 def _per_node(sockets: Iterable[Socket]) -> dict[str, list[Socket]]:
     out: dict[str, list[Socket]] = defaultdict(list)
     for s in sockets:
@@ -405,15 +423,14 @@ def main() -> int:
         # ---- phase 1: the mesh
         before_mesh = cross_node(snapshot(owner))
         t0 = time.monotonic()
-        outcomes = ray.get(
+        outcomes, mesh_samples = sampled(
             [
                 a.mesh_all.remote([m for m in names if m != n], args.rounds)
                 for a, n in zip(actors, names, strict=True)
             ],
-            timeout=300,
+            owner,
         )
         mesh_seconds = time.monotonic() - t0
-        after_mesh = cross_node(snapshot(owner))
         sent: dict[str, int] = defaultdict(int)
         for outcome in outcomes:
             for k, v in outcome.items():
@@ -421,50 +438,66 @@ def main() -> int:
         expected = args.actors * (args.actors - 1) * args.rounds
         say(
             f"mesh all-to-all: {sent.get('ok', 0)} of {expected} sends acknowledged in "
-            f"{mesh_seconds:.1f}s ({dict(sent)})"
+            f"{mesh_seconds:.1f}s ({dict(sent)}); {len(mesh_samples)} /proc samples"
         )
-        overlay = [s for s in after_mesh if s.pid in agent_pids and s.peer_pid in agent_pids]
-        mesh_new = [
-            s for s in new_since(after_mesh, before_mesh) if s.key not in {o.key for o in overlay}
-        ]
-        mesh_used = overlay + mesh_new
+
+        def overlay(x: Socket) -> bool:
+            """A socket between two agents: an overlay link (active or cached)."""
+            return x.pid in agent_pids and x.peer_pid in agent_pids
+
+        def mesh_held(sample: list[Socket]) -> list[Socket]:
+            """The agents' links plus anything else the mesh phase opened."""
+            fresh = {x.key for x in new_since(sample, before_mesh)}
+            return [x for x in sample if overlay(x) or x.key in fresh]
+
+        mesh_leaks = {
+            x.key: x
+            for sample in mesh_samples
+            for x in new_since(sample, before_mesh)
+            if not overlay(x)
+        }
 
         # ---- phase 2: plain Ray actor calls between the same actors
         before_plain = cross_node(snapshot(owner))
         t0 = time.monotonic()
-        answered = ray.get(
+        answered, plain_samples = sampled(
             [a.plain_all.remote([b for b in actors if b is not a], args.rounds) for a in actors],
-            timeout=300,
+            owner,
         )
         plain_seconds = time.monotonic() - t0
-        after_plain = cross_node(snapshot(owner))
-        say(f"plain Ray all-to-all: {sum(answered)} of {expected} calls in {plain_seconds:.1f}s")
-        plain_new = [s for s in new_since(after_plain, before_plain) if s.pid not in agent_pids]
-        overlay_churn = [s for s in new_since(after_plain, before_plain) if s.pid in agent_pids]
+        say(
+            f"plain Ray all-to-all: {sum(answered)} of {expected} calls in {plain_seconds:.1f}s; "
+            f"{len(plain_samples)} /proc samples"
+        )
+
+        def plain_held(sample: list[Socket]) -> list[Socket]:
+            return [x for x in new_since(sample, before_plain) if not overlay(x)]
 
         views = hv.views()
         links = {n: st.get("gauges", {}).get("links", -1) for n, st in hv.stats().items()}
         active_of = {n: set(v.get("active", [])) for n, v in views.items()}
-        used_by_node = _per_node(mesh_used)
-        plain_by_node = _per_node(plain_new)
-        base_by_node = _per_node(before_mesh)
-        overlay_keys = {s.key for s in overlay}
+        mesh_by_sample = [_per_node(mesh_held(x)) for x in mesh_samples]
+        plain_by_sample = [_per_node(plain_held(x)) for x in plain_samples]
+        base_by_node = _per_node(x for x in before_mesh if not overlay(x))
         rows = []
         for n in nodes:
-            peers = {s.peer_node for s in used_by_node[n]}
+            active = active_of.get(n, set())
+            peers = [{x.peer_node for x in by[n]} for by in mesh_by_sample]
             rows.append(
                 NodeRow(
                     node=n,
                     actors=sum(1 for h, _ in homes if h == n),
-                    active_view=len(active_of.get(n, ())),
-                    mesh_peer_nodes=len(peers),
-                    mesh_active_peer_nodes=len(peers & active_of.get(n, set())),
-                    mesh_sockets=len(used_by_node[n]),
-                    mesh_new_non_overlay=sum(1 for s in mesh_new if s.node == n),
+                    active_view=len(active),
+                    mesh_peer_nodes=max(len(p) for p in peers),
+                    mesh_active_peer_nodes=max(len(p & active) for p in peers),
+                    mesh_sockets=max(len(by[n]) for by in mesh_by_sample),
+                    mesh_new_non_overlay=sum(1 for x in mesh_leaks.values() if x.node == n),
                     agent_links=int(links.get(n, -1)),
-                    plain_peer_nodes=len({s.peer_node for s in plain_by_node[n]}),
-                    plain_sockets=len(plain_by_node[n]),
-                    baseline_sockets=sum(1 for s in base_by_node[n] if s.key not in overlay_keys),
+                    plain_peer_nodes=max(
+                        len({x.peer_node for x in by[n]}) for by in plain_by_sample
+                    ),
+                    plain_sockets=max(len(by[n]) for by in plain_by_sample),
+                    baseline_sockets=len(base_by_node[n]),
                 )
             )
         print()
@@ -492,10 +525,10 @@ def main() -> int:
             "mesh_max_peer_nodes": worst_mesh,
             "mesh_max_peer_nodes_on_active_links": worst_active,
             "mesh_total_sockets": sum(r.mesh_sockets for r in rows),
-            "mesh_new_non_overlay_sockets": len(mesh_new),
+            "mesh_new_non_overlay_sockets": len(mesh_leaks),
             "plain_max_peer_nodes": max(r.plain_peer_nodes for r in rows),
             "plain_total_sockets": sum(r.plain_sockets for r in rows),
-            "overlay_sockets_opened_during_plain_phase": len(overlay_churn),
+            "samples": {"mesh": len(mesh_samples), "plain": len(plain_samples)},
             "active_view_size": args.active,
             "mesh_delivered": sent.get("ok", 0),
             "plain_answered": sum(answered),
@@ -507,7 +540,7 @@ def main() -> int:
         say(
             f"summary: mesh: at most {worst_mesh} peer nodes per node ({worst_active} on active "
             f"links, active view {args.active}), {summary['mesh_total_sockets']} sockets in all, "
-            f"{len(mesh_new)} opened by the traffic outside the overlay; plain Ray: up to "
+            f"{len(mesh_leaks)} opened by the traffic outside the agents; plain Ray: up to "
             f"{summary['plain_max_peer_nodes']} peer nodes, {summary['plain_total_sockets']} "
             "new sockets in all"
         )
@@ -534,7 +567,7 @@ def main() -> int:
                 )
             say(f"wrote {args.json}")
         ok = sent.get("ok", 0) == expected and sum(answered) == expected
-        ok = ok and worst_active <= args.active and not mesh_new
+        ok = ok and worst_active <= args.active and not mesh_leaks
         if not ok:
             say("ERROR: a message was lost, or mesh traffic left the active links")
         return 0 if ok else 1
