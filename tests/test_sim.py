@@ -3,6 +3,7 @@ the paper's experiment at 1,000 nodes over the real core, and the command line."
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from collections.abc import Collection, Sequence
@@ -16,7 +17,7 @@ from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import Action, KeepAlive, Message, Send
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.sim import metrics
-from ray_hyparview.sim.cli import main, sweep_table
+from ray_hyparview.sim.cli import ProgressBar, main, sweep_table
 from ray_hyparview.sim.engine import (
     LogNormalLatency,
     NetworkConfig,
@@ -567,3 +568,25 @@ def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert bad.value.code == 2
     with pytest.raises(SystemExit):
         main(["--latency", "gaussian:1:2"])
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_draws_only_on_a_terminal() -> None:
+    terminal = _Terminal()
+    bar = ProgressBar(terminal, width=10)
+    bar("join", 5, 10)
+    bar("join", 10, 10)
+    bar.close()
+    text = terminal.getvalue()
+    assert "\r   join [#####-----]       5/10" in text
+    assert "[##########]" in text
+    assert text.endswith("\r")
+    pipe = io.StringIO()
+    quiet = ProgressBar(pipe)
+    quiet("join", 1, 2)
+    quiet.close()
+    assert pipe.getvalue() == ""
