@@ -261,6 +261,12 @@ async def test_sigstopped_process_is_detected_by_heartbeats(
     # ZMTP heartbeat: detected after about the timeout (0.3 s) past the last PING.
     assert 0.2 < elapsed < FAST.heartbeat_timeout + 1.0, f"{elapsed * 1e3:.1f} ms"
     os.kill(proc.pid, signal.SIGCONT)
+    # Back from the freeze: a fresh dial gets through (new routing-id tag, no clash with the
+    # connection the child may not have noticed is gone).
+    a.open_link(target)
+    assert a.send(target, b"again")
+    await until(lambda: a.counters["sent.msgs"] == 2)
+    assert a.linked() == {"child"}
     await a.aclose()
 
 
