@@ -24,8 +24,6 @@ import pytest
 
 pytest.importorskip("ray")
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 RUN_LIMIT = 240.0
 """Seconds a run may take; the examples aim at two minutes on 2 cores at full size."""
@@ -55,7 +53,7 @@ def kill_pids(pids: set[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def run(script: str, *args: str, cwd: Path) -> str:
+def run(script: str, *args: str, cwd: Path, limit: float = RUN_LIMIT) -> str:
     """Run ``python script args`` to completion; return its output, or fail the test."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / script), *args],
@@ -68,7 +66,7 @@ def run(script: str, *args: str, cwd: Path) -> str:
     session = proc.pid
     timed_out = False
     try:
-        output, _ = proc.communicate(timeout=RUN_LIMIT)
+        output, _ = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
         timed_out = True
         kill_pids(session_pids(session) | {proc.pid})
@@ -84,10 +82,38 @@ def run(script: str, *args: str, cwd: Path) -> str:
             left = session_pids(session)
         kill_pids(left)
     tail = "\n".join(output.splitlines()[-40:])
-    assert not timed_out, f"{script} ran over {RUN_LIMIT:g} s and was killed:\n{tail}"
+    assert not timed_out, f"{script} ran over {limit:g} s and was killed:\n{tail}"
     assert not left, f"{script} left processes behind: {sorted(left)}\n{tail}"
     assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{tail}"
     return output
+
+
+def test_a_hung_run_is_killed_with_everything_it_started(tmp_path: Path) -> None:
+    """The guard itself: a script that hangs, with a child of its own, is killed by the pids of
+    its session when its time is up, and nothing of it survives."""
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "open('pids', 'w').write(f'{os.getpid()} {child.pid}')\n"
+        "print('hanging', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    with pytest.raises(AssertionError, match="was killed"):
+        run(str(script), cwd=tmp_path, limit=3.0)
+    session, child = (int(p) for p in (tmp_path / "pids").read_text().split())
+    assert session_pids(session) == set()
+    assert not alive(child)
+
+
+def alive(pid: int) -> bool:
+    """Is ``pid`` a running process (not gone, not a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def number(pattern: str, output: str) -> tuple[int, ...]:
@@ -96,6 +122,7 @@ def number(pattern: str, output: str) -> tuple[int, ...]:
     return tuple(int(g) for g in match.groups())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
 def test_quickstart(tmp_path: Path) -> None:
     picture = tmp_path / "overlay.png"
@@ -116,6 +143,7 @@ def test_quickstart(tmp_path: Path) -> None:
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
 def test_pubsub_fanout(tmp_path: Path) -> None:
     out = run(
@@ -134,6 +162,7 @@ def test_pubsub_fanout(tmp_path: Path) -> None:
     assert "every publication reached every subscriber exactly once" in out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
 def test_gossip_average(tmp_path: Path) -> None:
     out = run(
@@ -158,6 +187,7 @@ def test_gossip_average(tmp_path: Path) -> None:
     assert "converged to the true mean" in out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
 def test_ray_connections_quick(tmp_path: Path) -> None:
     out = run("benchmarks/ray_connections.py", "--quick", "--json", "out.json", cwd=tmp_path)
@@ -171,6 +201,7 @@ def test_ray_connections_quick(tmp_path: Path) -> None:
     assert len(result["per_node"]) == result["nodes"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
 def test_ray_latency_quick(tmp_path: Path) -> None:
     out = run("benchmarks/ray_latency.py", "--quick", "--json", "out.json", cwd=tmp_path)
