@@ -14,6 +14,7 @@ from ray_hyparview.transport import (
     LinkFailure,
     MemoryNetwork,
     MemoryTransport,
+    Quarantine,
     Transport,
     TransportClosed,
 )
@@ -147,3 +148,29 @@ async def test_aclose_is_idempotent_and_wakes_receivers() -> None:
         await receiver
     assert not a.send(Peer("b", "mem://b"), b"x")
     assert network.lookup("mem://a") is None
+
+
+@pytest.mark.asyncio
+async def test_quarantine_drops_inbound_frames_for_a_while() -> None:
+    network = MemoryNetwork()
+    a, b = network.transport("a"), network.transport("b")
+    await a.start()
+    await b.start()
+    b.quarantine("a", 0.05)
+    assert a.send(peer(b), b"garbage")
+    assert b.counters["recv.dropped.quarantined"] == 1
+    await asyncio.sleep(0.06)  # let the quarantine run out
+    assert a.send(peer(b), b"welcome back")
+    assert await b.recv_batch() == [("a", b"welcome back")]
+    await a.aclose()
+    await b.aclose()
+
+
+def test_quarantine_is_bounded() -> None:
+    q = Quarantine(limit=3)
+    for i in range(5):
+        q.add(f"p{i}", until=10.0 + i)
+    assert [q.holds(f"p{i}", now=0.0) for i in range(5)] == [False, False, True, True, True]
+    q.add("p4", until=1.0)  # never shortened
+    assert q.holds("p4", now=13.0)
+    assert not q.holds("p4", now=14.0)

@@ -318,6 +318,21 @@ async def test_garbage_frames_are_counted_and_dropped(
         ctx.term()
 
 
+@pytest.mark.asyncio
+async def test_quarantine_drops_a_peers_frames(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+    a, b = pair
+    b.quarantine("a", 0.2)
+    for i in range(10):
+        assert a.send(peer(b), b"junk %d" % i)
+    got: list[tuple[str, bytes]] = []
+    drain = asyncio.ensure_future(collect(b, got))
+    await until(lambda: b.counters["recv.dropped.quarantined"] == 10)
+    await asyncio.sleep(0.2)  # the quarantine runs out
+    assert a.send(peer(b), b"fine")
+    await until(lambda: got == [("a", b"fine")])
+    drain.cancel()
+
+
 # -- link bookkeeping ---------------------------------------------------------------------------
 
 

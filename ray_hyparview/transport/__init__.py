@@ -11,6 +11,7 @@ from ray_hyparview.transport.base import (
     LinkEventBox,
     LinkFailed,
     LinkFailure,
+    Quarantine,
     Transport,
     TransportClosed,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "LinkFailure",
     "MemoryNetwork",
     "MemoryTransport",
+    "Quarantine",
     "Transport",
     "TransportClosed",
     "ZmqOptions",

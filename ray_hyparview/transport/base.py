@@ -29,6 +29,10 @@ The contract, which both :mod:`.zmq` and :mod:`.memory` keep:
   against the message's own sender field.
 * ``await link_events()`` waits for at least one :class:`LinkFailed` and returns all pending ones.
   Pending events are coalesced per peer, so the backlog is bounded by the number of links.
+* Both transports also offer ``quarantine(peer_id, seconds)`` (not yet in the protocol below,
+  so that existing wrappers keep type-checking): it drops a peer's inbound frames for a while.
+  ``close_link`` closes only our outbound link; a repeat offender's connection to us is its
+  own, and this is how to stop reading it.
 * ``counters`` counts frames and bytes sent and received, drops by cause, link failures by
   cause. ``aclose()`` is idempotent; afterwards ``recv_batch``/``link_events`` raise
   :class:`TransportClosed` and ``send`` returns ``False``. ``aclose(linger=0.2)`` gives frames
@@ -46,7 +50,14 @@ from typing import Protocol
 from ray_hyparview.protocol.errors import HyParViewError
 from ray_hyparview.protocol.peer import NodeId, Peer
 
-__all__ = ["LinkEventBox", "LinkFailed", "LinkFailure", "Transport", "TransportClosed"]
+__all__ = [
+    "LinkEventBox",
+    "LinkFailed",
+    "LinkFailure",
+    "Quarantine",
+    "Transport",
+    "TransportClosed",
+]
 
 
 class LinkFailure(enum.Enum):
@@ -171,3 +182,32 @@ class LinkEventBox:
         self._closed = True
         self._pending.clear()
         self._wakeup.set()
+
+
+class Quarantine:
+    """Peers whose inbound frames are dropped until a deadline; at most ``limit`` entries (the
+    one closest to release goes first), so a flood of offender ids cannot grow it."""
+
+    __slots__ = ("_limit", "_until")
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._until: dict[NodeId, float] = {}
+        self._limit = limit
+
+    def add(self, peer_id: NodeId, until: float) -> None:
+        if peer_id not in self._until and len(self._until) >= self._limit:
+            del self._until[min(self._until, key=self._until.__getitem__)]
+        self._until[peer_id] = max(until, self._until.get(peer_id, until))
+
+    def holds(self, peer_id: NodeId, now: float) -> bool:
+        """True if frames from ``peer_id`` are to be dropped at ``now``."""
+        until = self._until.get(peer_id)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._until[peer_id]
+        return False
+
+    def __bool__(self) -> bool:
+        return bool(self._until)

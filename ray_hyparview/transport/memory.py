@@ -26,7 +26,13 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 
 from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.transport.base import LinkEventBox, LinkFailed, LinkFailure, TransportClosed
+from ray_hyparview.transport.base import (
+    LinkEventBox,
+    LinkFailed,
+    LinkFailure,
+    Quarantine,
+    TransportClosed,
+)
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]
 
@@ -125,6 +131,7 @@ class MemoryTransport:
         self._timers: dict[NodeId, asyncio.TimerHandle] = {}
         self._closed = False
         self._counters: Counter[str] = Counter()
+        self._quarantine = Quarantine()
 
     # -- the Transport protocol --------------------------------------------------------------
 
@@ -179,6 +186,9 @@ class MemoryTransport:
     def close_link(self, peer_id: NodeId) -> None:
         self._pinned.pop(peer_id, None)
         self._drop_link(peer_id)
+
+    def quarantine(self, peer_id: NodeId, seconds: float) -> None:
+        self._quarantine.add(peer_id, asyncio.get_running_loop().time() + seconds)
 
     def linked(self) -> frozenset[NodeId]:
         return frozenset(self._links)
@@ -258,6 +268,9 @@ class MemoryTransport:
 
     def _deliver(self, sender: NodeId, data: bytes) -> None:
         if self._closed:
+            return
+        if self._quarantine and self._quarantine.holds(sender, asyncio.get_running_loop().time()):
+            self._counters["recv.dropped.quarantined"] += 1
             return
         if len(self._inbox) >= self._inbox_size:
             self._counters["recv.dropped.overflow"] += 1

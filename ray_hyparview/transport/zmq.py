@@ -74,7 +74,13 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ray_hyparview.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.transport.base import LinkEventBox, LinkFailed, LinkFailure, TransportClosed
+from ray_hyparview.transport.base import (
+    LinkEventBox,
+    LinkFailed,
+    LinkFailure,
+    Quarantine,
+    TransportClosed,
+)
 
 __all__ = ["CurveConfig", "ZmqOptions", "ZmqTransport"]
 
@@ -337,6 +343,7 @@ class ZmqTransport:
         self._tasks: set[asyncio.Task[None]] = set()
         self._open_sockets: set[zmq.Socket[Any]] = set()
         self._ids: dict[bytes, NodeId] = {}
+        self._quarantine = Quarantine()
         self._started = False
         self._closed = False
         self._linger_ms = 0
@@ -464,6 +471,9 @@ class ZmqTransport:
         link = self._links.pop(peer_id, None)
         if link is not None:
             self._stop_link(link)
+
+    def quarantine(self, peer_id: NodeId, seconds: float) -> None:
+        self._quarantine.add(peer_id, self._now() + seconds)
 
     def linked(self) -> frozenset[NodeId]:
         return frozenset(self._links)
@@ -697,6 +707,9 @@ class ZmqTransport:
             if node_id is None:
                 self._counters["recv.dropped.bad_id"] += 1
                 return
+        if self._quarantine and self._quarantine.holds(node_id, self._now()):
+            self._counters["recv.dropped.quarantined"] += 1
+            return
         if self._auth is None:
             data: bytes = data_frame
         else:
