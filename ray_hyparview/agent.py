@@ -75,6 +75,8 @@ _HYPARVIEW_TYPES = (
 
 # Seconds a released link stays open so that a DISCONNECT sent just before reaches the peer.
 _RELEASE_GRACE = 1.0
+# Seconds a link to a non-active peer stays open without traffic (ZeroMQ dial timeout is 2 s).
+_TEMPORARY_LINK_IDLE = 3.0
 # Bounded event queue per subscriber; a subscriber this far behind is cut off, loudly.
 _SUBSCRIBER_QUEUE = 10_000
 # Decode errors from one sender in a row before its link is dropped.
@@ -524,6 +526,10 @@ def _make_transport(strategy: Strategy) -> Transport:
     from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
 
     options = ZmqOptions(
+        # A link to a peer outside the active view carries one-off membership messages (JOIN,
+        # NEIGHBOR, SHUFFLE_REPLY: the paper's "temporary connection"): let it go soon after
+        # the dial timeout, so that the links a node holds stay at its active view.
+        idle_timeout=_TEMPORARY_LINK_IDLE,
         heartbeat_ivl=strategy.heartbeat_interval,
         heartbeat_timeout=strategy.heartbeat_timeout,
         heartbeat_ttl=strategy.heartbeat_timeout,
