@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--own-context", action="store_true")
     parser.add_argument("--limit", type=float, default=120.0, help="seconds to converge")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before counting")
+    parser.add_argument("--log-dir", metavar="DIR", help="keep each host's stderr here")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 own_context=args.own_context,
                 seed=index,
                 start_timeout=120,
+                log_path=Path(args.log_dir) / f"h{index}.log" if args.log_dir else None,
             )
             hosts.append(host)
             first = first or host
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         problems: list[str] = ["not polled"]
         polls = 0
         while problems and time.monotonic() - last_start < args.limit:
-            problems = overlay_problems(collect_views(agents))
+            problems = overlay_problems(collect_views(agents, timeout=60))
             polls += 1
             if problems:
                 time.sleep(0.1)

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             int(s["counters"].get(key, 0))
             for per_host in stats.values()
             for node, s in per_host.items()
-            if node != "_host"
+            if not node.startswith("_")
         )
 
     keepalive_timeouts = total(after, "core.keepalive.timeout") - total(

@@ -184,12 +184,20 @@ async def _serve(args: argparse.Namespace) -> int:
         heartbeat_ttl=args.heartbeat_timeout,
     )
     context = None if args.own_context else zmq.asyncio.Context()
+    if context is not None:
+        # One context serves every agent here: lift libzmq's per-context socket cap (1023 by
+        # default; each link is a DEALER plus monitor sockets), as one agent per process
+        # never needs to.
+        context.set(zmq.MAX_SOCKETS, min(65535, context.get(zmq.SOCKET_LIMIT)))
     agents: list[Agent] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     rng = random.Random(args.seed) if args.seed is not None else random.Random()
+    leave = asyncio.Event()
+    keepers: list[asyncio.Task[None]] = []
+    failures = _failures
     try:
         for index in range(args.count):
             node_id = f"{args.prefix}-{index}"
@@ -217,18 +225,54 @@ async def _serve(args: argparse.Namespace) -> int:
                 else:
                     log_.append([time.time(), "down", event.peer.id, event.reason.value])
 
-            await agent.start()
+            started: asyncio.Future[None] = loop.create_future()
+            keepers.append(
+                asyncio.create_task(_keep(agent, started, leave), name=f"keeper-{node_id}")
+            )
+            await started
             agent.subscribe(record)
             agents.append(agent)
         for agent in agents:
             line = {"id": agent.myself.id, "endpoint": agent.myself.endpoint, "pid": os.getpid()}
             print(json.dumps(line), flush=True)
-        await _command_loop(agents, blocked, drops, events, stop)
+        await _command_loop(agents, blocked, drops, events, stop, failures=failures)
     finally:
-        await asyncio.gather(*(a.aclose(graceful=True) for a in agents), return_exceptions=True)
+        leave.set()
+        await asyncio.gather(*keepers, return_exceptions=True)
         if context is not None:
             context.term()
-    return 0
+    return 1 if failures else 0
+
+
+async def _keep(agent: Agent, started: asyncio.Future[None], leave: asyncio.Event) -> None:
+    """Own one agent in a task of its own. The agent's task group is bound to the task that
+    started it and cancels that task if one of the agent's loops fails; with a keeper per
+    agent such a failure ends that agent alone and is logged with its cause (raised by the
+    task group on close), instead of cancelling the whole host."""
+    node_id = agent.strategy.local_peer.id
+    try:
+        await agent.start()
+        started.set_result(None)
+        await leave.wait()
+    except asyncio.CancelledError:
+        _failed(node_id, "its task group cancelled its owner: one of its loops failed")
+    except Exception as exc:
+        if not started.done():
+            started.set_exception(exc)
+        _failed(node_id, f"{type(exc).__name__}: {exc}")
+    finally:
+        try:
+            await agent.aclose()
+        except BaseException as exc:  # the loop's own error, as the task group reports it
+            _failed(node_id, "closed with an error", exc)
+
+
+_failures: list[str] = []
+
+
+def _failed(node_id: NodeId, what: str, exc: BaseException | None = None) -> None:
+    _failures.append(f"{node_id}: {what}")
+    logging.getLogger("tests.agent_host").error("agent %s: %s", node_id, what, exc_info=exc)
 
 
 async def _command_loop(
@@ -237,6 +281,8 @@ async def _command_loop(
     drops: Counter[str],
     events: dict[NodeId, list[list[Any]]],
     stop: asyncio.Event,
+    *,
+    failures: list[str],
 ) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -266,6 +312,7 @@ async def _command_loop(
                 case "stats":
                     reply = {a.myself.id: a.stats() for a in agents}
                     reply["_host"] = dict(drops)
+                    reply["_failures"] = list(failures)
                 case "events":
                     reply = {k: list(v) for k, v in events.items()}
                     for v in events.values():
