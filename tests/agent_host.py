@@ -59,12 +59,13 @@ from typing import IO, Any
 
 import zmq.asyncio
 
+from ray_hyparview import agent as agent_module
 from ray_hyparview.agent import Agent
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import PeerDown, PeerUp
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.strategy import Strategy
-from ray_hyparview.transport.base import LinkFailed
+from ray_hyparview.transport.base import LinkFailed, Transport
 from ray_hyparview.transport.zmq import ZmqOptions, ZmqTransport
 
 __all__ = [
@@ -88,7 +89,7 @@ _EVENTS_MAX = 100_000
 class BlockingTransport:
     """A transport wrapper that drops frames to and from blocked node ids (partition hook)."""
 
-    def __init__(self, inner: ZmqTransport, blocked: set[NodeId], counters: Counter[str]) -> None:
+    def __init__(self, inner: Transport, blocked: set[NodeId], counters: Counter[str]) -> None:
         self._inner = inner
         self._blocked = blocked
         self._drops = counters
@@ -178,7 +179,10 @@ async def _serve(args: argparse.Namespace) -> int:
     blocked: set[NodeId] = set()
     drops: Counter[str] = Counter()
     events: dict[NodeId, list[list[Any]]] = {}
+    # The options Agent builds for itself (agent._make_transport), so that a shared context
+    # changes nothing else; with --own-context the agent's own factory is used as is.
     options = ZmqOptions(
+        idle_timeout=getattr(agent_module, "_TEMPORARY_LINK_IDLE", ZmqOptions().idle_timeout),
         heartbeat_ivl=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         heartbeat_ttl=args.heartbeat_timeout,
@@ -209,7 +213,11 @@ async def _serve(args: argparse.Namespace) -> int:
                 heartbeat_interval=args.heartbeat_interval,
                 heartbeat_timeout=args.heartbeat_timeout,
             )
-            inner = ZmqTransport(node_id, strategy.bind, options=options, context=context)
+            inner: Transport
+            if context is None:
+                inner = agent_module._make_transport(strategy)  # the production factory
+            else:
+                inner = ZmqTransport(node_id, strategy.bind, options=options, context=context)
             agent = Agent(
                 strategy,
                 transport=BlockingTransport(inner, blocked, drops),
