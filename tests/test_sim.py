@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -452,6 +455,27 @@ def test_same_seed_same_results() -> None:
     assert first == second
     other = run_experiment(Experiment(nodes=300, seed=12, fail=0.4, cycles=3, heal_cycles=2))
     assert other["events"] != first["events"]
+
+
+def test_same_seed_same_results_across_interpreters_and_hash_seeds(tmp_path: Path) -> None:
+    """Nothing may depend on string hashing (set order): two interpreters with different
+    ``PYTHONHASHSEED`` must produce the same figures."""
+    results = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"run{hash_seed}.json"
+        argv = ["--nodes", "150", "--cycles", "2", "--heal-cycles", "2", "--fail", "0.6"]
+        subprocess.run(
+            [sys.executable, "-m", "ray_hyparview.sim", *argv, "--json", str(out), "--no-plot"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        )
+        result = json.loads(out.read_text())
+        for key in TIMING_KEYS:
+            result.pop(key)
+        results.append(result)
+    assert results[0] == results[1]
 
 
 def test_partition_splits_the_overlay_and_heals_back() -> None:
