@@ -75,6 +75,8 @@ _HYPARVIEW_TYPES = (
 
 # Seconds a released link stays open so that a DISCONNECT sent just before reaches the peer.
 _RELEASE_GRACE = 1.0
+# Seconds the DISCONNECTs of a graceful leave get to leave the sockets.
+_GOODBYE_PAUSE = 0.1
 # Seconds a link to a non-active peer stays open without traffic (ZeroMQ dial timeout is 2 s).
 _TEMPORARY_LINK_IDLE = 3.0
 # Bounded event queue per subscriber; a subscriber this far behind is cut off, loudly.
@@ -192,7 +194,10 @@ class Agent:
         if core is not None and graceful and not core.has_left:
             self._apply(core.leave(now=self._now()))
             # One short, bounded pause so that the goodbyes leave the sockets before linger=0.
-            await asyncio.sleep(0.05)
+            # (Not aclose(linger=...): it ends the context in an executor thread, a thread the
+            # agent would leave behind. If a goodbye is lost all the same, the neighbour's
+            # socket monitor reports the closed link and it repairs just as fast.)
+            await asyncio.sleep(_GOODBYE_PAUSE)
         self._closed = True
         for task in self._spawned:
             task.cancel()
@@ -385,6 +390,8 @@ class Agent:
             # A peer that sends nothing but garbage: drop its link; frames keep being counted.
             self.counters["offender.disconnected"] += 1
             del self._offences[sender]
+            # Only our side of the link: without CURVE the claimed id is not proof, so frames
+            # under that id are not refused (that would cut off the real peer).
             self.transport.close_link(sender)
             log.warning("%s: dropping link to %s after repeated bad frames", self.myself.id, sender)
 
