@@ -555,7 +555,14 @@ class ZmqTransport:
                 self._report(LinkFailed(peer.id, LinkFailure.UNREACHABLE, "no CURVE key"))
                 return None
         opts = self._opts
-        sock = self._socket(zmq.DEALER)
+        try:
+            sock = self._socket(zmq.DEALER)
+        except zmq.ZMQError as exc:
+            # Out of sockets (EMFILE, or libzmq's ZMQ_MAX_SOCKETS): a local failure of this
+            # one dial, reported like any other, never an exception out of send().
+            self._counters["dial.no_socket"] += 1
+            self._report(LinkFailed(peer.id, LinkFailure.UNREACHABLE, f"no socket: {exc}"))
+            return None
         sock.setsockopt(zmq.ROUTING_ID, self._raw_id + b"\0" + os.urandom(_TAG_LEN))
         sock.setsockopt(zmq.SNDHWM, opts.hwm)
         sock.setsockopt(zmq.RCVHWM, 16)  # peers never send on this socket
@@ -569,7 +576,13 @@ class ZmqTransport:
             sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.public)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self._auth.secret)
-        mon = sock.get_monitor_socket(_LINK_EVENTS)
+        try:
+            mon = sock.get_monitor_socket(_LINK_EVENTS)
+        except zmq.ZMQError as exc:
+            self._counters["dial.no_socket"] += 1
+            self._close_sockets(sock)
+            self._report(LinkFailed(peer.id, LinkFailure.UNREACHABLE, f"no socket: {exc}"))
+            return None
         self._open_sockets.add(mon)
         try:
             sock.connect(endpoint)
