@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import signal
@@ -99,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     delays: list[float] = []
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
+    )
     try:
-        ray.init(address=cluster.address, log_to_driver=False)
+        ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
         config = ray_health_config()
         for index in range(args.trials):
             delay = one_trial(cluster, args.poll, args.limit)
