@@ -216,3 +216,33 @@ def test_sigterm_is_a_graceful_leave(signum: int) -> None:
         saw: list[list[Any]] = []
         wait_sync(saw_left, limit=10, poll=0.1)
         assert {e[3] for e in saw} == {"left"}, saw
+
+
+@pytest.mark.slow
+def test_32_agents_partitioned_two_processes_against_two_merge_after_heal() -> None:
+    with hosts_running() as hosts:
+        start_overlay(hosts, processes=4, per_process=8, tag="w")
+        wait_overlay(hosts, limit=60)
+        halves = (hosts[:2], hosts[2:])
+        ids = [{i for h in half for i in h.ids} for half in halves]
+        for side, other in ((0, 1), (1, 0)):
+            for host in halves[side]:
+                host.command("block " + ",".join(sorted(ids[other])))
+
+        def split() -> bool:
+            for side, other in ((0, 1), (1, 0)):
+                views = collect_views(halves[side])
+                if any(p in ids[other] for v in views.values() for p in v):
+                    return False
+                if overlay_problems(views):
+                    return False
+            return True
+
+        wait_sync(split, limit=60, poll=0.2)
+        for host in hosts:
+            host.command("unblock")
+        healed_at = time.monotonic()
+        wait_overlay(hosts, limit=90)
+        views = collect_views(hosts)
+        assert any(p in ids[1] for n in ids[0] for p in views[n])
+        print(f"32 agents: halves merged {time.monotonic() - healed_at:.2f}s after the heal")
