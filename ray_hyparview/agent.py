@@ -55,7 +55,7 @@ from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.base import LinkFailed, Transport, TransportClosed
 
-__all__ = ["Agent", "AgentClosed", "Event", "EventsOverflow", "Gate", "main"]
+__all__ = ["Agent", "AgentClosed", "Event", "EventsOverflow", "Gate", "main", "make_transport"]
 
 log = logging.getLogger("ray_hyparview.agent")
 
@@ -163,7 +163,7 @@ class Agent:
         self._started = True
         strategy = self.strategy
         if self._transport is None:
-            self._transport = _make_transport(strategy)
+            self._transport = make_transport(strategy)
         try:
             bound = await self._transport.start()
             myself = strategy.advertised_peer(bound)
@@ -524,8 +524,10 @@ class _Subscriber:
                 done()
 
 
-def _make_transport(strategy: Strategy) -> Transport:
-    """The transport a strategy names; only ZeroMQ can be built from a strategy alone."""
+def make_transport(strategy: Strategy, *, context: Any = None) -> Transport:
+    """The transport a strategy names, as the agent builds it for itself; only ZeroMQ can be
+    built from a strategy alone. ``context`` shares one ``zmq.asyncio.Context`` between agents
+    of one process (plain text only)."""
     if strategy.transport != "zmq":
         raise StateError(
             f"transport {strategy.transport!r} needs a transport object: pass transport=..."
@@ -551,7 +553,9 @@ def _make_transport(strategy: Strategy) -> Transport:
             allowed_keys=frozenset(security.allow_list),
             default_server_key=security.default_server_key,
         )
-    return ZmqTransport(strategy.local_peer.id, strategy.bind, options=options, curve=curve)
+    return ZmqTransport(
+        strategy.local_peer.id, strategy.bind, options=options, curve=curve, context=context
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

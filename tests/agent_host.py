@@ -66,7 +66,6 @@ from ray_hyparview.protocol.messages import PeerDown, PeerUp
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.base import LinkFailed, Transport
-from ray_hyparview.transport.zmq import ZmqOptions, ZmqTransport
 
 __all__ = [
     "AgentInfo",
@@ -179,14 +178,6 @@ async def _serve(args: argparse.Namespace) -> int:
     blocked: set[NodeId] = set()
     drops: Counter[str] = Counter()
     events: dict[NodeId, list[list[Any]]] = {}
-    # The options Agent builds for itself (agent._make_transport), so that a shared context
-    # changes nothing else; with --own-context the agent's own factory is used as is.
-    options = ZmqOptions(
-        idle_timeout=getattr(agent_module, "_TEMPORARY_LINK_IDLE", ZmqOptions().idle_timeout),
-        heartbeat_ivl=args.heartbeat_interval,
-        heartbeat_timeout=args.heartbeat_timeout,
-        heartbeat_ttl=args.heartbeat_timeout,
-    )
     context = None if args.own_context else zmq.asyncio.Context()
     if context is not None:
         # One context serves every agent here: lift libzmq's per-context socket cap (1023 by
@@ -213,11 +204,8 @@ async def _serve(args: argparse.Namespace) -> int:
                 heartbeat_interval=args.heartbeat_interval,
                 heartbeat_timeout=args.heartbeat_timeout,
             )
-            inner: Transport
-            if context is None:
-                inner = agent_module._make_transport(strategy)  # the production factory
-            else:
-                inner = ZmqTransport(node_id, strategy.bind, options=options, context=context)
+            # The production factory, with one shared context unless --own-context.
+            inner: Transport = agent_module.make_transport(strategy, context=context)
             agent = Agent(
                 strategy,
                 transport=BlockingTransport(inner, blocked, drops),
