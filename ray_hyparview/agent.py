@@ -321,6 +321,11 @@ class Agent:
         """Tell the core about peers found by discovery (e.g. the Ray GCS)."""
         self._apply(self.core.learn(peers, now=self._now()))
 
+    def probe(self, peer: Peer) -> None:
+        """JOIN ``peer`` now (see :meth:`HyParView.probe`): merges two components of the
+        overlay that a layer above knows to be apart."""
+        self._apply(self.core.probe(peer, now=self._now()))
+
     def join_contacts(self, contacts: Sequence[Peer]) -> None:
         """Join through more contacts (a reconciler found new ones)."""
         self._apply(self.core.join(contacts, now=self._now()))

@@ -499,3 +499,14 @@ def test_determinism_same_seed_same_trace() -> None:
     first, second = run(), run()
     assert len(first) > 1000
     assert first == second
+
+
+def test_external_probe_joins_the_named_peer_once() -> None:
+    a = node(A)
+    assert a.probe(B, now=0.0) == [Send(B, Join(sender=A, incarnation=0))]
+    assert a.probe(B, now=0.1) == []  # already asked
+    assert a.receive("b", NeighborReply(sender=B, incarnation=0, accepted=True), now=0.2) == [
+        PeerUp(B)
+    ]
+    assert a.probe(B, now=0.3) == []  # already linked
+    assert a.probe(A, now=0.3) == []  # never itself

@@ -158,3 +158,26 @@ async def test_errors_are_reported_never_silent(overlay: Overlay) -> None:
     # Live nodes still reach each other once routes heal around the dead one.
     for src, dst in itertools.permutations(overlay.meshes, 2):
         await overlay.meshes[src].send(f"actor-{src}", f"actor-{dst}", b"again", timeout=10)
+
+
+@pytest.mark.asyncio
+async def test_two_full_components_are_merged_through_routing_reachability() -> None:
+    # Two triangles with an active view of 2: every node is full, so HyParView alone never
+    # links them again (LOW requests are refused, nobody is short of links). The mesh sees
+    # that passive peers stay unreachable and JOINs one of them.
+    o = Overlay()
+    try:
+        for group in (("a0", "a1", "a2"), ("b0", "b1", "b2")):
+            await o.add(group[0])
+            for name in group[1:]:
+                await o.add(name, group[0])
+        await until(lambda: all(len(a.active_view) == 2 for a in o.agents.values()), limit=10)
+        a_side = {"a0", "a1", "a2"}
+        assert all(set(o.agents[n].core.active_ids) <= a_side for n in a_side)
+        for name in a_side:
+            o.agents[name].add_passive([o.agents[f"b{name[1]}"].myself])
+        await until(o.routes_complete, limit=30)
+        assert sum(m.counters["merge.join"] for m in o.meshes.values()) >= 1
+        assert all(len(a.active_view) <= 2 for a in o.agents.values())
+    finally:
+        await o.aclose()

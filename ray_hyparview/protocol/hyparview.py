@@ -209,6 +209,27 @@ class HyParView:
             self._start_repair(out, now)
         return out
 
+    def probe(self, peer: Peer, *, now: float) -> list[Action]:
+        """JOIN ``peer`` now, as a lost-peer probe would.
+
+        For a driver that knows more than the protocol does: when every node's active view is
+        full, two components of the overlay can each be stable (say two triangles with an
+        active view of 2), and no rule of the paper links them again. A layer that sees that
+        ``peer`` is alive but unreachable over the overlay (the mesh's router does) calls this;
+        ``peer`` takes us in, evicting at random, and the FORWARD_JOIN walks link the rest.
+        """
+        if self._left:
+            raise StateError("this node has left the overlay")
+        out: list[Action] = []
+        if (
+            peer.id != self.myself.id
+            and peer.id not in self._active
+            and peer.id not in self._pending
+        ):
+            self.counters["probe.external"] += 1
+            self._ask(out, peer, _Ask.PROBE, Priority.HIGH, now)
+        return out
+
     def receive(self, sender: NodeId, message: Message, *, now: float) -> list[Action]:
         """Handle ``message``, which the transport says came from node ``sender``."""
         if self._left:
