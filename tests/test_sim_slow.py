@@ -85,7 +85,7 @@ def test_whole_10k_run_heals_within_1_5_gib(timed_run: dict[str, Any]) -> None:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="budget not met yet: about 100 CPU s; half the join phase's messages are LOW "
+    reason="budget not met yet: about 84 CPU s; half the join phase's messages are LOW "
     "NEIGHBOR requests refused one passive peer after another (see benchmarks/README.md)",
 )
 @pytest.mark.timeout(1500)
