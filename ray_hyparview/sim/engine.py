@@ -574,8 +574,11 @@ class Simulation:
         self._pending_failures.add(key)
         heapq.heappush(self._heap, (when, next(self._seq), _LINK_FAILED, node_id, peer_id, None))
 
-    def _rearm(self, node_id: NodeId, fired: bool = False) -> None:
-        """Push a timer event if the node's deadline moved; stale entries are skipped later."""
+    def _rearm(self, node_id: NodeId) -> None:
+        """Push a timer event if the node's deadline moved; stale entries are skipped later.
+
+        Used outside the event loop (after ``join``); the loop inlines the same rule.
+        """
         if node_id not in self._alive:
             return
         deadline = self._nodes[node_id].next_deadline()
@@ -585,18 +588,9 @@ class Simulation:
             if current is not None:
                 del armed[node_id]
             return
+        deadline = max(deadline, self.now)  # time never goes back: a past deadline fires now
         if deadline == current:
             return
-        if deadline < self.now or (fired and deadline == self.now):
-            # Time never goes back; and a core that wants to be woken again for the instant it
-            # was just woken for would spin forever, so it waits a microsecond (counted).
-            if fired:
-                self.stats.timer_nudges += 1
-                deadline = self.now + _TIMER_NUDGE
-            else:
-                deadline = self.now
-            if deadline == current:
-                return
         armed[node_id] = deadline
         heapq.heappush(self._heap, (deadline, next(self._seq), _TIMER, node_id, node_id, None))
 
