@@ -91,6 +91,12 @@ _MAX_ENTRIES = 65_536
 _MAX_HOPS = 255
 """Hop counts and limits above this are garbage."""
 
+_EARLY_PEERS = 32
+"""Peers whose updates are held while their link is not up here yet (see ``link_up``)."""
+
+_EARLY_UPDATES = 16
+"""Updates held per such peer (a full table may take several)."""
+
 
 class RoutingError(HyParViewError, ValueError):
     """The local caller passed a bad argument (e.g. a payload that is not bytes)."""
@@ -322,9 +328,11 @@ class Router:
         self._fd_heard: dict[NodeId, float] = {}  # when the destination was last in use
         self._advertised: dict[NodeId, int] = {}  # destination -> seqno last announced finite
         self._pending: dict[NodeId, None] = {}  # destinations to announce at the end of input
-        self._starved: dict[NodeId, float] = {}  # destination -> next request time
+        self._requesting: dict[NodeId, float] = {}  # destination -> next SEQNO_REQUEST due
         self._requests_seen: dict[tuple[NodeId, int], float] = {}  # (dest, seqno) -> expiry
+        self._asked: dict[NodeId, tuple[int, float]] = {}  # forwarded requests: seqno, expiry
         self._next_update: float | None = None
+        self._early: dict[NodeId, tuple[float, list[RouteUpdate]]] = {}  # peer -> (when, held)
         self._flush_at: float | None = None  # when the pending triggered update goes out
 
     # --- queries ---------------------------------------------------------------------------------
@@ -364,6 +372,13 @@ class Router:
         self._links[peer_id] = None
         if self._next_update is None:
             self._next_update = now + self._jitter()
+        early = self._early.pop(peer_id, None)
+        if early is not None and early[0] + self.config.route_expiry > now:
+            # The peer saw the link up first and sent its table before our PeerUp: the two
+            # ends learn of a new HyParView link one message apart. Replay what it sent.
+            for update in early[1]:
+                self.counters["early.replayed"] += 1
+                self._on_update(peer_id, update, now)
         self._send_table(peer_id, self._all_destinations(), actions)
         return self._finish(now, actions)
 
@@ -453,16 +468,13 @@ class Router:
             everything = self._all_destinations()
             for peer in self._links:
                 self._send_table(peer, everything, actions)
-        for dest, due in list(self._starved.items()):
-            if due <= now:
-                self._request(dest, now, actions)
         return self._finish(now, actions)
 
     def next_deadline(self) -> float | None:
         """When ``on_timer`` must next be called, or ``None`` if nothing is pending."""
         candidates = [t for t in (self._next_update, self._flush_at) if t is not None]
-        if self._starved:
-            candidates.append(min(self._starved.values()))
+        if self._requesting:
+            candidates.append(min(self._requesting.values()))
         return min(candidates) if candidates else None
 
     # --- route selection (RFC 8966, 3.5-3.6) -----------------------------------------------------
@@ -493,27 +505,38 @@ class Router:
                 best = candidate
         if best is not None:
             self._selected[dest] = best
-            self._starved.pop(dest, None)
         else:
             self._selected.pop(dest, None)
         if best != old:
             self.counters["route.changed"] += 1
-            self._pending[dest] = None
-        usable = any(
-            peer in self._links and adv.metric + 1 <= self.config.hop_limit
-            for peer, adv in advs.items()
-        )
-        if best is None and usable and dest in self._fd and dest not in self._starved:
-            # Routes exist but none is feasible: ask the destination for a newer seqno.
-            self.counters["route.starved"] += 1
-            self._starved[dest] = now
+            if (
+                best is None
+                or old is None
+                or best.next_hop != old.next_hop
+                or best.metric != old.metric
+            ):
+                self._pending[dest] = None
+            else:
+                # Only the seqno moved. Announce it only where it was asked for: on the path a
+                # SEQNO_REQUEST took (RFC 8966, 3.8.1.2); periodic updates carry it elsewhere.
+                # Flooding every new seqno would cost one message per link each time.
+                asked = self._asked.get(dest)
+                if asked is not None and best.seqno >= asked[0]:
+                    del self._asked[dest]
+                    self._pending[dest] = None
+        if self._request_target(dest) is None:
+            self._requesting.pop(dest, None)
+        elif dest not in self._requesting or (old is None and best is not None):
+            # New reason to ask (starved, or a route came back but a shorter one is waiting
+            # for a seqno): ask now rather than at the next retry of an older request.
+            self.counters["route.starved" if best is None else "route.improvable"] += 1
+            self._requesting[dest] = now
         if not advs and best is None:
             self._rib.pop(dest, None)
-            self._starved.pop(dest, None)
 
     def _on_update(self, sender: NodeId, update: RouteUpdate, now: float) -> None:
         if sender not in self._links:
-            self._drop("not_neighbor")
+            self._hold_early(sender, update, now)
             return
         entries: object = update.entries  # decoded remote data: check, not trust
         if not isinstance(entries, tuple | list):
@@ -558,25 +581,58 @@ class Router:
         for dest in touched:
             self._reselect(dest, now)
 
+    def _hold_early(self, sender: NodeId, update: RouteUpdate, now: float) -> None:
+        """Keep an update from a node that is not (yet) a neighbour, in bounded space."""
+        self.counters["early.held"] += 1
+        held = self._early.pop(sender, None)  # re-inserted last: the oldest peer goes first
+        updates = held[1] if held is not None else []
+        updates.append(update)
+        del updates[:-_EARLY_UPDATES]
+        self._early[sender] = (now, updates)
+        while len(self._early) > _EARLY_PEERS:
+            del self._early[next(iter(self._early))]
+
     # --- sequence number requests (RFC 8966, 3.8.1) ----------------------------------------------
 
-    def _request(self, dest: NodeId, now: float, actions: list[Action]) -> None:
-        """Send (or resend) a SEQNO_REQUEST for a starved destination."""
-        fd = self._fd.get(dest)
+    def _request_target(self, dest: NodeId) -> NodeId | None:
+        """The neighbour to send a SEQNO_REQUEST for ``dest`` to, if one is needed.
+
+        One is needed when a neighbour announces a route shorter than ours (or any usable route
+        when we have none) that is not feasible: its seqno is not newer than ours. The request
+        goes to that neighbour, which forwards it towards the destination (RFC 8966, 3.8.1.1 and
+        3.8.2.1). New seqnos travel only back along request paths (see ``_reselect``), so
+        without this a node could keep a long route until the next periodic update.
+        """
         advs = self._rib.get(dest)
-        if fd is None or not advs or dest in self._selected:
-            self._starved.pop(dest, None)
-            return
-        self._starved[dest] = now + self.config.request_interval
-        request = SeqnoRequest(
-            destination=dest, seqno=fd[0] + 1, origin=self.myself, hop_limit=self.config.hop_limit
-        )
-        self._requests_seen[(dest, request.seqno)] = now + self.config.request_interval / 2
-        # Towards the destination along the neighbour that claims to be closest (RFC 8966,
-        # 3.8.1.1); a retry after request_interval covers a request lost on the way.
-        choices = [p for p in advs if p in self._links]
-        if choices:
-            self._send(min(choices, key=lambda p: (advs[p].metric, p)), request, actions)
+        if not advs or dest not in self._fd:
+            return None
+        route = self._selected.get(dest)
+        limit = route.metric if route is not None else self.config.hop_limit + 1
+        better = [(adv.metric, peer) for peer, adv in advs.items() if adv.metric + 1 < limit]
+        better = [(m, p) for m, p in better if p in self._links]
+        return min(better)[1] if better else None
+
+    def _send_requests(self, now: float, actions: list[Action]) -> None:
+        """Send the SEQNO_REQUESTs that are due; repeat every ``request_interval`` while the
+        condition lasts (a request can be lost on the way, or the answer can)."""
+        for dest, due in list(self._requesting.items()):
+            if due > now:
+                continue
+            target = self._request_target(dest)
+            if target is None:
+                del self._requesting[dest]
+                continue
+            self._requesting[dest] = now + self.config.request_interval
+            # A shorter announcement than our feasibility distance needs only our seqno to
+            # become feasible; otherwise the destination must issue a newer one.
+            fd_seqno, fd_metric = self._fd[dest]
+            adv = self._rib[dest][target]
+            seqno = fd_seqno if adv.metric < fd_metric else fd_seqno + 1
+            self._requests_seen[(dest, seqno)] = now + self.config.request_interval / 2
+            request = SeqnoRequest(
+                destination=dest, seqno=seqno, origin=self.myself, hop_limit=self.config.hop_limit
+            )
+            self._send(target, request, actions)
 
     def _on_request(
         self, sender: NodeId, request: SeqnoRequest, now: float, actions: list[Action]
@@ -612,6 +668,8 @@ class Router:
             self._drop("request_hop_limit")
             return
         forwarded = replace(request, hop_limit=hop_limit - 1)
+        asked = self._asked.get(dest)
+        self._asked[dest] = (max(seqno, asked[0] if asked else 0), now + self.config.route_expiry)
         if route is not None and route.next_hop != sender:
             self._send(route.next_hop, forwarded, actions)
             return
@@ -756,7 +814,9 @@ class Router:
             self._send(peer, RouteUpdate(entries=tuple(entries[start : start + size])), actions)
 
     def _finish(self, now: float, actions: list[Action]) -> list[Action]:
-        """End of every input: announce what changed (triggered updates)."""
+        """End of every input: ask for better routes, announce what changed (triggered)."""
+        if self._requesting:
+            self._send_requests(now, actions)
         if not self._pending:
             return actions
         if self._flush_at is None:
@@ -786,6 +846,9 @@ class Router:
                 del self._fd_heard[dest]
                 self._fd.pop(dest, None)
         self._requests_seen = {k: t for k, t in self._requests_seen.items() if t > now}
+        self._asked = {d: a for d, a in self._asked.items() if a[1] > now}
+        horizon = now - self.config.route_expiry
+        self._early = {p: held for p, held in self._early.items() if held[0] > horizon}
 
     # --- helpers ---------------------------------------------------------------------------------
 
