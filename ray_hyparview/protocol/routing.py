@@ -20,13 +20,16 @@ feasibility condition*, a reduced Babel (Chroboczek and Schinazi, RFC 8966, sect
   no counting to infinity (the failure mode of plain RIP-style vectors).
 * When a link fails the routes through it are dropped at once and the best feasible alternative
   is selected; if none is feasible the node is *starved*: it retracts the route (metric infinity)
-  and sends a SEQNO_REQUEST towards the destination, which answers by raising its sequence number
-  and announcing it; the new number floods back, and every route to it is feasible again
-  (RFC 8966, 3.8.1). Requests are retried every ``request_interval`` while starvation lasts.
-* Announcements go out on change (triggered, at the end of the input that caused them) and in full
-  every ``update_interval`` (jittered); a learnt route expires after ``route_expiry`` without
-  refresh. A route is never announced back to its own next hop with a finite metric
-  (split horizon with poisoned reverse).
+  and sends a SEQNO_REQUEST towards the destination along the neighbour that claims to be
+  closest. The first node with a new enough seqno (at worst the destination, which raises its
+  own) announces it, and the nodes the request passed through relay that announcement back
+  (RFC 8966, 3.8.1). A node that hears a shorter route it may not take yet (older seqno) asks the
+  same way (3.8.2.1). Requests are retried every ``request_interval`` while the need lasts.
+* Announcements go out when a route's next hop or metric changes (triggered, batched for
+  ``triggered_delay``) and in full every ``update_interval`` (jittered); a seqno change alone is
+  relayed only along request paths, so a new seqno costs a path, not a flood. A learnt route
+  expires after ``route_expiry`` without refresh. A route is never announced back to its own next
+  hop with a finite metric (split horizon with poisoned reverse).
 * Data frames carry source, destination, a per-source frame id, the hop count and a hop limit.
   The next hop is the destination itself when it is a neighbour, else the selected route's next
   hop. When that hop is the neighbour the frame came from, or a send fails (the shell hands the
@@ -48,10 +51,16 @@ Rules this file keeps, beyond RFC 8966 (each departure is marked ``DEPARTURE`` b
 1. Sequence numbers are unbounded integers (msgpack carries 64 bits): no modular comparison.
 2. A restarted node learns, from announcements or requests about itself, the highest sequence
    number its earlier life used, and moves above it.
-3. Remote garbage never raises: it is dropped and counted under ``dropped.<cause>``.
+3. A node that loses a link raises its own seqno at once (as DSDV does for broken links): the
+   nodes that reached it over that link need a newer one, and its neighbours can then answer
+   their requests without a round trip to it.
+4. The two ends of a new HyParView link learn of it one message apart, so a table can arrive
+   before our ``link_up``: such updates are held (bounded) and replayed when the link comes up.
+5. Remote garbage never raises: it is dropped and counted under ``dropped.<cause>``.
 
 Counters (``counters``): ``sent.<Type>`` / ``received.<Type>``, ``route.changed``,
-``route.starved``, ``forward.direct``, ``forward.routed``, ``forward.alternate``, ``arrived``,
+``route.starved``, ``route.improvable``, ``seqno.raised``, ``early.held``, ``forward.direct``,
+``forward.routed``, ``forward.alternate``, ``forward.failed``, ``arrived``,
 ``undeliverable.<reason>``, ``dropped.<cause>``.
 """
 
