@@ -212,7 +212,7 @@ def test_repair_uses_low_priority_while_some_link_remains() -> None:
 
 
 def test_refusal_moves_on_to_another_passive_peer_and_keeps_the_refuser() -> None:
-    cfg = HyParViewConfig(active_view_size=2, min_active_size=1, keepalive_interval=None)
+    cfg = HyParViewConfig(active_view_size=2, min_active_size=2, keepalive_interval=None)
     a, b, c = node(A, cfg), node(B, cfg), node(C, cfg)
     link(a, b)
     link(a, c)
@@ -510,3 +510,21 @@ def test_external_probe_joins_the_named_peer_once() -> None:
     ]
     assert a.probe(B, now=0.3) == []  # already linked
     assert a.probe(A, now=0.3) == []  # never itself
+
+
+def test_refusal_above_the_minimum_ends_the_round_and_the_shuffle_timer_retries() -> None:
+    cfg = HyParViewConfig(
+        active_view_size=3, min_active_size=1, keepalive_interval=None, shuffle_interval=1.0
+    )
+    a, b, c = node(A, cfg), node(B, cfg), node(C, cfg)
+    link(a, b)
+    link(a, c)
+    a.learn([D], now=0.0)
+    [ask] = sends(a.link_failed("b", now=0.5))
+    assert ask.to == D
+    refusal = NeighborReply(sender=D, incarnation=0, accepted=False)
+    assert sends(a.receive("d", refusal, now=0.6)) == []  # a link is left: no chain
+    assert D in a.passive_view
+    retry = [s for s in sends(a.on_timer(now=1.5)) if isinstance(s.message, Neighbor)]
+    assert len(retry) == 1
+    assert retry[0].message == Neighbor(sender=A, incarnation=0, priority=Priority.LOW)

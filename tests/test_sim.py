@@ -520,11 +520,6 @@ def test_overlay_builds_over_a_lossy_jittery_network() -> None:
     assert metrics.broadcast_stats(adjacency, list(adjacency)[:5]).reliability > 0.95
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="core: a few nodes whose JOIN was lost link up with later joiners and form an "
-    "island with empty passive views; with >= min_active_size peers they never re-join",
-)
 def test_overlay_over_a_lossy_network_is_one_component() -> None:
     network = NetworkConfig(loss=0.01, latency=LogNormalLatency(median=0.002, sigma=0.8))
     sim, _ = prepare(Experiment(nodes=500, seed=0, cycles=10, network=network))
