@@ -10,17 +10,15 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ray_hyparview.protocol import messages as hv
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import ConfigError
-from ray_hyparview.protocol.hyparview import HyParView
-from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.protocol.plumtree import (
     Action,
     Deliver,
@@ -36,6 +34,7 @@ from ray_hyparview.protocol.plumtree import (
 )
 from ray_hyparview.sim.engine import Simulation
 from ray_hyparview.sim.scenario import build_overlay
+from ray_hyparview.sim.stacked import broadcast, broadcast_node_factory
 
 QUICK = PlumtreeConfig(ihave_timeout=1.0, graft_timeout=0.5, lazy_flush_interval=0.0)
 
@@ -607,124 +606,33 @@ def component(links: set[frozenset[str]], origin: str) -> set[str]:
 # --- over the real membership layer, in the simulator ---------------------------------------------
 
 
-class BroadcastNode:
-    """HyParView and Plumtree stacked as the agent stacks them, for the simulator.
-
-    PeerUp / PeerDown of the membership core drive ``neighbor_up`` / ``neighbor_down``; Plumtree's
-    ``SendTo`` becomes the simulator's ``Send``; ``Deliver`` is recorded. This is the template for
-    the simulator's own Plumtree runs.
-    """
-
-    def __init__(self, myself: Peer, config: HyParViewConfig, rng: random.Random) -> None:
-        self.myself = myself
-        self.membership = HyParView(myself, config, rng=rng)
-        self.tree = Plumtree(myself.id, SIM_TREE, rng=rng)
-        self.delivered: list[Deliver] = []
-
-    @property
-    def active_ids(self) -> Collection[NodeId]:
-        return self.membership.active_ids
-
-    @property
-    def passive_view(self) -> tuple[Peer, ...]:
-        return self.membership.passive_view
-
-    @property
-    def counters(self) -> Counter[str]:
-        return self.membership.counters + self.tree.counters
-
-    def join(self, contacts: Sequence[Peer], *, now: float) -> list[hv.Action]:
-        return self._lift(self.membership.join(contacts, now=now), now)
-
-    def receive(self, sender: NodeId, message: object, *, now: float) -> list[hv.Action]:
-        if isinstance(message, Gossip | IHave | Graft | Prune):
-            return self._tree(self.tree.receive(sender, message, now=now))
-        assert isinstance(message, hv.Message)
-        return self._lift(self.membership.receive(sender, message, now=now), now)
-
-    def link_failed(self, peer: NodeId, *, now: float) -> list[hv.Action]:
-        return self._lift(self.membership.link_failed(peer, now=now), now)
-
-    def on_timer(self, *, now: float) -> list[hv.Action]:
-        out = self._lift(self.membership.on_timer(now=now), now)
-        return out + self._tree(self.tree.on_timer(now=now))
-
-    def next_deadline(self) -> float | None:
-        deadlines = [self.membership.next_deadline(), self.tree.next_deadline()]
-        return min((d for d in deadlines if d is not None), default=None)
-
-    def broadcast(self, payload: bytes, *, now: float) -> list[hv.Action]:
-        _, actions = self.tree.broadcast(payload, topic="t", now=now)
-        return self._tree(actions)
-
-    def _lift(self, actions: list[hv.Action], now: float) -> list[hv.Action]:
-        out: list[hv.Action] = []
-        for action in actions:
-            match action:
-                case hv.PeerUp(peer=peer):
-                    out += self._tree(self.tree.neighbor_up(peer.id, now=now))
-                case hv.PeerDown(peer=peer):
-                    out += self._tree(self.tree.neighbor_down(peer.id, now=now))
-                case _:
-                    out.append(action)
-        return out
-
-    def _tree(self, actions: list[Action]) -> list[hv.Action]:
-        out: list[hv.Action] = []
-        for action in actions:
-            match action:
-                case SendTo(peer_id=peer_id, message=message):
-                    # The simulator carries any message value; only HyParView's are typed here.
-                    out.append(hv.Send(Peer(peer_id), message))  # type: ignore[arg-type]
-                case Deliver():
-                    self.delivered.append(action)
-        return out
-
-
-SIM_TREE = PlumtreeConfig(ihave_timeout=0.2, graft_timeout=0.1, lazy_flush_interval=0.02)
-
-
 @pytest.mark.parametrize("n", [200, pytest.param(1000, marks=pytest.mark.slow)])
 def test_plumtree_over_hyparview_in_the_simulator(n: int) -> None:
     config = HyParViewConfig(keepalive_interval=None)
-    sim = Simulation(config, seed=n, node_factory=BroadcastNode)
+    sim = Simulation(config, seed=n, node_factory=broadcast_node_factory())
     rng = random.Random(n)
     ids = build_overlay(sim, n, rng, join_interval=0.01)
     sim.run_for(30.0)  # a few shuffles: the overlay settles
 
-    def node(node_id: NodeId) -> BroadcastNode:
-        found = sim.node(node_id)
-        assert isinstance(found, BroadcastNode)
-        return found
-
-    def broadcast(origin: NodeId) -> tuple[int, float, int]:
+    def run(origin: NodeId) -> tuple[int, float, int]:
         """Delivering nodes, relative message redundancy and last delivery hop."""
-        for node_id in sim.alive_ids:
-            node(node_id).delivered.clear()
-        before = sim.core_counters()["received.Gossip"]
-        sim._apply(origin, node(origin).broadcast(b"m", now=sim.now))
-        sim._rearm(origin)
-        sim.run_for(5.0)
-        got = [node(i).delivered for i in sim.alive_ids]
-        assert all(len(d) <= 1 for d in got), "a node delivered twice"
-        delivered = sum(len(d) for d in got)
-        gossip = sim.core_counters()["received.Gossip"] - before
-        last_hop = max(d[0].hops for d in got if d)
-        return delivered, gossip / (delivered - 1) - 1, last_hop
+        result = broadcast(sim, origin, b"m", settle=5.0)
+        assert result.duplicates == 0, "a node delivered twice"
+        return result.delivered, result.rmr, result.last_hop
 
-    delivered, flood_rmr, _ = broadcast(ids[0])
+    delivered, flood_rmr, _ = run(ids[0])
     assert delivered == n
     assert flood_rmr > 1.5  # the first broadcast floods the active view
     for _ in range(3):
-        delivered, rmr, _ = broadcast(rng.choice(ids))
+        delivered, rmr, _ = run(rng.choice(ids))
         assert delivered == n
     assert rmr < 0.1 * flood_rmr  # the tree has settled
 
     # Crash a fifth of the nodes: the first broadcast after it is repaired by GRAFT as the
     # membership layer replaces the dead links.
     sim.crash(rng.sample(ids[1:], n // 5))
-    delivered, _, _ = broadcast(ids[0])
+    delivered, _, _ = run(ids[0])
     assert delivered >= 0.95 * len(sim.alive_ids)
     sim.run_for(30.0)
-    delivered, _, _ = broadcast(ids[0])
+    delivered, _, _ = run(ids[0])
     assert delivered == len(sim.alive_ids)

@@ -282,6 +282,21 @@ class Simulation:
         self._apply(node_id, node.join(peers, now=self.now))
         self._rearm(node_id)
 
+    def apply_actions(self, node_id: NodeId, actions: Iterable[Action]) -> None:
+        """Carry out ``actions`` that a driver got from a live node outside the event loop, at
+        ``now``, then re-arm the node's timer.
+
+        Inputs the simulator does not model (a broadcast started by the application, a call on a
+        stacked node type) return actions too; this puts their sends on the wire under the same
+        latency, loss, crash and partition rules as the event loop's, so drivers never reach for
+        the engine's internals.
+        """
+        self.node(node_id)
+        if node_id not in self._alive:
+            raise SimulationError(f"node {node_id!r} has crashed and cannot act")
+        self._apply(node_id, actions)
+        self._rearm(node_id)
+
     def node(self, node_id: NodeId) -> SimNode:
         """The node object (alive or crashed) for ``node_id``."""
         try:
@@ -530,7 +545,7 @@ class Simulation:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _apply(self, source: NodeId, actions: list[Action]) -> None:
+    def _apply(self, source: NodeId, actions: Iterable[Action]) -> None:
         """Carry out a core's actions: sends go on the wire; PeerUp/PeerDown are for users."""
         for action in actions:
             if type(action) is Send:
