@@ -42,6 +42,7 @@ from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from tenacity import retry, stop_after_delay, wait_exponential_jitter
 
 from ray_hyparview.agent import Agent
 from ray_hyparview.meshnode import MeshNode
@@ -75,7 +76,14 @@ def agent_actor_name(node_id: NodeId) -> str:
     return f"hyparview-agent-{node_id}"
 
 
+@retry(
+    stop=stop_after_delay(10.0),
+    wait=wait_exponential_jitter(initial=0.1, max=1.0),
+    reraise=True,
+)
 def _kv_put(key: str, value: bytes) -> None:
+    """Publish in the GCS, retrying for a while: a GCS that is restarting or briefly
+    overloaded must not leave an agent unpublished (and so never a contact)."""
     from ray.experimental import internal_kv
 
     internal_kv._internal_kv_put(key.encode(), value, overwrite=True, namespace=NAMESPACE)

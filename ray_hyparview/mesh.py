@@ -31,6 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import ray
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from ray_hyparview.cluster import NAMESPACE, agent_actor_name
 from ray_hyparview.meshnode import DeliveryError, DuplicateName, InboxItem, PathKind
@@ -217,18 +223,30 @@ class Mesh:
         return f"Mesh({self.name!r}, node={self.node_id[:8]}, view={len(self._view)})"
 
 
-async def join(name: str) -> Mesh:
+async def join(name: str, *, agent_wait: float = 30.0) -> Mesh:
     """Register the calling actor under ``name`` with its node's agent.
 
-    Raises :class:`DuplicateName` if another actor holds the name, and ``RuntimeError`` if the
-    plugin is not running (call ``ray_hyparview.cluster.start()`` first).
+    Raises :class:`DuplicateName` if another actor holds the name, and ``RuntimeError`` if no
+    agent runs on this node within ``agent_wait`` seconds (call
+    ``ray_hyparview.cluster.start()`` first).
     """
     node_id = ray.get_runtime_context().get_node_id()
+    # An actor may start on a node that joined a moment ago, before the reconciler has put an
+    # agent there: wait for it a while, backing off, before giving up.
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(ValueError),
+        stop=stop_after_delay(agent_wait),
+        wait=wait_exponential_jitter(initial=0.1, max=2.0),
+        reraise=True,
+    )
     try:
-        agent: Any = ray.get_actor(agent_actor_name(node_id), namespace=NAMESPACE)
+        async for attempt in retrying:
+            with attempt:
+                agent: Any = ray.get_actor(agent_actor_name(node_id), namespace=NAMESPACE)
     except ValueError:
         raise RuntimeError(
-            "no ray_hyparview agent on this node: call ray_hyparview.cluster.start() first"
+            f"no ray_hyparview agent on this node after {agent_wait:g} s: "
+            "call ray_hyparview.cluster.start() first"
         ) from None
     try:
         view = await agent.mesh_register.remote(name)
