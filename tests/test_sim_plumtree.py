@@ -90,3 +90,12 @@ def test_apply_actions_refuses_a_crashed_node() -> None:
         sim.apply_actions(ids[5], actions)
     with pytest.raises(SimulationError):
         sim.apply_actions("nobody", [])
+
+
+def test_snapshot_branches_a_stacked_run() -> None:
+    sim, ids, _ = settled_overlay(50, seed=2)
+    copy = sim.snapshot()
+    first = broadcast(sim, ids[0])
+    second = broadcast(copy, ids[0])
+    assert first == second
+    assert first.delivered == 50

@@ -24,6 +24,7 @@ delivery hop. It measures one broadcast at a time, so the GOSSIP counted are thi
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -182,12 +183,12 @@ class BroadcastNode:
 
 
 def broadcast_node_factory(tree_config: PlumtreeConfig = SIM_TREE_CONFIG) -> NodeFactory:
-    """A ``node_factory`` for :class:`Simulation` that builds :class:`BroadcastNode` s."""
+    """A ``node_factory`` for :class:`Simulation` that builds :class:`BroadcastNode` s.
 
-    def factory(myself: Peer, config: HyParViewConfig, rng: random.Random) -> BroadcastNode:
-        return BroadcastNode(myself, config, rng, tree_config)
-
-    return factory
+    A ``functools.partial`` rather than a closure, so that :meth:`Simulation.snapshot` (which
+    pickles the simulation, factory included) works on stacked runs too.
+    """
+    return functools.partial(BroadcastNode, tree_config=tree_config)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
