@@ -222,7 +222,9 @@ def validate_endpoint(
     if host is None or not port_text.isdigit() or not port_text.isascii():
         raise StrategyError(key, endpoint, expected)
     port = int(port_text)
-    lowest = 1 if use in ("dial", "control") else 0
+    # Port 0 (any free port) makes sense wherever we listen: the bind, the control endpoint
+    # (the agent prints where it listens), and an advertised endpoint filled in after binding.
+    lowest = 1 if use == "dial" else 0
     if not lowest <= port <= 65535:
         raise StrategyError(key, endpoint, expected, hint=f"port {port} is out of range")
     if host in _WILDCARD_HOSTS:

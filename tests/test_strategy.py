@@ -398,7 +398,7 @@ INVALID: list[tuple[str, Any, str, str, str]] = [
     ("transport.heartbeat_timeout", 0.1, "transport.heartbeat_timeout", "more than", "plain"),
     ("transport.heartbeat_timeout", "1s", "transport.heartbeat_timeout", "seconds", "plain"),
     ("agent.control", "tcp://10.0.0.1:7199", "agent.control", "local endpoint", "plain"),
-    ("agent.control", "tcp://127.0.0.1:0", "agent.control", "local endpoint", "plain"),
+    ("agent.control", "tcp://127.0.0.1:70000", "agent.control", "local endpoint", "plain"),
     ("agent.metrics_port", 70000, "agent.metrics_port", "0-65535", "plain"),
     ("agent.metrics_port", "9464", "agent.metrics_port", "0-65535", "plain"),
     ("agent.log_level", "LOUD", "agent.log_level", "'DEBUG'", "plain"),
