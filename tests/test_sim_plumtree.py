@@ -41,6 +41,10 @@ def test_every_node_delivers_once_and_the_tree_beats_flooding(n: int) -> None:
         results.append(broadcast(sim, origin, b"m"))
     for result in results:
         assert result.duplicates == 0, "a node delivered twice"
+        assert len(result.delivery_times) == result.delivered
+        assert result.delivery_times[0] == 0.0  # the origin, at once
+        assert 0.0 < result.last_delivery < 1.0  # no repair needed: tens of ms per hop at most
+        assert result.reliability_by(result.last_delivery) == result.reliability
         assert result.delivered == n, f"{n - result.delivered} nodes missed {result.msg_id}"
     # The first broadcast floods the active views: its redundancy is a flood's.
     assert results[0].rmr > 2.0

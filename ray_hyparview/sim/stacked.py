@@ -20,13 +20,15 @@ does exactly that inside :class:`~ray_hyparview.sim.engine.Simulation`:
 
 :func:`broadcast` starts one broadcast from a live node, runs the clock for a while and returns
 the paper's figures for it (section 4.1): reliability (share of live nodes that delivered),
-relative message redundancy ``RMR = GOSSIP received / (delivered - 1) - 1`` and the last
-delivery hop. It measures one broadcast at a time, so the GOSSIP counted are this broadcast's
-(GRAFT answers included, as in the paper).
+relative message redundancy ``RMR = GOSSIP received / (delivered - 1) - 1``, the last delivery
+hop, and when each node delivered (simulated seconds, so reliability can be read at any instant
+of the run, e.g. before failure detection has done its part). It measures one broadcast at a
+time, so the GOSSIP counted are this broadcast's (GRAFT answers included, as in the paper).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import random
 from collections import Counter
@@ -78,6 +80,7 @@ class BroadcastNode:
         "_peers",
         "_tree_due",
         "delivered",
+        "delivered_at",
         "membership",
         "myself",
         "tree",
@@ -95,6 +98,8 @@ class BroadcastNode:
         self.tree = Plumtree(myself.id, tree_config, rng=rng)
         self.delivered: list[Deliver] = []
         """Every broadcast this node delivered, in order (the driver may clear it)."""
+        self.delivered_at: list[float] = []
+        """When each of :attr:`delivered` was delivered (cleared along with it)."""
         self._peers: dict[NodeId, Peer] = {}  # Peer objects for tree sends, built once per id
         self._membership_due = self.membership.next_deadline()
         self._tree_due = self.tree.next_deadline()
@@ -123,7 +128,7 @@ class BroadcastNode:
     def receive(self, sender: NodeId, message: object, *, now: float) -> list[hv.Action]:
         """Route one message to the core that speaks its type."""
         if type(message) in _TREE_MESSAGES:
-            return self._tree(self.tree.receive(sender, message, now=now))
+            return self._tree(self.tree.receive(sender, message, now=now), now)
         if not isinstance(message, hv.Message):
             raise SimulationError(f"{sender!r} sent an unknown message {message!r}")
         return self._lift(self.membership.receive(sender, message, now=now), now)
@@ -140,7 +145,7 @@ class BroadcastNode:
             out = self._lift(self.membership.on_timer(now=now), now)
         due = self._tree_due
         if due is not None and due <= now:
-            out += self._tree(self.tree.on_timer(now=now))
+            out += self._tree(self.tree.on_timer(now=now), now)
         return out
 
     def next_deadline(self) -> float | None:
@@ -160,7 +165,7 @@ class BroadcastNode:
     ) -> tuple[MsgId, list[hv.Action]]:
         """Start a broadcast here; hand the actions to :meth:`Simulation.apply_actions`."""
         msg_id, actions = self.tree.broadcast(payload, topic=topic, now=now)
-        return msg_id, self._tree(actions)
+        return msg_id, self._tree(actions, now)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -175,13 +180,13 @@ class BroadcastNode:
             kind = type(action)
             if kind is hv.PeerUp:
                 assert isinstance(action, hv.PeerUp)
-                out += self._tree(self.tree.neighbor_up(action.peer.id, now=now))
+                out += self._tree(self.tree.neighbor_up(action.peer.id, now=now), now)
             elif kind is hv.PeerDown:
                 assert isinstance(action, hv.PeerDown)
-                out += self._tree(self.tree.neighbor_down(action.peer.id, now=now))
+                out += self._tree(self.tree.neighbor_down(action.peer.id, now=now), now)
         return out
 
-    def _tree(self, actions: list[Action]) -> list[hv.Action]:
+    def _tree(self, actions: list[Action], now: float) -> list[hv.Action]:
         """Plumtree's sends as the simulator's; deliveries recorded.
 
         Called right after every call into the tree: its deadline is read here."""
@@ -198,6 +203,7 @@ class BroadcastNode:
                     out.append(hv.Send(peer, message))  # type: ignore[arg-type]
                 case Deliver():
                     self.delivered.append(action)
+                    self.delivered_at.append(now)
         return out
 
 
@@ -231,6 +237,20 @@ class BroadcastResult:
 
     last_hop: int
     """Largest hop count at which a node delivered it."""
+
+    delivery_times: tuple[float, ...]
+    """Seconds from the start to each live node's delivery, sorted (the origin's is 0)."""
+
+    def reliability_by(self, seconds: float) -> float:
+        """Share of live nodes that had delivered ``seconds`` after the start."""
+        if not self.alive:
+            return 0.0
+        return bisect.bisect_right(self.delivery_times, seconds) / self.alive
+
+    @property
+    def last_delivery(self) -> float:
+        """Seconds from the start to the last delivery."""
+        return self.delivery_times[-1] if self.delivery_times else 0.0
 
     @property
     def reliability(self) -> float:
@@ -269,17 +289,26 @@ def broadcast(
     the redundancy, and no other broadcast should be in flight.
     """
     before = _gossip_received(sim)
+    start = sim.now
     msg_id, actions = _node(sim, origin).broadcast(payload, now=sim.now)
     sim.apply_actions(origin, actions)
     sim.run_for(settle)
     delivered = duplicates = last_hop = 0
+    times: list[float] = []
     alive = sim.alive_ids
     for node_id in alive:
-        hops = [d.hops for d in _node(sim, node_id).delivered if d.msg_id == msg_id]
-        if hops:
+        node = _node(sim, node_id)
+        got = [
+            (at, d.hops)
+            for d, at in zip(node.delivered, node.delivered_at, strict=True)
+            if d.msg_id == msg_id
+        ]
+        if got:
             delivered += 1
-            duplicates += len(hops) - 1
-            last_hop = max(last_hop, min(hops))
+            duplicates += len(got) - 1
+            at, hops = min(got)
+            last_hop = max(last_hop, hops)
+            times.append(at - start)
     return BroadcastResult(
         msg_id=msg_id,
         alive=len(alive),
@@ -287,4 +316,5 @@ def broadcast(
         duplicates=duplicates,
         gossip=_gossip_received(sim) - before,
         last_hop=last_hop,
+        delivery_times=tuple(sorted(times)),
     )
