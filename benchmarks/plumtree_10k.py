@@ -58,6 +58,9 @@ class Row:
     rmr: float
     last_hop: int
     duplicates: int
+    last_delivery: float
+    by_1s: float
+    by_2s: float
     flood_reliability: float
     flood_rmr: float
     flood_last_hop: int
@@ -104,6 +107,9 @@ def measure(sim: Simulation, rng: random.Random, phase: str, index: int, settle:
         rmr=result.rmr,
         last_hop=result.last_hop,
         duplicates=result.duplicates,
+        last_delivery=round(result.last_delivery, 4),
+        by_1s=result.reliability_by(1.0),
+        by_2s=result.reliability_by(2.0),
         flood_reliability=flood.reached / len(adjacency),
         flood_rmr=flood.rmr,
         flood_last_hop=flood.last_hop,
@@ -139,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     live = sim.alive_ids
     sim.crash(rng.sample(live, len(live) // 2))
     for i in range(args.after_crash):
-        rows.append(measure(sim, rng, "crash", i, args.settle))
+        rows.append(measure(sim, rng, "crash", i, args.crash_settle))
     mark("after crash")
     sim.run_for(args.repair_cycles * CONFIG.shuffle_interval)
     for i in range(args.broadcasts_after_repair):
@@ -166,6 +172,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "crash_first_reliability": crash[0].reliability if crash else float("nan"),
         "crash_first_flood_reliability": crash[0].flood_reliability if crash else float("nan"),
         "crash_first_rmr": crash[0].rmr if crash else float("nan"),
+        "crash_first_by_1s": crash[0].by_1s if crash else float("nan"),
+        "crash_first_by_2s": crash[0].by_2s if crash else float("nan"),
+        "crash_first_last_delivery": crash[0].last_delivery if crash else float("nan"),
+        "settled_last_delivery": mean([r.last_delivery for r in settled]),
         "repaired_reliability": mean([r.reliability for r in repaired]),
         "repaired_min_reliability": min((r.reliability for r in repaired), default=float("nan")),
         "repaired_rmr": mean([r.rmr for r in repaired]),
@@ -177,6 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cycles": args.cycles,
         "repair_cycles": args.repair_cycles,
         "settle_seconds": args.settle,
+        "crash_settle_seconds": args.crash_settle,
         "tree_config": {
             "ihave_timeout": SIM_TREE_CONFIG.ihave_timeout,
             "graft_timeout": SIM_TREE_CONFIG.graft_timeout,
@@ -201,15 +212,16 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"Plumtree vs flooding over the same HyParView active views, {result['nodes']:,} nodes")
     print()
     print(
-        "| phase | # | alive | Plumtree reliability | RMR | last hop | flood reliability | RMR |"
-        " last hop |"
+        "| phase | # | alive | Plumtree reliability | RMR | last hop | last delivery |"
+        " flood reliability | RMR | last hop |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in result["rows"]:
         print(
             f"| {r['phase']} | {r['index']} | {r['alive']:,} | {100 * r['reliability']:.2f}% |"
-            f" {r['rmr']:.3f} | {r['last_hop']} | {100 * r['flood_reliability']:.2f}% |"
-            f" {r['flood_rmr']:.3f} | {r['flood_last_hop']} |"
+            f" {r['rmr']:.3f} | {r['last_hop']} | {1000 * r['last_delivery']:.0f} ms |"
+            f" {100 * r['flood_reliability']:.2f}% | {r['flood_rmr']:.3f} |"
+            f" {r['flood_last_hop']} |"
         )
     s = result["summary"]
     print()
@@ -217,10 +229,12 @@ def print_table(result: dict[str, Any]) -> None:
         f"{result['nodes']:,} nodes: RMR {s['first_rmr']:.2f} on the first broadcast"
         f" (flood {s['first_flood_rmr']:.2f}), {s['settled_rmr']:.3f} once the tree settles"
         f" (flood {s['settled_flood_rmr']:.2f}); last hop {s['settled_last_hop']:.1f}"
-        f" (flood {s['flood_last_hop']:.1f}); after 50% crash: first broadcast"
-        f" {100 * s['crash_first_reliability']:.2f}% (flood over the torn views"
-        f" {100 * s['crash_first_flood_reliability']:.2f}%), after repair"
-        f" {100 * s['repaired_reliability']:.2f}% at RMR {s['repaired_rmr']:.3f};"
+        f" (flood {s['flood_last_hop']:.1f}), last delivery"
+        f" {1000 * s['settled_last_delivery']:.0f} ms; after 50% crash: first broadcast"
+        f" {100 * s['crash_first_by_1s']:.2f}% by 1 s, {100 * s['crash_first_by_2s']:.2f}% by 2 s,"
+        f" {100 * s['crash_first_reliability']:.2f}% by {result['crash_settle_seconds']:g} s"
+        f" (flood over the torn views {100 * s['crash_first_flood_reliability']:.2f}%),"
+        f" after repair {100 * s['repaired_reliability']:.2f}% at RMR {s['repaired_rmr']:.3f};"
         f" {s['duplicates']} duplicate deliveries; wall {result['wall_seconds']:.0f} s,"
         f" CPU {result['cpu_seconds']:.0f} s, peak RSS {result['peak_rss_mb']:.0f} MiB"
     )
@@ -243,6 +257,12 @@ def main() -> int:
     parser.add_argument("--repair-cycles", type=int, default=2)
     parser.add_argument("--broadcasts-after-repair", type=int, default=4)
     parser.add_argument("--settle", type=float, default=2.0, help="seconds run per broadcast")
+    parser.add_argument(
+        "--crash-settle",
+        type=float,
+        default=5.0,
+        help="seconds run per broadcast right after the crash (failure detection takes 2 s)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     if args.quick:
