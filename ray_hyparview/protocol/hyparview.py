@@ -552,7 +552,7 @@ class HyParView:
         # now and then: in a small cluster an eviction can cut off a pair of nodes whose LOW
         # requests every full node refuses forever (the paper's overlays are large enough for
         # this to be negligible; a Ray cluster of six nodes is not). The escalation period
-        # doubles up to _STARVE_MAX periods, so a large overlay barely notices it.
+        # doubles up to _STARVE_MAX periods.
         if not self._repairing and self._missing() > 0 and not self._passive:
             # Nobody to ask but the contacts: a node whose JOIN was lost can end up in a small
             # island with later joiners, every passive view empty, each at min_active_size or
@@ -563,7 +563,12 @@ class HyParView:
                 self._ask(out, contact, _Ask.JOIN, Priority.HIGH, now)
         elif not self._repairing and self._missing() > 0:
             self._tried.clear()
-            escalate = self._starved >= self._starve_limit
+            # Only a node hanging by one link (or below the minimum) escalates: in a large
+            # overlay many nodes sit one short of full, and letting them all steal slots
+            # kept about 2% of the links changing every period for nothing.
+            escalate = self._starved >= self._starve_limit and len(self._active) <= max(
+                1, self.config.min_active_size
+            )
             if escalate:
                 self.counters["repair.escalated"] += 1
                 self._starved = 0
