@@ -211,3 +211,11 @@ def test_ray_latency_quick(tmp_path: Path) -> None:
         for method in ("send", "request", "ray"):
             assert table[method]["samples"] == result["samples"]
             assert 0 < table[method]["median_ms"] <= table[method]["p99_ms"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
+def test_plumtree_benchmark_quick(tmp_path: Path) -> None:
+    out = run("benchmarks/plumtree_10k.py", "--quick", "--json", "out.json", cwd=tmp_path)
+    assert (tmp_path / "out.json").exists()
+    assert "summary" in out.lower()

@@ -16,8 +16,16 @@ from ray_hyparview.sim.engine import (
     UniformLatency,
 )
 from ray_hyparview.sim.scenario import Experiment, run_experiment, run_sweep
+from ray_hyparview.sim.stacked import (
+    BroadcastNode,
+    BroadcastResult,
+    broadcast,
+    broadcast_node_factory,
+)
 
 __all__ = [
+    "BroadcastNode",
+    "BroadcastResult",
     "Experiment",
     "LatencyModel",
     "LogNormalLatency",
@@ -27,6 +35,8 @@ __all__ = [
     "Simulation",
     "SimulationError",
     "UniformLatency",
+    "broadcast",
+    "broadcast_node_factory",
     "run_experiment",
     "run_sweep",
 ]

@@ -139,11 +139,12 @@ class Measurement:
 
 
 def default_join_interval(nodes: int, config: HyParViewConfig) -> float:
-    """2 ms between joins, and the whole join phase at most 2 shuffle periods: the experiment
-    is "sequential joins, then 10 cycles", so shuffling during the joins is cost, not part of
-    it. Walks of consecutive joins overlap (6 hops at 1-5 ms each); the overlay comes out
-    connected and symmetric all the same (checked at 10,000 and 20,000 nodes)."""
-    return min(0.002, 2 * config.shuffle_interval / nodes)
+    """10 ms between joins (a FORWARD_JOIN walk of 6 hops at a few ms per hop), but the whole
+    join phase at most 10 shuffle periods, so that 100,000 nodes do not spend 100 periods
+    shuffling while they join. Joining faster (2 ms, two periods) costs a fifth less but
+    leaves passive views less mixed: at 95% failures 94.4% of the survivors end up in one
+    component instead of 97.2% (10,000 nodes, seed 0)."""
+    return min(0.01, 10 * config.shuffle_interval / nodes)
 
 
 def node_ids(n: int) -> list[NodeId]:
