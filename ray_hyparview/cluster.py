@@ -240,6 +240,7 @@ class _Service:
                 if delta > 0:
                     counters[name].inc(delta, tags=tags)
                 last[name] = value
+            self.agent.counters["metrics.exported"] += 1
             await asyncio.sleep(_METRICS_INTERVAL)
 
     def views(self) -> dict[str, Any]:

@@ -129,6 +129,8 @@ def test_one_agent_per_node_and_views_agree_with_topology(
     assert set(again.views()) == set(views)
     stats = four.stats()
     assert all(s["gauges"]["active_view_size"] >= 1 for s in stats.values())
+    # Every agent has pushed its counters and gauges through ray.util.metrics at least once.
+    assert all(s["counters"].get("agent.metrics.exported", 0) >= 1 for s in stats.values())
     picture = four.draw(str(tmp_path / "overlay.png"))
     with open(picture, "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
