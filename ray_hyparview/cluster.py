@@ -496,17 +496,28 @@ class HyParViewCluster:
 
     def wait_converged(self, *, limit: float = 60.0, min_active: int = 1) -> dict[NodeId, Any]:
         """Block until every alive node has an agent with ``min_active`` links, views are
-        symmetric and the overlay is connected; return the views."""
+        symmetric, the overlay is connected and every agent has a route to every other; return
+        the views."""
         deadline = time.monotonic() + limit
         while True:
             self.reconcile()
             views = self.views()
             alive = set(_alive_nodes())
-            if set(views) >= alive and _converged(views, alive, min_active):
+            if set(views) >= alive and _converged(views, alive, min_active) and self._routed(alive):
                 return views
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the overlay did not converge in {limit} s: {views}")
             time.sleep(0.2)
+
+    def _routed(self, alive: set[NodeId]) -> bool:
+        """Every agent has a route to every other alive node: messages can flow."""
+        for node_id, stats in self._gather("mesh_stats").items():
+            if node_id not in alive:
+                continue
+            routes = stats.get("routes")
+            if not isinstance(routes, dict) or not set(routes) >= alive - {node_id}:
+                return False
+        return True
 
     def draw(self, path: str) -> str:
         """Write a PNG of the overlay: nodes on a circle, active links, dead nodes marked."""
