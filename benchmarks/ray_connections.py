@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import time
@@ -56,12 +55,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
-from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_hyparview import cluster as plugin
 from ray_hyparview import mesh
-from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.local import connect, demo_config, embedded_cluster, stop
 
 Address = tuple[str, int]
 
@@ -364,25 +362,13 @@ def main() -> int:
         print(f"[{time.monotonic() - started:5.1f}s] {text}", flush=True)
 
     say(f"starting an embedded Ray cluster of {args.nodes} nodes ...")
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
+    cluster = embedded_cluster()
     actors: list[Any] = []
     hv = None
     try:
-        for _ in range(args.nodes - 1):
-            cluster.add_node(num_cpus=1)
-        ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
-        cluster.wait_for_nodes()
+        connect(cluster, args.nodes)
         head = ray.get_runtime_context().get_node_id()
-        config = HyParViewConfig(
-            active_view_size=args.active,
-            passive_view_size=8,
-            min_active_size=1,
-            shuffle_interval=2.0,
-            keepalive_interval=0.25,
-            keepalive_timeout=1.5,
-        )
+        config = demo_config(args.active)
         hv = plugin.start(config, bind_host="127.0.0.1")
         views = hv.wait_converged(limit=120)
         nodes = sorted(views)
@@ -574,10 +560,7 @@ def main() -> int:
     finally:
         for actor in actors:
             ray.kill(actor)
-        if hv is not None:
-            hv.stop()
-        ray.shutdown()
-        cluster.shutdown()  # type: ignore[no-untyped-call]
+        stop(cluster, hv)
 
 
 if __name__ == "__main__":

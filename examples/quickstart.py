@@ -12,18 +12,16 @@ Options: --nodes N (default 5), --actors N (default 10), --picture PATH.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from typing import Any
 
 import ray
-from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_hyparview import cluster as plugin
 from ray_hyparview import mesh
-from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.local import connect, demo_config, embedded_cluster, stop
 
 
 class _Worker:
@@ -90,26 +88,14 @@ def main() -> int:
         print(f"[{time.monotonic() - started:5.1f}s] {text}", flush=True)
 
     say(f"starting an embedded Ray cluster of {args.nodes} nodes (about 30 s on 2 cores) ...")
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
+    cluster = embedded_cluster()
     workers: list[Any] = []
     hv = None
     try:
-        for _ in range(args.nodes - 1):
-            cluster.add_node(num_cpus=1)
-        ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
-        cluster.wait_for_nodes()
+        connect(cluster, args.nodes)
 
         # Two links per node: small on purpose, so that some messages must be routed.
-        config = HyParViewConfig(
-            active_view_size=2,
-            passive_view_size=8,
-            min_active_size=1,
-            shuffle_interval=2.0,
-            keepalive_interval=0.25,
-            keepalive_timeout=1.5,
-        )
+        config = demo_config(2)
         hv = plugin.start(config, bind_host="127.0.0.1")
         views = hv.wait_converged(limit=90)
         say(f"one agent per node, overlay connected and symmetric; {len(hv.topology())} links")
@@ -208,10 +194,7 @@ def main() -> int:
     finally:
         for worker in workers:
             ray.kill(worker)
-        if hv is not None:
-            hv.stop()
-        ray.shutdown()
-        cluster.shutdown()  # type: ignore[no-untyped-call]
+        stop(cluster, hv)
 
 
 if __name__ == "__main__":
