@@ -344,6 +344,7 @@ class Agent:
             "gauges": {
                 "active_view_size": len(core.active_view),
                 "passive_view_size": len(core.passive_view),
+                "reserve_size": len(core.reserve_ids),
                 "links": len(self.transport.linked()),
             },
             "counters": {

@@ -28,6 +28,8 @@ def test_defaults_are_the_papers() -> None:
     [
         ({"active_view_size": 0}, "active_view_size"),
         ({"passive_view_size": -1}, "passive_view_size"),
+        ({"reserve_size": -1}, "reserve_size"),
+        ({"reserve_size": 1.5}, "reserve_size"),
         ({"arwl": 2, "prwl": 3}, "prwl"),
         ({"shuffle_ttl": 0}, "shuffle_ttl"),
         ({"shuffle_interval": 0.0}, "shuffle_interval"),

@@ -382,6 +382,66 @@ def test_shuffle_merge_evicts_the_ids_just_sent_first() -> None:
     assert evicted <= set(sent_passive)
 
 
+def test_passive_evictions_go_to_a_bounded_reserve() -> None:
+    cfg = HyParViewConfig(passive_view_size=2, reserve_size=2, keepalive_interval=None)
+    a = node(A, cfg)
+    many = [peer(f"p{i}") for i in range(6)]
+    for p in many:
+        a.learn([p], now=0.0)
+    assert len(a.passive_ids) == 2
+    assert len(a.reserve_ids) == 2
+    assert not set(a.reserve_ids) & set(a.passive_ids)
+    assert set(a.reserve_ids) | set(a.passive_ids) <= {p.id for p in many}
+    # Learning an id again moves it out of the reserve: the views stay disjoint.
+    back = next(iter(a.reserve_ids))
+    a.learn([peer(back)], now=0.0)
+    assert back in a.passive_ids
+    assert back not in a.reserve_ids
+
+
+def test_cut_off_node_recalls_its_reserve_when_the_passive_view_runs_dry() -> None:
+    cfg = HyParViewConfig(
+        passive_view_size=1, reserve_size=3, min_active_size=1, keepalive_interval=None
+    )
+    a, b = node(A, cfg), node(B, cfg)
+    link(a, b)
+    for name in ("r1", "r2", "r3", "p"):
+        a.learn([peer(name)], now=0.0)
+    assert list(a.passive_ids) == ["p"]
+    assert set(a.reserve_ids) == {"r1", "r2", "r3"}
+    [ask] = sends(a.link_failed("b", now=1.0))
+    assert ask.to.id == "p"
+    # The only passive peer is dead too: the reserve comes back, newest first.
+    [again] = sends(a.link_failed("p", now=1.1))
+    assert again.to.id == "r3"
+    assert again.message == Neighbor(sender=A, incarnation=0, priority=Priority.HIGH)
+    assert a.counters["reserve.recalled"] == 1
+    assert not a.reserve_ids or a.passive_ids
+
+
+def test_healthy_node_never_touches_its_reserve_and_zero_turns_it_off() -> None:
+    cfg = HyParViewConfig(passive_view_size=1, reserve_size=3, keepalive_interval=None)
+    a, b, c = node(A, cfg), node(B, cfg), node(C, cfg)
+    link(a, b)
+    link(a, c)
+    for name in ("r1", "r2", "p"):
+        a.learn([peer(name)], now=0.0)
+    a.link_failed("b", now=1.0)  # one link left, at min_active_size 2: below, but...
+    a.link_failed("p", now=1.1)  # ... only once the passive view is empty is the reserve used
+    assert a.counters["reserve.recalled"] >= 1
+    off = node(A, HyParViewConfig(passive_view_size=1, reserve_size=0, keepalive_interval=None))
+    for name in ("r1", "r2", "p"):
+        off.learn([peer(name)], now=0.0)
+    assert not off.reserve_ids
+    full = node(A, HyParViewConfig(passive_view_size=1, reserve_size=3, min_active_size=1))
+    link(full, node(B, HyParViewConfig(min_active_size=1)))
+    for name in ("r1", "r2", "p"):
+        full.learn([peer(name)], now=0.0)
+    full.link_failed("p", now=1.0)  # a passive peer fails while a link stands: no recall
+    assert full.counters["reserve.recalled"] == 0
+    assert set(full.reserve_ids) == {"r1", "r2"}
+
+
 def test_passive_view_never_holds_self_or_active_peers() -> None:
     a, b = node(A), node(B)
     link(a, b)

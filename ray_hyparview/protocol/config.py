@@ -27,6 +27,12 @@ class HyParViewConfig:
     passive_view_size: int = 30
     """Most peers held in the passive view (known, not linked), the reserve for repair."""
 
+    reserve_size: int = 30
+    """Most ids kept in the *reserve*: ids recently evicted from the passive view, recalled
+    into it only when the node is cut off (below ``min_active_size`` with no passive peer left
+    to try). Never shuffled, never used while the node is healthy; 0 turns it off (the paper
+    has no reserve)."""
+
     arwl: int = 6
     """Active random walk length: the TTL a FORWARD_JOIN starts with."""
 
@@ -87,6 +93,7 @@ class HyParViewConfig:
         ints = (
             "active_view_size",
             "passive_view_size",
+            "reserve_size",
             "arwl",
             "prwl",
             "shuffle_active",
@@ -101,7 +108,13 @@ class HyParViewConfig:
         for name in ("active_view_size", "passive_view_size", "arwl", "shuffle_ttl"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        for name in ("prwl", "shuffle_active", "shuffle_passive", "min_active_size"):
+        for name in (
+            "prwl",
+            "shuffle_active",
+            "shuffle_passive",
+            "min_active_size",
+            "reserve_size",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)!r}")
         if self.prwl > self.arwl:
