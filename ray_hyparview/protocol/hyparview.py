@@ -46,7 +46,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, KeysView, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import StateError
@@ -70,6 +70,8 @@ from ray_hyparview.protocol.messages import (
 from ray_hyparview.protocol.peer import NodeId, Peer
 
 __all__ = ["HyParView"]
+
+_T = TypeVar("_T")
 
 # Counter keys, made once: building them per message showed up in profiles at 10,000 nodes.
 _TYPES = (Join, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle, ShuffleReply, KeepAlive)
@@ -124,12 +126,14 @@ class HyParView:
         self.incarnation = incarnation
         self.counters: Counter[str] = Counter()
         self._rng = rng
+        self._rand = rng.random
         # Insertion-ordered dicts, never sets: sampling order must not depend on hashing.
         self._active: dict[NodeId, Peer] = {}
         self._active_cache: tuple[Peer, ...] | None = None
         self._active_incarnation: dict[NodeId, int] = {}
         self._last_heard: dict[NodeId, float] = {}
         self._last_sent: dict[NodeId, float] = {}
+        self._keepalives = self.config.keepalive_interval is not None
         self._passive: dict[NodeId, Peer] = {}
         self._reserve: dict[NodeId, Peer] = {}
         self._pending: dict[NodeId, _Pending] = {}
@@ -333,13 +337,16 @@ class HyParView:
         """When :meth:`on_timer` must run next, or ``None`` when nothing is scheduled."""
         if self._left:
             return None
-        best: float | None = None
-        for t in (self._next_shuffle, self._next_keepalive, self._next_rejoin, self._next_probe):
+        # Called after every input by both drivers: the common case (a shuffle timer, nothing
+        # else) is kept to a few comparisons.
+        best = self._next_shuffle
+        for t in (self._next_keepalive, self._next_rejoin, self._next_probe):
             if t is not None and (best is None or t < best):
                 best = t
-        for pend in self._pending.values():
-            if best is None or pend.deadline < best:
-                best = pend.deadline
+        if self._pending:
+            for pend in self._pending.values():
+                if best is None or pend.deadline < best:
+                    best = pend.deadline
         return best
 
     def leave(self, *, now: float) -> list[Action]:
@@ -399,7 +406,7 @@ class HyParView:
         if not candidates:
             self._link_newcomer(out, new, now)
             return
-        nxt = self._rng.choice(candidates)
+        nxt = _pick(self._rand, candidates)
         walk = ForwardJoin(
             sender=self.myself, incarnation=self.incarnation, new_peer=new, ttl=msg.ttl - 1
         )
@@ -494,9 +501,10 @@ class HyParView:
             # A uniform pick among the active peers other than the sender, without building a
             # list per hop (this is the most frequent message of all).
             active = self._active_tuple()
-            nxt = self._rng.choice(active)
+            rand = self._rand
+            nxt = _pick(rand, active)
             while nxt.id == msg.sender.id:
-                nxt = self._rng.choice(active)
+                nxt = _pick(rand, active)
             walk = Shuffle(
                 sender=self.myself,
                 incarnation=self.incarnation,
@@ -508,8 +516,8 @@ class HyParView:
             return
         if msg.origin.id == self.myself.id:
             return
-        passive = list(self._passive.values())
-        answer = tuple(self._rng.sample(passive, min(len(msg.peers), len(passive))))
+        passive = self._passive
+        answer = tuple(_sample(self._rand, passive.values(), min(len(msg.peers), len(passive))))
         reply = ShuffleReply(sender=self.myself, incarnation=self.incarnation, peers=answer)
         self._send(out, msg.origin, reply, now)
         self._merge_passive(msg.peers, answer)
@@ -541,10 +549,10 @@ class HyParView:
         if self._active:
             cfg = self.config
             active = self._active_tuple()
-            passive = list(self._passive.values())
+            passive = self._passive
             sample = (
-                *self._rng.sample(active, min(cfg.shuffle_active, len(active))),
-                *self._rng.sample(passive, min(cfg.shuffle_passive, len(passive))),
+                *_sample(self._rand, active, min(cfg.shuffle_active, len(active))),
+                *_sample(self._rand, passive.values(), min(cfg.shuffle_passive, len(passive))),
             )
             self._last_shuffle = sample
             walk = Shuffle(
@@ -554,7 +562,7 @@ class HyParView:
                 peers=(self.myself, *sample),
                 ttl=cfg.shuffle_ttl,
             )
-            self._send(out, self._rng.choice(active), walk, now)
+            self._send(out, _pick(self._rand, active), walk, now)
         # DEPARTURE: the paper refills only on a loss. A node left short after a loss round
         # (every candidate refused) retries one passive peer per shuffle period, so that views
         # fill up again as the overlay changes. If it keeps being refused it escalates to HIGH
@@ -608,7 +616,7 @@ class HyParView:
             self._probe_delay = self.config.probe_interval_min
             return
         self.counters["probe"] += 1
-        self._ask(out, self._rng.choice(candidates), _Ask.PROBE, Priority.HIGH, now)
+        self._ask(out, _pick(self._rand, candidates), _Ask.PROBE, Priority.HIGH, now)
         self._next_probe = now + self._probe_delay * self._rng.uniform(0.5, 1.0)
         self._probe_delay = min(self._probe_delay * 2, self.config.probe_interval_max)
 
@@ -654,9 +662,9 @@ class HyParView:
             if not candidates and self._reserve and len(self._active) < self.config.min_active_size:
                 candidates = self._recall()
             if missing == 1 and candidates:
-                picks = [self._rng.choice(candidates)]
+                picks = [_pick(self._rand, candidates)]
             else:
-                picks = self._rng.sample(candidates, min(missing, len(candidates)))
+                picks = _sample(self._rand, candidates, min(missing, len(candidates)))
             for peer in picks:
                 self._tried[peer.id] = None
                 priority = Priority.LOW if self._active and not escalate else Priority.HIGH
@@ -726,7 +734,7 @@ class HyParView:
 
     def _send(self, out: list[Action], to: Peer, message: Message, now: float) -> None:
         self.counters[_SENT[type(message)]] += 1
-        if to.id in self._last_sent:
+        if self._keepalives and to.id in self._last_sent:
             self._last_sent[to.id] = now
         out.append(Send(to, message))
 
@@ -770,7 +778,7 @@ class HyParView:
         self._passive.pop(peer.id, None)
         self._lost.pop(peer.id, None)
         if len(self._active) >= self.config.active_view_size:
-            victim = self._rng.choice(self._active_tuple())
+            victim = _pick(self._rand, self._active_tuple())
             self._send(out, victim, self._disconnect(), now)
             self._remove_active(out, victim.id, DownReason.EVICTED)
             self._merge_passive((victim,), ())
@@ -815,37 +823,69 @@ class HyParView:
 
     def _merge_passive(self, peers: Sequence[Peer], evict_first: Sequence[Peer]) -> None:
         """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the
-        ids we just sent away, then random ones."""
-        size = self.config.passive_view_size
-        reserve_size = self.config.reserve_size
+        ids we just sent away, then random ones (never one of the ids being added). Evicted
+        ids go to the reserve. Called for every shuffle answer: kept tight."""
         passive, active, lost = self._passive, self._active, self._lost
         me = self.myself.id
-        preferred: list[NodeId] | None = None
-        for peer in peers:
-            pid = peer.id
-            if pid == me or pid in active or pid in passive or pid in lost:
-                continue
-            while len(passive) >= size:
-                if preferred is None:
-                    preferred = [p.id for p in evict_first]
-                victim: NodeId | None = None
-                while preferred:
-                    candidate = preferred.pop()
-                    if candidate in passive:
-                        victim = candidate
+        fresh = {
+            p.id: p
+            for p in peers
+            if p.id != me and p.id not in active and p.id not in passive and p.id not in lost
+        }
+        if not fresh:
+            return
+        size = self.config.passive_view_size
+        if len(fresh) > size:
+            fresh = dict(list(fresh.items())[:size])
+        excess = len(passive) + len(fresh) - size
+        if excess > 0:
+            victims: list[NodeId] = []
+            for sent in reversed(evict_first):
+                sid = sent.id
+                if sid in passive and sid not in victims:
+                    victims.append(sid)
+                    if len(victims) == excess:
                         break
-                if victim is None:
-                    victim = self._rng.choice(list(passive))
-                if reserve_size:
-                    reserve = self._reserve
-                    reserve[victim] = passive.pop(victim)
-                    if len(reserve) > reserve_size:
-                        del reserve[next(iter(reserve))]
+            need = excess - len(victims)
+            if need > 0:
+                keys = [pid for pid in passive if pid not in victims] if victims else list(passive)
+                if need == 1:
+                    victims.append(_pick(self._rand, keys))
                 else:
-                    del passive[victim]
-            if pid in self._reserve:
-                del self._reserve[pid]
-            passive[pid] = peer
+                    victims += _sample(self._rand, keys, need)
+            reserve_size = self.config.reserve_size
+            if reserve_size:
+                reserve = self._reserve
+                for pid in victims:
+                    reserve[pid] = passive.pop(pid)
+                while len(reserve) > reserve_size:
+                    del reserve[next(iter(reserve))]
+            else:
+                for pid in victims:
+                    del passive[pid]
+        if self._reserve:
+            reserve = self._reserve
+            for pid in fresh:
+                reserve.pop(pid, None)
+        passive.update(fresh)
+
+
+def _pick(rand: Callable[[], float], items: Sequence[_T]) -> _T:
+    """A uniform pick from a non-empty sequence. ``random.choice`` draws through a Python-level
+    rejection loop; one C call to ``random()`` is several times cheaper, and the bias of
+    ``int(random() * n)`` for a view of a few dozen entries is below 2**-47."""
+    return items[int(rand() * len(items))]
+
+
+def _sample(rand: Callable[[], float], items: Iterable[_T], k: int) -> list[_T]:
+    """``k`` distinct picks from ``items`` (``k <= len(items)``), uniformly: a partial
+    Fisher-Yates shuffle of a copy, cheaper than ``random.sample`` for the small ``k`` here."""
+    pool = list(items)
+    n = len(pool)
+    for i in range(k):
+        j = i + int(rand() * (n - i))
+        pool[i], pool[j] = pool[j], pool[i]
+    return pool[:k]
 
 
 # Dispatch by message type (a dict look-up instead of a chain of isinstance checks: receive is

@@ -451,7 +451,8 @@ class Simulation:
                         continue
                     delivered += 1
                     assert message is not None
-                    actions = nodes[a].receive(b, message, now=now)
+                    node = nodes[a]
+                    actions = node.receive(b, message, now=now)
                     if detection is not None and b not in alive:
                         # A message from a node that has crashed since: heartbeats on any link
                         # it opened stop, so the receiver finds out after the detection delay.
@@ -463,13 +464,15 @@ class Simulation:
                     del armed[a]
                     timers += 1
                     fired = True
-                    actions = nodes[a].on_timer(now=now)
+                    node = nodes[a]
+                    actions = node.on_timer(now=now)
                 else:
                     pending_failures.discard((a, b))
                     if a not in alive:
                         continue
                     failures += 1
-                    actions = nodes[a].link_failed(b, now=now)
+                    node = nodes[a]
+                    actions = node.link_failed(b, now=now)
                 for action in actions:
                     if type(action) is not Send:
                         continue
@@ -496,7 +499,7 @@ class Simulation:
                         due = last
                     fifo[key] = due
                     push(heap, (due, next(seq), _DELIVER, target, a, action.message))
-                deadline = nodes[a].next_deadline()
+                deadline = node.next_deadline()
                 if deadline is None:
                     armed.pop(a, None)
                     continue
