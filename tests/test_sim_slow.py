@@ -54,15 +54,16 @@ def test_reliability_after_simultaneous_crash(sweep: dict[str, Any]) -> None:
             assert level["healing_cycles"] is not None, level
             assert level["healing_cycles"] <= 4, level
             assert level["reliability"] == 1.0, level
-    # At 90% and 95% a few survivors stay cut off for good (every peer they knew died), and a
-    # broadcast from one of them reaches nobody: the mean over 10 random senders then swings by
-    # 10% with the draw. The share of survivors in the largest component is what a broadcast
-    # from any other sender reaches; the table in the README reports both.
+    # At 90% and 95% the overlay heals to (nearly) one component: with the reserve, every
+    # survivor still knows a live id or is known by one. A survivor whose live acquaintances all
+    # filled up before trying it can stay cut off, and a broadcast from it reaches nobody: the
+    # mean over 10 random senders then drops by a tenth with the draw. So the share of survivors
+    # in the largest component is checked against the target, and the mean reliability too for
+    # this seed (measured: 1.0 at 90%, 0.994 at 95%).
     assert levels[0.9]["connected_fraction"] >= 0.99, levels[0.9]
-    # The target is 0.95; the last measured sweep (seed 0) reached 0.948, earlier runs 0.966
-    # and 0.972. The survivors cut off for good are the nodes whose every known peer died:
-    # see the issue note. This bound guards against a regression, not the target.
-    assert levels[0.95]["connected_fraction"] >= 0.94, levels[0.95]
+    assert levels[0.9]["reliability"] >= 0.99, levels[0.9]
+    assert levels[0.95]["connected_fraction"] >= 0.98, levels[0.95]
+    assert levels[0.95]["reliability"] >= 0.95, levels[0.95]
 
 
 @pytest.fixture(scope="module")

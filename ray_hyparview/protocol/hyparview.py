@@ -271,7 +271,8 @@ class HyParView:
         known = self._active_incarnation.get(source_id)
         if known is not None:
             if incarnation == known:
-                self._last_heard[source_id] = now
+                if self._keepalives:
+                    self._last_heard[source_id] = now
             elif incarnation < known:
                 return self._drop("stale_incarnation")
             else:
@@ -494,17 +495,20 @@ class HyParView:
     def _on_shuffle(self, out: list[Action], msg: Shuffle, now: float) -> None:
         # Paper 4.4: the walk goes on while ttl > 0 and the receiver has another active peer;
         # where it stops, the receiver answers the origin with as many passive ids and merges.
-        if self._one_sided(out, msg.sender, now):
+        sender_id = msg.sender.id
+        if sender_id not in self._active:
+            self._one_sided(out, msg.sender, now)
             return
         ttl = msg.ttl - 1
         if ttl > 0 and len(self._active) > 1:
             # A uniform pick among the active peers other than the sender, without building a
-            # list per hop (this is the most frequent message of all).
+            # list per hop (this is the most frequent message of all, so _pick is inlined).
             active = self._active_tuple()
             rand = self._rand
-            nxt = _pick(rand, active)
-            while nxt.id == msg.sender.id:
-                nxt = _pick(rand, active)
+            n = len(active)
+            nxt = active[int(rand() * n)]
+            while nxt.id == sender_id:
+                nxt = active[int(rand() * n)]
             walk = Shuffle(
                 sender=self.myself,
                 incarnation=self.incarnation,
