@@ -625,3 +625,18 @@ def test_progress_bar_draws_only_on_a_terminal() -> None:
     quiet("join", 1, 2)
     quiet.close()
     assert pipe.getvalue() == ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux carries ru_maxrss over")
+def test_peak_memory_of_a_child_run_is_its_own_not_its_parents() -> None:
+    # Linux keeps ru_maxrss across fork and exec, so a run started by a process that had
+    # already grown (a test that built a large overlay) used to report the parent's peak.
+    ballast = bytearray(256 * 1024 * 1024)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    code = "from ray_hyparview.sim.scenario import peak_rss_mb; print(peak_rss_mb())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert float(done.stdout) < 200, done.stdout
+    assert len(ballast) == 256 * 1024 * 1024
