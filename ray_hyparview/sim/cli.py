@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="simulated time between joins (default: 10 ms, at most 10 cycles in all)",
+        help="simulated time between joins (default: 3 ms, at most 10 cycles in all)",
     )
     proto = parser.add_argument_group("protocol (paper defaults)")
     defaults = HyParViewConfig()
