@@ -173,6 +173,23 @@ def test_low_priority_neighbor_is_accepted_into_a_free_slot() -> None:
     assert actions == [PeerUp(A), Send(A, NeighborReply(sender=B, incarnation=0, accepted=True))]
 
 
+def test_a_slot_promised_to_our_own_request_is_not_free_for_a_low_one() -> None:
+    cfg = HyParViewConfig(active_view_size=2, min_active_size=1, keepalive_interval=None)
+    a, b, c = node(A, cfg), node(B, cfg), node(C, cfg)
+    link(a, b)
+    link(a, c)
+    a.learn([D], now=0.0)
+    [ask] = sends(a.link_failed("c", now=1.0))  # one slot free, and a LOW request out for it
+    assert ask.to == D
+    assert ask.message == Neighbor(sender=A, incarnation=0, priority=Priority.LOW)
+    refused = a.receive("e", Neighbor(sender=E, incarnation=0, priority=Priority.LOW), now=1.1)
+    assert refused == [Send(E, NeighborReply(sender=A, incarnation=0, accepted=False))]
+    # The peer we are asking asks us too: that is the same link, and it takes the slot.
+    crossed = a.receive("d", Neighbor(sender=D, incarnation=0, priority=Priority.LOW), now=1.2)
+    assert crossed[0] == PeerUp(D)
+    assert set(a.active_ids) == {"b", "d"}
+
+
 def test_high_priority_neighbor_is_always_accepted_evicting_with_disconnect() -> None:
     b = full_node(B)
     actions = b.receive("a", Neighbor(sender=A, incarnation=0, priority=Priority.HIGH), now=0.0)

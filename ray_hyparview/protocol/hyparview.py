@@ -426,7 +426,16 @@ class HyParView:
         if asker.id in self._active:
             self._reply(out, asker, True, now)
             return
-        if msg.priority is Priority.HIGH or len(self._active) < self.config.active_view_size:
+        # DEPARTURE: a slot promised to one of our own outstanding requests is not free. Without
+        # this, three short nodes asking each other in a ring (A asks B, B asks C, C asks A)
+        # each accept the request they receive, find themselves full when their own request is
+        # accepted, refuse that link with DISCONNECT, and the freed slots start the same ring
+        # again, forever on a network without jitter (the property test found it). A request
+        # from the very peer we are asking fills that slot, so it is accepted.
+        free = len(self._active) < self.config.active_view_size and (
+            self._missing() > 0 or asker.id in self._pending
+        )
+        if msg.priority is Priority.HIGH or free:
             self._pending.pop(asker.id, None)
             self._add_active(out, asker, msg.incarnation, now)
             self._reply(out, asker, True, now)
