@@ -4,6 +4,7 @@
     python benchmarks/sim_10k.py --big 100000       # also one 100,000-node run
     python benchmarks/sim_10k.py --nodes 2000       # a quicker look
     python benchmarks/sim_10k.py --quick            # smoke run, 1,000 nodes
+    python benchmarks/sim_10k.py --no-sweep --compiled  # timed run, pure and mypyc-compiled core
 
 Prints: the sweep table (reliability after a simultaneous crash of 10% .. 95%, by cycle, next
 to a random 5-regular graph with no repair), the overlay's figures before the crash next to the
@@ -23,14 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from ray_hyparview.sim.cli import sweep_table
-from ray_hyparview.sim.scenario import Experiment, run_sweep
+from ray_hyparview.sim.scenario import TIMING_KEYS, Experiment, run_sweep
 
 
-def timed_run(nodes: int, seed: int) -> dict[str, Any]:
+def timed_run(nodes: int, seed: int, *, compiled: bool = False) -> dict[str, Any]:
     """One whole run of the CLI in a child process; returns its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         argv = ["--nodes", str(nodes), "--seed", str(seed), "--fail", "0.5"]
+        if compiled:
+            argv.append("--compiled")
         subprocess.run(
             [sys.executable, "-m", "ray_hyparview.sim", *argv, "--json", str(out), "--no-plot"],
             check=True,
@@ -42,8 +45,10 @@ def timed_run(nodes: int, seed: int) -> dict[str, Any]:
 
 def print_run(result: dict[str, Any]) -> None:
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in result["phase_seconds"].items())
+    core = "compiled core" if result.get("compiled") else "interpreted core"
     print(
-        f"{result['nodes']:,} nodes, 50% crash: wall {result['wall_seconds']:.1f} s ({phases}),"
+        f"{result['nodes']:,} nodes, 50% crash, {core}:"
+        f" wall {result['wall_seconds']:.1f} s ({phases}),"
         f" CPU {result['cpu_seconds']:.1f} s,"
         f" peak RSS {result['peak_rss_mb']:.0f} MiB, {result['events']:,} events,"
         f" {result['events_per_second']:,.0f} events per CPU second;"
@@ -61,6 +66,12 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, help="draw the sweep here (needs matplotlib)")
     parser.add_argument("--no-sweep", action="store_true", help="only the timed runs")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 nodes")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time the run on the mypyc-compiled core (alternating with the interpreted"
+        " one, twice each) and print the ratio",
+    )
     args = parser.parse_args()
     if args.quick:
         args.nodes = 1000
@@ -97,7 +108,32 @@ def main() -> int:
 
             plot_sweep(sweep, args.plot)
         print()
-    print_run(timed_run(args.nodes, args.seed))
+    if args.compiled:
+        # This machine's speed drifts over minutes: alternate the two builds, keep the best of
+        # each, and compare within the same stretch of time. The first compiled run also
+        # builds the compiled copy (cached), outside its own timing.
+        timed_run(min(args.nodes, 200), args.seed, compiled=True)
+        runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        for _ in range(2):
+            for compiled in (False, True):
+                result = timed_run(args.nodes, args.seed, compiled=compiled)
+                print_run(result)
+                runs[compiled].append(result)
+        pure = min(r["wall_seconds"] for r in runs[False])
+        fast = min(r["wall_seconds"] for r in runs[True])
+        same = all(
+            {k: v for k, v in a.items() if k not in TIMING_KEYS and k != "compiled"}
+            == {k: v for k, v in b.items() if k not in TIMING_KEYS and k != "compiled"}
+            for a in runs[False]
+            for b in runs[True]
+        )
+        print(
+            f"best wall time: interpreted {pure:.1f} s, compiled {fast:.1f} s,"
+            f" ratio {fast / pure:.2f}; target 30 s: {'met' if fast <= 30 else 'not met'}"
+            f" by the compiled core; same results: {same}"
+        )
+    else:
+        print_run(timed_run(args.nodes, args.seed))
     if args.big:
         print_run(timed_run(args.big, args.seed))
     return 0

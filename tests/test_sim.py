@@ -570,6 +570,7 @@ def test_cli_writes_json_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert result["nodes"] == 200
     assert result["failed_fraction"] == 0.3
     assert result["alive"] == 140
+    assert result["compiled"] is False
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "first broadcast" in text
@@ -640,3 +641,28 @@ def test_peak_memory_of_a_child_run_is_its_own_not_its_parents() -> None:
     )
     assert float(done.stdout) < 200, done.stdout
     assert len(ballast) == 256 * 1024 * 1024
+
+
+def test_compiled_refuses_a_sweep_before_compiling_anything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--nodes", "100", "--sweep", "--compiled"])
+    assert info.value.code == 2
+    assert "--compiled runs single experiments only" in capsys.readouterr().err
+
+
+def test_compiled_cache_location_and_a_plain_run_says_it_is_not_compiled(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from ray_hyparview.sim import compiled
+
+    monkeypatch.setenv("RAY_HYPARVIEW_CACHE", str(tmp_path / "cache"))
+    assert compiled.cache_root() == tmp_path / "cache"
+    monkeypatch.delenv("RAY_HYPARVIEW_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compiled.cache_root() == tmp_path / "xdg" / "ray_hyparview"
+    first = compiled.source_hash()
+    assert first == compiled.source_hash()
+    assert len(first) == 16
+    assert not compiled.running_compiled()

@@ -7,13 +7,15 @@ timed single run goes to a fresh interpreter so that its wall time and peak memo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ray_hyparview.sim.scenario import Experiment, run_sweep
+from ray_hyparview.sim.scenario import TIMING_KEYS, Experiment, run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -66,22 +68,26 @@ def test_reliability_after_simultaneous_crash(sweep: dict[str, Any]) -> None:
     assert levels[0.95]["reliability"] >= 0.95, levels[0.95]
 
 
-@pytest.fixture(scope="module")
-def whole_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The CLI's whole 10,000-node run (joins, 10 cycles, 50% crash, 4 healing cycles, 10
-    broadcasts per figure) in a fresh interpreter, so that time and memory are its own."""
-    out = tmp_path_factory.mktemp("whole") / "run.json"
+def _whole_run(out: Path, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     argv = ["--nodes", str(NODES), "--fail", "0.5", "--json", str(out), "--no-plot", "--quiet"]
     done = subprocess.run(
-        [sys.executable, "-m", "ray_hyparview.sim", *argv],
+        [sys.executable, "-m", "ray_hyparview.sim", *argv, *extra],
         capture_output=True,
         text=True,
         timeout=1200,
         check=False,
+        env=env,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result: dict[str, Any] = json.loads(out.read_text())
     return result
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The CLI's whole 10,000-node run (joins, 10 cycles, 50% crash, 4 healing cycles, 10
+    broadcasts per figure) in a fresh interpreter, so that time and memory are its own."""
+    return _whole_run(tmp_path_factory.mktemp("whole") / "run.json")
 
 
 @pytest.mark.timeout(1500)
@@ -89,3 +95,19 @@ def test_whole_10k_run_heals_within_1_5_gib(whole_run: dict[str, Any]) -> None:
     assert whole_run["reliability"] == 1.0
     assert whole_run["healing_cycles"] is not None
     assert whole_run["peak_rss_mb"] < 1536
+
+
+@pytest.mark.timeout(1800)
+def test_the_compiled_core_runs_the_same_10k_run_event_for_event(
+    whole_run: dict[str, Any], tmp_path: Path
+) -> None:
+    # mypyc compiles the core from the same source into a fresh cache (about three minutes);
+    # the same seed must give the same run: every figure, every counter, every event.
+    env = {**os.environ, "RAY_HYPARVIEW_CACHE": str(tmp_path / "cache")}
+    fast = _whole_run(tmp_path / "compiled.json", "--compiled", env=env)
+    assert fast["compiled"] is True
+    assert whole_run["compiled"] is False
+    untimed = TIMING_KEYS | {"compiled"}
+    assert {k: v for k, v in fast.items() if k not in untimed} == {
+        k: v for k, v in whole_run.items() if k not in untimed
+    }

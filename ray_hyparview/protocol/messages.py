@@ -10,6 +10,7 @@ Messages are plain frozen values; :mod:`ray_hyparview.codec` turns them into byt
 from __future__ import annotations
 
 import enum
+import types
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, TypeVar
 
@@ -75,6 +76,12 @@ def _direct_init(cls: _C) -> _C:
     frozen: assigning to a field still raises ``FrozenInstanceError``. Same signature, same
     defaults, same errors for a missing or unknown argument.
     """
+    if not all(
+        isinstance(cls.__dict__.get(f.name), types.MemberDescriptorType) for f in fields(cls)
+    ):
+        # Compiled with mypyc (``python -m ray_hyparview.sim --compiled``): attributes are
+        # native and the compiled constructor is already the fast one.
+        return cls
     namespace: dict[str, Any] = {}
     params: list[str] = []
     body: list[str] = []

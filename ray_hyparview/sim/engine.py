@@ -43,12 +43,13 @@ import pickle
 import random
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import Action, Message, Send
 from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.sim.errors import SimulationError
 
 __all__ = [
     "LatencyModel",
@@ -74,10 +75,6 @@ _Event = tuple[float, int, int, NodeId, NodeId, Message | None]
 
 _TIMER_NUDGE = 1e-6
 """How far a timer that a core re-arms in the past is pushed into the future (counted)."""
-
-
-class SimulationError(RuntimeError):
-    """The simulation was asked to do something impossible (unknown node, bad argument)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,7 +221,7 @@ class SimStats:
 
     def as_dict(self) -> dict[str, int]:
         """The counts as a plain dict, for JSON."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class Simulation:
