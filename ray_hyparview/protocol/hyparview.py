@@ -426,14 +426,17 @@ class HyParView:
         if asker.id in self._active:
             self._reply(out, asker, True, now)
             return
-        # DEPARTURE: a slot promised to one of our own outstanding requests is not free. Without
-        # this, three short nodes asking each other in a ring (A asks B, B asks C, C asks A)
-        # each accept the request they receive, find themselves full when their own request is
-        # accepted, refuse that link with DISCONNECT, and the freed slots start the same ring
-        # again, forever on a network without jitter (the property test found it). A request
-        # from the very peer we are asking fills that slot, so it is accepted.
+        # DEPARTURE: during a repair round, a slot promised to one of our own outstanding
+        # requests is not free. Without this, three nodes repairing at once and asking each
+        # other in a ring (A asks B, B asks C, C asks A) each accept the request they receive,
+        # find themselves full when their own request is accepted, refuse that link with
+        # DISCONNECT, and the freed slots start the same ring again, forever on a network
+        # without jitter (the property test found it). A request from the very peer we are
+        # asking fills that slot, so it is accepted. Outside a repair round (the periodic
+        # refill) a free slot is free: two short nodes refilling at the same time must not
+        # refuse each other, or islands of a healed partition would never merge.
         free = len(self._active) < self.config.active_view_size and (
-            self._missing() > 0 or asker.id in self._pending
+            not self._repairing or self._missing() > 0 or asker.id in self._pending
         )
         if msg.priority is Priority.HIGH or free:
             self._pending.pop(asker.id, None)
