@@ -487,8 +487,18 @@ def curve_for(name: str, keys: dict[str, tuple[bytes, bytes]], **kwargs: object)
 
 
 def os_threads() -> int:
-    """Threads of this process, libzmq's native I/O threads included."""
-    return len(os.listdir("/proc/self/task"))
+    """libzmq's native threads in this process (named ``ZMQbg/...``: each context's I/O
+    threads and reaper). Counting every thread raced with unrelated ones, such as asyncio's
+    default executor starting a worker in the middle of a test."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm", encoding="utf-8") as comm:
+                name = comm.read()
+        except OSError:  # the thread ended while we looked
+            continue
+        count += name.startswith("ZMQbg")
+    return count
 
 
 @pytest.mark.asyncio
