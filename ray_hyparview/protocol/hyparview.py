@@ -46,7 +46,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, KeysView, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import StateError
@@ -73,10 +73,13 @@ __all__ = ["HyParView"]
 
 _T = TypeVar("_T")
 
-# Counter keys, made once: building them per message showed up in profiles at 10,000 nodes.
+# Messages are tallied by type in two lists of ints, indexed by _KIND, and merged into
+# ``counters`` on read: one message in, one out per event, and a ``Counter`` increment (a dict
+# subclass, so every ``+=`` is two method calls through its type) was 7% of a compiled run.
 _TYPES = (Join, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle, ShuffleReply, KeepAlive)
-_RECEIVED = {cls: "received." + cls.__name__ for cls in _TYPES}
-_SENT = {cls: "sent." + cls.__name__ for cls in _TYPES}
+_KIND: dict[type, int] = {cls: index for index, cls in enumerate(_TYPES)}
+_RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
+_SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
 
 # Refused periodic refills before a short node escalates to HIGH, doubling up to the cap.
 _STARVE_MIN = 3
@@ -91,12 +94,22 @@ class _Ask(enum.Enum):
     NEIGHBOR = "neighbor"  # NEIGHBOR to a passive peer or to a FORWARD_JOIN newcomer
 
 
+# The two records below spell out their __init__: mypyc compiles written methods only, and the
+# one ``dataclass`` generates would stay interpreted (see messages._direct_init).
+
+
 @dataclass(slots=True)
 class _Pending:
     peer: Peer
     ask: _Ask
     priority: Priority
     deadline: float
+
+    def __init__(self, peer: Peer, ask: _Ask, priority: Priority, deadline: float) -> None:
+        self.peer = peer
+        self.ask = ask
+        self.priority = priority
+        self.deadline = deadline
 
 
 @dataclass(slots=True)
@@ -105,6 +118,12 @@ class _Lost:
     incarnation: int
     reason: DownReason
     expires: float
+
+    def __init__(self, peer: Peer, incarnation: int, reason: DownReason, expires: float) -> None:
+        self.peer = peer
+        self.incarnation = incarnation
+        self.reason = reason
+        self.expires = expires
 
 
 class HyParView:
@@ -124,7 +143,9 @@ class HyParView:
         self.myself = myself
         self.config = config if config is not None else HyParViewConfig()
         self.incarnation = incarnation
-        self.counters: Counter[str] = Counter()
+        self._events: Counter[str] = Counter()
+        self._received = [0] * len(_TYPES)
+        self._sent = [0] * len(_TYPES)
         self._rng = rng
         self._rand = rng.random
         # Insertion-ordered dicts, never sets: sampling order must not depend on hashing.
@@ -185,6 +206,19 @@ class HyParView:
     def reserve_ids(self) -> KeysView[NodeId]:
         """Ids recently evicted from the passive view, newest last (see ``reserve_size``)."""
         return self._reserve.keys()
+
+    @property
+    def counters(self) -> Counter[str]:
+        """What this node has done, by name: messages received and sent by type
+        (``received.Shuffle``, ``sent.Join``), drops by cause (``dropped.<cause>``), links
+        (``peer_up``, ``peer_down.<reason>``), repairs, probes and re-joins. A new copy on each
+        read; names that never happened are absent."""
+        merged = Counter(self._events)
+        for names, tallies in ((_RECEIVED, self._received), (_SENT, self._sent)):
+            for name, count in zip(names, tallies, strict=True):
+                if count:
+                    merged[name] = count
+        return merged
 
     @property
     def has_left(self) -> bool:
@@ -251,7 +285,7 @@ class HyParView:
             and peer.id not in self._active
             and peer.id not in self._pending
         ):
-            self.counters["probe.external"] += 1
+            self._events["probe.external"] += 1
             self._ask(out, peer, _Ask.PROBE, Priority.HIGH, now)
         return out
 
@@ -265,7 +299,7 @@ class HyParView:
         if source_id == self.myself.id:
             return self._drop("from_self")
         cls = type(message)
-        self.counters[_RECEIVED[cls]] += 1
+        self._received[_KIND[cls]] += 1
         out: list[Action] = []
         incarnation = message.incarnation
         known = self._active_incarnation.get(source_id)
@@ -289,10 +323,24 @@ class HyParView:
                 # Any message proves the node alive again (a partition healed, or a restart).
                 del self._lost[source_id]
                 was_lost = incarnation == lost.incarnation
-        if cls is NeighborReply:
-            self._on_neighbor_reply(out, message, was_lost, now)  # type: ignore[arg-type]
-        else:
-            _HANDLERS[cls](self, out, message, now)
+        # Most frequent first: a shuffle walk is most of the traffic, joins the next.
+        match message:
+            case Shuffle():
+                self._on_shuffle(out, message, now)
+            case ForwardJoin():
+                self._on_forward_join(out, message, now)
+            case ShuffleReply():
+                self._on_shuffle_reply(out, message, now)
+            case NeighborReply():
+                self._on_neighbor_reply(out, message, was_lost, now)
+            case Neighbor():
+                self._on_neighbor(out, message, now)
+            case Disconnect():
+                self._on_disconnect(out, message, now)
+            case Join():
+                self._on_join(out, message, now)
+            case KeepAlive():
+                self._on_keepalive(out, message, now)
         return out
 
     def link_failed(self, peer: NodeId, *, now: float) -> list[Action]:
@@ -310,7 +358,7 @@ class HyParView:
         elif peer in self._pending:
             self._pending_failed(out, self._pending.pop(peer), now)
         elif self._passive.pop(peer, None) is not None:
-            self.counters["passive.unreachable"] += 1
+            self._events["passive.unreachable"] += 1
         return out
 
     def on_timer(self, *, now: float) -> list[Action]:
@@ -319,7 +367,7 @@ class HyParView:
             return []
         out: list[Action] = []
         for peer_id in [p for p, pend in self._pending.items() if pend.deadline <= now]:
-            self.counters["request.timeout"] += 1
+            self._events["request.timeout"] += 1
             self._pending_failed(out, self._pending.pop(peer_id), now)
         if self._next_keepalive is not None and now >= self._next_keepalive:
             self._keepalive_tick(out, now)
@@ -443,7 +491,7 @@ class HyParView:
             self._add_active(out, asker, msg.incarnation, now)
             self._reply(out, asker, True, now)
         else:
-            self.counters["neighbor.refused"] += 1
+            self._events["neighbor.refused"] += 1
             self._reply(out, asker, False, now)
             self._merge_passive((asker,), ())
 
@@ -455,7 +503,7 @@ class HyParView:
         if peer.id in self._active:
             return
         if not msg.accepted:
-            self.counters["repair.refused"] += 1
+            self._events["repair.refused"] += 1
             self._merge_passive((peer,), ())
             # Paper 4.3: on refusal, try another passive peer. DEPARTURE: only while the node
             # is below min_active_size. Above it a refusal ends the round and the shuffle
@@ -476,14 +524,14 @@ class HyParView:
         if (pend is None and (was_lost or full)) or (pend is not None and full and not urgent):
             # A late acceptance we no longer want (or one from a peer we declared dead): tell
             # the peer so that it drops its half of the link.
-            self.counters["reply.unwanted"] += 1
+            self._events["reply.unwanted"] += 1
             self._send(out, peer, self._disconnect(), now)
             if not was_lost:
                 self._merge_passive((peer,), ())
             return
         self._add_active(out, peer, msg.incarnation, now)
         if pend is not None and pend.ask is _Ask.NEIGHBOR:
-            self.counters["repair.succeeded"] += 1
+            self._events["repair.succeeded"] += 1
         if pend is not None and pend.ask is _Ask.PROBE:
             self._probe_succeeded()
 
@@ -494,7 +542,7 @@ class HyParView:
         if peer.id not in self._active:
             if pend is not None:
                 self._pending_failed(out, pend, now)
-            self.counters["disconnect.ignored"] += 1
+            self._events["disconnect.ignored"] += 1
             return
         reason = DownReason.LEFT if msg.leaving else DownReason.DISCONNECTED
         self._remove_active(out, peer.id, reason)
@@ -554,7 +602,7 @@ class HyParView:
         timeout = self.config.keepalive_timeout
         for peer in self._active_tuple():
             if now - self._last_heard[peer.id] > timeout:
-                self.counters["keepalive.timeout"] += 1
+                self._events["keepalive.timeout"] += 1
                 self._fail_active(out, peer.id, now)
             elif now - self._last_sent[peer.id] >= interval / 2:
                 self._send(
@@ -592,7 +640,7 @@ class HyParView:
             # more, so it never re-joins; asking a contact (one a period) merges the island.
             contact = self._pick_contact()
             if contact is not None:
-                self.counters["rejoin.short"] += 1
+                self._events["rejoin.short"] += 1
                 self._ask(out, contact, _Ask.JOIN, Priority.HIGH, now)
         elif not self._repairing and self._missing() > 0:
             self._tried.clear()
@@ -603,7 +651,7 @@ class HyParView:
                 1, self.config.min_active_size
             )
             if escalate:
-                self.counters["repair.escalated"] += 1
+                self._events["repair.escalated"] += 1
                 self._starved = 0
                 self._starve_limit = min(self._starve_limit * 2, _STARVE_MAX)
             self._repair(out, now, limit=1, escalate=escalate)
@@ -613,7 +661,7 @@ class HyParView:
             self._rejoin_attempts = 0
             return
         self._rejoin_attempts += 1
-        self.counters["rejoin"] += 1
+        self._events["rejoin"] += 1
         self._start_repair(out, now)
         contact = self._pick_contact()
         if contact is not None:
@@ -631,7 +679,7 @@ class HyParView:
             self._next_probe = None
             self._probe_delay = self.config.probe_interval_min
             return
-        self.counters["probe"] += 1
+        self._events["probe"] += 1
         self._ask(out, _pick(self._rand, candidates), _Ask.PROBE, Priority.HIGH, now)
         self._next_probe = now + self._probe_delay * self._rng.uniform(0.5, 1.0)
         self._probe_delay = min(self._probe_delay * 2, self.config.probe_interval_max)
@@ -684,7 +732,7 @@ class HyParView:
             for peer in picks:
                 self._tried[peer.id] = None
                 priority = Priority.LOW if self._active and not escalate else Priority.HIGH
-                self.counters["repair.attempted"] += 1
+                self._events["repair.attempted"] += 1
                 self._ask(out, peer, _Ask.NEIGHBOR, priority, now)
         if len(self._active) >= self.config.active_view_size or not any(
             p.ask is _Ask.NEIGHBOR for p in self._pending.values()
@@ -710,7 +758,7 @@ class HyParView:
             self._passive[pid] = peer
             recalled.append(peer)
             room -= 1
-        self.counters["reserve.recalled"] += len(recalled)
+        self._events["reserve.recalled"] += len(recalled)
         return [p for p in recalled if p.id not in self._tried and p.id not in self._pending]
 
     def _pending_failed(self, out: list[Action], pend: _Pending, now: float) -> None:
@@ -718,19 +766,19 @@ class HyParView:
         match pend.ask:
             case _Ask.NEIGHBOR:
                 self._passive.pop(pend.peer.id, None)
-                self.counters["repair.failed"] += 1
+                self._events["repair.failed"] += 1
                 if self._repairing or not self._active:
                     self._repair(out, now)
             case _Ask.JOIN:
-                self.counters["join.failed"] += 1
+                self._events["join.failed"] += 1
                 self._schedule_rejoin(now)
             case _Ask.PROBE:
-                self.counters["probe.failed"] += 1
+                self._events["probe.failed"] += 1
 
     def _probe_succeeded(self) -> None:
         # A lost peer answered: the partition (if that is what it was) has healed and we now
         # bridge it. The other lost peers are likely alive too: keep them as repair candidates.
-        self.counters["probe.succeeded"] += 1
+        self._events["probe.succeeded"] += 1
         revived = tuple(
             lost.peer for lost in self._lost.values() if lost.reason is DownReason.FAILED
         )
@@ -742,14 +790,14 @@ class HyParView:
     # ---------------------------------------------------------------- helpers
 
     def _drop(self, cause: str) -> list[Action]:
-        self.counters["dropped." + cause] += 1
+        self._events["dropped." + cause] += 1
         return []
 
     def _disconnect(self) -> Disconnect:
         return Disconnect(sender=self.myself, incarnation=self.incarnation)
 
     def _send(self, out: list[Action], to: Peer, message: Message, now: float) -> None:
-        self.counters[_SENT[type(message)]] += 1
+        self._sent[_KIND[type(message)]] += 1
         if self._keepalives and to.id in self._last_sent:
             self._last_sent[to.id] = now
         out.append(Send(to, message))
@@ -774,7 +822,7 @@ class HyParView:
         """Symmetry repair: a message meant for an active link, from a non-neighbour."""
         if sender.id in self._active:
             return False
-        self.counters["dropped.not_active"] += 1
+        self._events["dropped.not_active"] += 1
         if sender.id not in self._pending:
             self._send(out, sender, self._disconnect(), now)
         return True
@@ -803,7 +851,7 @@ class HyParView:
         self._active_incarnation[peer.id] = incarnation
         self._last_heard[peer.id] = now
         self._last_sent[peer.id] = now
-        self.counters["peer_up"] += 1
+        self._events["peer_up"] += 1
         out.append(PeerUp(peer))
         if len(self._active) >= self.config.min_active_size:
             self._rejoin_attempts = 0
@@ -819,7 +867,7 @@ class HyParView:
         del self._active_incarnation[peer_id]
         del self._last_heard[peer_id]
         del self._last_sent[peer_id]
-        self.counters["peer_down." + reason.value] += 1
+        self._events["peer_down." + reason.value] += 1
         out.append(PeerDown(peer, reason))
         return peer
 
@@ -902,16 +950,3 @@ def _sample(rand: Callable[[], float], items: Iterable[_T], k: int) -> list[_T]:
         j = i + int(rand() * (n - i))
         pool[i], pool[j] = pool[j], pool[i]
     return pool[:k]
-
-
-# Dispatch by message type (a dict look-up instead of a chain of isinstance checks: receive is
-# the hottest function of a 10,000-node simulation). NEIGHBOR_REPLY is handled in receive.
-_HANDLERS: dict[type, Callable[[HyParView, list[Action], Any, float], None]] = {
-    Join: HyParView._on_join,
-    ForwardJoin: HyParView._on_forward_join,
-    Neighbor: HyParView._on_neighbor,
-    Disconnect: HyParView._on_disconnect,
-    Shuffle: HyParView._on_shuffle,
-    ShuffleReply: HyParView._on_shuffle_reply,
-    KeepAlive: HyParView._on_keepalive,
-}
