@@ -19,18 +19,20 @@ seed, so that measuring never disturbs the protocol's random stream.
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import resource
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.sim import metrics
-from ray_hyparview.sim.engine import NetworkConfig, Simulation
+from ray_hyparview.sim.engine import NetworkConfig, Simulation, collector_paused
 
 __all__ = [
     "Experiment",
@@ -284,6 +286,69 @@ def baseline(
     return {"degree": degree, **figures.as_dict(), "reliability_after_crash": crashed}
 
 
+def _timed_baseline(
+    nodes: int, seed: int, fractions: tuple[float, ...], broadcasts: int, path_samples: int
+) -> tuple[dict[str, Any], float, float]:
+    """:func:`baseline` in a worker process: its figures, CPU seconds and peak RSS in MiB."""
+    cpu = time.process_time()
+    figures = baseline(
+        nodes, seed, fractions=fractions, broadcasts=broadcasts, path_samples=path_samples
+    )
+    return figures, time.process_time() - cpu, peak_rss_mb()
+
+
+class _Baseline:
+    """The random-graph baseline of a run, computed beside it.
+
+    It shares nothing with the simulation, so with ``background=True`` it runs in a second
+    process (spawned: a fresh interpreter, no fork of a large heap) while this one simulates,
+    and :meth:`result` waits for it. Its CPU time is added to the run's and its peak memory to
+    the run's own, since both processes are alive at once. Without ``background`` it is computed
+    in :meth:`result`, in this process.
+    """
+
+    def __init__(
+        self, experiment: Experiment, fractions: tuple[float, ...], *, background: bool
+    ) -> None:
+        self._args = (
+            experiment.nodes,
+            experiment.seed,
+            fractions,
+            experiment.broadcasts,
+            experiment.path_samples,
+        )
+        self._pool: ProcessPoolExecutor | None = None
+        self._future: Future[tuple[dict[str, Any], float, float]] | None = None
+        if background:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._future = self._pool.submit(_timed_baseline, *self._args)
+
+    def result(self) -> tuple[dict[str, Any], float, float]:
+        """``(figures, CPU seconds spent elsewhere, peak RSS of the other process in MiB)``."""
+        if self._future is None:
+            return (
+                baseline(
+                    self._args[0],
+                    self._args[1],
+                    fractions=self._args[2],
+                    broadcasts=self._args[3],
+                    path_samples=self._args[4],
+                ),
+                0.0,
+                0.0,
+            )
+        try:
+            return self._future.result()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the worker (waits for it to exit), if there is one."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
 def graph_as_ids(graph: dict[int, list[int]]) -> dict[NodeId, list[NodeId]]:
     """An int-keyed graph with string ids, so that one set of helpers serves both."""
     return {f"g{v}": [f"g{u}" for u in peers] for v, peers in graph.items()}
@@ -370,9 +435,28 @@ def crash_and_heal(
     }
 
 
-def run_experiment(experiment: Experiment, progress: Progress = _no_progress) -> dict[str, Any]:
-    """The whole scenario; returns the JSON object the CLI writes."""
-    clock = _Clock()
+def run_experiment(
+    experiment: Experiment, progress: Progress = _no_progress, *, background: bool = False
+) -> dict[str, Any]:
+    """The whole scenario; returns the JSON object the CLI writes.
+
+    ``background=True`` computes the random-graph baseline in a second process meanwhile (the
+    CLI does so on a machine with more than one core); the figures are the same either way.
+    """
+    with collector_paused():
+        clock = _Clock()
+        base_job = _Baseline(
+            experiment, (experiment.fail,) if experiment.fail > 0 else (), background=background
+        )
+        try:
+            return _run_experiment(experiment, progress, clock, base_job)
+        finally:
+            base_job.close()
+
+
+def _run_experiment(
+    experiment: Experiment, progress: Progress, clock: _Clock, base_job: _Baseline
+) -> dict[str, Any]:
     sim, rng = prepare(experiment, progress)
     clock.lap("build")
     before = measure(
@@ -392,13 +476,7 @@ def run_experiment(experiment: Experiment, progress: Progress = _no_progress) ->
         dead_passive_fraction=_dead_passive_fraction(sim),
     )
     clock.lap("measure")
-    base = baseline(
-        experiment.nodes,
-        experiment.seed,
-        fractions=(experiment.fail,) if experiment.fail > 0 else (),
-        broadcasts=experiment.broadcasts,
-        path_samples=experiment.path_samples,
-    )
+    base, elsewhere_cpu, elsewhere_rss = base_job.result()
     clock.lap("baseline")
     wall = clock.total
     sim_seconds = clock.cpu_phases["build"] + clock.cpu_phases["crash_and_heal"]
@@ -426,10 +504,10 @@ def run_experiment(experiment: Experiment, progress: Progress = _no_progress) ->
         "network": sim.stats.as_dict(),
         "core_counters": dict(sorted(sim.core_counters().items())),
         "wall_seconds": wall,
-        "cpu_seconds": clock.cpu,
+        "cpu_seconds": clock.cpu + elsewhere_cpu,
         "phase_seconds": clock.phases,
         "events_per_second": sim.stats.events / sim_seconds if sim_seconds > 0 else 0.0,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb() + elsewhere_rss,
     }
     return result
 
@@ -438,9 +516,29 @@ def run_sweep(
     experiment: Experiment,
     fractions: tuple[float, ...] = SWEEP_FRACTIONS,
     progress: Progress = _no_progress,
+    *,
+    background: bool = False,
 ) -> dict[str, Any]:
-    """Build one overlay, then branch one copy per failure level (same overlay for all)."""
-    clock = _Clock()
+    """Build one overlay, then branch one copy per failure level (same overlay for all).
+
+    ``background`` as for :func:`run_experiment`.
+    """
+    with collector_paused():
+        clock = _Clock()
+        base_job = _Baseline(experiment, fractions, background=background)
+        try:
+            return _run_sweep(experiment, fractions, progress, clock, base_job)
+        finally:
+            base_job.close()
+
+
+def _run_sweep(
+    experiment: Experiment,
+    fractions: tuple[float, ...],
+    progress: Progress,
+    clock: _Clock,
+    base_job: _Baseline,
+) -> dict[str, Any]:
     sim, rng = prepare(experiment, progress)
     clock.lap("build")
     before = measure(
@@ -464,13 +562,7 @@ def run_sweep(
         events += branch.stats.events - sim.stats.events
         progress("sweep", index + 1, len(fractions))
     clock.lap("sweep")
-    base = baseline(
-        experiment.nodes,
-        experiment.seed,
-        fractions=fractions,
-        broadcasts=experiment.broadcasts,
-        path_samples=experiment.path_samples,
-    )
+    base, elsewhere_cpu, elsewhere_rss = base_job.result()
     clock.lap("baseline")
     sim_seconds = clock.cpu_phases["build"] + clock.cpu_phases["sweep"]
     return {
@@ -484,8 +576,8 @@ def run_sweep(
         "baseline": base,
         "events": events,
         "wall_seconds": clock.total,
-        "cpu_seconds": clock.cpu,
+        "cpu_seconds": clock.cpu + elsewhere_cpu,
         "phase_seconds": clock.phases,
         "events_per_second": events / sim_seconds if sim_seconds > 0 else 0.0,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb() + elsewhere_rss,
     }
