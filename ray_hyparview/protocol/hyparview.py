@@ -885,7 +885,7 @@ class HyParView:
         if reason is DownReason.FAILED and self._next_probe is None:
             self._next_probe = now + self._probe_delay * self._rng.uniform(0.5, 1.0)
 
-    def _merge_passive(self, peers: Sequence[Peer], evict_first: Sequence[Peer]) -> None:
+    def _merge_passive(self, peers: tuple[Peer, ...], evict_first: tuple[Peer, ...]) -> None:
         """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the
         ids we just sent away, then random ones (never one of the ids being added). Evicted
         ids go to the reserve. Called for every shuffle answer: kept tight."""
@@ -930,7 +930,8 @@ class HyParView:
         if self._reserve:
             reserve = self._reserve
             for pid in fresh:
-                reserve.pop(pid, None)
+                if pid in reserve:
+                    del reserve[pid]
         passive.update(fresh)
 
 
