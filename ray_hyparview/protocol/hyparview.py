@@ -921,7 +921,8 @@ class HyParView:
             if reserve_size:
                 reserve = self._reserve
                 for pid in victims:
-                    reserve[pid] = passive.pop(pid)
+                    reserve[pid] = passive[pid]
+                    del passive[pid]
                 while len(reserve) > reserve_size:
                     del reserve[next(iter(reserve))]
             else:
