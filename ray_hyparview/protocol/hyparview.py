@@ -700,8 +700,10 @@ class HyParView:
     # ----------------------------------------------------------------- repair
 
     def _missing(self) -> int:
-        asked = sum(1 for p in self._pending.values() if p.ask is not _Ask.PROBE)
-        return self.config.active_view_size - len(self._active) - asked
+        missing = self.config.active_view_size - len(self._active)
+        if self._pending:  # asked every shuffle period by every node: skip the scan when idle
+            missing -= sum(1 for p in self._pending.values() if p.ask is not _Ask.PROBE)
+        return missing
 
     def _start_repair(self, out: list[Action], now: float, exclude: NodeId | None = None) -> None:
         self._tried.clear()
@@ -912,7 +914,9 @@ class HyParView:
                         break
             need = excess - len(victims)
             if need > 0:
-                keys = [pid for pid in passive if pid not in victims] if victims else list(passive)
+                keys = list(passive)
+                for pid in victims:  # each is in the passive view; C scans beat a comprehension
+                    keys.remove(pid)
                 if need == 1:
                     victims.append(_pick(self._rand, keys))
                 else:
