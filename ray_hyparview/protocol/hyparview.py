@@ -451,7 +451,8 @@ class HyParView:
             return
         if msg.ttl == self.config.prwl:
             self._merge_passive((new,), ())
-        candidates = [p for p in self._active.values() if p.id not in (msg.sender.id, new.id)]
+        skip = (msg.sender.id, new.id)  # built once, not per candidate
+        candidates = [p for p in self._active.values() if p.id not in skip]
         if not candidates:
             self._link_newcomer(out, new, now)
             return
