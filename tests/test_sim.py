@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import multiprocessing
 import os
 import random
 import subprocess
@@ -477,6 +478,22 @@ def test_same_seed_same_results() -> None:
     assert first == second
     other = run_experiment(Experiment(nodes=300, seed=12, fail=0.4, cycles=3, heal_cycles=2))
     assert other["events"] != first["events"]
+
+
+def test_a_run_that_fails_stops_its_baseline_worker() -> None:
+    class Stop(Exception):
+        pass
+
+    def fail_during_the_joins(phase: str, done: int, total: int) -> None:
+        if phase == "join" and done > 10:
+            raise Stop
+
+    # 20,000 nodes: the baseline worker is still busy when the run fails.
+    with pytest.raises(Stop):
+        run_experiment(
+            Experiment(nodes=20_000, seed=1, fail=0.5), fail_during_the_joins, background=True
+        )
+    assert multiprocessing.active_children() == []
 
 
 def test_same_seed_same_results_across_interpreters_and_hash_seeds(tmp_path: Path) -> None:

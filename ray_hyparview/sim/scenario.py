@@ -25,8 +25,8 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing.pool import AsyncResult, Pool
 from typing import Any
 
 from ray_hyparview.protocol.config import HyParViewConfig
@@ -317,35 +317,28 @@ class _Baseline:
             experiment.broadcasts,
             experiment.path_samples,
         )
-        self._pool: ProcessPoolExecutor | None = None
-        self._future: Future[tuple[dict[str, Any], float, float]] | None = None
+        self._pool: Pool | None = None
+        self._pending: AsyncResult[tuple[dict[str, Any], float, float]] | None = None
         if background:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            self._future = self._pool.submit(_timed_baseline, *self._args)
+            self._pool = multiprocessing.get_context("spawn").Pool(1)
+            self._pending = self._pool.apply_async(_timed_baseline, self._args)
 
     def result(self) -> tuple[dict[str, Any], float, float]:
         """``(figures, CPU seconds spent elsewhere, peak RSS of the other process in MiB)``."""
-        if self._future is None:
-            return (
-                baseline(
-                    self._args[0],
-                    self._args[1],
-                    fractions=self._args[2],
-                    broadcasts=self._args[3],
-                    path_samples=self._args[4],
-                ),
-                0.0,
-                0.0,
-            )
+        if self._pending is None:
+            figures, _, _ = _timed_baseline(*self._args)
+            return figures, 0.0, 0.0
         try:
-            return self._future.result()
+            return self._pending.get()
         finally:
             self.close()
 
     def close(self) -> None:
-        """Stop the worker (waits for it to exit), if there is one."""
+        """Stop the worker and wait for it to exit. A run that fails or is interrupted does not
+        wait for its baseline: the worker is terminated."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.terminate()
+            self._pool.join()
             self._pool = None
 
 
