@@ -6,7 +6,13 @@ The code is typed to ``mypy --strict``, so mypyc (the compiler that ships with m
 build mypy and black) can turn the core (``protocol/hyparview.py`` and the messages, peers and
 config it touches) and the event loop (``sim/engine.py``) into C extensions from the very same
 source: no second implementation, and the same seed gives the same run event for event (a slow
-test compares the two). At 10,000 nodes the whole run takes about 0.7 of the time.
+test compares the two). At 10,000 nodes the whole run takes a half to three quarters of the
+time (benchmarks/README.md).
+
+mypyc compiles only the methods a source file spells out: what ``dataclass`` generates at import
+(``__init__`` above all) stays interpreted, and a call through a ``Protocol`` or a table of
+functions is a generic Python call. That is why the messages write their ``__init__`` out and
+``HyParView.receive`` dispatches with ``match``.
 
 :func:`build` copies the package source to a cache directory named after a hash of every
 ``.py`` file, the Python version and the mypy version, and compiles there once (about three
