@@ -434,7 +434,9 @@ def run_experiment(
     """The whole scenario; returns the JSON object the CLI writes.
 
     ``background=True`` computes the random-graph baseline in a second process meanwhile (the
-    CLI does so on a machine with more than one core); the figures are the same either way.
+    CLI does so on a machine with more than one core); the figures are the same either way. The
+    process is spawned, so a script that asks for it must keep its top level behind
+    ``if __name__ == "__main__":``, as with any spawned :mod:`multiprocessing` worker.
     """
     with collector_paused():
         clock = _Clock()
