@@ -328,12 +328,12 @@ class _Baseline:
         if self._pending is None:
             figures, _, _ = _timed_baseline(*self._args)
             return figures, 0.0, 0.0
-        try:
-            return self._pending.get()
-        finally:
-            self.close()
+        return self._pending.get()
 
-    def close(self) -> None:
+    def __enter__(self) -> _Baseline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         """Stop the worker and wait for it to exit. A run that fails or is interrupted does not
         wait for its baseline: the worker is terminated."""
         if self._pool is not None:
@@ -438,15 +438,11 @@ def run_experiment(
     process is spawned, so a script that asks for it must keep its top level behind
     ``if __name__ == "__main__":``, as with any spawned :mod:`multiprocessing` worker.
     """
+    fractions = (experiment.fail,) if experiment.fail > 0 else ()
     with collector_paused():
         clock = _Clock()
-        base_job = _Baseline(
-            experiment, (experiment.fail,) if experiment.fail > 0 else (), background=background
-        )
-        try:
+        with _Baseline(experiment, fractions, background=background) as base_job:
             return _run_experiment(experiment, progress, clock, base_job)
-        finally:
-            base_job.close()
 
 
 def _run_experiment(
@@ -520,11 +516,8 @@ def run_sweep(
     """
     with collector_paused():
         clock = _Clock()
-        base_job = _Baseline(experiment, fractions, background=background)
-        try:
+        with _Baseline(experiment, fractions, background=background) as base_job:
             return _run_sweep(experiment, fractions, progress, clock, base_job)
-        finally:
-            base_job.close()
 
 
 def _run_sweep(
