@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -420,6 +421,30 @@ async def test_aclose_is_idempotent_wakes_waiters_and_leaks_nothing() -> None:
     assert not a.send(peer(b), b"late")
     await b.aclose()
     assert_no_leaks(a, b)
+
+
+@pytest.mark.asyncio
+async def test_aclose_while_the_receiver_holds_frames_hands_them_over(
+    pair: tuple[ZmqTransport, ZmqTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race the agent demo hit about once in fifteen runs: the ROUTER's frames arrive, and
+    # before the receiving task runs again another task closes the transport. The receiver
+    # then drained a closed socket (ZMQError "Socket operation on non-socket").
+    a, b = pair
+    router = a._router
+    assert router is not None
+    real_recv = router.recv_multipart
+
+    async def recv_then_close(**kwargs: Any) -> Any:
+        frames = await real_recv(**kwargs)
+        await a.aclose()
+        return frames
+
+    monkeypatch.setattr(router, "recv_multipart", recv_then_close)
+    assert b.send(peer(a), b"last words")
+    assert await a.recv_batch() == [("b", b"last words")]
+    with pytest.raises(TransportClosed):
+        await a.recv_batch()
 
 
 @pytest.mark.asyncio

@@ -493,6 +493,12 @@ class ZmqTransport:
                     raise TransportClosed("transport closed") from None
                 raise
             self._accept(frames, batch)
+            if self.closed:
+                # aclose ran between the frames' arrival and this task's turn, and the sockets
+                # are gone: hand over what arrived; the next call raises TransportClosed.
+                if batch:
+                    return batch
+                raise TransportClosed("transport closed")
             # Drain what is already queued without awaiting (about 2.6x faster than one await
             # per frame). Ask EVENTS first: a failed NOBLOCK recv raises zmq.Again, and
             # building that exception costs several times more than the check.
