@@ -347,9 +347,15 @@ async def _demo(n: int, kill_share: float, seed: int, limit: float) -> int:
         print(f"converged in {took:.1f}s: connected, symmetric, {links} links")
         print(f"  (a full mesh of {n} nodes would hold {n * (n - 1) // 2})")
         _print_views(agents)
+        # Let the overlay shuffle before the crash, as the paper's runs do. Right after the joins
+        # the passive views are nearly empty: the first agent, which has no contacts, could know
+        # only the victims and be known by no survivor, and nothing could bring it back.
+        settle = 2 * config.shuffle_interval
+        print(f"\nletting the overlay shuffle for {settle:.0f} s (passive views fill up) ...")
+        await asyncio.sleep(settle)
         victims = rng.sample(agents, max(1, int(n * kill_share)))
         print(
-            f"\nkilling {len(victims)} agents without goodbye: "
+            f"killing {len(victims)} agents without goodbye: "
             f"{', '.join(a.myself.id for a in victims)}"
         )
         killed_at = time.monotonic()
