@@ -696,9 +696,9 @@ def test_compiled_cache_location_and_a_plain_run_says_it_is_not_compiled(
 ) -> None:
     from ray_hyparview.sim import compiled
 
-    monkeypatch.setenv("RAY_HYPARVIEW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HYPARVIEW_SIM_CACHE", str(tmp_path / "cache"))
     assert compiled.cache_root() == tmp_path / "cache"
-    monkeypatch.delenv("RAY_HYPARVIEW_CACHE")
+    monkeypatch.delenv("HYPARVIEW_SIM_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compiled.cache_root() == tmp_path / "xdg" / "ray_hyparview"
     first = compiled.source_hash()

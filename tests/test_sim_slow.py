@@ -103,7 +103,7 @@ def test_the_compiled_core_runs_the_same_10k_run_event_for_event(
 ) -> None:
     # mypyc compiles the core from the same source into a fresh cache (about three minutes);
     # the same seed must give the same run: every figure, every counter, every event.
-    env = {**os.environ, "RAY_HYPARVIEW_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "HYPARVIEW_SIM_CACHE": str(tmp_path / "cache")}
     fast = _whole_run(tmp_path / "compiled.json", "--compiled", env=env)
     assert fast["compiled"] is True
     assert whole_run["compiled"] is False

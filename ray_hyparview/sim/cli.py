@@ -1,7 +1,8 @@
 """``python -m ray_hyparview.sim``: run the paper's experiment and print, save and draw it.
 
-With no arguments it builds a 1,000-node overlay, crashes half of it, prints the figures and
-writes ``hyparview-sim.png``: a quick look at what the protocol does, in a few seconds.
+With no arguments it builds a 1,000-node overlay, crashes half of it and prints the figures: a
+quick look at what the protocol does, in a few seconds. It writes files only where asked:
+``--plot PNG`` draws the run, ``--json PATH`` saves its figures.
 ``--sweep`` repeats the crash for every failure level from 10% to 95% on one overlay and prints
 a markdown table (the one in the README's "How it behaves").
 """
@@ -33,11 +34,7 @@ from ray_hyparview.sim.scenario import (
     run_sweep,
 )
 
-__all__ = ["DEFAULT_PLOT", "ProgressBar", "build_parser", "main", "sweep_table"]
-
-DEFAULT_PLOT = "hyparview-sim.png"
-"""Where the picture goes when ``--plot`` is not given."""
-
+__all__ = ["ProgressBar", "build_parser", "main", "sweep_table"]
 
 class ProgressBar:
     """A one-line progress bar on a terminal's stderr; silent when stderr is not a terminal."""
@@ -175,9 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot",
         type=Path,
         metavar="PNG",
-        help=f"write the plot here (default {DEFAULT_PLOT}; needs the 'plot' extra)",
+        help="draw the run into this PNG file (nothing is drawn without it; needs the 'plot' extra)",
     )
-    out.add_argument("--no-plot", action="store_true", help="draw nothing")
+    out.add_argument(
+        "--no-plot", action="store_true", help="draw nothing (the default; kept for old scripts)"
+    )
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     speed = parser.add_argument_group("speed")
     speed.add_argument(
@@ -327,8 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except compiled.CompileError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    plot_path: Path | None = None if args.no_plot else (args.plot or Path(DEFAULT_PLOT))
-    if plot_path is not None and args.plot is not None:
+    plot_path: Path | None = None if args.no_plot else args.plot
+    if plot_path is not None:
         from ray_hyparview.sim.plot import PlotUnavailable, _figure
 
         try:

@@ -57,7 +57,7 @@ COMPILED_MODULES = (
 messages, peers and config) and the event loop. Compiling ``sim/metrics.py`` and
 ``sim/scenario.py`` as well measured no faster."""
 
-_MARKER = "RAY_HYPARVIEW_COMPILED"
+_MARKER = "HYPARVIEW_SIM_COMPILED"
 
 
 class CompileError(RuntimeError):
@@ -65,9 +65,9 @@ class CompileError(RuntimeError):
 
 
 def cache_root() -> Path:
-    """``$RAY_HYPARVIEW_CACHE``, else ``$XDG_CACHE_HOME/ray_hyparview``, else
+    """``$HYPARVIEW_SIM_CACHE``, else ``$XDG_CACHE_HOME/ray_hyparview``, else
     ``~/.cache/ray_hyparview``."""
-    explicit = os.environ.get("RAY_HYPARVIEW_CACHE")
+    explicit = os.environ.get("HYPARVIEW_SIM_CACHE")
     if explicit:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
