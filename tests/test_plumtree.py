@@ -636,3 +636,23 @@ def test_plumtree_over_hyparview_in_the_simulator(n: int) -> None:
     sim.run_for(30.0)
     delivered, _, _ = run(ids[0])
     assert delivered == len(sim.alive_ids)
+
+
+def test_announcements_queued_for_a_peer_grafted_before_the_flush_are_still_sent() -> None:
+    # Regression: the flush sent a queue only if its peer was still lazy, then cleared them all,
+    # so a GRAFT inside the flush window silently dropped the announcements owed to the grafter.
+    config = PlumtreeConfig(lazy_flush_interval=0.05)
+    x = make("x", config)
+    x.neighbor_up("a", now=0.0)
+    x.neighbor_up("p", now=0.0)
+    x.receive("p", Prune(), now=0.0)
+    mid: MsgId = ("o", 0, 1)
+    got = x.receive("a", Gossip(msg_id=mid, round=0, topic="t", payload=b"m"), now=1.0)
+    assert sends(got) == []  # p is lazy: its IHAVE waits for the flush
+    # p grafts the link for a repair of its own before the flush: p is eager again.
+    assert x.receive("p", Graft(msg_id=None, round=0), now=1.01) == []
+    assert "p" in x.eager_peers
+    deadline = x.next_deadline()
+    assert deadline is not None
+    assert deadline <= 1.05
+    assert x.on_timer(now=deadline) == [SendTo("p", IHave(announcements=((mid, 1),)))]

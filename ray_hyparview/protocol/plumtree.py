@@ -617,8 +617,12 @@ class Plumtree:
             self.config.lazy_flush_interval == 0 or self._flush_at <= now
         ):
             self._flush_at = None
+            # Every queued announcement is owed: a peer that turned eager since (a GRAFT, or its
+            # GOSSIP arriving first) still needs the ids queued before, or it never learns of
+            # them from us. An IHAVE to an eager peer is harmless. Departed peers have no queue
+            # (``neighbor_down`` drops it).
             for peer, queue in self._queues.items():
-                if queue and peer in self._lazy:
+                if queue:
                     self._send(peer, IHave(announcements=tuple(queue)), actions)
             self._queues.clear()
         return actions
