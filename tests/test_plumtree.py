@@ -20,6 +20,12 @@ from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import ConfigError
 from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.protocol.plumtree import (
+    MAX_ID_INT,
+    MAX_IHAVE_ENTRIES,
+    MAX_ORIGIN_LEN,
+    MAX_PAYLOAD,
+    MAX_ROUND,
+    MAX_TOPIC_LEN,
     Action,
     Deliver,
     Gossip,
@@ -35,6 +41,7 @@ from ray_hyparview.protocol.plumtree import (
 from ray_hyparview.sim.engine import Simulation
 from ray_hyparview.sim.scenario import build_overlay
 from ray_hyparview.sim.stacked import broadcast, broadcast_node_factory
+from ray_hyparview.wire import wire_codec
 
 QUICK = PlumtreeConfig(ihave_timeout=1.0, graft_timeout=0.5, lazy_flush_interval=0.0)
 
@@ -656,3 +663,135 @@ def test_announcements_queued_for_a_peer_grafted_before_the_flush_are_still_sent
     assert deadline is not None
     assert deadline <= 1.05
     assert x.on_timer(now=deadline) == [SendTo("p", IHave(announcements=((mid, 1),)))]
+
+
+# --- every value the core emits fits the wire ----------------------------------------------------
+
+LONG_ORIGIN = "\U0001d11e" * MAX_ORIGIN_LEN  # printable, 4 bytes a character in UTF-8
+TOP: MsgId = (LONG_ORIGIN, MAX_ID_INT, MAX_ID_INT)
+
+
+def encodable(actions: Iterable[Action]) -> list[SendTo]:
+    """Every SendTo in ``actions``, each checked to encode (and decode back) on the wire."""
+    out = sends(actions)
+    codec = wire_codec()
+    for action in out:
+        assert codec.decode(codec.encode(action.message)) == action.message
+    return out
+
+
+def lazy_node(config: PlumtreeConfig = QUICK) -> Plumtree:
+    """x with neighbours a (eager) and p (lazy)."""
+    x = make("x", config)
+    x.neighbor_up("a", now=0.0)
+    x.neighbor_up("p", now=0.0)
+    x.receive("p", Prune(), now=0.0)
+    return x
+
+
+@pytest.mark.parametrize("rnd", [0, 1, MAX_ROUND - 1, MAX_ROUND])
+def test_round_saturates_at_the_wire_max(rnd: int) -> None:
+    # Regression: a GOSSIP at round 255 was relayed at round 256, which the one-byte wire field
+    # cannot carry; the agent's re-encode raised EncodeError inside its TaskGroup.
+    x = lazy_node()
+    gossip = Gossip(msg_id=TOP, round=rnd, topic="t" * MAX_TOPIC_LEN, payload=bytes(MAX_PAYLOAD))
+    got = x.receive("b", gossip, now=1.0)  # b is no neighbour: forwarded to a, announced to p
+    relayed = [s.message for s in encodable(got)]
+    out_round = min(rnd + 1, MAX_ROUND)
+    assert [m.round for m in relayed if isinstance(m, Gossip)] == [out_round]
+    assert [m for m in relayed if isinstance(m, IHave)] == [
+        IHave(announcements=((TOP, out_round),))
+    ]
+    assert delivers(got)[0].hops == out_round
+
+
+@pytest.mark.parametrize("rnd", [MAX_ROUND - 1, MAX_ROUND])
+def test_graft_and_its_answer_at_the_top_round_fit_the_wire(rnd: int) -> None:
+    x = lazy_node()
+    assert x.receive("p", IHave(announcements=((TOP, rnd),)), now=1.0) == []
+    graft = encodable(x.on_timer(now=1.0 + QUICK.ihave_timeout))
+    assert graft == [SendTo("p", Graft(msg_id=TOP, round=rnd))]
+    answer = Gossip(msg_id=TOP, round=rnd, topic="", payload=b"")
+    got = x.receive("p", answer, now=2.5)
+    assert [s.message for s in encodable(got)] == [
+        Gossip(msg_id=TOP, round=MAX_ROUND, topic="", payload=b"")
+    ]
+    # The neighbour at round 255 asks for it back: answered from the cache, still encodable.
+    assert encodable(x.receive("a", Graft(msg_id=TOP, round=MAX_ROUND), now=3.0)) != []
+
+
+def test_a_full_ihave_of_the_longest_ids_fits_one_frame() -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.05, ihave_batch_max=MAX_IHAVE_ENTRIES)
+    x = lazy_node(config)
+    out: list[SendTo] = []
+    for seq in range(3 * MAX_IHAVE_ENTRIES):
+        gossip = Gossip(msg_id=(LONG_ORIGIN, 0, seq), round=MAX_ROUND, topic="", payload=b"")
+        out += encodable(x.receive("a", gossip, now=1.0))
+    out += encodable(x.on_timer(now=1.1))
+    announced = 0
+    for send in out:
+        if isinstance(send.message, IHave):
+            assert len(send.message.announcements) <= MAX_IHAVE_ENTRIES
+            announced += len(send.message.announcements)
+    assert announced == 3 * MAX_IHAVE_ENTRIES  # split over frames, none lost
+    with pytest.raises(ConfigError):
+        PlumtreeConfig(ihave_batch_max=MAX_IHAVE_ENTRIES + 1)
+
+
+def test_a_long_queue_of_short_ids_is_flushed_whole() -> None:
+    x = lazy_node(PlumtreeConfig(lazy_flush_interval=0.05, ihave_batch_max=MAX_IHAVE_ENTRIES))
+    for seq in range(MAX_IHAVE_ENTRIES - 1):
+        gossip = Gossip(msg_id=("o", 0, seq), round=0, topic="", payload=b"")
+        assert sends(x.receive("a", gossip, now=1.0)) == []
+    deadline = x.next_deadline()
+    assert deadline is not None
+    [flush] = encodable(x.on_timer(now=deadline))
+    assert isinstance(flush.message, IHave)
+    assert len(flush.message.announcements) == MAX_IHAVE_ENTRIES - 1
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Gossip(msg_id=("o", 0, 1), round=MAX_ROUND + 1, topic="t", payload=b""),
+        Gossip(msg_id=("o", 0, 1), round=1 << 20, topic="t", payload=b""),
+        Gossip(msg_id=("o", 0, MAX_ID_INT + 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o", MAX_ID_INT + 1, 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o", -1, 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o" * (MAX_ORIGIN_LEN + 1), 0, 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o\n", 0, 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o", 0, 1), round=0, topic="t" * (MAX_TOPIC_LEN + 1), payload=b""),
+        Gossip(msg_id=("o", 0, 1), round=0, topic="\x00", payload=b""),
+        Gossip(msg_id=("o", 0, 1), round=0, topic="t", payload=bytes(MAX_PAYLOAD + 1)),
+        IHave(announcements=((("o", 0, 1), MAX_ROUND + 1),)),
+        IHave(announcements=((("o", 0, MAX_ID_INT + 1), 0),)),
+        Graft(msg_id=None, round=MAX_ROUND + 1),
+        Graft(msg_id=("o", 0, MAX_ID_INT + 1), round=0),
+    ],
+)
+def test_values_beyond_the_wire_are_dropped_and_counted(message: object) -> None:
+    a = make("a")
+    a.neighbor_up("b", now=0.0)
+    a.receive("b", Prune(), now=0.0)
+    assert a.receive("b", message, now=0.0) == []
+    assert a.counters["dropped.out_of_range"] == 1
+    assert a.counters["delivered"] == 0
+    assert a.next_deadline() is None  # no missing-message timer either
+    assert "b" in a.lazy_peers  # an out-of-range GRAFT does not change the link
+
+
+def test_local_values_beyond_the_wire_raise() -> None:
+    a = make("a")
+    with pytest.raises(PlumtreeError):
+        a.broadcast(b"", topic="t" * (MAX_TOPIC_LEN + 1), now=0.0)
+    with pytest.raises(PlumtreeError):
+        a.broadcast(bytes(MAX_PAYLOAD + 1), topic="t", now=0.0)
+    for bad in ("", "x" * (MAX_ORIGIN_LEN + 1), "x\ny"):
+        with pytest.raises(PlumtreeError):
+            make(bad)
+    with pytest.raises(PlumtreeError):
+        make("a", incarnation=MAX_ID_INT + 1)
+    top = make("o" * MAX_ORIGIN_LEN, incarnation=MAX_ID_INT)
+    top.neighbor_up("b", now=0.0)
+    _, actions = top.broadcast(bytes(MAX_PAYLOAD), topic="t" * MAX_TOPIC_LEN, now=0.0)
+    assert len(encodable(actions)) == 1
