@@ -795,3 +795,60 @@ def test_local_values_beyond_the_wire_raise() -> None:
     top.neighbor_up("b", now=0.0)
     _, actions = top.broadcast(bytes(MAX_PAYLOAD), topic="t" * MAX_TOPIC_LEN, now=0.0)
     assert len(encodable(actions)) == 1
+
+
+# --- concurrent origins (rule 8) -----------------------------------------------------------------
+
+
+def test_a_duplicate_from_a_link_that_just_brought_a_first_copy_does_not_prune() -> None:
+    # Two origins at once: a brings m1 first, b brings m2 first; m1 from b is a duplicate, but
+    # b's link is the path of m2. The paper's rule would prune it and tear the tree.
+    x = make("x", PlumtreeConfig(lazy_flush_interval=0.0, prune_grace=0.5))
+    for peer in ("a", "b"):
+        x.neighbor_up(peer, now=0.0)
+    m1 = Gossip(msg_id=("o1", 0, 1), round=0, topic="t", payload=b"")
+    m2 = Gossip(msg_id=("o2", 0, 1), round=0, topic="t", payload=b"")
+    x.receive("a", m1, now=1.0)
+    x.receive("b", m2, now=1.001)
+    assert x.receive("b", m1, now=1.002) == []
+    assert x.receive("a", m2, now=1.003) == []
+    assert list(x.eager_peers) == ["a", "b"]
+    assert x.counters["prune.deferred"] == 2
+    # Past the grace, a link that brings only duplicates is pruned as in the paper.
+    m3 = Gossip(msg_id=("o1", 0, 2), round=0, topic="t", payload=b"")
+    x.receive("a", m3, now=2.0)
+    assert x.receive("b", m3, now=2.001) == [SendTo("b", Prune())]
+    assert list(x.lazy_peers) == ["b"]
+
+
+def test_no_prune_grace_is_the_papers_rule() -> None:
+    x = make("x", PlumtreeConfig(lazy_flush_interval=0.0, prune_grace=0.0))
+    for peer in ("a", "b"):
+        x.neighbor_up(peer, now=0.0)
+    m1 = Gossip(msg_id=("o1", 0, 1), round=0, topic="t", payload=b"")
+    m2 = Gossip(msg_id=("o2", 0, 1), round=0, topic="t", payload=b"")
+    x.receive("a", m1, now=1.0)
+    x.receive("b", m2, now=1.001)
+    assert x.receive("b", m1, now=1.002) == [SendTo("b", Prune())]
+    assert x.counters["prune.deferred"] == 0
+
+
+def test_no_section_3_8_swap_while_several_origins_are_in_flight() -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.0, optimization_threshold=2, prune_grace=0.5)
+    x = make("x", config)
+    for peer in ("far", "near"):
+        x.neighbor_up(peer, now=0.0)
+    x.receive("near", Prune(), now=0.0)
+    x.receive("far", Gossip(msg_id=("other", 0, 1), round=0, topic="t", payload=b""), now=1.0)
+    mid: MsgId = ("o", 0, 1)
+    x.receive("near", IHave(announcements=((mid, 1),)), now=1.0)
+    actions = x.receive("far", Gossip(msg_id=mid, round=4, topic="t", payload=b""), now=1.1)
+    assert sends(actions) == []  # a swap for o could cut the path of "other"
+    assert x.counters["graft.optimize_skipped"] == 1
+    assert list(x.eager_peers) == ["far"]
+    # Once only one origin is heard for a grace, the swap is made as in the paper.
+    later: MsgId = ("o", 0, 2)
+    x.receive("near", IHave(announcements=((later, 1),)), now=3.0)
+    actions = x.receive("far", Gossip(msg_id=later, round=4, topic="t", payload=b""), now=3.1)
+    assert SendTo("near", Graft(msg_id=None, round=1)) in actions
+    assert SendTo("far", Prune()) in actions

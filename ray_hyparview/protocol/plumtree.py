@@ -48,11 +48,25 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
    the codec can encode everything this core emits. The round (one byte on the wire) saturates
    at :data:`MAX_ROUND` instead of growing past it (DEPARTURE: the paper's round is unbounded; a
    saturated round only blunts the section 3.8 comparison on paths longer than 255 hops).
+8. Concurrent origins share one tree without tearing it (DEPARTURE). The paper prunes a link
+   on every duplicate and swaps links for the origin at hand (section 3.8); with several
+   origins in flight at once, each duplicate prunes a link that was redundant for *its*
+   message but may be the only path of another, and each swap shortens one origin's path by
+   cutting another's. When 100 nodes broadcast at once, the eager links left were far from
+   spanning and most messages had to be pulled level by level with IHAVE and GRAFT (p99 of 3 s
+   with 1 s timers). So: a duplicate from a neighbour that brought a *first* copy less than
+   ``prune_grace`` seconds ago does not prune it (``prune.deferred``); the next duplicate
+   after the grace does. And no section 3.8 swap is made while new messages of different
+   origins arrived less than ``prune_grace`` apart (``graft.optimize_skipped``). A single
+   origin, or broadcasts further apart than the grace, see the paper's rules unchanged; a burst
+   on a settled tree keeps the tree, and a burst on fresh links (all eager) keeps them until
+   the first broadcast outside a burst prunes them.
 
 Counters (``counters``) the simulator can read: ``sent.<Type>`` / ``received.<Type>`` per message
-type, ``delivered``, ``duplicate``, ``graft.timer``, ``graft.optimize``, ``graft.unanswered``,
-``ihave.ids``, ``dropped.<cause>``. Relative message redundancy for one broadcast over N nodes is
-``sum(received.Gossip) / (N - 1) - 1`` (paper, section 4.1).
+type, ``delivered``, ``duplicate``, ``graft.timer``, ``graft.optimize``,
+``graft.optimize_skipped``, ``graft.unanswered``, ``graft.exhausted``, ``prune.deferred``,
+``ihave.ids``, ``dropped.<cause>``. Relative message redundancy for one broadcast over N nodes
+is ``sum(received.Gossip) / (N - 1) - 1`` (paper, section 4.1).
 """
 
 from __future__ import annotations
@@ -131,15 +145,16 @@ class PlumtreeError(HyParViewError, ValueError):
 class PlumtreeConfig:
     """Timers and bounds of the broadcast layer, validated on construction."""
 
-    ihave_timeout: float = 1.0
+    ihave_timeout: float = 0.2
     """The paper's *timeout1*: seconds to wait for a message announced by IHAVE before GRAFT.
-    Should exceed a few link latencies, or the tree keeps being re-grafted needlessly."""
+    Should exceed a few link latencies, or the tree keeps being re-grafted needlessly; each
+    torn tree level costs about this much (``benchmarks/plumtree_burst.py``)."""
 
-    graft_timeout: float = 0.5
+    graft_timeout: float = 0.1
     """The paper's *timeout2*: seconds to wait for the answer to a GRAFT before grafting the
     next announcer (shorter than ``ihave_timeout``, as in the paper)."""
 
-    lazy_flush_interval: float = 0.05
+    lazy_flush_interval: float = 0.02
     """Seconds IHAVE ids are held to be batched per peer; 0 sends them at the end of each
     input (one IHAVE per peer per input)."""
 
@@ -165,6 +180,10 @@ class PlumtreeConfig:
     missing_max: int = 10_000
     """Most announced-but-missing messages tracked at once; further IHAVE ids are dropped."""
 
+    prune_grace: float = 0.5
+    """Seconds after a neighbour last brought a message first during which a duplicate from it
+    does not prune its link (0: the paper's rule, every duplicate prunes). See rule 8."""
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -177,6 +196,8 @@ class PlumtreeConfig:
         for name in ("ihave_timeout", "graft_timeout", "seen_retention", "payload_retention"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if self.prune_grace < 0:
+            raise ConfigError(f"prune_grace must be >= 0, got {self.prune_grace}")
         if self.lazy_flush_interval < 0:
             raise ConfigError(f"lazy_flush_interval must be >= 0, got {self.lazy_flush_interval}")
         ints = ("ihave_batch_max", "seen_max", "payload_cache_max", "missing_max")
@@ -350,6 +371,9 @@ class Plumtree:
         self._timer_seq = 0
         self._queues: dict[NodeId, list[tuple[MsgId, int]]] = {}
         self._queue_bytes: dict[NodeId, int] = {}  # peer -> estimated size of its queue
+        self._useful: dict[NodeId, float] = {}  # neighbour -> when it last brought a first copy
+        self._last_origin: tuple[NodeId, float] | None = None  # origin of the last new message
+        self._concurrent_until = -math.inf  # several origins in flight: no section 3.8 swaps
         self._flush_at: float | None = None
 
     # --- views -----------------------------------------------------------------------------------
@@ -391,6 +415,7 @@ class Plumtree:
         self._lazy.pop(peer_id, None)
         self._queues.pop(peer_id, None)
         self._queue_bytes.pop(peer_id, None)
+        self._useful.pop(peer_id, None)
         for entry in self._missing.values():
             entry.announcers = [(p, r) for p, r in entry.announcers if p != peer_id]
         return self._finish(now, [])
@@ -489,10 +514,16 @@ class Plumtree:
         neighbor = self._is_neighbor(sender)
         if self._is_seen(gossip.msg_id):
             self.counters["duplicate"] += 1
-            if neighbor:
-                # Algorithm 1: a duplicate means the sender's link is redundant in the tree.
-                self._make_lazy(sender)
-                self._send(sender, Prune(), actions)
+            if not neighbor:
+                return
+            useful = self._useful.get(sender)
+            if useful is not None and now - useful < self.config.prune_grace:
+                # Rule 8: the link brought a first copy of another message a moment ago.
+                self.counters["prune.deferred"] += 1
+                return
+            # Algorithm 1: a duplicate means the sender's link is redundant in the tree.
+            self._make_lazy(sender)
+            self._send(sender, Prune(), actions)
             return
         if not neighbor:
             # DEPARTURE: the paper assumes every sender is a neighbour. A copy racing a
@@ -510,9 +541,10 @@ class Plumtree:
         self._accept(relayed, sender, now, actions, holders)
         if not neighbor:
             return
+        self._useful[sender] = now
         self._make_eager(sender)
         if announced is not None:
-            self._optimize(gossip, sender, announced, actions)
+            self._optimize(gossip, sender, announced, now, actions)
 
     def _accept(
         self,
@@ -525,6 +557,11 @@ class Plumtree:
         """Deliver a new message, remember it and push it on (eagerPush + lazyPush)."""
         msg_id = gossip.msg_id
         self._remember(msg_id, gossip, now)
+        grace = self.config.prune_grace
+        last = self._last_origin
+        if last is not None and last[0] != msg_id[0] and now - last[1] < grace:
+            self._concurrent_until = now + grace
+        self._last_origin = (msg_id[0], now)
         actions.append(
             Deliver(
                 msg_id=msg_id,
@@ -543,7 +580,12 @@ class Plumtree:
                 self._enqueue_ihave(peer, msg_id, gossip.round, now, actions)
 
     def _optimize(
-        self, gossip: Gossip, sender: NodeId, announced: _Missing, actions: list[Action]
+        self,
+        gossip: Gossip,
+        sender: NodeId,
+        announced: _Missing,
+        now: float,
+        actions: list[Action],
     ) -> None:
         """Section 3.8: if an IHAVE came from much closer to the origin, use that link."""
         threshold = self.config.optimization_threshold
@@ -557,6 +599,11 @@ class Plumtree:
             return
         peer, rnd = best
         if rnd < gossip.round and gossip.round - rnd >= threshold:
+            if now < self._concurrent_until:
+                # DEPARTURE (rule 8): the shorter path for this origin may be the only path of
+                # another one in flight; swaps made for several origins at once cut the tree.
+                self.counters["graft.optimize_skipped"] += 1
+                return
             self.counters["graft.optimize"] += 1
             self._make_eager(peer)
             self._send(peer, Graft(msg_id=None, round=rnd), actions)
