@@ -852,3 +852,77 @@ def test_no_section_3_8_swap_while_several_origins_are_in_flight() -> None:
     actions = x.receive("far", Gossip(msg_id=later, round=4, topic="t", payload=b""), now=3.1)
     assert SendTo("near", Graft(msg_id=None, round=1)) in actions
     assert SendTo("far", Prune()) in actions
+
+
+_EXTREME_ORIGINS = st.sampled_from(["o", "o" * MAX_ORIGIN_LEN, LONG_ORIGIN, "\u00e9" * 7])
+_EXTREME_INTS = st.sampled_from([0, 1, MAX_ID_INT - 1, MAX_ID_INT])
+_EXTREME_ROUNDS = st.sampled_from([0, 1, MAX_ROUND - 1, MAX_ROUND])
+_MSG_IDS = st.tuples(_EXTREME_ORIGINS, _EXTREME_INTS, _EXTREME_INTS)
+_PEERS = st.sampled_from(["a", "b", "c"])
+_INPUTS = st.one_of(
+    st.tuples(
+        st.just("gossip"),
+        _PEERS,
+        st.builds(
+            Gossip,
+            msg_id=_MSG_IDS,
+            round=_EXTREME_ROUNDS,
+            topic=st.sampled_from(["", "t" * MAX_TOPIC_LEN, "\u00e9" * MAX_TOPIC_LEN]),
+            payload=st.sampled_from([b"", bytes(MAX_PAYLOAD)]),
+        ),
+    ),
+    st.tuples(
+        st.just("ihave"),
+        _PEERS,
+        st.builds(
+            IHave,
+            announcements=st.lists(st.tuples(_MSG_IDS, _EXTREME_ROUNDS), max_size=8).map(tuple),
+        ),
+    ),
+    st.tuples(
+        st.just("graft"),
+        _PEERS,
+        st.builds(Graft, msg_id=st.one_of(st.none(), _MSG_IDS), round=_EXTREME_ROUNDS),
+    ),
+    st.tuples(st.just("prune"), _PEERS, st.just(Prune())),
+    st.tuples(st.just("timer"), _PEERS, st.none()),
+    st.tuples(st.just("down"), _PEERS, st.none()),
+    st.tuples(st.just("up"), _PEERS, st.none()),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs=st.lists(_INPUTS, max_size=40), batch=st.sampled_from([1, 64, MAX_IHAVE_ENTRIES]))
+def test_property_whatever_arrives_the_core_emits_only_what_the_wire_carries(
+    inputs: list[tuple[str, str, object]], batch: int
+) -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.01, ihave_batch_max=batch)
+    x = make("x", config)
+    for peer in ("a", "b", "c"):
+        x.neighbor_up(peer, now=0.0)
+    now = 0.0
+    for kind, peer, message in inputs:
+        now += 0.05
+        match kind:
+            case "timer":
+                actions = x.on_timer(now=now + 1.0)
+                now += 1.0
+            case "down":
+                actions = x.neighbor_down(peer, now=now)
+            case "up":
+                actions = x.neighbor_up(peer, now=now)
+            case _:
+                actions = x.receive(peer, message, now=now)
+        for action in encodable(actions):
+            if isinstance(action.message, Gossip | Graft):
+                assert 0 <= action.message.round <= MAX_ROUND
+    encodable(x.on_timer(now=now + 10.0))
+    assert x.counters["dropped.out_of_range"] == 0  # every input was within the wire's ranges
+
+
+def test_announcements_owed_to_a_departed_peer_are_counted() -> None:
+    x = lazy_node(PlumtreeConfig(lazy_flush_interval=0.05))
+    x.receive("a", Gossip(msg_id=("o", 0, 1), round=0, topic="t", payload=b""), now=1.0)
+    assert x.neighbor_down("p", now=1.01) == []
+    assert x.counters["ihave.dropped_peer_down"] == 1
+    assert x.on_timer(now=2.0) == []

@@ -65,8 +65,8 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
 Counters (``counters``) the simulator can read: ``sent.<Type>`` / ``received.<Type>`` per message
 type, ``delivered``, ``duplicate``, ``graft.timer``, ``graft.optimize``,
 ``graft.optimize_skipped``, ``graft.unanswered``, ``graft.exhausted``, ``prune.deferred``,
-``ihave.ids``, ``dropped.<cause>``. Relative message redundancy for one broadcast over N nodes
-is ``sum(received.Gossip) / (N - 1) - 1`` (paper, section 4.1).
+``ihave.ids``, ``ihave.dropped_peer_down``, ``dropped.<cause>``. Relative message redundancy for
+one broadcast over N nodes is ``sum(received.Gossip) / (N - 1) - 1`` (paper, section 4.1).
 """
 
 from __future__ import annotations
@@ -413,7 +413,9 @@ class Plumtree:
         self._tick(now)
         self._eager.pop(peer_id, None)
         self._lazy.pop(peer_id, None)
-        self._queues.pop(peer_id, None)
+        queue = self._queues.pop(peer_id, None)
+        if queue:
+            self.counters["ihave.dropped_peer_down"] += len(queue)  # nobody left to tell
         self._queue_bytes.pop(peer_id, None)
         self._useful.pop(peer_id, None)
         for entry in self._missing.values():
