@@ -8,7 +8,8 @@
 What it runs (``ray_hyparview.sim.burst.run``): a HyParView overlay of ``--nodes`` nodes (paper
 parameters, sequential joins, 3 shuffle periods, the simulator's 1-5 ms uniform latency), with
 Plumtree stacked on it as the agent stacks it. ``--warmup`` single broadcasts settle the tree,
-then ``--bursts`` bursts in which every node broadcasts at the same instant, each watched for
+then (``--crash F``: a fraction F of the nodes crashes at once, just before) ``--bursts``
+bursts in which every node broadcasts at the same instant, each watched for
 ``--horizon`` simulated seconds, then ``--singles`` single broadcasts from random nodes (2 s
 apart), whose redundancy is the settled tree's. Per burst: deliveries missing at the horizon (of
 nodes x (nodes - 1)), delivery latency p50/p90/p99/max, LDH (largest hop count of a delivery,
@@ -56,6 +57,9 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--warmup", type=int, default=3, help="single broadcasts before")
+    parser.add_argument(
+        "--crash", type=float, default=0.0, help="fraction of nodes crashed before the bursts"
+    )
     parser.add_argument("--bursts", type=int, default=3)
     parser.add_argument("--horizon", type=float, default=5.0, help="seconds watched per burst")
     parser.add_argument("--singles", type=int, default=5, help="single broadcasts after")
@@ -82,6 +86,7 @@ def main() -> int:
             seed,
             tree_config=config,
             warmup=args.warmup,
+            crash=args.crash,
             bursts=args.bursts,
             horizon=args.horizon,
             singles=args.singles,
@@ -109,7 +114,7 @@ def main() -> int:
                 f" {b.mean_last_hop:.1f} | {b.rmr:.2f} | {b.graft} |"
             )
         singles = ", ".join(f"{s.rmr:.2f}" for s in result.singles)
-        reached = min((s.delivered for s in result.singles), default=args.nodes)
+        reached = min((s.delivered for s in result.singles), default=0)
         print(f"| {seed} | singles after | RMR {singles} | fewest reached {reached} |")
         out.append({"seed": seed, "singles_rmr": [s.rmr for s in result.singles]})
     rows = [r for r in out if "burst" in r]

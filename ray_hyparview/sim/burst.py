@@ -198,14 +198,17 @@ def run(
     tree_config: PlumtreeConfig = SIM_TREE_CONFIG,
     config: HyParViewConfig | None = None,
     warmup: int = 3,
+    crash: float = 0.0,
     bursts: int = 2,
     horizon: float = 5.0,
     singles: int = 5,
     shuffle_periods: int = 3,
 ) -> BurstRun:
-    """Build an ``n``-node overlay, settle its tree with ``warmup`` single broadcasts, run
+    """Build an ``n``-node overlay, settle its tree with ``warmup`` single broadcasts, crash a
+    ``crash`` fraction of the nodes (the tree torn, failure detection not yet done), run
     ``bursts`` bursts (each watched ``horizon`` seconds), then ``singles`` single broadcasts from
-    random nodes (each watched 2 s)."""
+    random live nodes (each watched 2 s). A crash may cut survivors off; the figures count them
+    as missing, so read them with the overlay's components in mind."""
     hv_config = config if config is not None else HyParViewConfig(keepalive_interval=None)
     sim = Simulation(hv_config, seed=seed, node_factory=broadcast_node_factory(tree_config))
     rng = random.Random(seed)
@@ -213,6 +216,9 @@ def run(
     sim.run_for(shuffle_periods * hv_config.shuffle_interval)
     for _ in range(warmup):
         broadcast(sim, rng.choice(ids))
+    if crash:
+        sim.crash(rng.sample(ids, round(crash * n)))
     results = tuple(burst(sim, horizon=horizon) for _ in range(bursts))
-    single = tuple(broadcast(sim, rng.choice(ids)) for _ in range(singles))
+    live = sim.alive_ids
+    single = tuple(broadcast(sim, rng.choice(live)) for _ in range(singles))
     return BurstRun(seed=seed, bursts=results, singles=single)
