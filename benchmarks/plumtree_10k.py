@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "graft_timeout": SIM_TREE_CONFIG.graft_timeout,
             "lazy_flush_interval": SIM_TREE_CONFIG.lazy_flush_interval,
             "optimization_threshold": SIM_TREE_CONFIG.optimization_threshold,
+            "prune_grace": SIM_TREE_CONFIG.prune_grace,
         },
         "rows": [_row_dict(r) for r in rows],
         "summary": summary,

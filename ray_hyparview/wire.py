@@ -59,6 +59,7 @@ class TupleField:
 _ID = StrField(240, min_len=1)
 _U64 = IntField(0, 2**64 - 1)
 _SMALL = IntField(0, 255)
+_ROUND = IntField(0, pt.MAX_ROUND)  # Plumtree's round: one byte, saturated by the core
 _TEXT = StrField(200)
 MAX_PAYLOAD: Final = 48 * 1024
 """Largest application payload the mesh carries; the envelopes around it stay under the
@@ -68,9 +69,11 @@ _ENVELOPE = BytesField(60_000)  # an encoded mesh envelope, inside a data frame 
 _MSG_ID = TupleField((_ID, _U64, _U64))
 
 # Plumtree (Leitão, Pereira, Rodrigues, SRDS 2007): 16-19.
-register(16, pt.Gossip, {"msg_id": _MSG_ID, "round": _SMALL, "topic": _TEXT, "payload": _ENVELOPE})
-register(17, pt.IHave, {"announcements": SeqField(TupleField((_MSG_ID, _SMALL)), 256)})
-register(18, pt.Graft, {"msg_id": OptionalField(_MSG_ID), "round": _SMALL})
+register(16, pt.Gossip, {"msg_id": _MSG_ID, "round": _ROUND, "topic": _TEXT, "payload": _ENVELOPE})
+register(
+    17, pt.IHave, {"announcements": SeqField(TupleField((_MSG_ID, _ROUND)), pt.MAX_IHAVE_ENTRIES)}
+)
+register(18, pt.Graft, {"msg_id": OptionalField(_MSG_ID), "round": _ROUND})
 register(19, pt.Prune, {})
 
 # Routing (a reduced Babel, RFC 8966): 32-35.

@@ -20,6 +20,12 @@ from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import ConfigError
 from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.protocol.plumtree import (
+    MAX_ID_INT,
+    MAX_IHAVE_ENTRIES,
+    MAX_ORIGIN_LEN,
+    MAX_PAYLOAD,
+    MAX_ROUND,
+    MAX_TOPIC_LEN,
     Action,
     Deliver,
     Gossip,
@@ -35,6 +41,7 @@ from ray_hyparview.protocol.plumtree import (
 from ray_hyparview.sim.engine import Simulation
 from ray_hyparview.sim.scenario import build_overlay
 from ray_hyparview.sim.stacked import broadcast, broadcast_node_factory
+from ray_hyparview.wire import wire_codec
 
 QUICK = PlumtreeConfig(ihave_timeout=1.0, graft_timeout=0.5, lazy_flush_interval=0.0)
 
@@ -636,3 +643,286 @@ def test_plumtree_over_hyparview_in_the_simulator(n: int) -> None:
     sim.run_for(30.0)
     delivered, _, _ = run(ids[0])
     assert delivered == len(sim.alive_ids)
+
+
+def test_announcements_queued_for_a_peer_grafted_before_the_flush_are_still_sent() -> None:
+    # Regression: the flush sent a queue only if its peer was still lazy, then cleared them all,
+    # so a GRAFT inside the flush window silently dropped the announcements owed to the grafter.
+    config = PlumtreeConfig(lazy_flush_interval=0.05)
+    x = make("x", config)
+    x.neighbor_up("a", now=0.0)
+    x.neighbor_up("p", now=0.0)
+    x.receive("p", Prune(), now=0.0)
+    mid: MsgId = ("o", 0, 1)
+    got = x.receive("a", Gossip(msg_id=mid, round=0, topic="t", payload=b"m"), now=1.0)
+    assert sends(got) == []  # p is lazy: its IHAVE waits for the flush
+    # p grafts the link for a repair of its own before the flush: p is eager again.
+    assert x.receive("p", Graft(msg_id=None, round=0), now=1.01) == []
+    assert "p" in x.eager_peers
+    deadline = x.next_deadline()
+    assert deadline is not None
+    assert deadline <= 1.05
+    assert x.on_timer(now=deadline) == [SendTo("p", IHave(announcements=((mid, 1),)))]
+
+
+# --- every value the core emits fits the wire ----------------------------------------------------
+
+LONG_ORIGIN = "\U0001d11e" * MAX_ORIGIN_LEN  # printable, 4 bytes a character in UTF-8
+TOP: MsgId = (LONG_ORIGIN, MAX_ID_INT, MAX_ID_INT)
+
+
+def encodable(actions: Iterable[Action]) -> list[SendTo]:
+    """Every SendTo in ``actions``, each checked to encode (and decode back) on the wire."""
+    out = sends(actions)
+    codec = wire_codec()
+    for action in out:
+        assert codec.decode(codec.encode(action.message)) == action.message
+    return out
+
+
+def lazy_node(config: PlumtreeConfig = QUICK) -> Plumtree:
+    """x with neighbours a (eager) and p (lazy)."""
+    x = make("x", config)
+    x.neighbor_up("a", now=0.0)
+    x.neighbor_up("p", now=0.0)
+    x.receive("p", Prune(), now=0.0)
+    return x
+
+
+@pytest.mark.parametrize("rnd", [0, 1, MAX_ROUND - 1, MAX_ROUND])
+def test_round_saturates_at_the_wire_max(rnd: int) -> None:
+    # Regression: a GOSSIP at round 255 was relayed at round 256, which the one-byte wire field
+    # cannot carry; the agent's re-encode raised EncodeError inside its TaskGroup.
+    x = lazy_node()
+    gossip = Gossip(msg_id=TOP, round=rnd, topic="t" * MAX_TOPIC_LEN, payload=bytes(MAX_PAYLOAD))
+    got = x.receive("b", gossip, now=1.0)  # b is no neighbour: forwarded to a, announced to p
+    relayed = [s.message for s in encodable(got)]
+    out_round = min(rnd + 1, MAX_ROUND)
+    assert [m.round for m in relayed if isinstance(m, Gossip)] == [out_round]
+    assert [m for m in relayed if isinstance(m, IHave)] == [
+        IHave(announcements=((TOP, out_round),))
+    ]
+    assert delivers(got)[0].hops == out_round
+
+
+@pytest.mark.parametrize("rnd", [MAX_ROUND - 1, MAX_ROUND])
+def test_graft_and_its_answer_at_the_top_round_fit_the_wire(rnd: int) -> None:
+    x = lazy_node()
+    assert x.receive("p", IHave(announcements=((TOP, rnd),)), now=1.0) == []
+    graft = encodable(x.on_timer(now=1.0 + QUICK.ihave_timeout))
+    assert graft == [SendTo("p", Graft(msg_id=TOP, round=rnd))]
+    answer = Gossip(msg_id=TOP, round=rnd, topic="", payload=b"")
+    got = x.receive("p", answer, now=2.5)
+    assert [s.message for s in encodable(got)] == [
+        Gossip(msg_id=TOP, round=MAX_ROUND, topic="", payload=b"")
+    ]
+    # The neighbour at round 255 asks for it back: answered from the cache, still encodable.
+    assert encodable(x.receive("a", Graft(msg_id=TOP, round=MAX_ROUND), now=3.0)) != []
+
+
+def test_a_full_ihave_of_the_longest_ids_fits_one_frame() -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.05, ihave_batch_max=MAX_IHAVE_ENTRIES)
+    x = lazy_node(config)
+    out: list[SendTo] = []
+    for seq in range(3 * MAX_IHAVE_ENTRIES):
+        gossip = Gossip(msg_id=(LONG_ORIGIN, 0, seq), round=MAX_ROUND, topic="", payload=b"")
+        out += encodable(x.receive("a", gossip, now=1.0))
+    out += encodable(x.on_timer(now=1.1))
+    announced = 0
+    for send in out:
+        if isinstance(send.message, IHave):
+            assert len(send.message.announcements) <= MAX_IHAVE_ENTRIES
+            announced += len(send.message.announcements)
+    assert announced == 3 * MAX_IHAVE_ENTRIES  # split over frames, none lost
+    with pytest.raises(ConfigError):
+        PlumtreeConfig(ihave_batch_max=MAX_IHAVE_ENTRIES + 1)
+
+
+def test_a_long_queue_of_short_ids_is_flushed_whole() -> None:
+    x = lazy_node(PlumtreeConfig(lazy_flush_interval=0.05, ihave_batch_max=MAX_IHAVE_ENTRIES))
+    for seq in range(MAX_IHAVE_ENTRIES - 1):
+        gossip = Gossip(msg_id=("o", 0, seq), round=0, topic="", payload=b"")
+        assert sends(x.receive("a", gossip, now=1.0)) == []
+    deadline = x.next_deadline()
+    assert deadline is not None
+    [flush] = encodable(x.on_timer(now=deadline))
+    assert isinstance(flush.message, IHave)
+    assert len(flush.message.announcements) == MAX_IHAVE_ENTRIES - 1
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Gossip(msg_id=("o", 0, 1), round=MAX_ROUND + 1, topic="t", payload=b""),
+        Gossip(msg_id=("o", 0, 1), round=1 << 20, topic="t", payload=b""),
+        Gossip(msg_id=("o", 0, MAX_ID_INT + 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o", MAX_ID_INT + 1, 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o", -1, 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o" * (MAX_ORIGIN_LEN + 1), 0, 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o\n", 0, 1), round=0, topic="t", payload=b""),
+        Gossip(msg_id=("o", 0, 1), round=0, topic="t" * (MAX_TOPIC_LEN + 1), payload=b""),
+        Gossip(msg_id=("o", 0, 1), round=0, topic="\x00", payload=b""),
+        Gossip(msg_id=("o", 0, 1), round=0, topic="t", payload=bytes(MAX_PAYLOAD + 1)),
+        IHave(announcements=((("o", 0, 1), MAX_ROUND + 1),)),
+        IHave(announcements=((("o", 0, MAX_ID_INT + 1), 0),)),
+        Graft(msg_id=None, round=MAX_ROUND + 1),
+        Graft(msg_id=("o", 0, MAX_ID_INT + 1), round=0),
+    ],
+)
+def test_values_beyond_the_wire_are_dropped_and_counted(message: object) -> None:
+    a = make("a")
+    a.neighbor_up("b", now=0.0)
+    a.receive("b", Prune(), now=0.0)
+    assert a.receive("b", message, now=0.0) == []
+    assert a.counters["dropped.out_of_range"] == 1
+    assert a.counters["delivered"] == 0
+    assert a.next_deadline() is None  # no missing-message timer either
+    assert "b" in a.lazy_peers  # an out-of-range GRAFT does not change the link
+
+
+def test_local_values_beyond_the_wire_raise() -> None:
+    a = make("a")
+    with pytest.raises(PlumtreeError):
+        a.broadcast(b"", topic="t" * (MAX_TOPIC_LEN + 1), now=0.0)
+    with pytest.raises(PlumtreeError):
+        a.broadcast(bytes(MAX_PAYLOAD + 1), topic="t", now=0.0)
+    for bad in ("", "x" * (MAX_ORIGIN_LEN + 1), "x\ny"):
+        with pytest.raises(PlumtreeError):
+            make(bad)
+    with pytest.raises(PlumtreeError):
+        make("a", incarnation=MAX_ID_INT + 1)
+    top = make("o" * MAX_ORIGIN_LEN, incarnation=MAX_ID_INT)
+    top.neighbor_up("b", now=0.0)
+    _, actions = top.broadcast(bytes(MAX_PAYLOAD), topic="t" * MAX_TOPIC_LEN, now=0.0)
+    assert len(encodable(actions)) == 1
+
+
+# --- concurrent origins (rule 8) -----------------------------------------------------------------
+
+
+def test_a_duplicate_from_a_link_that_just_brought_a_first_copy_does_not_prune() -> None:
+    # Two origins at once: a brings m1 first, b brings m2 first; m1 from b is a duplicate, but
+    # b's link is the path of m2. The paper's rule would prune it and tear the tree.
+    x = make("x", PlumtreeConfig(lazy_flush_interval=0.0, prune_grace=0.5))
+    for peer in ("a", "b"):
+        x.neighbor_up(peer, now=0.0)
+    m1 = Gossip(msg_id=("o1", 0, 1), round=0, topic="t", payload=b"")
+    m2 = Gossip(msg_id=("o2", 0, 1), round=0, topic="t", payload=b"")
+    x.receive("a", m1, now=1.0)
+    x.receive("b", m2, now=1.001)
+    assert x.receive("b", m1, now=1.002) == []
+    assert x.receive("a", m2, now=1.003) == []
+    assert list(x.eager_peers) == ["a", "b"]
+    assert x.counters["prune.deferred"] == 2
+    # Past the grace, a link that brings only duplicates is pruned as in the paper.
+    m3 = Gossip(msg_id=("o1", 0, 2), round=0, topic="t", payload=b"")
+    x.receive("a", m3, now=2.0)
+    assert x.receive("b", m3, now=2.001) == [SendTo("b", Prune())]
+    assert list(x.lazy_peers) == ["b"]
+
+
+def test_no_prune_grace_is_the_papers_rule() -> None:
+    x = make("x", PlumtreeConfig(lazy_flush_interval=0.0, prune_grace=0.0))
+    for peer in ("a", "b"):
+        x.neighbor_up(peer, now=0.0)
+    m1 = Gossip(msg_id=("o1", 0, 1), round=0, topic="t", payload=b"")
+    m2 = Gossip(msg_id=("o2", 0, 1), round=0, topic="t", payload=b"")
+    x.receive("a", m1, now=1.0)
+    x.receive("b", m2, now=1.001)
+    assert x.receive("b", m1, now=1.002) == [SendTo("b", Prune())]
+    assert x.counters["prune.deferred"] == 0
+
+
+def test_no_section_3_8_swap_while_several_origins_are_in_flight() -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.0, optimization_threshold=2, prune_grace=0.5)
+    x = make("x", config)
+    for peer in ("far", "near"):
+        x.neighbor_up(peer, now=0.0)
+    x.receive("near", Prune(), now=0.0)
+    x.receive("far", Gossip(msg_id=("other", 0, 1), round=0, topic="t", payload=b""), now=1.0)
+    mid: MsgId = ("o", 0, 1)
+    x.receive("near", IHave(announcements=((mid, 1),)), now=1.0)
+    actions = x.receive("far", Gossip(msg_id=mid, round=4, topic="t", payload=b""), now=1.1)
+    assert sends(actions) == []  # a swap for o could cut the path of "other"
+    assert x.counters["graft.optimize_skipped"] == 1
+    assert list(x.eager_peers) == ["far"]
+    # Once only one origin is heard for a grace, the swap is made as in the paper.
+    later: MsgId = ("o", 0, 2)
+    x.receive("near", IHave(announcements=((later, 1),)), now=3.0)
+    actions = x.receive("far", Gossip(msg_id=later, round=4, topic="t", payload=b""), now=3.1)
+    assert SendTo("near", Graft(msg_id=None, round=1)) in actions
+    assert SendTo("far", Prune()) in actions
+
+
+_EXTREME_ORIGINS = st.sampled_from(["o", "o" * MAX_ORIGIN_LEN, LONG_ORIGIN, "\u00e9" * 7])
+_EXTREME_INTS = st.sampled_from([0, 1, MAX_ID_INT - 1, MAX_ID_INT])
+_EXTREME_ROUNDS = st.sampled_from([0, 1, MAX_ROUND - 1, MAX_ROUND])
+_MSG_IDS = st.tuples(_EXTREME_ORIGINS, _EXTREME_INTS, _EXTREME_INTS)
+_PEERS = st.sampled_from(["a", "b", "c"])
+_INPUTS = st.one_of(
+    st.tuples(
+        st.just("gossip"),
+        _PEERS,
+        st.builds(
+            Gossip,
+            msg_id=_MSG_IDS,
+            round=_EXTREME_ROUNDS,
+            topic=st.sampled_from(["", "t" * MAX_TOPIC_LEN, "\u00e9" * MAX_TOPIC_LEN]),
+            payload=st.sampled_from([b"", bytes(MAX_PAYLOAD)]),
+        ),
+    ),
+    st.tuples(
+        st.just("ihave"),
+        _PEERS,
+        st.builds(
+            IHave,
+            announcements=st.lists(st.tuples(_MSG_IDS, _EXTREME_ROUNDS), max_size=8).map(tuple),
+        ),
+    ),
+    st.tuples(
+        st.just("graft"),
+        _PEERS,
+        st.builds(Graft, msg_id=st.one_of(st.none(), _MSG_IDS), round=_EXTREME_ROUNDS),
+    ),
+    st.tuples(st.just("prune"), _PEERS, st.just(Prune())),
+    st.tuples(st.just("timer"), _PEERS, st.none()),
+    st.tuples(st.just("down"), _PEERS, st.none()),
+    st.tuples(st.just("up"), _PEERS, st.none()),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs=st.lists(_INPUTS, max_size=40), batch=st.sampled_from([1, 64, MAX_IHAVE_ENTRIES]))
+def test_property_whatever_arrives_the_core_emits_only_what_the_wire_carries(
+    inputs: list[tuple[str, str, object]], batch: int
+) -> None:
+    config = PlumtreeConfig(lazy_flush_interval=0.01, ihave_batch_max=batch)
+    x = make("x", config)
+    for peer in ("a", "b", "c"):
+        x.neighbor_up(peer, now=0.0)
+    now = 0.0
+    for kind, peer, message in inputs:
+        now += 0.05
+        match kind:
+            case "timer":
+                actions = x.on_timer(now=now + 1.0)
+                now += 1.0
+            case "down":
+                actions = x.neighbor_down(peer, now=now)
+            case "up":
+                actions = x.neighbor_up(peer, now=now)
+            case _:
+                actions = x.receive(peer, message, now=now)
+        for action in encodable(actions):
+            if isinstance(action.message, Gossip | Graft):
+                assert 0 <= action.message.round <= MAX_ROUND
+    encodable(x.on_timer(now=now + 10.0))
+    assert x.counters["dropped.out_of_range"] == 0  # every input was within the wire's ranges
+
+
+def test_announcements_owed_to_a_departed_peer_are_counted() -> None:
+    x = lazy_node(PlumtreeConfig(lazy_flush_interval=0.05))
+    x.receive("a", Gossip(msg_id=("o", 0, 1), round=0, topic="t", payload=b""), now=1.0)
+    assert x.neighbor_down("p", now=1.01) == []
+    assert x.counters["ihave.dropped_peer_down"] == 1
+    assert x.on_timer(now=2.0) == []

@@ -42,11 +42,31 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
    delivered and forwarded, but links are only ever changed for current neighbours, and IHAVE,
    GRAFT and PRUNE from anyone else are dropped (``dropped.not_neighbor``).
 6. Remote garbage never raises: it is dropped and counted under ``dropped.<cause>``.
+7. Only what the wire carries. Every field has the range its wire field has (the ``MAX_*``
+   constants below, which :mod:`ray_hyparview.wire` uses for the field widths): a message with a
+   value outside it is dropped and counted, and every value the core derives stays inside it, so
+   the codec can encode everything this core emits. The round (one byte on the wire) saturates
+   at :data:`MAX_ROUND` instead of growing past it (DEPARTURE: the paper's round is unbounded; a
+   saturated round only blunts the section 3.8 comparison on paths longer than 255 hops).
+8. Concurrent origins share one tree without tearing it (DEPARTURE). The paper prunes a link
+   on every duplicate and swaps links for the origin at hand (section 3.8); with several
+   origins in flight at once, each duplicate prunes a link that was redundant for *its*
+   message but may be the only path of another, and each swap shortens one origin's path by
+   cutting another's. When 100 nodes broadcast at once, the eager links left were far from
+   spanning and most messages had to be pulled level by level with IHAVE and GRAFT (p99 of 3 s
+   with 1 s timers). So: a duplicate from a neighbour that brought a *first* copy less than
+   ``prune_grace`` seconds ago does not prune it (``prune.deferred``); the next duplicate
+   after the grace does. And no section 3.8 swap is made while new messages of different
+   origins arrived less than ``prune_grace`` apart (``graft.optimize_skipped``). A single
+   origin, or broadcasts further apart than the grace, see the paper's rules unchanged; a burst
+   on a settled tree keeps the tree, and a burst on fresh links (all eager) keeps them until
+   the first broadcast outside a burst prunes them.
 
 Counters (``counters``) the simulator can read: ``sent.<Type>`` / ``received.<Type>`` per message
-type, ``delivered``, ``duplicate``, ``graft.timer``, ``graft.optimize``, ``graft.unanswered``,
-``ihave.ids``, ``dropped.<cause>``. Relative message redundancy for one broadcast over N nodes is
-``sum(received.Gossip) / (N - 1) - 1`` (paper, section 4.1).
+type, ``delivered``, ``duplicate``, ``graft.timer``, ``graft.optimize``,
+``graft.optimize_skipped``, ``graft.unanswered``, ``graft.exhausted``, ``prune.deferred``,
+``ihave.ids``, ``ihave.dropped_peer_down``, ``dropped.<cause>``. Relative message redundancy for
+one broadcast over N nodes is ``sum(received.Gossip) / (N - 1) - 1`` (paper, section 4.1).
 """
 
 from __future__ import annotations
@@ -57,11 +77,18 @@ import random
 from collections import Counter
 from collections.abc import KeysView
 from dataclasses import dataclass, field, fields
+from typing import Final
 
 from ray_hyparview.protocol.errors import ConfigError, HyParViewError
 from ray_hyparview.protocol.peer import NodeId
 
 __all__ = [
+    "MAX_ID_INT",
+    "MAX_IHAVE_ENTRIES",
+    "MAX_ORIGIN_LEN",
+    "MAX_PAYLOAD",
+    "MAX_ROUND",
+    "MAX_TOPIC_LEN",
     "Action",
     "Deliver",
     "Gossip",
@@ -79,11 +106,35 @@ __all__ = [
 MsgId = tuple[str, int, int]
 """A broadcast's id: ``(origin node id, origin incarnation, per-origin sequence number)``."""
 
-_MAX_ROUND = 1 << 20
-"""Rounds (hops) above this are garbage: no overlay of any size is that deep."""
+MAX_ROUND: Final = 255
+"""Largest round (hops from the origin): the wire carries it in one byte. Rounds derived here
+saturate at this value; a received round above it is dropped as ``dropped.out_of_range``."""
 
-_MAX_IHAVE_ENTRIES = 4096
-"""At most this many ids are read from one IHAVE, whatever the sender's batch size."""
+MAX_IHAVE_ENTRIES: Final = 256
+"""Most ``(msg_id, round)`` pairs in one IHAVE on the wire; ``ihave_batch_max`` may not exceed
+it, and only this many are read from a longer one (``dropped.ihave_too_long``)."""
+
+MAX_ID_INT: Final = 2**64 - 1
+"""Largest origin incarnation and sequence number in a message id (unsigned 64-bit fields)."""
+
+MAX_ORIGIN_LEN: Final = 240
+"""Longest origin node id in a message id, in characters (printable only, as on the wire)."""
+
+MAX_TOPIC_LEN: Final = 200
+"""Longest topic, in characters (printable only, as on the wire)."""
+
+MAX_PAYLOAD: Final = 60_000
+"""Largest GOSSIP payload in bytes (the wire's field; the mesh's envelopes stay below it)."""
+
+_IHAVE_BYTES_MAX = 60_000
+"""Bound on one IHAVE's encoded size, under the codec's 64 KiB frame: 256 ids of long non-ASCII
+origins would not fit, so a queue is also flushed when its estimated size reaches this."""
+
+
+def _ihave_entry_bytes(msg_id: MsgId) -> int:
+    """Upper bound on one announcement's msgpack size: origin at 4 bytes a character, two u64,
+    a round and the array and string headers."""
+    return 4 * len(msg_id[0]) + 24
 
 
 class PlumtreeError(HyParViewError, ValueError):
@@ -94,15 +145,16 @@ class PlumtreeError(HyParViewError, ValueError):
 class PlumtreeConfig:
     """Timers and bounds of the broadcast layer, validated on construction."""
 
-    ihave_timeout: float = 1.0
+    ihave_timeout: float = 0.2
     """The paper's *timeout1*: seconds to wait for a message announced by IHAVE before GRAFT.
-    Should exceed a few link latencies, or the tree keeps being re-grafted needlessly."""
+    Should exceed a few link latencies, or the tree keeps being re-grafted needlessly; each
+    torn tree level costs about this much (``benchmarks/plumtree_burst.py``)."""
 
-    graft_timeout: float = 0.5
+    graft_timeout: float = 0.1
     """The paper's *timeout2*: seconds to wait for the answer to a GRAFT before grafting the
     next announcer (shorter than ``ihave_timeout``, as in the paper)."""
 
-    lazy_flush_interval: float = 0.05
+    lazy_flush_interval: float = 0.02
     """Seconds IHAVE ids are held to be batched per peer; 0 sends them at the end of each
     input (one IHAVE per peer per input)."""
 
@@ -128,6 +180,10 @@ class PlumtreeConfig:
     missing_max: int = 10_000
     """Most announced-but-missing messages tracked at once; further IHAVE ids are dropped."""
 
+    prune_grace: float = 0.5
+    """Seconds after a neighbour last brought a message first during which a duplicate from it
+    does not prune its link (0: the paper's rule, every duplicate prunes). See rule 8."""
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -140,6 +196,8 @@ class PlumtreeConfig:
         for name in ("ihave_timeout", "graft_timeout", "seen_retention", "payload_retention"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if self.prune_grace < 0:
+            raise ConfigError(f"prune_grace must be >= 0, got {self.prune_grace}")
         if self.lazy_flush_interval < 0:
             raise ConfigError(f"lazy_flush_interval must be >= 0, got {self.lazy_flush_interval}")
         ints = ("ihave_batch_max", "seen_max", "payload_cache_max", "missing_max")
@@ -147,6 +205,11 @@ class PlumtreeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.ihave_batch_max > MAX_IHAVE_ENTRIES:
+            raise ConfigError(
+                f"ihave_batch_max must be <= {MAX_IHAVE_ENTRIES} (one IHAVE on the wire),"
+                f" got {self.ihave_batch_max}"
+            )
         threshold = self.optimization_threshold
         if threshold is not None and (not isinstance(threshold, int) or threshold < 1):
             raise ConfigError(
@@ -244,20 +307,31 @@ class _Missing:
     """When the running timer fires, or ``None`` when no timer runs."""
 
 
-def _valid_msg_id(value: object) -> bool:
+def _valid_text(value: str, max_len: int) -> bool:
+    return len(value) <= max_len and value.isprintable()
+
+
+def _msg_id_fault(value: object) -> str | None:
+    """Why ``value`` is no message id the wire carries (a ``dropped.`` cause), or ``None``."""
     match value:
-        case (str() as origin, int() as incarnation, int() as seq):
-            return (
-                bool(origin)
-                and not isinstance(incarnation, bool)
-                and not isinstance(seq, bool)
-                and seq >= 0
-            )
-    return False
+        case (str() as origin, int() as incarnation, int() as seq) if (
+            origin and not isinstance(incarnation, bool) and not isinstance(seq, bool)
+        ):
+            if (
+                _valid_text(origin, MAX_ORIGIN_LEN)
+                and 0 <= incarnation <= MAX_ID_INT
+                and 0 <= seq <= MAX_ID_INT
+            ):
+                return None
+            return "out_of_range"
+    return "malformed"
 
 
-def _valid_round(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_ROUND
+def _round_fault(value: object) -> str | None:
+    """Why ``value`` is no round the wire carries (a ``dropped.`` cause), or ``None``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "malformed"
+    return None if 0 <= value <= MAX_ROUND else "out_of_range"
 
 
 class Plumtree:
@@ -271,8 +345,14 @@ class Plumtree:
         rng: random.Random,
         incarnation: int = 0,
     ) -> None:
-        if not isinstance(myself, str) or not myself:
-            raise PlumtreeError(f"myself must be a non-empty node id, got {myself!r}")
+        if not isinstance(myself, str) or not myself or not _valid_text(myself, MAX_ORIGIN_LEN):
+            raise PlumtreeError(
+                f"myself must be a printable node id of 1..{MAX_ORIGIN_LEN} chars, got {myself!r}"
+            )
+        if isinstance(incarnation, bool) or not isinstance(incarnation, int):
+            raise PlumtreeError(f"incarnation must be an int, got {incarnation!r}")
+        if not 0 <= incarnation <= MAX_ID_INT:
+            raise PlumtreeError(f"incarnation must be in 0..{MAX_ID_INT}, got {incarnation}")
         self.myself = myself
         self.config = config if config is not None else PlumtreeConfig()
         self.incarnation = incarnation
@@ -290,6 +370,10 @@ class Plumtree:
         self._timers: list[tuple[float, int, MsgId]] = []  # heap; stale entries skipped
         self._timer_seq = 0
         self._queues: dict[NodeId, list[tuple[MsgId, int]]] = {}
+        self._queue_bytes: dict[NodeId, int] = {}  # peer -> estimated size of its queue
+        self._useful: dict[NodeId, float] = {}  # neighbour -> when it last brought a first copy
+        self._last_origin: tuple[NodeId, float] | None = None  # origin of the last new message
+        self._concurrent_until = -math.inf  # several origins in flight: no section 3.8 swaps
         self._flush_at: float | None = None
 
     # --- views -----------------------------------------------------------------------------------
@@ -329,7 +413,11 @@ class Plumtree:
         self._tick(now)
         self._eager.pop(peer_id, None)
         self._lazy.pop(peer_id, None)
-        self._queues.pop(peer_id, None)
+        queue = self._queues.pop(peer_id, None)
+        if queue:
+            self.counters["ihave.dropped_peer_down"] += len(queue)  # nobody left to tell
+        self._queue_bytes.pop(peer_id, None)
+        self._useful.pop(peer_id, None)
         for entry in self._missing.values():
             entry.announcers = [(p, r) for p, r in entry.announcers if p != peer_id]
         return self._finish(now, [])
@@ -340,6 +428,12 @@ class Plumtree:
             raise PlumtreeError(f"payload must be bytes, got {type(payload).__name__}")
         if not isinstance(topic, str):
             raise PlumtreeError(f"topic must be a str, got {type(topic).__name__}")
+        if not _valid_text(topic, MAX_TOPIC_LEN):
+            raise PlumtreeError(f"topic must be printable, at most {MAX_TOPIC_LEN} chars")
+        if len(payload) > MAX_PAYLOAD:
+            raise PlumtreeError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+        if self._seq >= MAX_ID_INT:
+            raise PlumtreeError("sequence numbers exhausted for this incarnation")
         self._tick(now)
         self._seq += 1
         msg_id: MsgId = (self.myself, self.incarnation, self._seq)
@@ -406,21 +500,32 @@ class Plumtree:
     # --- handlers (paper, Algorithm 1) -----------------------------------------------------------
 
     def _on_gossip(self, sender: NodeId, gossip: Gossip, now: float, actions: list[Action]) -> None:
-        if not (
-            _valid_msg_id(gossip.msg_id)
-            and _valid_round(gossip.round)
-            and isinstance(gossip.topic, str)
-            and isinstance(gossip.payload, bytes)
-        ):
+        topic: object = gossip.topic  # decoded remote data: check, not trust
+        payload: object = gossip.payload
+        if not isinstance(topic, str) or not isinstance(payload, bytes):
             self._drop("malformed")
+            return
+        fault = _msg_id_fault(gossip.msg_id) or _round_fault(gossip.round)
+        if fault is None and not (
+            _valid_text(gossip.topic, MAX_TOPIC_LEN) and len(gossip.payload) <= MAX_PAYLOAD
+        ):
+            fault = "out_of_range"
+        if fault is not None:
+            self._drop(fault)
             return
         neighbor = self._is_neighbor(sender)
         if self._is_seen(gossip.msg_id):
             self.counters["duplicate"] += 1
-            if neighbor:
-                # Algorithm 1: a duplicate means the sender's link is redundant in the tree.
-                self._make_lazy(sender)
-                self._send(sender, Prune(), actions)
+            if not neighbor:
+                return
+            useful = self._useful.get(sender)
+            if useful is not None and now - useful < self.config.prune_grace:
+                # Rule 8: the link brought a first copy of another message a moment ago.
+                self.counters["prune.deferred"] += 1
+                return
+            # Algorithm 1: a duplicate means the sender's link is redundant in the tree.
+            self._make_lazy(sender)
+            self._send(sender, Prune(), actions)
             return
         if not neighbor:
             # DEPARTURE: the paper assumes every sender is a neighbour. A copy racing a
@@ -428,16 +533,20 @@ class Plumtree:
             self.counters["received.from_not_neighbor"] += 1
         announced = self._missing.pop(gossip.msg_id, None)  # cancels the timer
         relayed = Gossip(
-            msg_id=gossip.msg_id, round=gossip.round + 1, topic=gossip.topic, payload=gossip.payload
+            msg_id=gossip.msg_id,
+            round=min(gossip.round + 1, MAX_ROUND),  # saturates: the wire's round is a byte
+            topic=gossip.topic,
+            payload=gossip.payload,
         )
         # Peers that announced the message have it: no IHAVE back to them (not in the paper).
         holders = {peer for peer, _ in announced.announcers} if announced is not None else set()
         self._accept(relayed, sender, now, actions, holders)
         if not neighbor:
             return
+        self._useful[sender] = now
         self._make_eager(sender)
         if announced is not None:
-            self._optimize(gossip, sender, announced, actions)
+            self._optimize(gossip, sender, announced, now, actions)
 
     def _accept(
         self,
@@ -450,6 +559,11 @@ class Plumtree:
         """Deliver a new message, remember it and push it on (eagerPush + lazyPush)."""
         msg_id = gossip.msg_id
         self._remember(msg_id, gossip, now)
+        grace = self.config.prune_grace
+        last = self._last_origin
+        if last is not None and last[0] != msg_id[0] and now - last[1] < grace:
+            self._concurrent_until = now + grace
+        self._last_origin = (msg_id[0], now)
         actions.append(
             Deliver(
                 msg_id=msg_id,
@@ -468,7 +582,12 @@ class Plumtree:
                 self._enqueue_ihave(peer, msg_id, gossip.round, now, actions)
 
     def _optimize(
-        self, gossip: Gossip, sender: NodeId, announced: _Missing, actions: list[Action]
+        self,
+        gossip: Gossip,
+        sender: NodeId,
+        announced: _Missing,
+        now: float,
+        actions: list[Action],
     ) -> None:
         """Section 3.8: if an IHAVE came from much closer to the origin, use that link."""
         threshold = self.config.optimization_threshold
@@ -482,6 +601,11 @@ class Plumtree:
             return
         peer, rnd = best
         if rnd < gossip.round and gossip.round - rnd >= threshold:
+            if now < self._concurrent_until:
+                # DEPARTURE (rule 8): the shorter path for this origin may be the only path of
+                # another one in flight; swaps made for several origins at once cut the tree.
+                self.counters["graft.optimize_skipped"] += 1
+                return
             self.counters["graft.optimize"] += 1
             self._make_eager(peer)
             self._send(peer, Graft(msg_id=None, round=rnd), actions)
@@ -496,15 +620,17 @@ class Plumtree:
         if not isinstance(announcements, tuple | list):
             self._drop("malformed")
             return
-        if len(announcements) > _MAX_IHAVE_ENTRIES:
+        if len(announcements) > MAX_IHAVE_ENTRIES:
             self._drop("ihave_too_long")
-        for item in announcements[:_MAX_IHAVE_ENTRIES]:
+        for item in announcements[:MAX_IHAVE_ENTRIES]:
             match item:
-                case (msg_id, rnd) if _valid_msg_id(msg_id) and _valid_round(rnd):
-                    pass
+                case (msg_id, rnd):
+                    fault = _msg_id_fault(msg_id) or _round_fault(rnd)
                 case _:
-                    self._drop("malformed")
-                    continue
+                    fault = "malformed"
+            if fault is not None:
+                self._drop(fault)
+                continue
             if self._is_seen(msg_id):
                 continue
             entry = self._missing.get(msg_id)
@@ -538,8 +664,11 @@ class Plumtree:
         if not self._is_neighbor(sender):
             self._drop("not_neighbor")
             return
-        if graft.msg_id is not None and not _valid_msg_id(graft.msg_id):
-            self._drop("malformed")
+        fault = _round_fault(graft.round)
+        if graft.msg_id is not None:
+            fault = _msg_id_fault(graft.msg_id) or fault
+        if fault is not None:
+            self._drop(fault)
             return
         self._make_eager(sender)
         if graft.msg_id is None:
@@ -601,11 +730,19 @@ class Plumtree:
         self, peer: NodeId, msg_id: MsgId, rnd: int, now: float, actions: list[Action]
     ) -> None:
         queue = self._queues.setdefault(peer, [])
+        cost = _ihave_entry_bytes(msg_id)
+        size = self._queue_bytes.get(peer, 0)
+        if queue and size + cost > _IHAVE_BYTES_MAX:
+            self._send(peer, IHave(announcements=tuple(queue)), actions)
+            queue.clear()
+            size = 0
         queue.append((msg_id, rnd))
+        self._queue_bytes[peer] = size + cost
         self.counters["ihave.ids"] += 1
         if len(queue) >= self.config.ihave_batch_max:
             self._send(peer, IHave(announcements=tuple(queue)), actions)
             queue.clear()
+            self._queue_bytes[peer] = 0
         elif self._flush_at is None:
             # Jitter de-synchronises the flushes of nodes that got the message together.
             interval = self.config.lazy_flush_interval
@@ -617,10 +754,15 @@ class Plumtree:
             self.config.lazy_flush_interval == 0 or self._flush_at <= now
         ):
             self._flush_at = None
+            # Every queued announcement is owed: a peer that turned eager since (a GRAFT, or its
+            # GOSSIP arriving first) still needs the ids queued before, or it never learns of
+            # them from us. An IHAVE to an eager peer is harmless. Departed peers have no queue
+            # (``neighbor_down`` drops it).
             for peer, queue in self._queues.items():
-                if queue and peer in self._lazy:
+                if queue:
                     self._send(peer, IHave(announcements=tuple(queue)), actions)
             self._queues.clear()
+            self._queue_bytes.clear()
         return actions
 
     def _send(self, peer: NodeId, message: PlumtreeMessage, actions: list[Action]) -> None:
