@@ -219,6 +219,10 @@ class _Service:
         self._export_metrics = export_metrics
         self.mesh: MeshNode | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.failed = False
+        """One of the agent's tasks ended with an error: the agent no longer does all it
+        should, and the reconciler replaces it."""
         self._rng = random.Random()
 
     async def start(self) -> str:
@@ -230,11 +234,45 @@ class _Service:
             json.dumps({"endpoint": me.endpoint, "incarnation": agent.incarnation}).encode(),
         )
         self.mesh = MeshNode(agent, GcsDirectory())
+        self._watch_tasks()
         self._discover()
         self._tasks.append(asyncio.create_task(self._rediscover(), name="hyparview-discovery"))
         if self._export_metrics:
             self._tasks.append(asyncio.create_task(self._export(), name="hyparview-metrics"))
         return me.endpoint
+
+    def _watch_tasks(self) -> None:
+        """Mark the agent failed when one of its tasks ends with an error.
+
+        The agent's TaskGroup was entered by the call that started it, long finished in an
+        actor; so a failing task does not end the group (asyncio only reports it to the loop's
+        exception handler) and the agent goes on with one loop missing. The loop belongs to
+        this agent's process alone: watch that handler for the agent's tasks (named
+        ``hyparview-*`` and ``mesh-*``)."""
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+
+        def on_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            task = context.get("task") or context.get("future")
+            name = task.get_name() if isinstance(task, asyncio.Task) else ""
+            if (
+                context.get("exception") is not None
+                and name.startswith(("hyparview-", "mesh-"))
+                and not self._stopping
+            ):
+                self.failed = True
+                log.error("%s: task %s failed; the agent must be replaced", self.node_id, name)
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(on_error)
+
+    @property
+    def serving(self) -> bool:
+        agent = self.agent
+        return agent.started and not agent.closed and not self.failed
 
     def _discover(self) -> None:
         others = [
@@ -291,6 +329,7 @@ class _Service:
         }
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -335,9 +374,9 @@ class _NodeAgent:
         return self._service.views()
 
     async def ping(self) -> int:
-        """The reconciler's health check: this agent's incarnation once started, else 0."""
-        agent = self._service.agent
-        return agent.incarnation if agent.started and not agent.closed else 0
+        """The reconciler's health check: this agent's incarnation while it serves, else 0."""
+        service = self._service
+        return service.agent.incarnation if service.serving else 0
 
     async def stats(self) -> dict[str, Any]:
         return self._service.agent.stats()

@@ -203,6 +203,26 @@ def test_killed_agent_is_replaced_by_a_newer_incarnation_that_rejoins(
     assert views[victim]["active"]
 
 
+def _fail_a_task(actor: Any) -> None:
+    """Run inside an agent actor: a task of the agent ends with an error (as its receive loop
+    did on an encode error, issue 9); the actor process lives on."""
+
+    async def fail() -> None:
+        raise RuntimeError("a bug in one of the agent's tasks")
+
+    actor._service.agent.spawn(fail(), name="hyparview-service-under-test")
+
+
+def test_agent_with_a_failed_task_is_replaced(hv: plugin.HyParViewCluster) -> None:
+    hv.wait_converged(limit=60)
+    victim = other_nodes()[0]
+    old = incarnation(victim)
+    ray.get(plugin.get_agent(victim).__ray_call__.remote(_fail_a_task), timeout=10)
+    new = wait_replaced(victim, old, time.monotonic(), "agent with a failed task")
+    assert new > old
+    hv.wait_converged(limit=60)
+
+
 def test_actor_keeps_its_mesh_across_an_agent_restart(hv: plugin.HyParViewCluster) -> None:
     hv.wait_converged(limit=60)
     victim = other_nodes()[-1]
