@@ -537,7 +537,9 @@ class _Reconciler:
             if isinstance(result, int) and result > 0:
                 self._misses.pop(node_id, None)
                 continue
-            dead = isinstance(result, ray.exceptions.RayActorError) or result == 0
+            # Died (ray.kill, crash, memory) or failed: replace now. Unreachable for a moment
+            # (ActorUnavailableError, a timeout): only after several rounds in a row.
+            dead = isinstance(result, ray.exceptions.ActorDiedError) or result == 0
             misses = self._misses.get(node_id, 0) + 1
             if not dead and misses < _PING_MISSES:
                 self._misses[node_id] = misses

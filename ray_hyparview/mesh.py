@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -246,7 +246,7 @@ class Mesh:
         agent = self._agent
         try:
             return await getattr(agent, method).remote(*args)
-        except RayActorError as exc:
+        except ActorDiedError as exc:  # not ActorUnavailableError: that one may come back
             died = exc
         try:
             await self._reattach(agent)
@@ -258,7 +258,7 @@ class Mesh:
             # The outcome is unknown, not "not delivered": the dead agent may have sent the
             # message (and it may have been delivered, even acknowledged) before it died, or it
             # may never have left. Retrying may deliver a second copy.
-            raise _agent_restarted(carries, f"the agent died holding it: {type(died).__name__}")
+            raise _agent_restarted(carries, f"the agent died holding it ({type(died).__name__})")
         return await getattr(self._agent, method).remote(*args)
 
     async def _reattach(self, dead: Any) -> None:
@@ -316,7 +316,7 @@ async def _attach(
     retrying = AsyncRetrying(
         retry=retry_if_exception_type((_NoAgent, RayActorError)),
         stop=stop_after_delay(wait),
-        wait=wait_exponential_jitter(initial=0.05, max=1.0),
+        wait=wait_exponential_jitter(initial=0.05, max=0.5),
         reraise=True,
     )
     try:
