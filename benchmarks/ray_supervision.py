@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 rounds: a smoke run")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
-    os.environ.setdefault("PYTHONPATH", os.getcwd())
+    # Ray workers import the package from this checkout, wherever this runs from.
+    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
     result = run(args.nodes, 2 if args.quick else args.rounds)
     if args.json:
         with open(args.json, "w") as handle:
