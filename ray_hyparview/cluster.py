@@ -51,7 +51,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -115,7 +115,7 @@ def _kv_del(key: str) -> None:
     internal_kv._internal_kv_del(key.encode(), namespace=NAMESPACE)
 
 
-def next_incarnation(node_id: NodeId) -> int:
+def next_incarnation(node_id: NodeId, *, clock: Callable[[], int] = time.time_ns) -> int:
     """The incarnation of a new agent on ``node_id``: microseconds since the epoch, but always
     above the last one this node published, so that it grows across restarts even when the
     clock stepped back. Read-then-write is enough: the named agent actor keeps one agent per
@@ -127,7 +127,7 @@ def next_incarnation(node_id: NodeId) -> int:
     last = 0
     with contextlib.suppress(ValueError, UnicodeDecodeError):
         last = int(raw.decode()) if raw else 0
-    incarnation = max(time.time_ns() // 1000, last + 1)
+    incarnation = max(clock() // 1000, last + 1)
     _kv_put(key, str(incarnation).encode())
     return incarnation
 

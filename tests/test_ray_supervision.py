@@ -110,6 +110,30 @@ def wait_replaced(node_id: str, old: int, since: float, what: str) -> int:
     return incarnation(node_id)
 
 
+def test_incarnation_grows_when_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.experimental import internal_kv
+
+    store: dict[tuple[str | None, bytes], bytes] = {}
+
+    def get(key: bytes, *, namespace: str | None = None) -> bytes | None:
+        return store.get((namespace, key))
+
+    def put(key: bytes, value: bytes, overwrite: bool, *, namespace: str | None = None) -> None:
+        store[(namespace, key)] = value
+
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", get)
+    monkeypatch.setattr(internal_kv, "_internal_kv_put", put)
+    wall = [1_800_000_000 * 10**9]
+    first = plugin.next_incarnation("n1", clock=lambda: wall[0])
+    assert first == wall[0] // 1000
+    wall[0] -= 3600 * 10**9  # the clock steps back an hour before the agent restarts
+    second = plugin.next_incarnation("n1", clock=lambda: wall[0])
+    assert second == first + 1
+    wall[0] += 7200 * 10**9
+    assert plugin.next_incarnation("n1", clock=lambda: wall[0]) == wall[0] // 1000
+    assert plugin.next_incarnation("n2", clock=lambda: wall[0]) == wall[0] // 1000  # per node
+
+
 class _Worker:
     """A user actor on the mesh; it never joins twice."""
 
