@@ -575,6 +575,8 @@ class _Reconciler:
             GcsDirectory.forget_node(node_id)
 
     async def agents(self) -> dict[NodeId, Any]:
+        if not self._swept:  # a new reconciler: find the agents before answering
+            await self.run()
         return dict(self._agents)
 
     async def dead(self) -> list[NodeId]:
@@ -639,17 +641,24 @@ class HyParViewCluster:
         self._args = args
         self._stopped = False
 
-    def _call(self, method: str) -> Any:
-        for attempt in range(3):
+    def _call(self, method: str, *, limit: float = 30.0) -> Any:
+        deadline = time.monotonic() + limit
+        again = False
+        while True:
             try:
+                if again:
+                    ray.get(self._reconciler.run.remote())
                 return ray.get(getattr(self._reconciler, method).remote())
-            except ray.exceptions.RayActorError:
-                if not self._args or self._stopped or attempt == 2:
+            except ray.exceptions.RayActorError as exc:
+                again = True
+                if not self._args or self._stopped or time.monotonic() > deadline:
                     raise
-                log.warning("the reconciler is gone: making a new one")
+                if isinstance(exc, ray.exceptions.ActorDiedError):
+                    log.warning("the reconciler is gone: making a new one")
+                else:  # Ray is restarting it
+                    time.sleep(0.2)
+                # The one Ray restarted, or a new one if it is dead for good.
                 self._reconciler = _reconciler(*self._args)
-                ray.get(self._reconciler.run.remote())
-        raise AssertionError("unreachable")
 
     @property
     def reconciler(self) -> Any:

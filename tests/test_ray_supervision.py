@@ -314,6 +314,7 @@ def test_agents_stay_supervised_when_the_reconciler_dies(hv: plugin.HyParViewClu
     first, second = other_nodes()
     # A crash: Ray restarts the reconciler, which resumes by itself (no call from here).
     ray.kill(reconciler(), no_restart=False)
+    assert all_views_answer(hv)  # answered by the restarted one, which found every agent
     old, killed = kill_agent(first)
     wait_replaced(first, old, killed, "reconciler restarted by Ray")
     # Stopped for good: the next call that needs it makes a new one.
