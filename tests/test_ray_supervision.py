@@ -247,6 +247,24 @@ def test_agent_with_a_failed_task_is_replaced(hv: plugin.HyParViewCluster) -> No
     hv.wait_converged(limit=60)
 
 
+def _hang(actor: Any) -> None:
+    """Run inside an agent actor: block its event loop (a hung agent)."""
+    time.sleep(600)
+
+
+@pytest.mark.slow
+def test_hung_agent_is_replaced(hv: plugin.HyParViewCluster) -> None:
+    hv.wait_converged(limit=60)
+    victim = other_nodes()[0]
+    old = incarnation(victim)
+    plugin.get_agent(victim).__ray_call__.remote(_hang)  # never answers; killed with the agent
+    hung = time.monotonic()
+    # Three missed 5 s pings, then a new agent: about 20 s.
+    wait_sync(lambda: incarnation(victim) > old, limit=2 * REPLACED_WITHIN, poll=0.5)
+    print(f"\nhung agent: replacement serving {time.monotonic() - hung:.2f} s after it hung")
+    hv.wait_converged(limit=60)
+
+
 def test_actor_keeps_its_mesh_across_an_agent_restart(hv: plugin.HyParViewCluster) -> None:
     hv.wait_converged(limit=60)
     victim = other_nodes()[-1]
