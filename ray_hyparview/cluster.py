@@ -10,7 +10,21 @@ named so that a second ``start()`` finds it instead of making another. The recon
 * for every alive node without an agent it creates a detached async actor
   (:class:`NodeAgent`, ``num_cpus=0``) pinned to that node with a hard
   ``NodeAffinitySchedulingStrategy``; the agent's node id is Ray's NodeID;
-* for every node that died it forgets the agent and removes its GCS entry.
+* for every alive node whose agent died (``ray.kill``, a crash, memory) or stopped answering
+  its pings it kills what is left of it and starts a new one: *supervision*. The new agent takes
+  an incarnation strictly above the last one its node published (:func:`next_incarnation`), so
+  peers see a new life even if the clock stepped back, and joins the overlay again;
+* for every node that died it forgets the agent and removes its GCS entries.
+
+The reconciler is restarted by Ray when it dies (``max_restarts=-1``); the new one rebuilds its
+state from the GCS (named agent actors, published agents) and resumes by itself. One stopped for
+good (``ray.kill``) is re-created by the next :func:`start` or call on the
+:class:`HyParViewCluster` handle. Agents are named per node, so however many reconcilers race,
+a node never gets two.
+
+Actors on a node whose agent was replaced get their mesh back without user code: their
+:class:`~ray_hyparview.mesh.Mesh` notices the dead agent on its next call (or view refresh),
+attaches to the replacement and claims its name again (see :mod:`ray_hyparview.mesh`).
 
 Each agent binds a ZeroMQ ROUTER on its node's address (``bind_host`` overrides it; tests use
 127.0.0.1), publishes ``{endpoint, incarnation}`` in the GCS key-value store under
@@ -35,8 +49,9 @@ import contextlib
 import json
 import logging
 import random
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -67,8 +82,13 @@ NAMESPACE = "ray_hyparview"
 
 RECONCILER_NAME = "hyparview-reconciler"
 _KV_PREFIX = "agent/"
+_INCARNATION_PREFIX = "incarnation/"
 _CONTACTS = 3
 _METRICS_INTERVAL = 5.0
+# An agent that does not answer a ping within this many seconds, this many rounds in a row, is
+# taken for hung: killed and replaced. A dead one is replaced at the first failed ping.
+_PING_TIMEOUT = 5.0
+_PING_MISSES = 3
 
 
 def agent_actor_name(node_id: NodeId) -> str:
@@ -93,6 +113,23 @@ def _kv_del(key: str) -> None:
     from ray.experimental import internal_kv
 
     internal_kv._internal_kv_del(key.encode(), namespace=NAMESPACE)
+
+
+def next_incarnation(node_id: NodeId, *, clock: Callable[[], int] = time.time_ns) -> int:
+    """The incarnation of a new agent on ``node_id``: microseconds since the epoch, but always
+    above the last one this node published, so that it grows across restarts even when the
+    clock stepped back. Read-then-write is enough: the named agent actor keeps one agent per
+    node at a time."""
+    from ray.experimental import internal_kv
+
+    key = _INCARNATION_PREFIX + node_id
+    raw: bytes | None = internal_kv._internal_kv_get(key.encode(), namespace=NAMESPACE)
+    last = 0
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        last = int(raw.decode()) if raw else 0
+    incarnation = max(clock() // 1000, last + 1)
+    _kv_put(key, str(incarnation).encode())
+    return incarnation
 
 
 def published_agents() -> dict[NodeId, dict[str, Any]]:
@@ -178,10 +215,14 @@ class _Service:
             hyparview_config=config,
             security=security,
         )
-        self.agent = Agent(strategy)
+        self.agent = Agent(strategy, incarnation=next_incarnation(node_id))
         self._export_metrics = export_metrics
         self.mesh: MeshNode | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.failed = False
+        """One of the agent's tasks ended with an error: the agent no longer does all it
+        should, and the reconciler replaces it."""
         self._rng = random.Random()
 
     async def start(self) -> str:
@@ -193,11 +234,45 @@ class _Service:
             json.dumps({"endpoint": me.endpoint, "incarnation": agent.incarnation}).encode(),
         )
         self.mesh = MeshNode(agent, GcsDirectory())
+        self._watch_tasks()
         self._discover()
         self._tasks.append(asyncio.create_task(self._rediscover(), name="hyparview-discovery"))
         if self._export_metrics:
             self._tasks.append(asyncio.create_task(self._export(), name="hyparview-metrics"))
         return me.endpoint
+
+    def _watch_tasks(self) -> None:
+        """Mark the agent failed when one of its tasks ends with an error.
+
+        The agent's TaskGroup was entered by the call that started it, long finished in an
+        actor; so a failing task does not end the group (asyncio only reports it to the loop's
+        exception handler) and the agent goes on with one loop missing. The loop belongs to
+        this agent's process alone: watch that handler for the agent's tasks (named
+        ``hyparview-*`` and ``mesh-*``)."""
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+
+        def on_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            task = context.get("task") or context.get("future")
+            name = task.get_name() if isinstance(task, asyncio.Task) else ""
+            if (
+                context.get("exception") is not None
+                and name.startswith(("hyparview-", "mesh-"))
+                and not self._stopping
+            ):
+                self.failed = True
+                log.error("%s: task %s failed; the agent must be replaced", self.node_id, name)
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(on_error)
+
+    @property
+    def serving(self) -> bool:
+        agent = self.agent
+        return agent.started and not agent.closed and not self.failed
 
     def _discover(self) -> None:
         others = [
@@ -254,6 +329,7 @@ class _Service:
         }
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -285,16 +361,22 @@ class _NodeAgent:
         self._service = _Service(
             node_id, host, HyParViewConfig(**config), security, export_metrics=True
         )
-        self._started = False
+        self._starting: asyncio.Future[str] | None = None
 
     async def start(self) -> str:
-        if not self._started:
-            self._started = True
-            return await self._service.start()
-        return self._service.agent.myself.endpoint
+        """Start the agent; idempotent, and a call during a start waits for that start (a
+        restarted reconciler may ask while its predecessor's call is still running)."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._service.start())
+        return await asyncio.shield(self._starting)
 
     async def views(self) -> dict[str, Any]:
         return self._service.views()
+
+    async def ping(self) -> int:
+        """The reconciler's health check: this agent's incarnation while it serves, else 0."""
+        service = self._service
+        return service.agent.incarnation if service.serving else 0
 
     async def stats(self) -> dict[str, Any]:
         return self._service.agent.stats()
@@ -350,7 +432,7 @@ class _NodeAgent:
 
 
 class _Reconciler:
-    """Keeps exactly one :class:`NodeAgent` on every alive node."""
+    """Keeps exactly one live :class:`NodeAgent` on every alive node."""
 
     def __init__(
         self,
@@ -366,12 +448,24 @@ class _Reconciler:
         self._bind_host = bind_host
         self._interval = interval
         self._agents: dict[NodeId, Any] = {}
+        self._incarnations: dict[NodeId, int] = {}
+        self._misses: dict[NodeId, int] = {}
         self._dead: set[NodeId] = set()
+        self._swept = False
+        self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.replaced = 0
+        # Ray runs __init__ again when it restarts this actor, and nobody calls run() then: ask
+        # for it ourselves, from a thread, since a call to ourselves fails while Ray still
+        # counts us as restarting (run() is idempotent). The state is rebuilt by the first
+        # round: the agents are named actors, found again by name.
+        threading.Thread(target=_resume, name="hyparview-reconciler-resume", daemon=True).start()
 
     async def run(self) -> None:
-        """Reconcile once now, then keep doing it in the background."""
+        """Reconcile once now, then keep doing it in the background. Idempotent."""
+        if self._stopping:
+            return
         await self.reconcile()
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="hyparview-reconciler")
@@ -385,11 +479,18 @@ class _Reconciler:
                 log.exception("reconcile failed; trying again")
 
     async def reconcile(self) -> dict[str, list[NodeId]]:
+        # One round at a time: the loop and a driver's reconcile() must not both start an agent.
+        async with self._lock:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> dict[str, list[NodeId]]:
         alive = _alive_nodes()
+        replaced = await self._check_health(alive)
         started: list[NodeId] = []
         for node_id in sorted(alive):
             if node_id in self._agents:
                 continue
+            # get_if_exists: an agent that outlived a previous reconciler is found, not doubled.
             handle = NodeAgent.options(
                 name=agent_actor_name(node_id),
                 namespace=NAMESPACE,
@@ -399,25 +500,83 @@ class _Reconciler:
             ).remote(node_id, self._config, self._security, self._bind_host, self._log_level)
             self._agents[node_id] = handle
             started.append(node_id)
-        if started:
-            # Start one at a time so that each finds the ones before it in the GCS.
-            for node_id in started:
-                try:
-                    await self._agents[node_id].start.remote()
-                except Exception:
-                    log.exception("agent on node %s failed to start", node_id)
-                    self._agents.pop(node_id, None)
+        # Start one at a time so that each finds the ones before it in the GCS.
+        for node_id in started:
+            handle = self._agents[node_id]
+            try:
+                await handle.start.remote()
+                self._incarnations[node_id] = await handle.ping.remote()
+            except Exception:
+                log.exception("agent on node %s failed to start; replacing it", node_id)
+                self._agents.pop(node_id, None)
+                with contextlib.suppress(Exception):
+                    ray.kill(handle)
         forgotten: list[NodeId] = []
         for node_id in [n for n in self._agents if n not in alive]:
             del self._agents[node_id]
-            self._dead.add(node_id)
+            self._forget(node_id)
             forgotten.append(node_id)
+        if not self._swept:
+            # A new reconciler (first start, or Ray restarted this one): nodes that died while
+            # none was running left their entries in the GCS.
+            self._swept = True
+            for node_id in sorted(set(published_agents()) - set(alive)):
+                self._forget(node_id)
+                forgotten.append(node_id)
+        return {"started": started, "forgotten": forgotten, "replaced": replaced}
+
+    async def _check_health(self, alive: Mapping[NodeId, str]) -> list[NodeId]:
+        """Ping every agent on an alive node; drop the dead and the hung (killing what is left
+        of them), so that this round starts a new agent there."""
+        nodes = sorted(n for n in self._agents if n in alive)
+        results = await asyncio.gather(
+            *(self._ping(self._agents[n]) for n in nodes), return_exceptions=True
+        )
+        replaced: list[NodeId] = []
+        for node_id, result in zip(nodes, results, strict=True):
+            if isinstance(result, int) and result > 0:
+                self._misses.pop(node_id, None)
+                continue
+            # Died (ray.kill, crash, memory) or failed: replace now. Unreachable for a moment
+            # (ActorUnavailableError, a timeout): only after several rounds in a row.
+            dead = isinstance(result, ray.exceptions.ActorDiedError) or result == 0
+            misses = self._misses.get(node_id, 0) + 1
+            if not dead and misses < _PING_MISSES:
+                self._misses[node_id] = misses
+                log.warning("agent on node %s did not answer its ping (%d)", node_id, misses)
+                continue
+            log.warning(
+                "agent on node %s (incarnation %s) is gone (%s): replacing it",
+                node_id,
+                self._incarnations.get(node_id),
+                result if isinstance(result, BaseException) else "not serving",
+            )
+            handle = self._agents.pop(node_id)
+            self._misses.pop(node_id, None)
             with contextlib.suppress(Exception):
-                _kv_del(_KV_PREFIX + node_id)
-                GcsDirectory.forget_node(node_id)
-        return {"started": started, "forgotten": forgotten}
+                ray.kill(handle)
+            self.replaced += 1
+            replaced.append(node_id)
+        return replaced
+
+    @staticmethod
+    async def _ping(handle: Any) -> int:
+        async with asyncio.timeout(_PING_TIMEOUT):
+            result: int = await handle.ping.remote()
+            return result
+
+    def _forget(self, node_id: NodeId) -> None:
+        self._dead.add(node_id)
+        self._incarnations.pop(node_id, None)
+        self._misses.pop(node_id, None)
+        with contextlib.suppress(Exception):
+            _kv_del(_KV_PREFIX + node_id)
+            _kv_del(_INCARNATION_PREFIX + node_id)  # Ray never reuses a node id
+            GcsDirectory.forget_node(node_id)
 
     async def agents(self) -> dict[NodeId, Any]:
+        if not self._swept:  # a new reconciler: find the agents before answering
+            await self.run()
         return dict(self._agents)
 
     async def dead(self) -> list[NodeId]:
@@ -429,8 +588,9 @@ class _Reconciler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        handles = list(self._agents.values())
-        self._agents.clear()
+        async with self._lock:
+            handles = list(self._agents.values())
+            self._agents.clear()
         results = await asyncio.gather(*(h.stop.remote() for h in handles), return_exceptions=True)
         for handle, result in zip(handles, results, strict=True):
             if isinstance(result, BaseException):
@@ -439,9 +599,28 @@ class _Reconciler:
                 ray.kill(handle)
 
 
+def _resume() -> None:
+    """Call ``run()`` on the reconciler actor this thread runs in, until Ray lets it through."""
+    deadline = time.monotonic() + 120.0
+    while True:
+        try:
+            ray.get(ray.get_runtime_context().current_actor.run.remote())
+            return
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                log.error("the reconciler could not resume itself; start() will")
+                return
+            time.sleep(0.2)
+        except Exception:
+            log.exception("the reconciler could not resume itself; start() will")
+            return
+
+
 # The actor classes; typed as Any because ray.remote's wrapper types are not generic.
 NodeAgent: Any = ray.remote(num_cpus=0, max_restarts=0)(_NodeAgent)
-Reconciler: Any = ray.remote(num_cpus=0, max_restarts=0)(_Reconciler)
+# The reconciler is restarted by Ray whenever it dies (it rebuilds its state from the GCS); a
+# ray.kill() with the default no_restart=True still stops it for good, as stop() means to.
+Reconciler: Any = ray.remote(num_cpus=0, max_restarts=-1)(_Reconciler)
 
 
 def get_agent(node_id: NodeId | None = None) -> Any:
@@ -452,18 +631,48 @@ def get_agent(node_id: NodeId | None = None) -> Any:
 
 
 class HyParViewCluster:
-    """The handle ``start()`` returns: views, topology, stats, a picture, and ``stop()``."""
+    """The handle ``start()`` returns: views, topology, stats, a picture, and ``stop()``.
 
-    def __init__(self, reconciler: Any) -> None:
+    A reconciler that was stopped for good behind its back (``ray.kill``) is made again, with
+    the settings of the ``start()`` that made this handle, by the next call that needs it."""
+
+    def __init__(self, reconciler: Any, args: tuple[Any, ...] = ()) -> None:
         self._reconciler = reconciler
+        self._args = args
+        self._stopped = False
+
+    def _call(self, method: str, *, limit: float = 30.0) -> Any:
+        deadline = time.monotonic() + limit
+        again = False
+        while True:
+            try:
+                if again:
+                    ray.get(self._reconciler.run.remote())
+                return ray.get(getattr(self._reconciler, method).remote())
+            except ray.exceptions.RayActorError as exc:
+                again = True
+                if not self._args or self._stopped or time.monotonic() > deadline:
+                    raise
+                if isinstance(exc, ray.exceptions.ActorDiedError):
+                    log.warning("the reconciler is gone: making a new one")
+                else:  # Ray is restarting it
+                    time.sleep(0.2)
+                # The one Ray restarted, or a new one if it is dead for good.
+                self._reconciler = _reconciler(*self._args)
+
+    @property
+    def reconciler(self) -> Any:
+        """The reconciler actor's handle."""
+        return self._reconciler
 
     def _agents(self) -> dict[NodeId, Any]:
-        agents: dict[NodeId, Any] = ray.get(self._reconciler.agents.remote())
+        agents: dict[NodeId, Any] = self._call("agents")
         return agents
 
     def reconcile(self) -> dict[str, list[NodeId]]:
-        """Reconcile now (start agents on new nodes, forget dead ones) instead of waiting."""
-        result: dict[str, list[NodeId]] = ray.get(self._reconciler.reconcile.remote())
+        """Reconcile now (start agents on new nodes, replace dead agents, forget dead nodes)
+        instead of waiting."""
+        result: dict[str, list[NodeId]] = self._call("reconcile")
         return result
 
     def _gather(self, method: str, *, limit: float = 10.0) -> dict[NodeId, Any]:
@@ -524,17 +733,22 @@ class HyParViewCluster:
         from ray_hyparview.drawing import draw_overlay
 
         views = self.views()
-        dead = set(ray.get(self._reconciler.dead.remote()))
+        dead = set(self._call("dead"))
         nodes = sorted(set(views) | dead)
         edges = sorted(self.topology())
         return draw_overlay(path, nodes, edges, dead=dead, title="ray_hyparview overlay")
 
     def stop(self) -> None:
         """Stop every agent (they leave gracefully) and the reconciler."""
+        self._stopped = True
         with contextlib.suppress(Exception):
             ray.get(self._reconciler.stop.remote(), timeout=30)
         with contextlib.suppress(Exception):
             ray.kill(self._reconciler)
+        # Agents the reconciler did not stop (it was killed, or raced with a replacement).
+        for node in ray.nodes():  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(agent_actor_name(node["NodeID"]), namespace=NAMESPACE))
 
 
 def _converged(views: Mapping[NodeId, Any], alive: set[NodeId], min_active: int) -> bool:
@@ -558,6 +772,26 @@ def _converged(views: Mapping[NodeId, Any], alive: set[NodeId], min_active: int)
     return seen == set(live)
 
 
+def _reconciler(*args: Any) -> Any:
+    """The reconciler actor, made with ``args`` unless one runs already (named, detached)."""
+    # The head node: the reconciler lives there, since the cluster does not outlive it anyway.
+    head = next(
+        (
+            n["NodeID"]
+            for n in ray.nodes()  # type: ignore[no-untyped-call]
+            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
+        ),
+        ray.get_runtime_context().get_node_id(),
+    )
+    return Reconciler.options(
+        name=RECONCILER_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False),
+    ).remote(*args)
+
+
 def start(
     hyparview_config: HyParViewConfig | None = None,
     security: Security | None = None,
@@ -576,24 +810,9 @@ def start(
     if not ray.is_initialized():
         raise RuntimeError("connect to a Ray cluster first (ray.init(...))")
     config = hyparview_config if hyparview_config is not None else HyParViewConfig()
-    # The head node: the reconciler lives there, since the cluster does not outlive it anyway.
-    head = next(
-        (
-            n["NodeID"]
-            for n in ray.nodes()  # type: ignore[no-untyped-call]
-            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
-        ),
-        ray.get_runtime_context().get_node_id(),
-    )
-    reconciler = Reconciler.options(
-        name=RECONCILER_NAME,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False),
-    ).remote(asdict(config), security, bind_host, reconcile_interval, log_level)
-    ray.get(reconciler.run.remote())
-    handle = HyParViewCluster(reconciler)
+    args = (asdict(config), security, bind_host, reconcile_interval, log_level)
+    handle = HyParViewCluster(_reconciler(*args), args)
+    handle._call("run")  # makes the reconciler again if the one found was dying
     if wait:
         handle.wait_converged(limit=limit)
     return handle

@@ -15,6 +15,15 @@ carry it over their active-view links only. See :mod:`ray_hyparview.meshnode` fo
 acknowledgement and routing work, and why this keeps a node's cross-node connections at its
 active-view size.
 
+If the node's agent dies (``ray.kill``, a crash, memory), the cluster plugin starts a new one
+on the node within seconds, and every :class:`Mesh` of the node re-attaches to it by itself:
+its next call (or its view refresh, every half second) fails with Ray's actor error, it finds
+the replacement by name, claims its name again and renews its subscriptions. A send, request or
+publish that the dead agent held raises ``DeliveryError("agent_restarted")`` with an *unknown*
+outcome: it may have been delivered before the agent died, or never have left. Calls that carry
+no message (polls, view refreshes, replies, subscriptions) are simply made again on the new
+agent. Items that the dead agent had queued for this actor and not yet handed over died with it.
+
 Payloads are pickled here and unpickled at the receiving actor (as Ray itself does for actor
 calls); a pickled payload may be at most :data:`~ray_hyparview.wire.MAX_PAYLOAD` bytes (48 KiB):
 for bulk data pass a Ray object reference instead.
@@ -31,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import ray
+from ray.exceptions import ActorDiedError, RayActorError
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -49,6 +59,7 @@ log = logging.getLogger("ray_hyparview.mesh")
 
 _VIEW_REFRESH = 0.5
 _POLL_WAIT = 1.0
+_REATTACH_WAIT = 30.0
 
 
 def _dump(payload: Any) -> bytes:
@@ -63,6 +74,8 @@ def _dump(payload: Any) -> bytes:
 
 def _clean(exc: DeliveryError) -> DeliveryError:
     """A plain DeliveryError, without Ray's task-error wrapping around it."""
+    if type(exc) is DeliveryError:
+        return exc  # raised here, not by the agent (agent_restarted)
     return DeliveryError(exc.reason, exc.target, exc.detail)
 
 
@@ -85,7 +98,7 @@ class Message:
         a timeout)."""
         if self.kind != "request" or self._request is None or self._mesh is None:
             raise ValueError(f"only requests can be answered, this is a {self.kind!r}")
-        await self._mesh._agent.mesh_reply.remote(self._request, _dump(payload))
+        await self._mesh._call("mesh_reply", self._request, _dump(payload))
 
 
 class Channel:
@@ -125,6 +138,10 @@ class Mesh:
         self._view = frozenset(view)
         self._left = False
         self._refresher: asyncio.Task[None] | None = None
+        self._topics: set[str] = set()
+        self._attaching = asyncio.Lock()
+        self.reattached = 0
+        """How many times this handle moved to a replacement of its node's agent."""
 
     # --------------------------------------------------------------- the gate
 
@@ -150,7 +167,7 @@ class Mesh:
     async def _refresh(self) -> None:
         while not self._left:
             with contextlib.suppress(Exception):
-                self._view = frozenset(await self._agent.mesh_view.remote())
+                self._view = frozenset(await self._call("mesh_view"))
             await asyncio.sleep(_VIEW_REFRESH)
 
     # --------------------------------------------------------------- messaging
@@ -160,7 +177,7 @@ class Mesh:
         (``unknown_name``, ``no_route``, ``hop_limit``, ``inbox_full``, ``timeout``)."""
         self._check()
         try:
-            await self._agent.mesh_send.remote(self.name, name, _dump(payload), timeout)
+            await self._call("mesh_send", self.name, name, _dump(payload), timeout, carries=name)
         except DeliveryError as exc:
             raise _clean(exc) from None
 
@@ -168,7 +185,9 @@ class Mesh:
         """Send a request to ``name`` and return its reply; :class:`DeliveryError` otherwise."""
         self._check()
         try:
-            data = await self._agent.mesh_request.remote(self.name, name, _dump(payload), timeout)
+            data = await self._call(
+                "mesh_request", self.name, name, _dump(payload), timeout, carries=name
+            )
         except DeliveryError as exc:
             raise _clean(exc) from None
         return pickle.loads(data)
@@ -177,21 +196,23 @@ class Mesh:
         """Receive publications on ``topic`` in :meth:`inbox` (applied before any later call
         of this actor reaches the agent: Ray keeps one caller's actor calls in order)."""
         self._check()
+        self._topics.add(topic)  # subscribed again on a replacement agent
         self._agent.mesh_subscribe.remote(self.name, topic)
 
     def unsubscribe(self, topic: str) -> None:
         self._check()
+        self._topics.discard(topic)
         self._agent.mesh_unsubscribe.remote(self.name, topic)
 
     async def publish(self, topic: str, payload: Any) -> None:
         """Broadcast to every subscriber of ``topic`` in the cluster, once each."""
         self._check()
-        await self._agent.mesh_publish.remote(self.name, topic, _dump(payload))
+        await self._call("mesh_publish", self.name, topic, _dump(payload), carries=topic)
 
     async def inbox(self) -> AsyncIterator[Message]:
         """Everything that arrives for this actor, in arrival order, until :meth:`leave`."""
         while not self._left:
-            items: list[InboxItem] = await self._agent.mesh_poll.remote(self.name, _POLL_WAIT)
+            items: list[InboxItem] = await self._call("mesh_poll", self.name, _POLL_WAIT)
             for item in items:
                 yield Message(
                     kind=item.kind,
@@ -215,6 +236,53 @@ class Mesh:
         with contextlib.suppress(Exception):
             await self._agent.mesh_unregister.remote(self.name)
 
+    # --------------------------------------------------------------- the agent and its successors
+
+    async def _call(self, method: str, *args: Any, carries: str = "") -> Any:
+        """Call ``method`` of this node's agent. If the agent is dead, attach to the one the
+        plugin started in its place (claiming the name again) first; then a call that
+        ``carries`` a message for that target raises ``DeliveryError("agent_restarted")``,
+        any other call is made again on the new agent."""
+        agent = self._agent
+        try:
+            return await getattr(agent, method).remote(*args)
+        except ActorDiedError as exc:  # not ActorUnavailableError: that one may come back
+            died = exc
+        try:
+            await self._reattach(agent)
+        except Exception as exc:
+            if carries:
+                raise _agent_restarted(carries, f"and no new agent: {exc}") from None
+            raise
+        if carries:
+            # The outcome is unknown, not "not delivered": the dead agent may have sent the
+            # message (and it may have been delivered, even acknowledged) before it died, or it
+            # may never have left. Retrying may deliver a second copy.
+            raise _agent_restarted(carries, f"the agent died holding it ({type(died).__name__})")
+        return await getattr(self._agent, method).remote(*args)
+
+    async def _reattach(self, dead: Any) -> None:
+        """Move to the replacement of the dead agent ``dead`` (once, however many calls saw it
+        die): wait for it, claim the name again (the directory lets the same node re-claim),
+        subscribe to the same topics."""
+        async with self._attaching:
+            if self._agent is not dead or self._left:
+                return  # another call has re-attached already
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            agent, view = await _attach(self.node_id, self.name, _REATTACH_WAIT, dead)
+            self._agent = agent
+            self._view = frozenset(view)
+            for topic in sorted(self._topics):
+                agent.mesh_subscribe.remote(self.name, topic)
+            self.reattached += 1
+            log.warning(
+                "%s: the agent of node %s was replaced; re-attached in %.2f s",
+                self.name,
+                self.node_id[:8],
+                loop.time() - began,
+            )
+
     def _check(self) -> None:
         if self._left:
             raise RuntimeError(f"mesh member {self.name!r} has left")
@@ -231,27 +299,58 @@ async def join(name: str, *, agent_wait: float = 30.0) -> Mesh:
     ``ray_hyparview.cluster.start()`` first).
     """
     node_id = ray.get_runtime_context().get_node_id()
+    agent, view = await _attach(node_id, name, agent_wait)
+    mesh = Mesh(name, node_id, agent, view)
+    mesh._refresher = asyncio.get_running_loop().create_task(mesh._refresh())
+    return mesh
+
+
+async def _attach(
+    node_id: NodeId, name: str, wait: float, dead: Any = None
+) -> tuple[Any, list[NodeId]]:
+    """Find the agent of ``node_id`` (not ``dead``) and register ``name`` with it; returns the
+    agent and its active view. ``RuntimeError`` if no agent serves within ``wait`` seconds."""
+    dead_id = None if dead is None else dead._actor_id
     # An actor may start on a node that joined a moment ago, before the reconciler has put an
-    # agent there: wait for it a while, backing off, before giving up.
+    # agent there, or its agent may be being replaced: wait for one a while, backing off.
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(ValueError),
-        stop=stop_after_delay(agent_wait),
-        wait=wait_exponential_jitter(initial=0.1, max=2.0),
+        retry=retry_if_exception_type((_NoAgent, RayActorError)),
+        stop=stop_after_delay(wait),
+        wait=wait_exponential_jitter(initial=0.05, max=0.5),
         reraise=True,
     )
     try:
         async for attempt in retrying:
             with attempt:
-                agent: Any = ray.get_actor(agent_actor_name(node_id), namespace=NAMESPACE)
-    except ValueError:
-        raise RuntimeError(
-            f"no ray_hyparview agent on this node after {agent_wait:g} s: "
-            "call ray_hyparview.cluster.start() first"
-        ) from None
-    try:
-        view = await agent.mesh_register.remote(name)
-    except DuplicateName as exc:
-        raise DuplicateName(str(exc).splitlines()[-1]) from None
-    mesh = Mesh(name, node_id, agent, view)
-    mesh._refresher = asyncio.get_running_loop().create_task(mesh._refresh())
-    return mesh
+                try:
+                    agent: Any = ray.get_actor(agent_actor_name(node_id), namespace=NAMESPACE)
+                except ValueError:
+                    raise _NoAgent from None
+                if agent._actor_id == dead_id:
+                    raise _NoAgent  # the name still points at the dead one
+                try:
+                    view: list[NodeId] = await agent.mesh_register.remote(name)
+                except DuplicateName as exc:
+                    raise DuplicateName(str(exc).splitlines()[-1]) from None
+                except RayActorError:
+                    raise
+                except RuntimeError:  # not started yet
+                    raise _NoAgent from None
+                return agent, view
+    except (_NoAgent, RayActorError):
+        pass
+    raise RuntimeError(
+        f"no ray_hyparview agent on this node after {wait:g} s: "
+        "call ray_hyparview.cluster.start() first"
+    )
+
+
+class _NoAgent(Exception):
+    """No agent serves this node (yet)."""
+
+
+def _agent_restarted(target: str, detail: str) -> DeliveryError:
+    error = DeliveryError("agent_restarted", target, detail)
+    # Outcome unknown (see Mesh._call). Until DeliveryError takes outcome=..., set it here.
+    error.__dict__["outcome"] = "unknown"
+    return error

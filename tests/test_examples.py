@@ -215,6 +215,16 @@ def test_ray_latency_quick(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
+def test_ray_supervision_quick(tmp_path: Path) -> None:
+    out = run("benchmarks/ray_supervision.py", "--quick", "--json", "out.json", cwd=tmp_path)
+    assert "ray_supervision: 2 kills" in out
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["lost_after_ack"] == 0
+    assert len(result["serving"]["samples"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
 def test_plumtree_benchmark_quick(tmp_path: Path) -> None:
     out = run("benchmarks/plumtree_10k.py", "--quick", "--json", "out.json", cwd=tmp_path)
     assert json.loads((tmp_path / "out.json").read_text())
