@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO
 
+from ray_hyparview.codec import MAX_PEER_ID_BYTES
 from ray_hyparview.keys import (
     KeyFileError,
     is_z85_key,
@@ -65,6 +66,7 @@ __all__ = [
     "ENV_PREFIX",
     "ENV_VARS",
     "LOG_LEVELS",
+    "MIN_INTERVAL",
     "TRANSPORTS",
     "NodeSpec",
     "Security",
@@ -81,8 +83,22 @@ ENV_PREFIX: Final = "RAY_HYPARVIEW_"
 TRANSPORTS: Final = ("zmq", "memory")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-_MAX_ID_LENGTH = 256
+_MAX_ID_BYTES: Final = MAX_PEER_ID_BYTES
 _NODE_ID_RE = re.compile(r"^[^\s,=\[\]\"']+$")
+MIN_INTERVAL: Final = 0.01
+"""Floor, in seconds, of every period and timeout the agent arms (shuffles, keepalives,
+heartbeats, probes, re-joins): below it a timer spins and burns a core (1e-9 s was accepted
+once and ran a core at 100 %)."""
+_HYPARVIEW_FLOORS: Final = (
+    "shuffle_interval",
+    "neighbor_timeout",
+    "rejoin_backoff_initial",
+    "rejoin_backoff_max",
+    "keepalive_interval",
+    "keepalive_timeout",
+    "probe_interval_min",
+    "probe_interval_max",
+)
 _HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
 _LOOPBACK_NAMES = frozenset({"localhost"})
@@ -291,19 +307,55 @@ def _tcp_host(endpoint: str) -> str | None:
 
 
 def _validate_node_id(node_id: object, key: str) -> NodeId:
+    """The wire's rule (a printable string of at most ``MAX_PEER_ID_BYTES`` UTF-8 bytes: it
+    becomes a ZeroMQ routing id) and the config's (no separators the file forms use)."""
     if (
         not isinstance(node_id, str)
         or not node_id
-        or len(node_id) > _MAX_ID_LENGTH
+        or len(node_id.encode("utf-8", "surrogatepass")) > _MAX_ID_BYTES
+        or not node_id.isprintable()
         or not _NODE_ID_RE.match(node_id)
     ):
         raise StrategyError(
             key,
             node_id,
-            f"a node id: 1-{_MAX_ID_LENGTH} characters without whitespace, quotes, brackets,"
-            " ',' or '='",
+            f"a node id: 1-{_MAX_ID_BYTES} bytes of UTF-8, printable, without whitespace,"
+            " control characters, quotes, brackets, ',' or '='",
         )
     return node_id
+
+
+def _check_floors(config: HyParViewConfig) -> None:
+    for name in _HYPARVIEW_FLOORS:
+        value = getattr(config, name)
+        if value is not None and value < MIN_INTERVAL:
+            raise StrategyError(
+                f"hyparview.{name}",
+                value,
+                f"at least {MIN_INTERVAL} seconds (a shorter timer burns a core)",
+            )
+
+
+def _check_unique_endpoints(
+    nodes: Mapping[NodeId, NodeSpec], local: Peer, contacts: Sequence[Peer]
+) -> None:
+    """Two node ids at one endpoint cannot both be dialled: one of them is a typo, and its
+    traffic would reach the other node. Port 0 ("pick a port") is not an address yet."""
+    owner: dict[str, NodeId] = {}
+    entries = [(f"nodes.{node_id}.endpoint", node_id, s.endpoint) for node_id, s in nodes.items()]
+    entries.append(("node.endpoint", local.id, local.endpoint))
+    entries += [(f"node.contacts[{i}]", p.id, p.endpoint) for i, p in enumerate(contacts)]
+    for key, node_id, endpoint in entries:
+        if not endpoint or endpoint.endswith(":0"):
+            continue
+        other = owner.setdefault(endpoint, node_id)
+        if other != node_id:
+            raise StrategyError(
+                key,
+                endpoint,
+                "an endpoint no other node id uses",
+                hint=f"{other} is listed at {endpoint} already",
+            )
 
 
 def _validate_key(value: object, key: str, *, secret: bool = False) -> str:
@@ -502,10 +554,12 @@ class Strategy:
         )
         object.__setattr__(self, "bind", bind)
         object.__setattr__(self, "contacts", self._check_contacts(nodes, local))
+        _check_unique_endpoints(nodes, local, self.contacts)
         if not isinstance(self.hyparview_config, HyParViewConfig):
             raise StrategyError("hyparview", self.hyparview_config, "a HyParViewConfig")
-        interval = _positive(self.heartbeat_interval, "transport.heartbeat_interval")
-        timeout = _positive(self.heartbeat_timeout, "transport.heartbeat_timeout")
+        _check_floors(self.hyparview_config)
+        interval = _interval(self.heartbeat_interval, "transport.heartbeat_interval")
+        timeout = _interval(self.heartbeat_timeout, "transport.heartbeat_timeout")
         object.__setattr__(self, "heartbeat_interval", interval)
         object.__setattr__(self, "heartbeat_timeout", timeout)
         if timeout <= interval:
@@ -1001,6 +1055,15 @@ def _positive(value: object, path: str) -> float:
     return number
 
 
+def _interval(value: object, path: str) -> float:
+    number = _positive(value, path)
+    if number < MIN_INTERVAL:
+        raise StrategyError(
+            path, value, f"at least {MIN_INTERVAL} seconds (a shorter timer burns a core)"
+        )
+    return number
+
+
 def _build(cls: type[Strategy], data: Mapping[str, Any], base_dir: Path | None) -> Strategy:
     root = _table(data, "", _SECTIONS)
     node = _table(root.get("node", {}), "node", _NODE_KEYS)
@@ -1238,6 +1301,10 @@ def _env_nodes(text: str, var: str) -> dict[str, Any]:
         node_id, sep, endpoint = item.partition("=")
         if not sep or not node_id.strip() or not endpoint.strip():
             raise StrategyError(var, item, "'id=endpoint' items separated by commas")
+        if node_id.strip() in nodes:
+            raise StrategyError(
+                var, item, "each node id once", hint=f"{node_id.strip()} is repeated"
+            )
         nodes[node_id.strip()] = {"endpoint": endpoint.strip()}
     return nodes
 
