@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO
 
-from ray_hyparview.codec import MAX_PEER_ID_BYTES
+from ray_hyparview.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 from ray_hyparview.keys import (
     KeyFileError,
     is_z85_key,
@@ -72,6 +72,7 @@ __all__ = [
     "Security",
     "Strategy",
     "StrategyError",
+    "TransportLimits",
     "apply_env",
     "cmd_check",
     "configure_logging",
@@ -383,6 +384,64 @@ class NodeSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TransportLimits:
+    """What peers can make one agent hold, and how much it logs about them ([transport], same
+    names). The ZeroMQ transport's options of the same names; defaults bound an agent under a
+    flood of 50 connections to about 100 MB (``tests/test_hostile_transport.py``)."""
+
+    recv_hwm: int = 16
+    """Frames libzmq queues per inbound connection (RCVHWM). Times ``max_msg_size``, the bytes
+    one connection can make us hold: 1 MiB by default."""
+
+    max_msg_size: int = DEFAULT_MAX_SIZE
+    """Largest inbound frame in bytes (MAXMSGSIZE; libzmq drops a connection that sends a
+    larger one). At most the codec's limit, 64 KiB, which refuses larger frames anyway."""
+
+    max_connections: int = 64
+    """With CURVE: inbound connections admitted in all beyond those of keys bound to a node
+    id; more are refused at the handshake (``transport.zap.refused.connections``)."""
+
+    max_strangers: int = 64
+    """Distinct sender ids without a link whose frames are taken at once; frames of more are
+    dropped unread (``transport.recv.dropped.stranger_cap``)."""
+
+    stranger_timeout: float = 10.0
+    """Seconds after its last frame that a stranger stops counting against the cap."""
+
+    log_lines: int = 10
+    """Warnings of one kind written per ``log_interval``; the rest are counted
+    (``transport.log.suppressed``)."""
+
+    log_interval: float = 10.0
+    """Seconds of one warning-rate interval."""
+
+    def options(self) -> dict[str, Any]:
+        """These limits as keyword arguments of ``ZmqOptions``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_MIN_MSG_SIZE: Final = 1024
+
+
+def _check_limits(limits: object) -> TransportLimits:
+    if not isinstance(limits, TransportLimits):
+        raise StrategyError("transport", limits, "a TransportLimits")
+    for name, low, high in (
+        ("recv_hwm", 1, 1 << 20),
+        ("max_msg_size", _MIN_MSG_SIZE, DEFAULT_MAX_SIZE),
+        ("max_connections", 1, 1 << 20),
+        ("max_strangers", 1, 1 << 20),
+        ("log_lines", 0, 1 << 20),
+    ):
+        value = getattr(limits, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise StrategyError(f"transport.{name}", value, f"an integer from {low} to {high}")
+    for name in ("stranger_timeout", "log_interval"):
+        _interval(getattr(limits, name), f"transport.{name}")
+    return limits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Security:
     """CURVE settings: this node's key pair and which peers' keys are let in.
 
@@ -542,6 +601,9 @@ class Strategy:
     log_level: str = "INFO"
     """Level of the ``ray_hyparview`` loggers ([agent] log_level), a ``logging`` level name."""
 
+    limits: TransportLimits = field(default_factory=TransportLimits)
+    """Queue, connection and log-rate bounds ([transport], see :class:`TransportLimits`)."""
+
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
             raise StrategyError("transport.kind", self.transport, f"one of {list(TRANSPORTS)}")
@@ -568,6 +630,7 @@ class Strategy:
                 self.heartbeat_timeout,
                 f"more than transport.heartbeat_interval ({self.heartbeat_interval})",
             )
+        _check_limits(self.limits)
         if self.control is not None:
             validate_endpoint(self.control, "agent.control", "control")
         if self.metrics_port is not None and (
@@ -752,6 +815,7 @@ class Strategy:
             self.heartbeat_interval,
             self.heartbeat_timeout,
             self.log_level,
+            self.limits,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -871,6 +935,10 @@ class Strategy:
             transport["heartbeat_interval"] = self.heartbeat_interval
         if self.heartbeat_timeout != _DEFAULT_HEARTBEAT_TIMEOUT:
             transport["heartbeat_timeout"] = self.heartbeat_timeout
+        default_limits = TransportLimits()
+        for name, value in self.limits.options().items():
+            if value != getattr(default_limits, name):
+                transport[name] = value
         if transport:
             out["transport"] = transport
         agent: dict[str, Any] = {}
@@ -988,7 +1056,8 @@ class Strategy:
 
 _SECTIONS: Final = ("node", "hyparview", "transport", "agent", "security", "nodes")
 _NODE_KEYS: Final = ("id", "endpoint", "bind", "contacts")
-_TRANSPORT_KEYS: Final = ("kind", "heartbeat_interval", "heartbeat_timeout")
+_LIMIT_FIELDS: Final = {f.name: str(f.type) for f in fields(TransportLimits)}
+_TRANSPORT_KEYS: Final = ("kind", "heartbeat_interval", "heartbeat_timeout", *_LIMIT_FIELDS)
 _AGENT_KEYS: Final = ("control", "metrics_port", "log_level")
 _SECURITY_KEYS: Final = (
     "public_key",
@@ -1095,6 +1164,19 @@ def _build(cls: type[Strategy], data: Mapping[str, Any], base_dir: Path | None) 
     for name in ("heartbeat_interval", "heartbeat_timeout"):
         if name in transport:
             kwargs[name] = _number(transport[name], f"transport.{name}")
+    limits: dict[str, Any] = {}
+    for name, kind in _LIMIT_FIELDS.items():
+        if name not in transport:
+            continue
+        if kind == "int":
+            value = transport[name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise StrategyError(f"transport.{name}", value, "an integer")
+            limits[name] = value
+        else:
+            limits[name] = _number(transport[name], f"transport.{name}")
+    if limits:
+        kwargs["limits"] = TransportLimits(**limits)
     agent = _table(root.get("agent", {}), "agent", _AGENT_KEYS)
     if "control" in agent:
         kwargs["control"] = _string(agent["control"], "agent.control", "an endpoint string")
@@ -1334,6 +1416,10 @@ ENV_VARS: Final[Mapping[str, tuple[str, _EnvParser]]] = types.MappingProxyType(
         "TRANSPORT": ("transport.kind", _env_text),
         "HEARTBEAT_INTERVAL": ("transport.heartbeat_interval", _env_float),
         "HEARTBEAT_TIMEOUT": ("transport.heartbeat_timeout", _env_float),
+        **{
+            name.upper(): (f"transport.{name}", _env_int if kind == "int" else _env_float)
+            for name, kind in _LIMIT_FIELDS.items()
+        },
         "CONTROL": ("agent.control", _env_optional_text),
         "METRICS_PORT": ("agent.metrics_port", _env_optional_int),
         "LOG_LEVEL": ("agent.log_level", _env_text),
@@ -1443,6 +1529,12 @@ def describe(strategy: Strategy) -> list[str]:
     lines.append(
         f"transport   {strategy.transport}, heartbeat every {strategy.heartbeat_interval:g} s,"
         f" timeout {strategy.heartbeat_timeout:g} s"
+    )
+    limits = strategy.limits
+    lines.append(
+        f"limits      {limits.recv_hwm} frames x {limits.max_msg_size} B per connection,"
+        f" {limits.max_connections} connections (CURVE), {limits.max_strangers} strangers,"
+        f" {limits.log_lines} warnings per {limits.log_interval:g} s"
     )
     cfg = strategy.hyparview_config
     lines.append(

@@ -33,6 +33,7 @@ from ray_hyparview.strategy import (
     Security,
     Strategy,
     StrategyError,
+    TransportLimits,
     apply_env,
     cmd_check,
     validate_endpoint,
@@ -436,6 +437,15 @@ INVALID: list[tuple[str, Any, str, str, str]] = [
      "plain"),
     ("node.contacts", ["n2", "n9=tcp://127.0.0.1:7003"], "node.contacts[1]", "no other node id",
      "plain"),
+    ("transport.recv_hwm", 0, "transport.recv_hwm", "from 1", "plain"),
+    ("transport.recv_hwm", 1.5, "transport.recv_hwm", "an integer", "plain"),
+    ("transport.max_msg_size", 1 << 20, "transport.max_msg_size", "to 65536", "plain"),
+    ("transport.max_msg_size", 100, "transport.max_msg_size", "from 1024", "plain"),
+    ("transport.max_connections", 0, "transport.max_connections", "from 1", "plain"),
+    ("transport.max_strangers", -1, "transport.max_strangers", "from 1", "plain"),
+    ("transport.log_lines", -1, "transport.log_lines", "from 0", "plain"),
+    ("transport.log_interval", 1e-9, "transport.log_interval", "at least 0.01", "plain"),
+    ("transport.stranger_timeout", 0, "transport.stranger_timeout", "greater than 0", "plain"),
 ]  # fmt: skip
 
 
@@ -731,6 +741,23 @@ def test_curve_example_keys_belong_together() -> None:
         Strategy.from_file(
             EXAMPLES / "strategy-curve.toml", environ={"RAY_HYPARVIEW_NODE_ID": "n2"}
         )
+
+
+def test_transport_limits_load_round_trip_and_match_the_transports_defaults() -> None:
+    from ray_hyparview.transport.zmq import ZmqOptions
+
+    defaults = ZmqOptions()
+    for name, value in TransportLimits().options().items():
+        assert getattr(defaults, name) == value, name
+    data = base()
+    data["transport"].update(recv_hwm=8, max_connections=10, log_interval=5.0)
+    strategy = Strategy.from_mapping(data)
+    assert strategy.limits == TransportLimits(recv_hwm=8, max_connections=10, log_interval=5.0)
+    assert strategy.to_mapping()["transport"]["recv_hwm"] == 8
+    assert "max_strangers" not in strategy.to_mapping()["transport"]
+    assert Strategy.from_mapping(strategy.to_mapping()) == strategy
+    assert Strategy.from_env(base(), {"RAY_HYPARVIEW_MAX_STRANGERS": "7"}).limits.max_strangers == 7
+    ZmqOptions(**strategy.limits.options())  # the agent passes them on as they are
 
 
 def test_node_ids_in_the_nodes_table_meet_the_wire_limit() -> None:
