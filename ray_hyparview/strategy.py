@@ -397,15 +397,16 @@ class TransportLimits:
     """Largest inbound frame in bytes (MAXMSGSIZE; libzmq drops a connection that sends a
     larger one). At most the codec's limit, 64 KiB, which refuses larger frames anyway."""
 
-    max_connections: int = 64
-    """With CURVE: inbound connections admitted in all beyond those of keys bound to a node
-    id; more are refused at the handshake (``transport.zap.refused.connections``)."""
+    max_connections: int = 128
+    """Inbound connections open at once; more are refused at the handshake
+    (``transport.zap.refused.connections``), except, with CURVE, those of keys bound to a node
+    id. In plain text every connection counts, the real peers' too."""
 
-    max_strangers: int = 64
+    max_strangers: int = 256
     """Distinct sender ids without a link whose frames are taken at once; frames of more are
     dropped unread (``transport.recv.dropped.stranger_cap``)."""
 
-    stranger_timeout: float = 10.0
+    stranger_timeout: float = 5.0
     """Seconds after its last frame that a stranger stops counting against the cap."""
 
     log_lines: int = 10

@@ -158,6 +158,40 @@ async def test_curve_connections_beyond_the_cap_are_refused_at_the_handshake() -
         await t.aclose()
 
 
+@pytest.mark.asyncio
+async def test_plain_connections_beyond_the_cap_are_refused_and_links_up_stay() -> None:
+    t = ZmqTransport("victim", options=ZmqOptions(max_connections=4))
+    await t.start()
+    friend = ZmqTransport("friend")
+    await friend.start()
+    assert friend.send(Peer(t.node_id, t.endpoint), b"hello")  # a link up before the flood
+    got: list[tuple[str, bytes]] = []
+
+    async def drain() -> None:
+        while True:
+            got.extend(await t.recv_batch())
+
+    task = asyncio.ensure_future(drain())
+    ctx = zmq.asyncio.Context()
+    socks: list[zmq.asyncio.Socket] = []
+    try:
+        await until(lambda: got == [("friend", b"hello")])
+        for _ in range(10):
+            socks += await _dealers(ctx, t.endpoint, 1)
+            await asyncio.sleep(0.05)
+        await until(lambda: t.counters["zap.refused.connections"] == 7)
+        assert t.counters["router.handshake_succeeded"] == 4  # the friend's and three more
+        assert friend.send(Peer(t.node_id, t.endpoint), b"still linked")
+        await until(lambda: ("friend", b"still linked") in got)
+    finally:
+        task.cancel()
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()
+        await friend.aclose()
+        await t.aclose()
+
+
 # -- rate-limited warnings ----------------------------------------------------------------------
 
 

@@ -44,12 +44,12 @@ alive; the agent's application keepalives catch that. Each failure is reported o
 **Bounds.** ``SNDHWM`` bounds what we queue for a peer. Inbound, libzmq keeps one queue per
 connection: ``RCVHWM`` (``recv_hwm`` frames) times ``MAXMSGSIZE`` (``max_msg_size``; a larger
 frame makes libzmq drop that connection) bounds its bytes, by default 16 x 64 KiB = 1 MiB. The
-number of connections is bounded where the transport can tell strangers apart: with CURVE, the
-ZAP handler admits at most ``max_connections`` inbound connections in all beyond those of keys
-bound to a node id (refused ones count as ``zap.refused.connections``); in plain text the
-transport cannot refuse a connection, but frames from more than ``max_strangers`` distinct ids
-it holds no link to (per ``stranger_timeout``) are dropped unread as
-``recv.dropped.stranger_cap``, cheaply enough that the queues drain. After a burst of inbound
+number of connections is bounded by the ZAP handler (for the NULL mechanism too): beyond
+``max_connections`` open, a new one is refused at the handshake (``zap.refused.connections``),
+except, with CURVE, one of a key bound to a node id. Links already up are never cut. Frames from
+more than ``max_strangers`` distinct ids we hold no link to (per ``stranger_timeout``) are
+dropped unread as ``recv.dropped.stranger_cap``, so that a swarm of fresh ids cannot fill the
+agent's tables. After a burst of inbound
 bytes (``trim_after_bytes``) the C heap is handed back to the system (``malloc_trim``), so
 that memory returns to its baseline once a flood ends. Warnings are rate-limited per kind
 (``log_lines`` per ``log_interval``; the rest count as ``log.suppressed``) and blame only what
@@ -164,16 +164,18 @@ class ZmqOptions:
     max_msg_size: int = DEFAULT_MAX_SIZE
     """MAXMSGSIZE of the ROUTER: a larger inbound frame makes libzmq drop that connection."""
 
-    max_connections: int = 64
-    """With CURVE: most inbound connections admitted in all (ZAP) beyond those of keys bound to
-    a node id; more are refused at the handshake and counted as ``zap.refused.connections``."""
+    max_connections: int = 128
+    """Most inbound connections open at once, enforced by the ZAP handler at the handshake;
+    more are refused and counted as ``zap.refused.connections``. With CURVE, keys bound to a
+    node id are always admitted; in plain text every connection counts (who it is is not known
+    before its first frame) unless the transport shares its context (then there is no cap)."""
 
-    max_strangers: int = 64
+    max_strangers: int = 256
     """Most distinct sender ids we hold no link to (and, with CURVE, that no key is bound to)
     whose frames are taken at once; frames of further ones are dropped unread and counted as
     ``recv.dropped.stranger_cap``."""
 
-    stranger_timeout: float = 10.0
+    stranger_timeout: float = 5.0
     """Seconds after its last frame that a stranger stops counting against ``max_strangers``."""
 
     log_lines: int = DEFAULT_LOG_LINES
@@ -349,6 +351,25 @@ class _Auth:
         return user_id in self.unbound and node_id not in self.id_to_key
 
 
+class _Gate(AsyncioAuthenticator):
+    """The ZAP handler: CURVE keys go through :class:`_Auth`'s allow-list callback (configured
+    by the caller); plain-text (NULL) connections are admitted while ``admit_null()`` says so.
+    pyzmq's authenticator decides NULL by IP address only, hence the override."""
+
+    def __init__(self, context: zmq.asyncio.Context, admit_null: Callable[[], bool]) -> None:
+        super().__init__(context=context)
+        self._admit_null = admit_null
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) >= 6 and msg[0] == b"1.0" and msg[5] == b"NULL":
+            if self._admit_null():
+                self._send_zap_reply(msg[1], b"200", b"OK")
+            else:
+                self._send_zap_reply(msg[1], b"400", b"too many connections")
+            return
+        await super().handle_zap_message(msg)
+
+
 class _Link:
     """One outbound DEALER, its monitor, and its dial state."""
 
@@ -479,7 +500,7 @@ class ZmqTransport:
         self._heartbeats(router)
         if self._auth is not None:
             self._auth.connections = lambda: len(self._inbound)
-            self._authenticator = AsyncioAuthenticator(context=ctx)
+            self._authenticator = _Gate(ctx, self._admit_plain)
             self._authenticator.start()
             self._authenticator.configure_curve_callback(
                 domain=ZAP_DOMAIN, credentials_provider=self._auth
@@ -488,12 +509,19 @@ class ZmqTransport:
             router.setsockopt(zmq.CURVE_SERVER, 1)
             router.setsockopt(zmq.CURVE_SECRETKEY, self._auth.secret)
             router.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.public)
-        elif not _is_loopback(self._bind_addr):
-            log.warning(
-                "binding %s in plain text: any host that reaches it can join and read the"
-                " overlay; configure CURVE keys for anything but loopback",
-                self._bind_addr,
-            )
+        else:
+            if self._shared_ctx is None:
+                # Plain text: the same ZAP handler caps connections (NULL mechanism). A shared
+                # context (tests, benchmarks) may hold one ZAP handler only: no cap there.
+                self._authenticator = _Gate(ctx, self._admit_plain)
+                self._authenticator.start()
+                router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+            if not _is_loopback(self._bind_addr):
+                log.warning(
+                    "binding %s in plain text: any host that reaches it can join and read the"
+                    " overlay; configure CURVE keys for anything but loopback",
+                    self._bind_addr,
+                )
         self._router_mon = router.get_monitor_socket(sum(_ROUTER_EVENTS))
         self._open_sockets.add(self._router_mon)
         bind = self._bind_addr
@@ -691,6 +719,7 @@ class ZmqTransport:
             return None
         link = _Link(peer, sock, mon)
         self._links[peer.id] = link
+        self._strangers.pop(peer.id, None)  # linked now: its slot is free for another
         self._counters["link.opened"] += 1
         link.task = self._spawn(self._run_link(link))
         link.task.add_done_callback(lambda _t: self._release(link))
@@ -839,6 +868,17 @@ class ZmqTransport:
         self._counters["recv.msgs"] += 1
         self._counters["recv.bytes"] += len(data)
         batch.append((node_id, data))
+
+    def _admit_plain(self) -> bool:
+        """ZAP for a plain-text connection: the id it will claim is not known yet, so every
+        connection counts, and more than ``max_connections`` open are refused."""
+        if len(self._inbound) <= self._opts.max_connections:
+            return True
+        self._counters["zap.refused.connections"] += 1
+        self._rate.warning(
+            log, "refused a plain-text connection: %d inbound connections open", len(self._inbound)
+        )
+        return False
 
     def _admit_stranger(self, node_id: NodeId) -> bool:
         """Take frames from an id we hold no link to while fewer than ``max_strangers`` such
