@@ -1534,7 +1534,7 @@ def describe(strategy: Strategy) -> list[str]:
     limits = strategy.limits
     lines.append(
         f"limits      {limits.recv_hwm} frames x {limits.max_msg_size} B per connection,"
-        f" {limits.max_connections} connections (CURVE), {limits.max_strangers} strangers,"
+        f" {limits.max_connections} connections, {limits.max_strangers} strangers,"
         f" {limits.log_lines} warnings per {limits.log_interval:g} s"
     )
     cfg = strategy.hyparview_config

@@ -333,7 +333,7 @@ class _Auth:
                 log,
                 "refused a connection of CURVE key %s: %d inbound connections open",
                 text,
-                self._max_connections,
+                self.connections(),
             )
             return False
         return True
