@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from ray_hyparview.control import control_server, metrics_server, query_status
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.ratelimit import LogRate, RateLimitFilter
 from ray_hyparview.strategy import Strategy, StrategyError, apply_env
 
 __all__ = ["main"]
@@ -182,7 +184,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         level=getattr(logging, strategy.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A flood of bad frames must not become a flood of log lines: N warnings of each kind per
+    # interval, the rest counted (``process.log.suppressed`` in the agent's status).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RateLimitFilter(_LOG_RATE))
     return asyncio.run(run_agent(strategy))
+
+
+_LOG_RATE = LogRate()
+"""The warning rate of this process's log handlers (installed by ``run``)."""
 
 
 async def run_agent(strategy: Strategy, *, ready: asyncio.Event | None = None) -> int:
@@ -194,10 +204,23 @@ async def run_agent(strategy: Strategy, *, ready: asyncio.Event | None = None) -
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    process: Counter[str] = Counter()
+
+    def stats() -> dict[str, Any]:
+        """The agent's stats plus what this process counts itself (suppressed log lines,
+        refused control requests) as ``process.*`` counters."""
+        result = dict(agent.stats())
+        counted = process + _LOG_RATE.counters
+        result["counters"] = {
+            **result.get("counters", {}),
+            **{f"process.{k}": v for k, v in sorted(counted.items())},
+        }
+        return result
+
     async with (
         Agent(strategy) as agent,
-        control_server(strategy.control, agent.stats) as control,
-        metrics_server(strategy.metrics_port, agent.stats) as metrics_port,
+        control_server(strategy.control, stats, counters=process) as control,
+        metrics_server(strategy.metrics_port, stats) as metrics_port,
     ):
         log.info(
             "%s: agent running at %s (control %s, metrics port %s)",

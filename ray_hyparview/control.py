@@ -4,6 +4,10 @@ Prometheus ``/metrics`` page.
 Both are tiny asyncio stream servers bound to loopback (or a Unix socket): the control
 endpoint answers one JSON line per connection, the metrics page one HTTP response. Neither
 accepts input beyond a short request line, so neither can be used to steer the agent.
+
+The request line is bounded (:data:`MAX_REQUEST_LINE` bytes, the stream reader's own limit):
+a longer line, or one that never ends, gets one JSON error line back (``{"error": ...}``) and
+is counted as ``control.rejected.<cause>``; nothing is logged and no traceback escapes.
 """
 
 from __future__ import annotations
@@ -12,12 +16,24 @@ import asyncio
 import contextlib
 import json
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["control_server", "metrics_server", "prometheus_text", "query_status"]
+__all__ = [
+    "MAX_REQUEST_LINE",
+    "control_server",
+    "metrics_server",
+    "prometheus_text",
+    "query_status",
+]
 
 _MAX_REQUEST = 1024
+MAX_REQUEST_LINE: Final = 1024
+"""Longest request line the control endpoint reads, newline included."""
+_DRAIN_LIMIT = 1 << 20
+"""Bytes of an over-long request read and discarded after the error reply: closing a socket
+with unread input resets it, and the reset can overtake the reply."""
 StatsSource = Callable[[], Mapping[str, Any]]
 
 
@@ -34,43 +50,76 @@ def _parse(endpoint: str) -> tuple[str, str, int]:
 
 
 async def _serve(
-    endpoint: str, handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
+    endpoint: str,
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+    *,
+    limit: int,
 ) -> tuple[asyncio.Server, str]:
     kind, where, port = _parse(endpoint)
     if kind == "ipc":
-        server = await asyncio.start_unix_server(handle, path=where)
+        server = await asyncio.start_unix_server(handle, path=where, limit=limit)
         return server, endpoint
-    server = await asyncio.start_server(handle, host=where, port=port)
+    server = await asyncio.start_server(handle, host=where, port=port, limit=limit)
     bound_port = server.sockets[0].getsockname()[1]
     host = f"[{where}]" if ":" in where else where
     return server, f"tcp://{host}:{bound_port}"
 
 
 @contextlib.asynccontextmanager
-async def control_server(endpoint: str | None, stats: StatsSource) -> AsyncIterator[str | None]:
+async def control_server(
+    endpoint: str | None, stats: StatsSource, *, counters: Counter[str] | None = None
+) -> AsyncIterator[str | None]:
     """Serve ``stats()`` as one JSON line to every connection on ``endpoint``; yields the bound
-    endpoint (port 0 resolved), or None when ``endpoint`` is None."""
+    endpoint (port 0 resolved), or None when ``endpoint`` is None. Refused requests are counted
+    in ``counters`` (a private counter when None) as ``control.rejected.<cause>``."""
     if endpoint is None:
         yield None
         return
+    counted: Counter[str] = counters if counters is not None else Counter()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(2.0):
-                await reader.readline()
+                try:
+                    await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError:
+                    await _refuse(reader, writer, counted, "too_long")
+                    return
+                except asyncio.IncompleteReadError:
+                    pass  # a short request ended by EOF instead of a newline: answer it
                 writer.write(json.dumps(stats(), sort_keys=True).encode() + b"\n")
                 await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
+        except TimeoutError:
+            counted["control.rejected.timeout"] += 1
+        except ConnectionError:
+            counted["control.rejected.connection"] += 1
         finally:
             writer.close()
 
-    server, bound = await _serve(endpoint, handle)
+    server, bound = await _serve(endpoint, handle, limit=MAX_REQUEST_LINE)
     try:
         yield bound
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def _refuse(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counted: Counter[str], cause: str
+) -> None:  # one cause today; named so that others count apart
+    """Answer a bad request with one JSON error line, then read (and drop) what the client still
+    sends, up to a bound, so that closing does not reset the connection under the reply."""
+    counted[f"control.rejected.{cause}"] += 1
+    message = f"request line longer than {MAX_REQUEST_LINE} bytes"
+    writer.write(json.dumps({"error": message}).encode() + b"\n")
+    await writer.drain()
+    writer.write_eof()
+    drained = 0
+    while drained < _DRAIN_LIMIT:
+        chunk = await reader.read(65536)
+        if not chunk:
+            break
+        drained += len(chunk)
 
 
 async def query_status(endpoint: str, *, deadline: float = 3.0) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO
 
+from ray_hyparview.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 from ray_hyparview.keys import (
     KeyFileError,
     is_z85_key,
@@ -65,11 +66,13 @@ __all__ = [
     "ENV_PREFIX",
     "ENV_VARS",
     "LOG_LEVELS",
+    "MIN_INTERVAL",
     "TRANSPORTS",
     "NodeSpec",
     "Security",
     "Strategy",
     "StrategyError",
+    "TransportLimits",
     "apply_env",
     "cmd_check",
     "configure_logging",
@@ -81,8 +84,22 @@ ENV_PREFIX: Final = "RAY_HYPARVIEW_"
 TRANSPORTS: Final = ("zmq", "memory")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-_MAX_ID_LENGTH = 256
+_MAX_ID_BYTES: Final = MAX_PEER_ID_BYTES
 _NODE_ID_RE = re.compile(r"^[^\s,=\[\]\"']+$")
+MIN_INTERVAL: Final = 0.01
+"""Floor, in seconds, of every period and timeout the agent arms (shuffles, keepalives,
+heartbeats, probes, re-joins): below it a timer spins and burns a core (1e-9 s was accepted
+once and ran a core at 100 %)."""
+_HYPARVIEW_FLOORS: Final = (
+    "shuffle_interval",
+    "neighbor_timeout",
+    "rejoin_backoff_initial",
+    "rejoin_backoff_max",
+    "keepalive_interval",
+    "keepalive_timeout",
+    "probe_interval_min",
+    "probe_interval_max",
+)
 _HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
 _LOOPBACK_NAMES = frozenset({"localhost"})
@@ -291,19 +308,55 @@ def _tcp_host(endpoint: str) -> str | None:
 
 
 def _validate_node_id(node_id: object, key: str) -> NodeId:
+    """The wire's rule (a printable string of at most ``MAX_PEER_ID_BYTES`` UTF-8 bytes: it
+    becomes a ZeroMQ routing id) and the config's (no separators the file forms use)."""
     if (
         not isinstance(node_id, str)
         or not node_id
-        or len(node_id) > _MAX_ID_LENGTH
+        or len(node_id.encode("utf-8", "surrogatepass")) > _MAX_ID_BYTES
+        or not node_id.isprintable()
         or not _NODE_ID_RE.match(node_id)
     ):
         raise StrategyError(
             key,
             node_id,
-            f"a node id: 1-{_MAX_ID_LENGTH} characters without whitespace, quotes, brackets,"
-            " ',' or '='",
+            f"a node id: 1-{_MAX_ID_BYTES} bytes of UTF-8, printable, without whitespace,"
+            " control characters, quotes, brackets, ',' or '='",
         )
     return node_id
+
+
+def _check_floors(config: HyParViewConfig) -> None:
+    for name in _HYPARVIEW_FLOORS:
+        value = getattr(config, name)
+        if value is not None and value < MIN_INTERVAL:
+            raise StrategyError(
+                f"hyparview.{name}",
+                value,
+                f"at least {MIN_INTERVAL} seconds (a shorter timer burns a core)",
+            )
+
+
+def _check_unique_endpoints(
+    nodes: Mapping[NodeId, NodeSpec], local: Peer, contacts: Sequence[Peer]
+) -> None:
+    """Two node ids at one endpoint cannot both be dialled: one of them is a typo, and its
+    traffic would reach the other node. Port 0 ("pick a port") is not an address yet."""
+    owner: dict[str, NodeId] = {}
+    entries = [(f"nodes.{node_id}.endpoint", node_id, s.endpoint) for node_id, s in nodes.items()]
+    entries.append(("node.endpoint", local.id, local.endpoint))
+    entries += [(f"node.contacts[{i}]", p.id, p.endpoint) for i, p in enumerate(contacts)]
+    for key, node_id, endpoint in entries:
+        if not endpoint or endpoint.endswith(":0"):
+            continue
+        other = owner.setdefault(endpoint, node_id)
+        if other != node_id:
+            raise StrategyError(
+                key,
+                endpoint,
+                "an endpoint no other node id uses",
+                hint=f"{other} is listed at {endpoint} already",
+            )
 
 
 def _validate_key(value: object, key: str, *, secret: bool = False) -> str:
@@ -328,6 +381,65 @@ class NodeSpec:
 
     public_key: str | None = None
     """The node's CURVE public key (Z85); with security on, only this key may claim the id."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportLimits:
+    """What peers can make one agent hold, and how much it logs about them ([transport], same
+    names). The ZeroMQ transport's options of the same names; defaults bound an agent under a
+    flood of 50 connections to about 100 MB (``tests/test_hostile_transport.py``)."""
+
+    recv_hwm: int = 16
+    """Frames libzmq queues per inbound connection (RCVHWM). Times ``max_msg_size``, the bytes
+    one connection can make us hold: 1 MiB by default."""
+
+    max_msg_size: int = DEFAULT_MAX_SIZE
+    """Largest inbound frame in bytes (MAXMSGSIZE; libzmq drops a connection that sends a
+    larger one). At most the codec's limit, 64 KiB, which refuses larger frames anyway."""
+
+    max_connections: int = 128
+    """Inbound connections open at once; more are refused at the handshake
+    (``transport.zap.refused.connections``), except, with CURVE, those of keys bound to a node
+    id. In plain text every connection counts, the real peers' too."""
+
+    max_strangers: int = 256
+    """Distinct sender ids without a link whose frames are taken at once; frames of more are
+    dropped unread (``transport.recv.dropped.stranger_cap``)."""
+
+    stranger_timeout: float = 5.0
+    """Seconds after its last frame that a stranger stops counting against the cap."""
+
+    log_lines: int = 10
+    """Warnings of one kind written per ``log_interval``; the rest are counted
+    (``transport.log.suppressed``)."""
+
+    log_interval: float = 10.0
+    """Seconds of one warning-rate interval."""
+
+    def options(self) -> dict[str, Any]:
+        """These limits as keyword arguments of ``ZmqOptions``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_MIN_MSG_SIZE: Final = 1024
+
+
+def _check_limits(limits: object) -> TransportLimits:
+    if not isinstance(limits, TransportLimits):
+        raise StrategyError("transport", limits, "a TransportLimits")
+    for name, low, high in (
+        ("recv_hwm", 1, 1 << 20),
+        ("max_msg_size", _MIN_MSG_SIZE, DEFAULT_MAX_SIZE),
+        ("max_connections", 1, 1 << 20),
+        ("max_strangers", 1, 1 << 20),
+        ("log_lines", 0, 1 << 20),
+    ):
+        value = getattr(limits, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise StrategyError(f"transport.{name}", value, f"an integer from {low} to {high}")
+    for name in ("stranger_timeout", "log_interval"):
+        _interval(getattr(limits, name), f"transport.{name}")
+    return limits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -490,6 +602,9 @@ class Strategy:
     log_level: str = "INFO"
     """Level of the ``ray_hyparview`` loggers ([agent] log_level), a ``logging`` level name."""
 
+    limits: TransportLimits = field(default_factory=TransportLimits)
+    """Queue, connection and log-rate bounds ([transport], see :class:`TransportLimits`)."""
+
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
             raise StrategyError("transport.kind", self.transport, f"one of {list(TRANSPORTS)}")
@@ -502,10 +617,12 @@ class Strategy:
         )
         object.__setattr__(self, "bind", bind)
         object.__setattr__(self, "contacts", self._check_contacts(nodes, local))
+        _check_unique_endpoints(nodes, local, self.contacts)
         if not isinstance(self.hyparview_config, HyParViewConfig):
             raise StrategyError("hyparview", self.hyparview_config, "a HyParViewConfig")
-        interval = _positive(self.heartbeat_interval, "transport.heartbeat_interval")
-        timeout = _positive(self.heartbeat_timeout, "transport.heartbeat_timeout")
+        _check_floors(self.hyparview_config)
+        interval = _interval(self.heartbeat_interval, "transport.heartbeat_interval")
+        timeout = _interval(self.heartbeat_timeout, "transport.heartbeat_timeout")
         object.__setattr__(self, "heartbeat_interval", interval)
         object.__setattr__(self, "heartbeat_timeout", timeout)
         if timeout <= interval:
@@ -514,6 +631,7 @@ class Strategy:
                 self.heartbeat_timeout,
                 f"more than transport.heartbeat_interval ({self.heartbeat_interval})",
             )
+        _check_limits(self.limits)
         if self.control is not None:
             validate_endpoint(self.control, "agent.control", "control")
         if self.metrics_port is not None and (
@@ -698,6 +816,7 @@ class Strategy:
             self.heartbeat_interval,
             self.heartbeat_timeout,
             self.log_level,
+            self.limits,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -817,6 +936,10 @@ class Strategy:
             transport["heartbeat_interval"] = self.heartbeat_interval
         if self.heartbeat_timeout != _DEFAULT_HEARTBEAT_TIMEOUT:
             transport["heartbeat_timeout"] = self.heartbeat_timeout
+        default_limits = TransportLimits()
+        for name, value in self.limits.options().items():
+            if value != getattr(default_limits, name):
+                transport[name] = value
         if transport:
             out["transport"] = transport
         agent: dict[str, Any] = {}
@@ -934,7 +1057,8 @@ class Strategy:
 
 _SECTIONS: Final = ("node", "hyparview", "transport", "agent", "security", "nodes")
 _NODE_KEYS: Final = ("id", "endpoint", "bind", "contacts")
-_TRANSPORT_KEYS: Final = ("kind", "heartbeat_interval", "heartbeat_timeout")
+_LIMIT_FIELDS: Final = {f.name: str(f.type) for f in fields(TransportLimits)}
+_TRANSPORT_KEYS: Final = ("kind", "heartbeat_interval", "heartbeat_timeout", *_LIMIT_FIELDS)
 _AGENT_KEYS: Final = ("control", "metrics_port", "log_level")
 _SECURITY_KEYS: Final = (
     "public_key",
@@ -1001,6 +1125,15 @@ def _positive(value: object, path: str) -> float:
     return number
 
 
+def _interval(value: object, path: str) -> float:
+    number = _positive(value, path)
+    if number < MIN_INTERVAL:
+        raise StrategyError(
+            path, value, f"at least {MIN_INTERVAL} seconds (a shorter timer burns a core)"
+        )
+    return number
+
+
 def _build(cls: type[Strategy], data: Mapping[str, Any], base_dir: Path | None) -> Strategy:
     root = _table(data, "", _SECTIONS)
     node = _table(root.get("node", {}), "node", _NODE_KEYS)
@@ -1032,6 +1165,19 @@ def _build(cls: type[Strategy], data: Mapping[str, Any], base_dir: Path | None) 
     for name in ("heartbeat_interval", "heartbeat_timeout"):
         if name in transport:
             kwargs[name] = _number(transport[name], f"transport.{name}")
+    limits: dict[str, Any] = {}
+    for name, kind in _LIMIT_FIELDS.items():
+        if name not in transport:
+            continue
+        if kind == "int":
+            value = transport[name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise StrategyError(f"transport.{name}", value, "an integer")
+            limits[name] = value
+        else:
+            limits[name] = _number(transport[name], f"transport.{name}")
+    if limits:
+        kwargs["limits"] = TransportLimits(**limits)
     agent = _table(root.get("agent", {}), "agent", _AGENT_KEYS)
     if "control" in agent:
         kwargs["control"] = _string(agent["control"], "agent.control", "an endpoint string")
@@ -1238,6 +1384,10 @@ def _env_nodes(text: str, var: str) -> dict[str, Any]:
         node_id, sep, endpoint = item.partition("=")
         if not sep or not node_id.strip() or not endpoint.strip():
             raise StrategyError(var, item, "'id=endpoint' items separated by commas")
+        if node_id.strip() in nodes:
+            raise StrategyError(
+                var, item, "each node id once", hint=f"{node_id.strip()} is repeated"
+            )
         nodes[node_id.strip()] = {"endpoint": endpoint.strip()}
     return nodes
 
@@ -1267,6 +1417,10 @@ ENV_VARS: Final[Mapping[str, tuple[str, _EnvParser]]] = types.MappingProxyType(
         "TRANSPORT": ("transport.kind", _env_text),
         "HEARTBEAT_INTERVAL": ("transport.heartbeat_interval", _env_float),
         "HEARTBEAT_TIMEOUT": ("transport.heartbeat_timeout", _env_float),
+        **{
+            name.upper(): (f"transport.{name}", _env_int if kind == "int" else _env_float)
+            for name, kind in _LIMIT_FIELDS.items()
+        },
         "CONTROL": ("agent.control", _env_optional_text),
         "METRICS_PORT": ("agent.metrics_port", _env_optional_int),
         "LOG_LEVEL": ("agent.log_level", _env_text),
@@ -1376,6 +1530,12 @@ def describe(strategy: Strategy) -> list[str]:
     lines.append(
         f"transport   {strategy.transport}, heartbeat every {strategy.heartbeat_interval:g} s,"
         f" timeout {strategy.heartbeat_timeout:g} s"
+    )
+    limits = strategy.limits
+    lines.append(
+        f"limits      {limits.recv_hwm} frames x {limits.max_msg_size} B per connection,"
+        f" {limits.max_connections} connections, {limits.max_strangers} strangers,"
+        f" {limits.log_lines} warnings per {limits.log_interval:g} s"
     )
     cfg = strategy.hyparview_config
     lines.append(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import random
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
@@ -224,3 +227,30 @@ async def test_control_endpoint_and_metrics_page_answer(
         writer.close()
         assert body.startswith(b"HTTP/1.0 200 OK")
         assert b'ray_hyparview_active_view_size{node="a"} 1' in body
+
+
+@pytest.mark.asyncio
+async def test_control_endpoint_refuses_an_overlong_line_with_one_clean_error(
+    pair: tuple[MemoryNetwork, Agent, Agent], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 70 KB line without a newline used to escape as two tracebacks; now it gets one JSON
+    error line, is counted, and the endpoint keeps answering."""
+    _, a, _ = pair
+    counters: Counter[str] = Counter()
+    loop_errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: loop_errors.append(ctx))
+    async with control_server("tcp://127.0.0.1:0", a.stats, counters=counters) as control:
+        assert control is not None
+        host, port = control.removeprefix("tcp://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"x" * 70_000)
+        await writer.drain()
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.count(b"\n") == 1
+        assert "longer than 1024 bytes" in json.loads(answer)["error"]
+        assert counters["control.rejected.too_long"] == 1
+        assert (await query_status(control))["id"] == "a"
+    assert not loop_errors
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]

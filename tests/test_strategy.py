@@ -33,6 +33,7 @@ from ray_hyparview.strategy import (
     Security,
     Strategy,
     StrategyError,
+    TransportLimits,
     apply_env,
     cmd_check,
     validate_endpoint,
@@ -420,6 +421,31 @@ INVALID: list[tuple[str, Any, str, str, str]] = [
     ("security.colour", "red", "security.colour", "a key of [security]", "secure"),
     ("security.default_server_key", "k", "security.default_server_key", "40 char", "secure"),
     ("security", {"secret_key_file": " "}, "security.secret_key_file", "a file path", "secure"),
+    # What `run` would crash on or spin with, refused by `check` as well:
+    ("node.id", "n" * 241, "node.id", "1-240 bytes of UTF-8", "plain"),
+    ("node.id", "\u00e9" * 121, "node.id", "1-240 bytes of UTF-8", "plain"),
+    ("node.id", "n\x01", "node.id", "control characters", "plain"),
+    ("node.id", "n\x7f", "node.id", "control characters", "plain"),
+    ("hyparview.shuffle_interval", 1e-9, "hyparview.shuffle_interval", "at least 0.01", "plain"),
+    ("hyparview.keepalive_interval", 1e-9, "hyparview.keepalive_interval", "at least", "plain"),
+    ("hyparview.probe_interval_min", 1e-6, "hyparview.probe_interval_min", "at least", "plain"),
+    ("hyparview.rejoin_backoff_initial", 1e-9, "hyparview.rejoin_backoff_initial", "at least",
+     "plain"),
+    ("transport.heartbeat_interval", 1e-9, "transport.heartbeat_interval", "at least 0.01",
+     "plain"),
+    ("nodes.n3.endpoint", "tcp://127.0.0.1:7002", "nodes.n3.endpoint", "no other node id uses",
+     "plain"),
+    ("node.contacts", ["n2", "n9=tcp://127.0.0.1:7003"], "node.contacts[1]", "no other node id",
+     "plain"),
+    ("transport.recv_hwm", 0, "transport.recv_hwm", "from 1", "plain"),
+    ("transport.recv_hwm", 1.5, "transport.recv_hwm", "an integer", "plain"),
+    ("transport.max_msg_size", 1 << 20, "transport.max_msg_size", "to 65536", "plain"),
+    ("transport.max_msg_size", 100, "transport.max_msg_size", "from 1024", "plain"),
+    ("transport.max_connections", 0, "transport.max_connections", "from 1", "plain"),
+    ("transport.max_strangers", -1, "transport.max_strangers", "from 1", "plain"),
+    ("transport.log_lines", -1, "transport.log_lines", "from 0", "plain"),
+    ("transport.log_interval", 1e-9, "transport.log_interval", "at least 0.01", "plain"),
+    ("transport.stranger_timeout", 0, "transport.stranger_timeout", "greater than 0", "plain"),
 ]  # fmt: skip
 
 
@@ -473,6 +499,9 @@ def test_public_key_file_is_not_a_secret(tmp_path: Path) -> None:
         ({"RAY_HYPARVIEW_ACTIVE_VIEW_SIZE": "0"}, "hyparview.active_view_size", "at least 1"),
         ({"RAY_HYPARVIEW_CONTACTS": "n2,n7"}, "node.contacts[1]", "listed in [nodes]"),
         ({"RAY_HYPARVIEW_BIND": "tcp://h"}, "node.bind", "tcp://host:port"),
+        ({"RAY_HYPARVIEW_NODES": "n4=tcp://h:1,n4=tcp://h:2"}, "RAY_HYPARVIEW_NODES", "once"),
+        ({"RAY_HYPARVIEW_NODES": "n4=tcp://127.0.0.1:7002"}, "nodes.n4.endpoint", "no other"),
+        ({"RAY_HYPARVIEW_HEARTBEAT_INTERVAL": "1e-9"}, "transport.heartbeat_interval", "at least"),
     ],
 )  # fmt: skip
 def test_invalid_env_names_the_variable(env: dict[str, str], key: str, expected: str) -> None:
@@ -589,7 +618,12 @@ _hosts = st.sampled_from(["127.0.0.1", "10.1.2.3", "node-a", "[::1]", "h.example
 @st.composite
 def strategies(draw: st.DrawFn) -> Strategy:
     ids = draw(st.lists(_ids, min_size=1, max_size=6, unique=True))
-    nodes = {node_id: NodeSpec(endpoint=f"tcp://{draw(_hosts)}:{draw(_ports)}") for node_id in ids}
+    # One port per endpoint: two node ids at one endpoint is an error of its own.
+    ports = draw(st.lists(_ports, min_size=len(ids) + 1, max_size=len(ids) + 1, unique=True))
+    nodes = {
+        node_id: NodeSpec(endpoint=f"tcp://{draw(_hosts)}:{port}")
+        for node_id, port in zip(ids, ports, strict=False)
+    }
     local = ids[0]
     listed = draw(st.booleans())
     if not listed:
@@ -605,7 +639,7 @@ def strategies(draw: st.DrawFn) -> Strategy:
         keepalive_interval=draw(st.sampled_from([None, 0.5])),
     )
     return Strategy(
-        local_peer=Peer(local, "" if listed else f"tcp://{draw(_hosts)}:{draw(_ports)}"),
+        local_peer=Peer(local, "" if listed else f"tcp://{draw(_hosts)}:{ports[-1]}"),
         contacts=tuple(contact_peers),
         nodes=nodes,
         bind=draw(st.sampled_from(["", "tcp://0.0.0.0:7946", "tcp://*:0"])),
@@ -707,6 +741,58 @@ def test_curve_example_keys_belong_together() -> None:
         Strategy.from_file(
             EXAMPLES / "strategy-curve.toml", environ={"RAY_HYPARVIEW_NODE_ID": "n2"}
         )
+
+
+def test_transport_limits_load_round_trip_and_match_the_transports_defaults() -> None:
+    from ray_hyparview.transport.zmq import ZmqOptions
+
+    defaults = ZmqOptions()
+    for name, value in TransportLimits().options().items():
+        assert getattr(defaults, name) == value, name
+    data = base()
+    data["transport"].update(recv_hwm=8, max_connections=10, log_interval=5.0)
+    strategy = Strategy.from_mapping(data)
+    assert strategy.limits == TransportLimits(recv_hwm=8, max_connections=10, log_interval=5.0)
+    assert strategy.to_mapping()["transport"]["recv_hwm"] == 8
+    assert "max_strangers" not in strategy.to_mapping()["transport"]
+    assert Strategy.from_mapping(strategy.to_mapping()) == strategy
+    assert Strategy.from_env(base(), {"RAY_HYPARVIEW_MAX_STRANGERS": "7"}).limits.max_strangers == 7
+    ZmqOptions(**strategy.limits.options())  # the agent passes them on as they are
+
+
+def test_node_ids_in_the_nodes_table_meet_the_wire_limit() -> None:
+    for bad in ("n\x00x", "n\tx", "x" * 241):
+        data = base()
+        data["nodes"][bad] = "tcp://127.0.0.1:7009"
+        with pytest.raises(StrategyError) as info:
+            Strategy.from_mapping(data)
+        assert info.value.key == f"nodes.{bad}"
+    Strategy.from_mapping({"node": {"id": "x" * 240, "endpoint": "tcp://127.0.0.1:7001"}})
+
+
+def test_cmd_check_refuses_what_run_cannot_use(tmp_path: Path) -> None:
+    """`check` and `run` load through one path: each value that would crash `run` or spin a
+    timer is refused by `check`, naming the key, the value and what was expected."""
+    cases = {
+        'id = "' + "n" * 241 + '"': ("node.id", "1-240 bytes"),
+        'id = "n\\u0001"': ("node.id", "control characters"),
+        'id = "n1"\n[hyparview]\nshuffle_interval = 1e-9': ("hyparview.shuffle_interval", "1e-09"),
+        'id = "n1"\n[transport]\nheartbeat_interval = 1e-9': (
+            "transport.heartbeat_interval",
+            "at least 0.01",
+        ),
+        'id = "n1"\n[nodes]\nn2 = "tcp://127.0.0.1:1"\nn3 = "tcp://127.0.0.1:1"': (
+            "nodes.n3.endpoint",
+            "no other node id",
+        ),
+    }
+    for index, (node, (key, expected)) in enumerate(cases.items()):
+        path = tmp_path / f"c{index}.toml"
+        path.write_text(f'[node]\nendpoint = "tcp://127.0.0.1:7001"\n{node}\n')
+        out, err = io.StringIO(), io.StringIO()
+        assert cmd_check(path, stdout=out, stderr=err) == 1, node
+        assert key in err.getvalue(), err.getvalue()
+        assert expected in err.getvalue(), err.getvalue()
 
 
 def test_cmd_check_reports_errors(tmp_path: Path) -> None:

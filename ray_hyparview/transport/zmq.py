@@ -41,8 +41,19 @@ libzmq's I/O thread, so a peer whose Python loop is stuck but whose process runs
 alive; the agent's application keepalives catch that. Each failure is reported once as
 ``LinkFailed`` and the link is torn down; the next ``send`` dials afresh.
 
-**Bounds.** ``SNDHWM``/``RCVHWM`` bound libzmq's queues; ``MAXMSGSIZE`` on the ROUTER drops a
-peer that sends an oversize frame (libzmq closes that connection); frames sent while a link
+**Bounds.** ``SNDHWM`` bounds what we queue for a peer. Inbound, libzmq keeps one queue per
+connection: ``RCVHWM`` (``recv_hwm`` frames) times ``MAXMSGSIZE`` (``max_msg_size``; a larger
+frame makes libzmq drop that connection) bounds its bytes, by default 16 x 64 KiB = 1 MiB. The
+number of connections is bounded by the ZAP handler (for the NULL mechanism too): beyond
+``max_connections`` open, a new one is refused at the handshake (``zap.refused.connections``),
+except, with CURVE, one of a key bound to a node id. Links already up are never cut. Frames from
+more than ``max_strangers`` distinct ids we hold no link to (per ``stranger_timeout``) are
+dropped unread as ``recv.dropped.stranger_cap``, so that a swarm of fresh ids cannot fill the
+agent's tables. After a burst of inbound
+bytes (``trim_after_bytes``) the C heap is handed back to the system (``malloc_trim``), so
+that memory returns to its baseline once a flood ends. Warnings are rate-limited per kind
+(``log_lines`` per ``log_interval``; the rest count as ``log.suppressed``) and blame only what
+was authenticated: a CURVE key, never a claimed id alone. Frames sent while a link
 dials wait in a per-link queue of ``pending_limit``; links opened implicitly by ``send`` (not
 ``open_link``) are cached at most ``max_cached_links`` and expire after ``idle_timeout``; a
 receive batch is at most ``max_batch`` frames; link events coalesce per peer. ``IMMEDIATE=1``
@@ -58,11 +69,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import ipaddress
 import logging
 import os
 from collections import Counter, OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -74,6 +87,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ray_hyparview.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.ratelimit import DEFAULT_LOG_INTERVAL, DEFAULT_LOG_LINES, LogRate
 from ray_hyparview.transport.base import (
     LinkEventBox,
     LinkFailed,
@@ -103,6 +117,7 @@ _HANDSHAKE_FAILED: Final[dict[int, str]] = {
 }
 _ROUTER_EVENTS: Final[dict[int, str]] = {
     zmq.EVENT_ACCEPTED: "accepted",
+    zmq.EVENT_HANDSHAKE_SUCCEEDED: "handshake_succeeded",
     zmq.EVENT_DISCONNECTED: "disconnected",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed_no_detail",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
@@ -112,19 +127,23 @@ _SCHEMES: Final = ("tcp://", "ipc://", "inproc://")
 _ID_CACHE_MAX: Final = 4096
 
 
-_warned: set[tuple[str | None, ...]] = set()
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None elsewhere. Freed frames leave the C heap fragmented
+    and glibc keeps it; trimming returns the free pages to the system."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    result: Callable[[int], int] = trim
+    return result
 
 
-def _warn_once(key: tuple[str | None, ...], message: str, *args: object) -> None:
-    """Warn once per offender, then only at debug level: a refused client that keeps
-    reconnecting must not flood the log. The memory of offenders is bounded."""
-    if key in _warned:
-        log.debug(message, *args)
-        return
-    if len(_warned) >= 1024:
-        _warned.clear()
-    _warned.add(key)
-    log.warning(message, *args)
+_TRIM: Final = _malloc_trim()
 
 
 def _ms(seconds: float) -> int:
@@ -136,10 +155,38 @@ class ZmqOptions:
     """Socket and bookkeeping limits. Defaults suit a LAN or loopback cluster."""
 
     hwm: int = 1000
-    """SNDHWM of each DEALER and RCVHWM of the ROUTER, in frames."""
+    """SNDHWM of each DEALER, in frames: what we queue for one peer."""
+
+    recv_hwm: int = 16
+    """RCVHWM of the ROUTER, in frames, per inbound connection. With ``max_msg_size`` it bounds
+    the bytes libzmq queues for one connection: 16 x 64 KiB = 1 MiB by default."""
 
     max_msg_size: int = DEFAULT_MAX_SIZE
     """MAXMSGSIZE of the ROUTER: a larger inbound frame makes libzmq drop that connection."""
+
+    max_connections: int = 128
+    """Most inbound connections open at once, enforced by the ZAP handler at the handshake;
+    more are refused and counted as ``zap.refused.connections``. With CURVE, keys bound to a
+    node id are always admitted; in plain text every connection counts (who it is is not known
+    before its first frame) unless the transport shares its context (then there is no cap)."""
+
+    max_strangers: int = 256
+    """Most distinct sender ids we hold no link to (and, with CURVE, that no key is bound to)
+    whose frames are taken at once; frames of further ones are dropped unread and counted as
+    ``recv.dropped.stranger_cap``."""
+
+    stranger_timeout: float = 5.0
+    """Seconds after its last frame that a stranger stops counting against ``max_strangers``."""
+
+    log_lines: int = DEFAULT_LOG_LINES
+    """Warnings of one kind written per ``log_interval``; the rest count as ``log.suppressed``."""
+
+    log_interval: float = DEFAULT_LOG_INTERVAL
+    """Seconds of one warning-rate interval."""
+
+    trim_after_bytes: int = 64 << 20
+    """Inbound bytes after which the C heap is trimmed (``malloc_trim``, glibc only) once a
+    second while they keep coming, so that a flood's memory goes back to the system."""
 
     heartbeat_ivl: float = 0.5
     """Seconds between ZMTP PINGs on idle connections (both directions)."""
@@ -170,10 +217,22 @@ class ZmqOptions:
     """Most inbound frames returned by one ``recv_batch``."""
 
     def __post_init__(self) -> None:
-        for name in ("hwm", "max_msg_size", "pending_limit", "max_cached_links", "max_batch"):
+        for name in (
+            "hwm",
+            "recv_hwm",
+            "max_msg_size",
+            "max_connections",
+            "max_strangers",
+            "pending_limit",
+            "max_cached_links",
+            "max_batch",
+            "trim_after_bytes",
+        ):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"ZmqOptions.{name} must be a positive int, got {value!r}")
+        if type(self.log_lines) is not int or self.log_lines < 0:
+            raise ValueError(f"ZmqOptions.log_lines must be an int >= 0, got {self.log_lines!r}")
         for name in (
             "heartbeat_ivl",
             "heartbeat_timeout",
@@ -181,6 +240,8 @@ class ZmqOptions:
             "dial_timeout",
             "reconnect_ivl",
             "idle_timeout",
+            "stranger_timeout",
+            "log_interval",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
@@ -237,7 +298,9 @@ class CurveConfig:
 class _Auth:
     """The allow-list and key->id binding derived from a :class:`CurveConfig`."""
 
-    def __init__(self, curve: CurveConfig, counters: Counter[str]) -> None:
+    def __init__(
+        self, curve: CurveConfig, counters: Counter[str], rate: LogRate, max_connections: int
+    ) -> None:
         self.public = _z85_key(curve.public_key, "public_key").encode()
         self.secret = _z85_key(curve.secret_key, "secret_key").encode()
         self.id_to_key = {i: _z85_key(k, "key") for i, k in curve.node_keys.items()}
@@ -248,15 +311,32 @@ class _Auth:
         default = curve.default_server_key
         self.default_server = None if default is None else _z85_key(default, "key").encode()
         self._counters = counters
+        self._rate = rate
+        self._max_connections = max_connections
+        self.connections: Callable[[], int] = lambda: 0
+        """Inbound connections open now (the transport sets it)."""
 
     def callback(self, domain: str, key: bytes) -> bool:
-        """ZAP allow-list: called by the authenticator with the client's z85 key."""
+        """ZAP allow-list: called by the authenticator with the client's z85 key, which the
+        client has proved it holds. Keys bound to a node id always pass; others only while
+        fewer than ``max_connections`` inbound connections are open."""
         text = key.decode("ascii", "replace")
-        allowed = domain == ZAP_DOMAIN and (text in self.key_to_id or text in self.unbound)
-        if not allowed:
+        if domain != ZAP_DOMAIN or (text not in self.key_to_id and text not in self.unbound):
             self._counters["zap.denied"] += 1
-            _warn_once(("zap", text), "refused CURVE client key %s", text)
-        return allowed
+            self._rate.warning(log, "refused CURVE client key %s", text)
+            return False
+        # The asking connection is usually counted already (the monitor reported it accepted),
+        # hence ">": at most one more slips in when the handshake overtakes that report.
+        if text not in self.key_to_id and self.connections() > self._max_connections:
+            self._counters["zap.refused.connections"] += 1
+            self._rate.warning(
+                log,
+                "refused a connection of CURVE key %s: %d inbound connections open",
+                text,
+                self.connections(),
+            )
+            return False
+        return True
 
     def server_key_for(self, peer_id: NodeId) -> bytes | None:
         key = self.id_to_key.get(peer_id)
@@ -269,6 +349,25 @@ class _Auth:
         if bound is not None:
             return bound == node_id
         return user_id in self.unbound and node_id not in self.id_to_key
+
+
+class _Gate(AsyncioAuthenticator):
+    """The ZAP handler: CURVE keys go through :class:`_Auth`'s allow-list callback (configured
+    by the caller); plain-text (NULL) connections are admitted while ``admit_null()`` says so.
+    pyzmq's authenticator decides NULL by IP address only, hence the override."""
+
+    def __init__(self, context: zmq.asyncio.Context, admit_null: Callable[[], bool]) -> None:
+        super().__init__(context=context)
+        self._admit_null = admit_null
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) >= 6 and msg[0] == b"1.0" and msg[5] == b"NULL":
+            if self._admit_null():
+                self._send_zap_reply(msg[1], b"200", b"OK")
+            else:
+                self._send_zap_reply(msg[1], b"400", b"too many connections")
+            return
+        await super().handle_zap_message(msg)
 
 
 class _Link:
@@ -328,7 +427,12 @@ class ZmqTransport:
         self._bind_addr = bind
         self._opts = options or ZmqOptions()
         self._counters: Counter[str] = Counter()
-        self._auth = None if curve is None else _Auth(curve, self._counters)
+        self._rate = LogRate(self._opts.log_lines, self._opts.log_interval, counters=self._counters)
+        self._auth = (
+            None
+            if curve is None
+            else _Auth(curve, self._counters, self._rate, self._opts.max_connections)
+        )
         self._endpoint = ""
         if context is not None and curve is not None:
             raise ValueError("a CURVE transport needs its own context (one ZAP handler each)")
@@ -343,6 +447,12 @@ class ZmqTransport:
         self._tasks: set[asyncio.Task[None]] = set()
         self._open_sockets: set[zmq.Socket[Any]] = set()
         self._ids: dict[bytes, NodeId] = {}
+        self._strangers: OrderedDict[NodeId, float] = OrderedDict()
+        """Sender ids we hold no link to, oldest first, with the time of their last frame."""
+        self._inbound: set[int] = set()
+        """File descriptors of the ROUTER's open connections (accepted, not yet dropped),
+        handshakes in progress included, so that a burst cannot slip past the cap."""
+        self._trimmed_at = 0
         self._quarantine = Quarantine()
         self._started = False
         self._closed = False
@@ -383,13 +493,14 @@ class ZmqTransport:
         # tests run several agents, each with its own key set, in one process.
         self._ctx = ctx = self._shared_ctx or zmq.asyncio.Context()
         router = self._socket(zmq.ROUTER)
-        router.setsockopt(zmq.RCVHWM, opts.hwm)
+        router.setsockopt(zmq.RCVHWM, opts.recv_hwm)
         router.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_size)
         router.setsockopt(zmq.ROUTER_HANDOVER, 0)
         router.setsockopt(zmq.HANDSHAKE_IVL, _ms(opts.dial_timeout))
         self._heartbeats(router)
         if self._auth is not None:
-            self._authenticator = AsyncioAuthenticator(context=ctx)
+            self._auth.connections = lambda: len(self._inbound)
+            self._authenticator = _Gate(ctx, self._admit_plain)
             self._authenticator.start()
             self._authenticator.configure_curve_callback(
                 domain=ZAP_DOMAIN, credentials_provider=self._auth
@@ -398,12 +509,19 @@ class ZmqTransport:
             router.setsockopt(zmq.CURVE_SERVER, 1)
             router.setsockopt(zmq.CURVE_SECRETKEY, self._auth.secret)
             router.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.public)
-        elif not _is_loopback(self._bind_addr):
-            log.warning(
-                "binding %s in plain text: any host that reaches it can join and read the"
-                " overlay; configure CURVE keys for anything but loopback",
-                self._bind_addr,
-            )
+        else:
+            if self._shared_ctx is None:
+                # Plain text: the same ZAP handler caps connections (NULL mechanism). A shared
+                # context (tests, benchmarks) may hold one ZAP handler only: no cap there.
+                self._authenticator = _Gate(ctx, self._admit_plain)
+                self._authenticator.start()
+                router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+            if not _is_loopback(self._bind_addr):
+                log.warning(
+                    "binding %s in plain text: any host that reaches it can join and read the"
+                    " overlay; configure CURVE keys for anything but loopback",
+                    self._bind_addr,
+                )
         self._router_mon = router.get_monitor_socket(sum(_ROUTER_EVENTS))
         self._open_sockets.add(self._router_mon)
         bind = self._bind_addr
@@ -415,6 +533,7 @@ class ZmqTransport:
         self._endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._spawn(self._watch_router(self._router_mon))
         self._spawn(self._expire_idle())
+        self._spawn(self._maintain())
         log.debug("%s listening on %s", self._node_id, self._endpoint)
         return self._endpoint
 
@@ -600,6 +719,7 @@ class ZmqTransport:
             return None
         link = _Link(peer, sock, mon)
         self._links[peer.id] = link
+        self._strangers.pop(peer.id, None)  # linked now: its slot is free for another
         self._counters["link.opened"] += 1
         link.task = self._spawn(self._run_link(link))
         link.task.add_done_callback(lambda _t: self._release(link))
@@ -729,23 +849,69 @@ class ZmqTransport:
         if self._quarantine and self._quarantine.holds(node_id, self._now()):
             self._counters["recv.dropped.quarantined"] += 1
             return
+        if node_id not in self._links and not self._admit_stranger(node_id):
+            self._counters["recv.dropped.stranger_cap"] += 1
+            self._counters["recv.dropped.bytes"] += len(data_frame)
+            return
         if self._auth is None:
             data: bytes = data_frame
         else:
             user_id = data_frame.get("User-Id")
             if not self._auth.may_claim(node_id, user_id):
                 self._counters["recv.dropped.impersonation"] += 1
-                _warn_once(
-                    ("claim", node_id, user_id),
-                    "dropped frames claiming id %r from key %s",
-                    node_id,
-                    user_id,
+                self._counters["recv.dropped.bytes"] += len(data_frame)
+                self._rate.warning(
+                    log, "dropped frames of CURVE key %s claiming id %r", user_id, node_id
                 )
                 return
             data = data_frame.bytes
         self._counters["recv.msgs"] += 1
         self._counters["recv.bytes"] += len(data)
         batch.append((node_id, data))
+
+    def _admit_plain(self) -> bool:
+        """ZAP for a plain-text connection: the id it will claim is not known yet, so every
+        connection counts, and more than ``max_connections`` open are refused."""
+        if len(self._inbound) <= self._opts.max_connections:
+            return True
+        self._counters["zap.refused.connections"] += 1
+        self._rate.warning(
+            log, "refused a plain-text connection: %d inbound connections open", len(self._inbound)
+        )
+        return False
+
+    def _admit_stranger(self, node_id: NodeId) -> bool:
+        """Take frames from an id we hold no link to while fewer than ``max_strangers`` such
+        ids spoke within ``stranger_timeout``. With CURVE, ids bound to a key are no
+        strangers (their frames are checked against the key just after)."""
+        if self._auth is not None and node_id in self._auth.id_to_key:
+            return True
+        strangers = self._strangers
+        now = self._now()
+        if node_id in strangers:
+            strangers[node_id] = now
+            strangers.move_to_end(node_id)
+            return True
+        cutoff = now - self._opts.stranger_timeout
+        while strangers:
+            oldest, seen = next(iter(strangers.items()))
+            if seen >= cutoff:
+                break
+            del strangers[oldest]
+        if len(strangers) >= self._opts.max_strangers:
+            return False
+        strangers[node_id] = now
+        return True
+
+    async def _maintain(self) -> None:
+        """Once a second: hand a flood's freed memory back to the system."""
+        while True:
+            await asyncio.sleep(1.0)
+            received = self._counters["recv.bytes"] + self._counters["recv.dropped.bytes"]
+            if _TRIM is not None and received - self._trimmed_at >= self._opts.trim_after_bytes:
+                self._trimmed_at = received
+                self._counters["malloc_trim"] += 1
+                _TRIM(0)
 
     def _parse_routing_id(self, rid: bytes) -> NodeId | None:
         """``node_id + b"\\0" + tag`` -> node id; ``None`` for anything else (e.g. the
@@ -765,12 +931,21 @@ class ZmqTransport:
         return node_id
 
     async def _watch_router(self, mon: zmq.asyncio.Socket) -> None:
-        """Count the ROUTER's connection events (refused handshakes show up here)."""
+        """Count the ROUTER's connection events (refused handshakes show up here) and track
+        which connections are open, by file descriptor, for the connection cap."""
         while True:
-            event = await self._next_event(mon)
+            msg = await mon.recv_multipart()
+            parsed = parse_monitor_message(msg)
+            event = int(parsed["event"])
             name = _ROUTER_EVENTS.get(event)
             if name is not None:
                 self._counters[f"router.{name}"] += 1
+            # ACCEPTED and DISCONNECTED carry the connection's fd; libzmq reports every
+            # accepted connection's end as DISCONNECTED, refused handshakes included.
+            if event == zmq.EVENT_ACCEPTED:
+                self._inbound.add(parsed["value"])
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._inbound.discard(parsed["value"])
 
     # -- helpers -----------------------------------------------------------------------------
 

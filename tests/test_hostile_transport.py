@@ -1,0 +1,221 @@
+"""A hostile peer against the transport's bounds: memory, connections, strangers, log volume.
+
+The flood tests run three real agents as subprocesses on loopback (``tests.hostile``), with
+CURVE on and off, and flood the first from 50 connections with 60 KB frames of garbage while
+reading its resident memory from ``/proc``. Before these bounds the agent grew from 30 MB to
+0.5-1.8 GB and kept hundreds of MB afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from ray_hyparview.keys import generate_keypair
+from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.ratelimit import LogRate, RateLimitFilter
+from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
+from tests import hostile
+from tests.conditions import until, wait_sync
+
+RSS_LIMIT_MIB = 200.0
+
+
+def _settled_target(before: float) -> float:
+    return max(before * 1.5, before + 20.0)
+
+
+def _attack(tmp_path: Path, *, curve: bool, seconds: float) -> None:
+    with hostile.cluster(tmp_path, curve=curve) as c:
+        victim = c.victim
+        wait_sync(lambda: sorted(victim.status()["active"]) == ["n2", "n3"], limit=30)
+        before = hostile.rss_mib(victim.pid)
+        keys = None
+        if c.attacker_keys is not None and c.server_key is not None:
+            keys = (c.server_key, *c.attacker_keys)
+        result = hostile.flood(
+            victim.info["endpoint"], seconds=seconds, watch_pid=victim.pid, curve=keys
+        )
+        counters = victim.status()["counters"]
+        assert counters.get("transport.recv.msgs", 0) > 1000, counters  # it was an attack
+        assert result.peak_mib < RSS_LIMIT_MIB, (before, result.samples)
+        after, waited = hostile.settle(victim.pid, target_mib=_settled_target(before), limit=60)
+        assert after <= _settled_target(before), (before, after, waited)
+        status = victim.status()
+        assert sorted(status["active"]) == ["n2", "n3"]
+        for node_id in ("n2", "n3"):
+            assert "n1" in c.agents[node_id].status()["active"]
+        # Bounded log volume: thousands of bad frames, a handful of lines.
+        assert victim.log_lines() <= 40, victim.log.read_text()[-2000:]
+        if status["counters"].get("agent.offender.disconnected", 0) > 20:
+            assert status["counters"].get("process.log.suppressed", 0) > 0
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_a_short_flood_keeps_memory_bounded_and_the_overlay_whole(
+    tmp_path: Path, curve: bool
+) -> None:
+    _attack(tmp_path, curve=curve, seconds=2.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+@pytest.mark.parametrize("seconds", [10.0, 20.0])
+def test_a_long_flood_keeps_memory_bounded_and_the_overlay_whole(
+    tmp_path: Path, curve: bool, seconds: float
+) -> None:
+    _attack(tmp_path, curve=curve, seconds=seconds)
+
+
+# -- the caps, one transport in process ---------------------------------------------------------
+
+
+async def _dealers(
+    ctx: zmq.asyncio.Context,
+    endpoint: str,
+    count: int,
+    curve: tuple[bytes, bytes, bytes] | None = None,
+) -> list[zmq.asyncio.Socket]:
+    socks = []
+    for index in range(count):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, f"s{index}".encode() + b"\0" + os.urandom(6))
+        if curve is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, curve[0])
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[1])
+            sock.setsockopt(zmq.CURVE_SECRETKEY, curve[2])
+        sock.connect(endpoint)
+        socks.append(sock)
+    return socks
+
+
+@pytest.mark.asyncio
+async def test_frames_of_more_strangers_than_the_cap_are_dropped_and_counted() -> None:
+    t = ZmqTransport("victim", options=ZmqOptions(max_strangers=3))
+    await t.start()
+    ctx = zmq.asyncio.Context()
+    socks = await _dealers(ctx, t.endpoint, 6)
+    got: list[tuple[str, bytes]] = []
+
+    async def drain() -> None:
+        while True:
+            got.extend(await t.recv_batch())
+
+    task = asyncio.ensure_future(drain())
+    try:
+        for sock in socks:
+            await sock.send(b"hello")
+        await until(lambda: len(got) + t.counters["recv.dropped.stranger_cap"] == 6)
+        assert len(got) == 3
+        assert t.counters["recv.dropped.stranger_cap"] == 3
+        # A peer we link to is no stranger, however many strangers there are.
+        friend = ZmqTransport("friend")
+        await friend.start()
+        t.open_link(Peer(friend.node_id, friend.endpoint))
+        assert "friend" in t.linked()
+        assert friend.send(Peer(t.node_id, t.endpoint), b"from a friend")
+        await until(lambda: ("friend", b"from a friend") in got)
+        assert t.counters["recv.dropped.stranger_cap"] == 3
+        await friend.aclose()
+    finally:
+        task.cancel()
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()
+        await t.aclose()
+
+
+@pytest.mark.asyncio
+async def test_curve_connections_beyond_the_cap_are_refused_at_the_handshake() -> None:
+    server_pub, server_sec = generate_keypair()
+    shared_pub, shared_sec = generate_keypair()
+    curve = CurveConfig(
+        public_key=server_pub, secret_key=server_sec, allowed_keys=frozenset({shared_pub})
+    )
+    t = ZmqTransport("victim", options=ZmqOptions(max_connections=4), curve=curve)
+    await t.start()
+    ctx = zmq.asyncio.Context()
+    keys = (server_pub.encode(), shared_pub.encode(), shared_sec.encode())
+    socks: list[zmq.asyncio.Socket] = []
+    try:
+        for _ in range(10):  # one at a time, so that each is counted before the next
+            new = await _dealers(ctx, t.endpoint, 1, keys)
+            socks += new
+            await asyncio.sleep(0.05)
+        await until(lambda: t.counters["zap.refused.connections"] == 6)
+        assert t.counters["router.handshake_succeeded"] == 4
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()
+        await t.aclose()
+
+
+@pytest.mark.asyncio
+async def test_plain_connections_beyond_the_cap_are_refused_and_links_up_stay() -> None:
+    t = ZmqTransport("victim", options=ZmqOptions(max_connections=4))
+    await t.start()
+    friend = ZmqTransport("friend")
+    await friend.start()
+    assert friend.send(Peer(t.node_id, t.endpoint), b"hello")  # a link up before the flood
+    got: list[tuple[str, bytes]] = []
+
+    async def drain() -> None:
+        while True:
+            got.extend(await t.recv_batch())
+
+    task = asyncio.ensure_future(drain())
+    ctx = zmq.asyncio.Context()
+    socks: list[zmq.asyncio.Socket] = []
+    try:
+        await until(lambda: got == [("friend", b"hello")])
+        for _ in range(10):
+            socks += await _dealers(ctx, t.endpoint, 1)
+            await asyncio.sleep(0.05)
+        await until(lambda: t.counters["zap.refused.connections"] == 7)
+        assert t.counters["router.handshake_succeeded"] == 4  # the friend's and three more
+        assert friend.send(Peer(t.node_id, t.endpoint), b"still linked")
+        await until(lambda: ("friend", b"still linked") in got)
+    finally:
+        task.cancel()
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()
+        await friend.aclose()
+        await t.aclose()
+
+
+# -- rate-limited warnings ----------------------------------------------------------------------
+
+
+def test_log_rate_allows_n_lines_per_interval_and_counts_the_rest() -> None:
+    now = [0.0]
+    rate = LogRate(3, 10.0, clock=lambda: now[0])
+    assert [rate.allow("k") for _ in range(5)] == [0, 0, 0, None, None]
+    assert rate.allow("other kind") == 0
+    assert rate.counters["log.suppressed"] == 2
+    now[0] = 10.0
+    assert rate.allow("k") == 2  # the first line of a new interval says what was left out
+    assert rate.allow("k") == 0
+
+
+def test_rate_limit_filter_keeps_a_flood_to_a_few_lines(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("ray_hyparview.test_flood")
+    rate = LogRate(5, 60.0)
+    caplog.handler.addFilter(RateLimitFilter(rate))
+    try:
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            for index in range(1000):
+                logger.warning("dropping link to %s after repeated bad frames", f"id{index}")
+            logger.info("info lines pass")
+    finally:
+        caplog.handler.filters.clear()
+    assert len(caplog.records) == 6
+    assert rate.counters["log.suppressed"] == 995
