@@ -36,6 +36,7 @@ from ray_hyparview.sim.scenario import (
 
 __all__ = ["ProgressBar", "build_parser", "main", "sweep_table"]
 
+
 class ProgressBar:
     """A one-line progress bar on a terminal's stderr; silent when stderr is not a terminal."""
 
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot",
         type=Path,
         metavar="PNG",
-        help="draw the run into this PNG file (nothing is drawn without it; needs the 'plot' extra)",
+        help="draw the run into this PNG (nothing is drawn without it; needs the 'plot' extra)",
     )
     out.add_argument(
         "--no-plot", action="store_true", help="draw nothing (the default; kept for old scripts)"
