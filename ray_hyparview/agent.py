@@ -541,6 +541,8 @@ def make_transport(strategy: Strategy, *, context: Any = None) -> Transport:
     from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
 
     options = ZmqOptions(
+        # The [transport] limits: queued bytes per connection, connection caps, strangers.
+        **strategy.limits.options(),
         # A link to a peer outside the active view carries one-off membership messages (JOIN,
         # NEIGHBOR, SHUFFLE_REPLY: the paper's "temporary connection"): let it go soon after
         # the dial timeout, so that the links a node holds stay at its active view.

@@ -964,3 +964,17 @@ def test_written_keys_work_with_zap_and_curve(tmp_path: Path) -> None:
             sock.close(linger=0)
         auth.stop()
         ctx.term()
+
+
+def test_the_agent_builds_its_transport_with_the_strategy_limits() -> None:
+    """The [transport] limits reach the sockets: a setting that loads but is not applied would
+    leave the agent unbounded under attack."""
+    from ray_hyparview.agent import make_transport
+    from ray_hyparview.transport.zmq import ZmqTransport
+
+    data = base()
+    data["transport"].update(recv_hwm=8, max_connections=10, max_strangers=7)
+    transport = make_transport(Strategy.from_mapping(data))
+    assert isinstance(transport, ZmqTransport)
+    for name, value in Strategy.from_mapping(data).limits.options().items():
+        assert getattr(transport._opts, name) == value, name
