@@ -63,6 +63,7 @@ from ray_hyparview.agent import Agent
 from ray_hyparview.meshnode import MeshNode
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.ratelimit import RateLimitFilter
 from ray_hyparview.strategy import Security, Strategy
 
 __all__ = [
@@ -356,7 +357,7 @@ class _NodeAgent:
     ) -> None:
         # Membership changes are logged at INFO: one line each, which Ray forwards to every
         # driver. WARNING by default keeps drivers readable; start(log_level="INFO") shows them.
-        logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING))
+        _actor_logging(log_level)
         host = bind_host or _node_ip()
         self._service = _Service(
             node_id, host, HyParViewConfig(**config), security, export_metrics=True
@@ -818,10 +819,27 @@ def start(
     return handle
 
 
+def _actor_logging(level: str) -> None:
+    """Logging for an agent inside a Ray actor: the package's own logger only (the root logger
+    belongs to Ray and to the user's code), one stderr handler that Ray forwards to the
+    drivers, with warnings rate-limited so that a flood of bad frames cannot flood the logs."""
+    logger = logging.getLogger("ray_hyparview")
+    logger.setLevel(getattr(logging, level.upper(), logging.WARNING))
+    if not any(getattr(h, "_ray_hyparview", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(RateLimitFilter())
+        handler._ray_hyparview = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def run_sidecar(address: str, args: argparse.Namespace) -> int:
     """``python -m ray_hyparview.agent run --ray-address ADDR``: the agent as a process next to
     ``ray start``, finding its node id and peers through the GCS."""
     logging.basicConfig(level=getattr(logging, (args.log_level or "INFO").upper(), logging.INFO))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RateLimitFilter())
     ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
     try:
         node_id = ray.get_runtime_context().get_node_id()
