@@ -10,17 +10,40 @@ into an ``EncodeError`` inside the agent.
 
 from __future__ import annotations
 
+import enum
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ray_hyparview.codec import DECODE_CAUSES, DecodeError, EncodeError
+from ray_hyparview.codec import (
+    DECODE_CAUSES,
+    HEADER,
+    BoolField,
+    BytesField,
+    DecodeError,
+    EncodeError,
+    EnumField,
+    FloatField,
+    IntField,
+    NodeIdField,
+    OptionalField,
+    PeerField,
+    SeqField,
+    StrField,
+)
 from ray_hyparview.protocol import limits
+from ray_hyparview.protocol import messages as hv
+from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
-from ray_hyparview.wire import wire_codec
+from ray_hyparview.protocol.hyparview import HyParView
+from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.wire import TupleField, wire_codec
 from tests.test_routing import FAST, Net, check_routes
 
 CODEC = wire_codec()
@@ -202,3 +225,239 @@ def test_codec_refuses_what_it_cannot_carry_as_a_value() -> None:
         assert result.cause in DECODE_CAUSES
     with pytest.raises(EncodeError):
         CODEC.encode(rt.RouteUpdate(entries=(("x", TOP + 1, 0),)))
+
+
+# --- every message type of the codec table ----------------------------------------------------
+#
+# Raw field values are built from each registered field's own kind, so a message type added to
+# the table is covered without touching this file.
+
+PACKABLE = (-(2**63), limits.U64_MAX)  # what msgpack can carry as an integer at all
+ENTRIES = {tag: CODEC.registry.entry_for_tag(tag) for tag in CODEC.registry.types}
+
+
+def _ints(values: Iterable[int]) -> list[int]:
+    return sorted({v for v in values if PACKABLE[0] <= v <= PACKABLE[1]})
+
+
+def baseline(kind: Any) -> Any:
+    """A raw value the field accepts."""
+    match kind:
+        case IntField():
+            return kind.lo
+        case FloatField():
+            return 0.0
+        case BoolField():
+            return False
+        case StrField():
+            return "x" * max(kind.min_len, 1) if kind.max_len else ""
+        case BytesField():
+            return b""
+        case EnumField():
+            member = next(iter(kind.enum_cls))
+            return int(member.value) if isinstance(member, enum.IntEnum) else member.value
+        case PeerField():
+            return ["nb", "mem://nb"]
+        case NodeIdField():
+            return "me"  # the receiving core: values about itself reach its own seqno
+        case SeqField():
+            return []
+        case OptionalField():
+            return None
+        case TupleField():
+            return [baseline(item) for item in kind.items]
+    raise AssertionError(f"no baseline for {kind!r}")
+
+
+def extremes(kind: Any, depth: int = 0) -> list[Any]:
+    """Raw values at and just past the field's limits, and of the wrong kind."""
+    match kind:
+        case IntField():
+            return _ints([kind.lo, kind.hi, kind.lo - 1, kind.hi + 1, -1, 0, *PACKABLE])
+        case FloatField():
+            return [0.0, -0.0, 1e308, float("inf"), float("nan"), 1]
+        case BoolField():
+            return [True, False, 0, 1]
+        case StrField():
+            n = kind.max_len
+            return ["", "x" * n, "x" * (n + 1), "é" * n, "\x00", "\n" * max(kind.min_len, 1), 5]
+        case BytesField():
+            return [b"", b"\0" * kind.max_len, b"\0" * (kind.max_len + 1), "text"]
+        case EnumField():
+            return [baseline(kind), 999, -1, "zzz", None]
+        case PeerField() | NodeIdField():
+            ids = ["x" * 240, "x" * 241, "é" * 120, "é" * 121, "", "\x00", "a\nb", 7]
+            if isinstance(kind, NodeIdField):
+                return ids
+            return [[i, "mem://x"] for i in ids] + [["nb", "e" * 256], ["nb"], "nb"]
+        case SeqField():
+            item = baseline(kind.item)
+            out: list[Any] = [[], [item] * kind.max_len, [item] * (kind.max_len + 1), "no"]
+            if depth == 0:
+                out += [[x] for x in extremes(kind.item, depth + 1)]
+            return out
+        case OptionalField():
+            return [None, *extremes(kind.inner, depth)]
+        case TupleField():
+            base = baseline(kind)
+            out = [base[:-1], [*base, 0], "no"]
+            for i, item in enumerate(kind.items):
+                out += [[*base[:i], x, *base[i + 1 :]] for x in extremes(item, depth + 1)]
+            return out
+    raise AssertionError(f"no extremes for {kind!r}")
+
+
+def raw_values(kind: Any) -> st.SearchStrategy[Any]:
+    """Hypothesis: mostly valid raw values of the field, its extremes, and garbage."""
+    edge = st.sampled_from(extremes(kind, depth=1))
+    match kind:
+        case IntField():
+            valid: st.SearchStrategy[Any] = st.integers(kind.lo, kind.hi)
+        case StrField():
+            valid = st.text(min_size=kind.min_len, max_size=min(kind.max_len, 40))
+        case BytesField():
+            valid = st.binary(max_size=min(kind.max_len, 64))
+        case NodeIdField():
+            valid = st.text(min_size=1, max_size=30)
+        case PeerField():
+            valid = st.lists(st.text(min_size=0, max_size=20), min_size=2, max_size=2)
+        case SeqField():
+            valid = st.lists(raw_values(kind.item), max_size=4)
+        case OptionalField():
+            valid = st.none() | raw_values(kind.inner)
+        case TupleField():
+            valid = st.tuples(*(raw_values(i) for i in kind.items)).map(list)
+        case _:
+            valid = st.just(baseline(kind))
+    return st.one_of(valid, edge)
+
+
+def frame(tag: int, raws: Sequence[Any]) -> bytes:
+    return HEADER + msgpack.packb([tag, *raws], use_bin_type=True)
+
+
+def check_frame(data: bytes) -> object | None:
+    """Decode: a counted refusal, or a value that encodes again to an equal value."""
+    result = CODEC.decode(data)
+    if isinstance(result, DecodeError):
+        assert result.cause in DECODE_CAUSES
+        return None
+    again = CODEC.encode(result)
+    assert CODEC.decode(again) == result
+    return result
+
+
+def derived(message: object) -> list[object]:
+    """Feed an accepted message to the core that owns it; return every message the core sends
+    in reaction (now and on its timers for a while, and around a link change)."""
+    sent: list[object] = []
+    rng = random.Random(0)
+    if isinstance(message, rt.RouteUpdate | rt.SeqnoRequest | rt.DataFrame | rt.RouteError):
+        r = rt.Router("me", FAST, rng=rng)
+        actions = [*r.link_up("nb", now=0.0), *r.link_up("other", now=0.0)]
+        actions += r.receive("nb", message, now=1.0)
+        actions += r.link_down("other", now=1.5)
+        now = 1.5
+        while (due := r.next_deadline()) is not None and due <= 10.0:
+            now = max(now, due)
+            actions += r.on_timer(now=now)
+        sent += [a.message for a in actions if isinstance(a, rt.SendTo)]
+    elif isinstance(message, pt.Gossip | pt.IHave | pt.Graft | pt.Prune):
+        p = pt.Plumtree("me", rng=rng)
+        actions2 = [*p.neighbor_up("nb", now=0.0), *p.neighbor_up("other", now=0.0)]
+        actions2 += p.receive("nb", message, now=1.0)
+        now = 1.0
+        while (due := p.next_deadline()) is not None and due <= 30.0:
+            now = max(now, due)
+            actions2 += p.on_timer(now=now)
+        sent += [a.message for a in actions2 if isinstance(a, pt.SendTo)]
+    elif isinstance(message, _MEMBERSHIP):
+        sent += _membership(message, rng)
+    return sent
+
+
+_MEMBERSHIP = (
+    hv.Join,
+    hv.ForwardJoin,
+    hv.Neighbor,
+    hv.NeighborReply,
+    hv.Disconnect,
+    hv.Shuffle,
+    hv.ShuffleReply,
+    hv.KeepAlive,
+)
+
+
+def _membership(message: Any, rng: random.Random) -> list[object]:
+    node = HyParView(Peer("me", "mem://me"), rng=rng)
+    actions = node.join([Peer("other", "mem://other")], now=0.0)
+    actions += node.receive(message.sender.id, message, now=1.0)
+    actions += node.on_timer(now=30.0)
+    return [a.message for a in actions if isinstance(a, hv.Send)]
+
+
+def _xfail(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, raises=EncodeError, reason=reason)
+
+
+# Types whose core still derives an out-of-range value; the fixes are another engineer's, and
+# the merge flips these marks (strict: an unexpected pass fails the run).
+PENDING = {
+    "Gossip": _xfail(
+        "issue 9: Plumtree relays GOSSIP round 255 as round 256, past the u8 wire field "
+        "(plumtree.py:431); the round bound is pending in the Plumtree work"
+    ),
+}
+
+
+def _types(pending: dict[str, pytest.MarkDecorator]) -> list[Any]:
+    return [
+        pytest.param(tag, id=entry.cls.__name__, marks=pending.get(entry.cls.__name__, ()))
+        for tag, entry in sorted(ENTRIES.items())
+        if entry is not None
+    ]
+
+
+def test_the_table_holds_every_layer() -> None:
+    names = {e.cls.__name__ for e in ENTRIES.values() if e is not None}
+    assert {"Join", "KeepAlive", "Gossip", "RouteUpdate", "MeshSend", "MeshPublish"} <= names
+
+
+@pytest.mark.parametrize("tag", _types({}))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_property_whatever_decodes_encodes_again(tag: int, data: st.DataObject) -> None:
+    entry = ENTRIES[tag]
+    assert entry is not None
+    pairs = zip(entry.names, entry.fields, strict=True)
+    raws = [data.draw(raw_values(kind), label=name) for name, kind in pairs]
+    check_frame(frame(tag, raws))
+
+
+@pytest.mark.parametrize("tag", _types(PENDING))
+def test_extreme_field_values_are_refused_or_carried_through_the_core(tag: int) -> None:
+    """Each field at 0, its max, max + 1, negative, huge lengths, wrong kinds (the others at a
+    valid baseline): decode refuses it with a counted error, or the value and everything its
+    core sends in reaction encode again."""
+    entry = ENTRIES[tag]
+    assert entry is not None
+    base = [baseline(kind) for kind in entry.fields]
+    accepted = refused = 0
+    if not entry.fields:
+        message = check_frame(frame(tag, []))
+        assert message is not None
+        for reaction in derived(message):
+            CODEC.encode(reaction)
+        return
+    for i, kind in enumerate(entry.fields):
+        for value in extremes(kind):
+            raws = [*base[:i], value, *base[i + 1 :]]
+            message = check_frame(frame(tag, raws))
+            if message is None:
+                refused += 1
+                continue
+            accepted += 1
+            for reaction in derived(message):
+                CODEC.encode(reaction)
+    assert accepted > 0
+    assert refused > 0
