@@ -60,6 +60,15 @@ Rules this file keeps, beyond RFC 8966 (each departure is marked ``DEPARTURE`` b
 4. The two ends of a new HyParView link learn of it one message apart, so a table can arrive
    before our ``link_up``: such updates are held (bounded) and replayed when the link comes up.
 5. Remote garbage never raises: it is dropped and counted under ``dropped.<cause>``.
+6. A router that starts holds down: for ``start_holddown`` (default ``route_expiry +
+   update_interval``) it selects no route through a neighbour. A node that restarts under the
+   same id loses its feasibility distances, while neighbours that have not yet noticed the
+   restart keep routes through its earlier life: taking one of their announcements at once
+   can close a loop through them (the fuzzer found ``r0 -> r3 -> r4 -> r0``). After one
+   ``route_expiry`` every announcement of the earlier life has expired everywhere, and within
+   one more ``update_interval`` it is purged (expiry runs with the periodic update); then the
+   feasibility condition holds again from a clean state. Frames still flow meanwhile
+   (``forward.alternate``); a brand-new node pays the same short wait.
 
 Counters (``counters``): ``sent.<Type>`` / ``received.<Type>``, ``route.changed``,
 ``route.starved``, ``route.improvable``, ``seqno.raised``, ``early.held``, ``forward.direct``,
@@ -170,14 +179,22 @@ class RoutingConfig:
     max_entries_per_update: int = 512
     """Most entries in one ROUTE_UPDATE; a full table goes out in several."""
 
+    start_holddown: float | None = None
+    """Seconds after its first input during which a router selects no route through a
+    neighbour (neighbours themselves are reached directly; frames take any neighbour that
+    announces the destination). ``None`` means ``route_expiry + update_interval``; 0 turns it
+    off. See rule 6."""
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "start_holddown" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be finite, got {value!r}")
-            if value < 0 or (value == 0 and f.name != "triggered_delay"):
+            if value < 0 or (value == 0 and f.name not in ("triggered_delay", "start_holddown")):
                 raise ConfigError(f"{f.name} must be greater than 0, got {value!r}")
         for name in ("hop_limit", "max_routes", "max_entries_per_update"):
             if not isinstance(getattr(self, name), int):
@@ -376,6 +393,8 @@ class Router:
         self._next_update: float | None = None
         self._early: dict[NodeId, tuple[float, list[RouteUpdate]]] = {}  # peer -> (when, held)
         self._flush_at: float | None = None  # when the pending triggered update goes out
+        self._holddown_until: float | None = None  # set at the first input; None once over
+        self._holding = True
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -517,6 +536,8 @@ class Router:
     def next_deadline(self) -> float | None:
         """When ``on_timer`` must next be called, or ``None`` if nothing is pending."""
         candidates = [t for t in (self._next_update, self._flush_at) if t is not None]
+        if self._holding and self._holddown_until is not None:
+            candidates.append(self._holddown_until)
         if self._requesting:
             candidates.append(min(self._requesting.values()))
         return min(candidates) if candidates else None
@@ -534,7 +555,9 @@ class Router:
         old = self._selected.get(dest)
         advs = self._rib.get(dest, {})
         best: _Route | None = None
-        for peer, adv in advs.items():
+        # Rule 6: nothing selected (nor asked for, see _request_target) until the hold-down ends.
+        candidates = {} if self._holding else advs
+        for peer, adv in candidates.items():
             metric = adv.metric + 1
             if peer not in self._links or metric > self.config.hop_limit:
                 continue
@@ -649,7 +672,7 @@ class Router:
         without this a node could keep a long route until the next periodic update.
         """
         advs = self._rib.get(dest)
-        if not advs or dest not in self._fd:
+        if not advs or dest not in self._fd or self._holding:
             return None
         route = self._selected.get(dest)
         limit = route.metric if route is not None else self.config.hop_limit + 1
@@ -924,8 +947,24 @@ class Router:
     # --- helpers ---------------------------------------------------------------------------------
 
     def _tick(self, now: float) -> float:
+        if self._now == -math.inf:
+            holddown = self.config.start_holddown
+            if holddown is None:
+                holddown = self.config.route_expiry + self.config.update_interval
+            self._holddown_until = now + holddown
+            self._holding = holddown > 0
         self._now = max(now, self._now)
+        if self._holding:
+            self._end_holddown(self._now)
         return self._now
+
+    def _end_holddown(self, now: float) -> None:
+        """Rule 6: the hold-down is over; select among what was heard meanwhile."""
+        if self._holding and self._holddown_until is not None and now >= self._holddown_until:
+            self._holding = False
+            self._holddown_until = None
+            for dest in list(self._rib):
+                self._reselect(dest, now)
 
     def _jitter(self) -> float:
         return self.config.update_interval * (0.75 + 0.25 * self._rng.random())
