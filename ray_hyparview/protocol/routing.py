@@ -60,15 +60,18 @@ Rules this file keeps, beyond RFC 8966 (each departure is marked ``DEPARTURE`` b
 4. The two ends of a new HyParView link learn of it one message apart, so a table can arrive
    before our ``link_up``: such updates are held (bounded) and replayed when the link comes up.
 5. Remote garbage never raises: it is dropped and counted under ``dropped.<cause>``.
-6. A router that starts holds down: for ``start_holddown`` (default ``route_expiry +
-   update_interval``) it selects no route through a neighbour. A node that restarts under the
-   same id loses its feasibility distances, while neighbours that have not yet noticed the
-   restart keep routes through its earlier life: taking one of their announcements at once
-   can close a loop through them (the fuzzer found ``r0 -> r3 -> r4 -> r0``). After one
-   ``route_expiry`` every announcement of the earlier life has expired everywhere, and within
-   one more ``update_interval`` it is purged (expiry runs with the periodic update); then the
-   feasibility condition holds again from a clean state. Frames still flow meanwhile
-   (``forward.alternate``); a brand-new node pays the same short wait.
+6. A router that restarts under the same id should hold down: for ``start_holddown``
+   (``None`` means ``route_expiry + update_interval``) it selects no route through a
+   neighbour. The new life has lost its feasibility distances, while neighbours that have not
+   yet noticed the restart keep routes through its earlier life: taking one of their
+   announcements at once can close a loop through them (the fuzzer found ``r0 -> r3 -> r4 ->
+   r0``). After one ``route_expiry`` every announcement of the earlier life has expired
+   everywhere, and within one more ``update_interval`` it is purged (expiry runs with the
+   periodic update); then the feasibility condition holds again from a clean state. Frames
+   still flow meanwhile (``forward.alternate``). DEPARTURE: off by default, because a holding
+   router announces no route either: a cluster whose nodes all start at once would have no
+   route longer than one hop for the whole hold-down. The shell that knows it restarts a node
+   under its old id (a supervisor) turns it on.
 
 Counters (``counters``): ``sent.<Type>`` / ``received.<Type>``, ``route.changed``,
 ``route.starved``, ``route.improvable``, ``seqno.raised``, ``early.held``, ``forward.direct``,
@@ -179,11 +182,12 @@ class RoutingConfig:
     max_entries_per_update: int = 512
     """Most entries in one ROUTE_UPDATE; a full table goes out in several."""
 
-    start_holddown: float | None = None
+    start_holddown: float | None = 0.0
     """Seconds after its first input during which a router selects no route through a
     neighbour (neighbours themselves are reached directly; frames take any neighbour that
-    announces the destination). ``None`` means ``route_expiry + update_interval``; 0 turns it
-    off. See rule 6."""
+    announces the destination). ``None`` means ``route_expiry + update_interval``, the value
+    that keeps a restart under the same id loop free; 0 (the default) turns it off. Set it when
+    a node restarts under an id it had before (see rule 6)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -409,15 +413,30 @@ class Router:
         return self._seqno
 
     def next_hop(self, dest_id: NodeId) -> NodeId | None:
-        """The neighbour a frame for ``dest_id`` goes to next, or ``None`` when unreachable."""
+        """The neighbour a frame for ``dest_id`` goes to next over the selected route, or
+        ``None`` when there is none (unreachable, or not selected yet: rule 6)."""
         if dest_id in self._links:
             return dest_id
         route = self._selected.get(dest_id)
         return route.next_hop if route is not None else None
 
     def routes(self) -> dict[NodeId, tuple[NodeId, int]]:
-        """A snapshot: destination -> (next hop, metric in hops), neighbours included."""
+        """A snapshot: destination -> (next hop, metric in hops), neighbours included. During
+        the start hold-down (rule 6) nothing is selected yet; a destination then shows the
+        neighbour its frames take (the closest that announces it), so that "reachable" means
+        the same before and after the hold-down."""
         table = {dest: (route.next_hop, route.metric) for dest, route in self._selected.items()}
+        if self._holding:
+            limit = self.config.hop_limit
+            for dest, advs in self._rib.items():
+                choices = [
+                    (adv.metric + 1, peer)
+                    for peer, adv in advs.items()
+                    if peer in self._links and adv.metric + 1 <= limit
+                ]
+                if choices and dest not in table:
+                    metric, peer = min(choices)
+                    table[dest] = (peer, metric)
         for peer in self._links:
             table[peer] = (peer, 1)
         return table
