@@ -319,3 +319,58 @@ def test_error_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
         logged = [error_log.error("n", "x", "step", RuntimeError("e")) for _ in range(10)]
     assert logged == [True] * 3 + [False] * 7
     assert len(caplog.records) == 3
+
+
+# --- the same frames over real ZeroMQ sockets on 127.0.0.1 -------------------------------------
+
+
+def _zmq_strategy(name: str, *contacts: Peer) -> Strategy:
+    return Strategy(
+        local_peer=Peer(name, "tcp://127.0.0.1:0"), contacts=contacts, hyparview_config=CONFIG
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_top_seqno_request_over_zmq_leaves_the_agent_running() -> None:
+    directory = MemoryDirectory()
+    agents: list[Agent] = []
+    meshes: list[MeshNode] = []
+
+    async def start(name: str, *contacts: Peer) -> tuple[Agent, MeshNode]:
+        agent = Agent(_zmq_strategy(name, *contacts), rng=random.Random(name))
+        agents.append(agent)
+        await agent.start()
+        mesh = MeshNode(agent, directory, routing=ROUTING, rng=random.Random(name))
+        meshes.append(mesh)
+        return agent, mesh
+
+    try:
+        a, mesh_a = await start("a")
+        b, mesh_b = await start("b", a.myself)
+        c, mesh_c = await start("c", a.myself)
+        await until(lambda: {"b", "c"} <= set(mesh_a.router.links), limit=10)
+        # Climb from wherever a's seqno is to the top in steps under 2**63 (modular "newer").
+        start_seqno = mesh_a.router.seqno
+        before = mesh_a.router.counters["received.SeqnoRequest"]
+        for k in (1, 2, 3, 4):
+            seqno = start_seqno + k * (TOP - start_seqno) // 4
+            request = rt.SeqnoRequest(destination="a", seqno=seqno, origin="b", hop_limit=4)
+            assert b.transport.send(a.myself, CODEC.encode(request))
+        await settle_router(mesh_a, "received.SeqnoRequest", before + 4)
+        assert mesh_a.router.counters["seqno.raised"] >= 4
+        await mesh_c.aclose()
+        await c.aclose()  # a graceful leave: a's router loses a link and raises its seqno
+        await until(lambda: "c" not in mesh_a.router.links, limit=10)
+        assert 0 <= mesh_a.router.seqno <= TOP  # announced without an EncodeError
+        await start("d", a.myself)
+        await until(lambda: a.active_peer("d") is not None, limit=10)
+        mesh_a.register("actor-a")
+        mesh_b.register("actor-b")
+        assert await mesh_b.send("actor-b", "actor-a", b"hi", timeout=5) == "direct"
+        assert not a.closed
+        assert not any(k.startswith("agent.errors.") for k in a.stats()["counters"])
+    finally:
+        for mesh in meshes:
+            await mesh.aclose()
+        for agent in agents:
+            await agent.aclose()
