@@ -565,7 +565,9 @@ class Router:
 
     def _feasible(self, dest: NodeId, seqno: int, metric: int) -> bool:
         fd = self._fd.get(dest)
-        return fd is None or seqno_newer(seqno, fd[0]) or (seqno == fd[0] and metric < fd[1])
+        if fd is None:
+            return True
+        return metric < fd[1] if seqno == fd[0] else seqno_newer(seqno, fd[0])
 
     def _reselect(self, dest: NodeId, now: float) -> None:
         """Pick the best feasible route to ``dest``; schedule announcements and requests."""
@@ -888,10 +890,8 @@ class Router:
             return None if seqno is None else (dest, seqno, INFINITY)
         self._advertised[dest] = route.seqno
         fd = self._fd.get(dest)
-        if (
-            fd is None
-            or seqno_newer(route.seqno, fd[0])
-            or (route.seqno == fd[0] and route.metric < fd[1])
+        if fd is None or (
+            route.metric < fd[1] if route.seqno == fd[0] else seqno_newer(route.seqno, fd[0])
         ):
             self._fd[dest] = (route.seqno, route.metric)
         self._fd_heard[dest] = self._now
@@ -903,21 +903,31 @@ class Router:
         """Announce ``dests`` to ``peer`` in as few ROUTE_UPDATEs as fit: at most
         ``max_entries_per_update`` entries, and at most a frame's worth of bytes (ids of up to
         240 bytes would otherwise push 512 entries past the 64 KiB frame)."""
+        entries = [e for d in dests if (e := self._entry_for(d, peer)) is not None]
         size = self.config.max_entries_per_update
-        chunk: list[tuple[str, int, int]] = []
-        used = 0
-        for dest in dests:
-            entry = self._entry_for(dest, peer)
-            if entry is None:
-                continue
-            cost = _ENTRY_OVERHEAD + (len(dest) if dest.isascii() else len(dest.encode()))
-            if chunk and (len(chunk) >= size or used + cost > _UPDATE_BUDGET):
+        for start in range(0, len(entries), size):
+            chunk = entries[start : start + size]
+            # Fast path: even at 4 UTF-8 bytes per character the chunk fits one frame.
+            if _ENTRY_OVERHEAD * len(chunk) + 4 * sum([len(e[0]) for e in chunk]) <= _UPDATE_BUDGET:
                 self._send(peer, RouteUpdate(entries=tuple(chunk)), actions)
-                chunk, used = [], 0
-            chunk.append(entry)
+            else:
+                self._send_by_bytes(peer, chunk, actions)
+
+    def _send_by_bytes(
+        self, peer: NodeId, entries: list[tuple[str, int, int]], actions: list[Action]
+    ) -> None:
+        part: list[tuple[str, int, int]] = []
+        used = 0
+        for entry in entries:
+            dest = entry[0]
+            cost = _ENTRY_OVERHEAD + (len(dest) if dest.isascii() else len(dest.encode()))
+            if part and used + cost > _UPDATE_BUDGET:
+                self._send(peer, RouteUpdate(entries=tuple(part)), actions)
+                part, used = [], 0
+            part.append(entry)
             used += cost
-        if chunk:
-            self._send(peer, RouteUpdate(entries=tuple(chunk)), actions)
+        if part:
+            self._send(peer, RouteUpdate(entries=tuple(part)), actions)
 
     def _finish(self, now: float, actions: list[Action]) -> list[Action]:
         """End of every input: ask for better routes, announce what changed (triggered)."""
