@@ -14,6 +14,7 @@ import itertools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -249,6 +250,63 @@ async def test_a_failing_membership_step_is_contained(
     await until(lambda: failures == 3)
     assert counter(a, "agent.errors.timer") == 3
     await nodes.answers("a")
+
+
+@pytest.mark.asyncio
+async def test_a_failing_membership_message_is_contained(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = nodes.agents["a"]
+    core = a.core
+    real = core.receive
+    failures = 0
+
+    def receive(sender: NodeId, message: Any, *, now: float) -> list[Any]:
+        nonlocal failures
+        if failures < 2 and type(message).__name__ == "KeepAlive":
+            failures += 1
+            raise RuntimeError("core bug")
+        return real(sender, message, now=now)
+
+    monkeypatch.setattr(core, "receive", receive)
+    await until(lambda: failures == 2)
+    assert counter(a, "agent.errors.core") == 2
+    await nodes.answers("a")
+
+
+@pytest.mark.asyncio
+async def test_a_raising_gate_is_contained() -> None:
+    class Gate:
+        calls = 0
+
+        def peer_up(self, peer: Peer) -> None:
+            Gate.calls += 1
+            raise RuntimeError("gate bug")
+
+        def peer_down(self, peer: Peer, reason: object) -> None:
+            raise RuntimeError("gate bug")
+
+    net = MemoryNetwork()
+    a = Agent(
+        Strategy(local_peer=Peer("a", "mem://a"), transport="memory", hyparview_config=CONFIG),
+        transport=net.transport("a", bind="mem://a"),
+        gate=Gate(),
+        rng=random.Random(1),
+    )
+    b = Agent(
+        Strategy(
+            local_peer=Peer("b", "mem://b"),
+            contacts=(Peer("a", "mem://a"),),
+            transport="memory",
+            hyparview_config=CONFIG,
+        ),
+        transport=net.transport("b", bind="mem://b"),
+        rng=random.Random(2),
+    )
+    async with a, b:
+        await a.wait_for_active(1, timeout=5)
+        await until(lambda: counter(a, "agent.errors.gate") == Gate.calls > 0)
+        await b.wait_for_active(1, timeout=5)
 
 
 @pytest.mark.asyncio
