@@ -20,6 +20,19 @@ Everything the core returns goes through :meth:`Agent._apply`: ``Send`` is encod
 to the transport, ``PeerUp`` pins a monitored link and ``PeerDown`` releases it, and both are
 published to subscribers, the gate and the log. Subscribers get a replay of the current active
 view first, so no early ``PeerUp`` is missed (libcluster_hyparview's ``replay: true``).
+
+Containment. One frame, one timer or one bug in a layer above must never stop the agent: an
+exception that leaves a task of the TaskGroup ends every loop of the node. So each step that runs
+code of a service or of a core (a handler, a subscriber callback, the gate, one received
+membership message, one link event, one timer tick, one ``Send`` to encode) runs inside
+:meth:`Agent.contained`: an ``Exception`` there costs exactly one count under
+``errors.<where>`` (in :meth:`Agent.stats` as ``agent.errors.<where>``) and one log line, rate
+limited to ``_ERROR_LOG_BURST`` lines per ``_ERROR_LOG_INTERVAL`` seconds (the rest are counted
+and summed up in one line), and the loop goes on with the next step. A service loop started with
+:meth:`Agent.spawn` that dies of an exception is counted under ``errors.service`` and logged; it
+is restarted (after a pause that doubles from ``_RESTART_MIN`` to ``_RESTART_MAX`` seconds) when
+it was given as a factory, a callable returning a fresh coroutine, and not when it was given as a
+coroutine, which can only run once. Cancellation is never swallowed.
 """
 
 from __future__ import annotations
@@ -30,10 +43,10 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from typing import Any, Protocol
 
-from ray_hyparview.codec import Codec, DecodeError, default_codec
+from ray_hyparview.codec import Codec, DecodeError, EncodeError, default_codec
 from ray_hyparview.protocol.errors import HyParViewError, StateError
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.messages import (
@@ -83,6 +96,13 @@ _TEMPORARY_LINK_IDLE = 3.0
 _SUBSCRIBER_QUEUE = 10_000
 # Decode errors from one sender in a row before its link is dropped.
 _MAX_OFFENCES = 100
+# Contained errors: at most this many log lines per interval (seconds); the rest are counted.
+_ERROR_LOG_BURST = 10
+_ERROR_LOG_INTERVAL = 60.0
+# Pause before a failed service (spawned as a factory) is restarted: doubles up to the maximum,
+# back to the minimum once it ran that long without failing.
+_RESTART_MIN = 0.1
+_RESTART_MAX = 30.0
 
 
 class AgentClosed(HyParViewError, RuntimeError):
@@ -105,6 +125,42 @@ class Gate(Protocol):
 
 
 Handler = Callable[[NodeId, Any], None]
+
+Service = Coroutine[Any, Any, None] | Callable[[], Coroutine[Any, Any, None]]
+"""What :meth:`Agent.spawn` runs: a coroutine (runs once) or a factory of them (restarted)."""
+
+
+class _ErrorLog:
+    """Logs contained errors, at most ``burst`` lines per ``interval`` seconds; the lines it
+    holds back are summed up in the first line of the next interval."""
+
+    def __init__(self, burst: int = _ERROR_LOG_BURST, interval: float = _ERROR_LOG_INTERVAL):
+        self.burst = burst
+        self.interval = interval
+        self._window_start = -float("inf")
+        self._logged = 0
+        self._suppressed = 0
+
+    def error(self, node: str, where: str, what: str, exc: BaseException) -> bool:
+        """Log one contained error unless over the rate; returns whether it was logged."""
+        now = time.monotonic()
+        if now - self._window_start >= self.interval:
+            if self._suppressed:
+                log.error(
+                    "%s: %d more contained errors were not logged in the last %.0f s",
+                    node,
+                    self._suppressed,
+                    self.interval,
+                )
+            self._window_start = now
+            self._logged = 0
+            self._suppressed = 0
+        if self._logged >= self.burst:
+            self._suppressed += 1
+            return False
+        self._logged += 1
+        log.error("%s: %s failed (%s), contained", node, what, where, exc_info=exc)
+        return True
 
 
 class Agent:
@@ -140,6 +196,7 @@ class Agent:
         self._released: dict[NodeId, float] = {}
         self._offences: Counter[NodeId] = Counter()
         self.counters: Counter[str] = Counter()
+        self._error_log = _ErrorLog()
         self._group: asyncio.TaskGroup | None = None
         self._spawned: list[asyncio.Task[None]] = []
         self._stack = contextlib.AsyncExitStack()
@@ -291,16 +348,56 @@ class Agent:
             raise ValueError(f"{message_type.__name__} belongs to the membership protocol")
         self._handlers[message_type] = handler
 
-    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
-        """Run ``coro`` in the agent's task group (a service of a layer above membership); it is
-        cancelled when the agent closes, if its owner has not stopped it before."""
+    def spawn(self, service: Service, *, name: str) -> asyncio.Task[None]:
+        """Run a service of a layer above membership in the agent's task group; it is cancelled
+        when the agent closes, if its owner has not stopped it before.
+
+        ``service`` is a coroutine, or a factory: a callable that returns a fresh coroutine. If
+        it dies of an exception, that is counted (``errors.service``) and logged, never passed
+        to the task group (which would stop the agent). A factory is then called again after a
+        pause (doubling from 0.1 s to 30 s); a coroutine is not restarted (it can run once).
+        The returned task ends when the service returns, or dies without restart."""
         if self._group is None or self._closing:
-            coro.close()
+            if not callable(service):
+                service.close()
             raise AgentClosed("the agent is not running")
-        task = self._group.create_task(coro, name=name)
+        task = self._group.create_task(self._supervise(service, name), name=name)
         self._spawned.append(task)
         task.add_done_callback(self._spawned.remove)
         return task
+
+    async def _supervise(self, service: Service, name: str) -> None:
+        delay = _RESTART_MIN
+        while True:
+            coro = service() if callable(service) else service
+            started = time.monotonic()
+            try:
+                await coro
+                return
+            except Exception as exc:
+                self._contained_error("service", f"service {name}", exc)
+            if not callable(service) or self._closing:
+                return
+            if time.monotonic() - started >= _RESTART_MAX:
+                delay = _RESTART_MIN
+            self.counters["service.restarted"] += 1
+            await asyncio.sleep(delay)  # cancelled here when the agent closes meanwhile
+            delay = min(delay * 2, _RESTART_MAX)
+
+    @contextlib.contextmanager
+    def contained(self, where: str, what: str = "") -> Iterator[None]:
+        """Run one step of a service so that an ``Exception`` in it costs one count under
+        ``errors.<where>`` and one rate-limited log line, never the agent. ``where`` should be
+        a fixed word (it names a counter); ``what`` says more in the log line."""
+        try:
+            yield
+        except Exception as exc:
+            self._contained_error(where, what or where, exc)
+
+    def _contained_error(self, where: str, what: str, exc: BaseException) -> None:
+        self.counters["errors." + where] += 1
+        node = self._core.myself.id if self._core is not None else self.strategy.local_peer.id
+        self._error_log.error(node, where, what, exc)
 
     def active_peer(self, peer_id: NodeId) -> Peer | None:
         """The active peer with id ``peer_id``, if it is one."""
@@ -378,13 +475,11 @@ class Agent:
                 self.counters["received.bytes"] += len(data)
                 handler = self._handlers.get(type(message))
                 if handler is not None:
-                    try:
+                    with self.contained("handler", f"handler for {name} from {sender}"):
                         handler(sender, message)
-                    except Exception:
-                        self.counters["handler.errors"] += 1
-                        log.exception("%s: handler for %s failed", core.myself.id, name)
                 elif isinstance(message, _HYPARVIEW_TYPES):
-                    self._apply(core.receive(sender, message, now=self._now()))
+                    with self.contained("core", f"membership {name} from {sender}"):
+                        self._apply(core.receive(sender, message, now=self._now()))
                 else:
                     self.counters["dropped.unhandled_type"] += 1
             await asyncio.sleep(0)
@@ -411,7 +506,8 @@ class Agent:
                 return
             for event in events:
                 self.counters["link_failed." + event.cause.value] += 1
-                self._apply(core.link_failed(event.peer_id, now=self._now()))
+                with self.contained("core", f"link failure of {event.peer_id}"):
+                    self._apply(core.link_failed(event.peer_id, now=self._now()))
 
     async def _timer_loop(self) -> None:
         core = self.core
@@ -431,10 +527,11 @@ class Agent:
             # Never let time go backwards for the core (aioquic's rule).
             now = max(last, self._now())
             last = now
-            due = core.next_deadline()
-            if due is not None and due <= now:
-                self._apply(core.on_timer(now=now))
-            self._close_released(now)
+            with self.contained("timer", "membership timer"):
+                due = core.next_deadline()
+                if due is not None and due <= now:
+                    self._apply(core.on_timer(now=now))
+                self._close_released(now)
 
     def _close_released(self, now: float) -> None:
         for peer_id, when in list(self._released.items()):
@@ -456,7 +553,12 @@ class Agent:
         for action in actions:
             match action:
                 case Send(to=to, message=message):
-                    data = self._codec.encode(message)
+                    try:
+                        data = self._codec.encode(message)
+                    except EncodeError as exc:
+                        # Only this message is lost; the PeerUp/PeerDown after it still count.
+                        self._contained_error("encode", f"encoding {type(message).__name__}", exc)
+                        continue
                     self._count_send(type(message).__name__, len(data))
                     if not transport.send(to, data):
                         self.counters["send.dropped"] += 1
@@ -480,21 +582,15 @@ class Agent:
         for sub in list(self._subscribers):
             sub.put(event)
         for callback in list(self._callbacks):
-            try:
+            with self.contained("callback", "event callback"):
                 callback(event)
-            except Exception:
-                self.counters["callback.errors"] += 1
-                log.exception("%s: event callback failed", self.myself.id)
         gate = self._gate
         if gate is not None:
-            try:
+            with self.contained("gate", "gate"):
                 if isinstance(event, PeerUp):
                     gate.peer_up(event.peer)
                 else:
                     gate.peer_down(event.peer, event.reason)
-            except Exception:
-                self.counters["gate.errors"] += 1
-                log.exception("%s: gate failed", self.myself.id)
 
 
 class _Subscriber:

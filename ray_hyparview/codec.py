@@ -45,6 +45,7 @@ from typing import Any, Final, Literal, Protocol
 
 import msgpack
 
+from ray_hyparview.protocol import limits
 from ray_hyparview.protocol.errors import HyParViewError
 from ray_hyparview.protocol.messages import (
     Disconnect,
@@ -79,6 +80,9 @@ __all__ = [
     "MAGIC",
     "MAX_ENDPOINT_LEN",
     "MAX_PEER_ID_BYTES",
+    "MAX_SHUFFLE_PEERS",
+    "NODE_ID",
+    "NodeIdField",
     "OptionalField",
     "PEER",
     "PeerField",
@@ -105,14 +109,15 @@ VERSION: Final = 1
 
 HEADER: Final = MAGIC + bytes([VERSION])
 
-DEFAULT_MAX_SIZE: Final = 64 * 1024
+# The value limits live in :mod:`ray_hyparview.protocol.limits`, shared with the cores; these
+# names are the codec's views of them (the same objects, not copies).
+DEFAULT_MAX_SIZE: Final = limits.MAX_FRAME_SIZE
 """Largest frame accepted or produced, header included (64 KiB)."""
 
-MAX_PEER_ID_BYTES: Final = 240
-"""Longest node id in UTF-8 bytes. ZeroMQ routing ids are at most 255 bytes, and the ZeroMQ
-transport appends a separator and a per-connection tag to the node id."""
+MAX_PEER_ID_BYTES: Final = limits.MAX_PEER_ID_BYTES
+"""Longest node id in UTF-8 bytes (see :data:`ray_hyparview.protocol.limits.MAX_PEER_ID_BYTES`)."""
 
-MAX_ENDPOINT_LEN: Final = 255
+MAX_ENDPOINT_LEN: Final = limits.MAX_ENDPOINT_LEN
 """Longest endpoint string (``tcp://[v6 address]:port`` fits easily)."""
 
 DecodeCause = Literal[
@@ -356,11 +361,7 @@ class PeerField:
 
     @staticmethod
     def _validate(peer_id: Any, endpoint: Any) -> None:
-        if type(peer_id) is not str or not 0 < len(peer_id) <= MAX_PEER_ID_BYTES:
-            raise _Invalid("bad peer id")
-        if not peer_id.isprintable() or (
-            not peer_id.isascii() and len(peer_id.encode()) > MAX_PEER_ID_BYTES
-        ):
+        if not limits.is_node_id(peer_id):
             raise _Invalid("bad peer id")
         if (
             type(endpoint) is not str
@@ -412,12 +413,33 @@ class OptionalField:
 
 
 PEER: Final = PeerField()
-INCARNATION: Final = IntField(0, 2**63 - 1)
+INCARNATION: Final = IntField(0, limits.MAX_INCARNATION)
 """Incarnations are start times in microseconds: far below 2**63."""
-TTL: Final = IntField(0, 255)
+TTL: Final = IntField(0, limits.MAX_TTL)
 BOOL: Final = BoolField()
-MAX_SHUFFLE_PEERS: Final = 64
+MAX_SHUFFLE_PEERS: Final = limits.MAX_SHUFFLE_PEERS
 """Most peers in one SHUFFLE or SHUFFLE_REPLY; the paper's sample is 1 + ka + kp = 8."""
+
+
+class NodeIdField:
+    """A bare node id (a routing destination, a message's origin): the same rule as a
+    :class:`Peer`'s id, :func:`ray_hyparview.protocol.limits.is_node_id`."""
+
+    __slots__ = ()
+
+    def encode(self, value: Any) -> Any:
+        return self.decode(value)
+
+    def decode(self, raw: Any) -> Any:
+        if not limits.is_node_id(raw):
+            raise _Invalid("bad node id")
+        return raw
+
+    def max_array_len(self) -> int:
+        return 0
+
+
+NODE_ID: Final = NodeIdField()
 
 
 # --------------------------------------------------------------------------------------------

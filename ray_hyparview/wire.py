@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ray_hyparview.codec import (
+    NODE_ID,
     BytesField,
     Codec,
     IntField,
@@ -21,6 +22,7 @@ from ray_hyparview.codec import (
     default_codec,
     register,
 )
+from ray_hyparview.protocol import limits
 from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
 
@@ -56,32 +58,43 @@ class TupleField:
         return max([len(self.items), *inner])
 
 
-_ID = StrField(240, min_len=1)
-_U64 = IntField(0, 2**64 - 1)
-_SMALL = IntField(0, 255)
-_ROUND = IntField(0, pt.MAX_ROUND)  # Plumtree's round: one byte, saturated by the core
-_TEXT = StrField(200)
-MAX_PAYLOAD: Final = 48 * 1024
+# Every width below is a name from ray_hyparview.protocol.limits, which the cores check against
+# too: a value the decoder accepts is one the cores may use and the encoder will carry again.
+_ID = NODE_ID
+_U64 = IntField(0, limits.U64_MAX)
+_SEQNO = IntField(0, limits.MAX_SEQNO)
+_FRAME_ID = IntField(0, limits.MAX_FRAME_ID)
+_METRIC = IntField(0, limits.METRIC_INFINITY)
+_HOPS = IntField(0, limits.MAX_HOPS)
+_ROUND = IntField(0, limits.MAX_ROUND)
+_TEXT = StrField(limits.MAX_TEXT)
+MAX_PAYLOAD: Final = limits.MAX_PAYLOAD
 """Largest application payload the mesh carries; the envelopes around it stay under the
 codec's 64 KiB frame limit."""
 _PAYLOAD = BytesField(MAX_PAYLOAD)
-_ENVELOPE = BytesField(60_000)  # an encoded mesh envelope, inside a data frame or a gossip
+_ENVELOPE = BytesField(limits.MAX_ENVELOPE)  # a mesh envelope, inside a data frame or a gossip
 _MSG_ID = TupleField((_ID, _U64, _U64))
 
 # Plumtree (Leitão, Pereira, Rodrigues, SRDS 2007): 16-19.
 register(16, pt.Gossip, {"msg_id": _MSG_ID, "round": _ROUND, "topic": _TEXT, "payload": _ENVELOPE})
 register(
-    17, pt.IHave, {"announcements": SeqField(TupleField((_MSG_ID, _ROUND)), pt.MAX_IHAVE_ENTRIES)}
+    17,
+    pt.IHave,
+    {"announcements": SeqField(TupleField((_MSG_ID, _ROUND)), limits.MAX_IHAVE_ENTRIES)},
 )
 register(18, pt.Graft, {"msg_id": OptionalField(_MSG_ID), "round": _ROUND})
 register(19, pt.Prune, {})
 
 # Routing (a reduced Babel, RFC 8966): 32-35.
-register(32, rt.RouteUpdate, {"entries": SeqField(TupleField((_ID, _U64, _U64)), 1024)})
+register(
+    32,
+    rt.RouteUpdate,
+    {"entries": SeqField(TupleField((_ID, _SEQNO, _METRIC)), limits.MAX_ROUTE_ENTRIES)},
+)
 register(
     33,
     rt.SeqnoRequest,
-    {"destination": _ID, "seqno": _U64, "origin": _ID, "hop_limit": _SMALL},
+    {"destination": _ID, "seqno": _SEQNO, "origin": _ID, "hop_limit": _HOPS},
 )
 register(
     34,
@@ -89,9 +102,9 @@ register(
     {
         "source": _ID,
         "destination": _ID,
-        "frame_id": _U64,
-        "hops": _SMALL,
-        "hop_limit": _SMALL,
+        "frame_id": _FRAME_ID,
+        "hops": _HOPS,
+        "hop_limit": _HOPS,
         "payload": _ENVELOPE,
     },
 )
@@ -101,11 +114,11 @@ register(
     {
         "source": _ID,
         "destination": _ID,
-        "frame_id": _U64,
+        "frame_id": _FRAME_ID,
         "frame_destination": _ID,
         "reason": StrField(32, min_len=1),
-        "hops": _SMALL,
-        "hop_limit": _SMALL,
+        "hops": _HOPS,
+        "hop_limit": _HOPS,
     },
 )
 

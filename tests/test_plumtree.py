@@ -667,7 +667,7 @@ def test_announcements_queued_for_a_peer_grafted_before_the_flush_are_still_sent
 
 # --- every value the core emits fits the wire ----------------------------------------------------
 
-LONG_ORIGIN = "\U0001d11e" * MAX_ORIGIN_LEN  # printable, 4 bytes a character in UTF-8
+LONG_ORIGIN = "\U0001d11e" * (MAX_ORIGIN_LEN // 4)  # printable, 4 UTF-8 bytes each: 240 bytes
 TOP: MsgId = (LONG_ORIGIN, MAX_ID_INT, MAX_ID_INT)
 
 

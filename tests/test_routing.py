@@ -8,11 +8,16 @@ below then hold for every pair of nodes.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import os
 import random
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -745,3 +750,182 @@ def test_routing_over_hyparview_in_the_simulator(n: int) -> None:
     sim._apply(src, actions)
     sim.run_for(2.0)
     assert [u.frame_id for u in node(src).undeliverable] == [frame_id]
+
+
+# --- no loop after any event, replayable whatever the hash seed (issue 9, finding 10) ----------
+
+
+class LoopWatch(Net):
+    """A :class:`Net` that checks the next-hop graph after every input of every router (not only
+    at quiescence) and keeps a digest of everything that happened, to compare runs."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.loops: list[str] = []
+        self.events = 0
+        self._digest = hashlib.sha256()
+        self.restarts = 0
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def apply(self, name: str, actions: list[Action]) -> None:
+        super().apply(name, actions)
+        self.events += 1
+        self._digest.update(f"{self.now!r} {name} {actions!r}\n".encode())
+        loop = self.find_loop()
+        if loop is not None and not self.loops:
+            self.loops.append(f"t={self.now:.4f} event {self.events} at {name}: {loop}")
+
+    def find_loop(self) -> str | None:
+        names = sorted(self.nodes)
+        for dest in names:
+            for src in names:
+                path = [src]
+                while path[-1] != dest:
+                    step = self.nodes[path[-1]].next_hop(dest)
+                    if step is None:
+                        break
+                    if step in path:
+                        return f"loop {[*path, step]} towards {dest}"
+                    path.append(step)
+        return None
+
+    def link_down(self, a: str, b: str) -> None:
+        # A broken connection loses what was in flight on it (control messages; frames are
+        # handed back by the shell, as Net does when they are delivered).
+        edge = frozenset((a, b))
+        self.queue = [
+            q
+            for q in self.queue
+            if frozenset((q[2], q[3])) != edge or isinstance(q[4], DataFrame | RouteError)
+        ]
+        heapq.heapify(self.queue)
+        super().link_down(a, b)
+
+    def restart(self, name: str, *, noticed: bool = True) -> None:
+        """Crash ``name`` and start it again with a fresh router. If the neighbours ``noticed``,
+        their links drop and come back; if not (a quick restart under the same id), they keep
+        their state from the old life and only the new router hears ``link_up``."""
+        peers = sorted(p for e in self.links if name in e for p in e if p != name)
+        if noticed:
+            for peer in peers:
+                self.link_down(name, peer)
+        else:
+            self.queue = [q for q in self.queue if name not in (q[2], q[3])]
+            heapq.heapify(self.queue)
+        self.restarts += 1
+        self.nodes[name] = Router(name, self.config, rng=random.Random(f"{name}/{self.restarts}"))
+        for peer in peers:
+            if noticed:
+                self.link_up(name, peer)
+            else:
+                self.apply(name, self.nodes[name].link_up(peer, now=self.now))
+
+    @property
+    def digest(self) -> str:
+        return self._digest.hexdigest()
+
+
+FUZZ = replace(FAST, start_holddown=None)
+"""The fuzzer's routers hold down at start, as routing.py's rule 6 asks of restarted ones."""
+
+
+def fuzz_run(
+    seed: int, *, n: int = 6, steps: int = 60, config: RoutingConfig = FUZZ
+) -> tuple[str, list[str], int]:
+    """One seeded run of link flaps, router restarts (noticed by the neighbours or not) and
+    frames; returns (digest of everything that happened, the first loop seen if any, events)."""
+    rng = random.Random(seed)
+    names = [f"r{i}" for i in range(n)]
+    edges = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    start = [e for e in edges if rng.random() < 0.5]
+    net = LoopWatch(start, names, seed=seed, config=config)
+    net.run(rng.uniform(0.0, 3.0))
+    for _ in range(steps):
+        roll = rng.random()
+        if roll < 0.3:
+            a, b = rng.choice(edges)
+            if frozenset((a, b)) in net.links:
+                net.link_down(a, b)
+            else:
+                net.link_up(a, b)
+        elif roll < 0.4:
+            net.restart(rng.choice(names), noticed=rng.random() < 0.5)
+        elif roll < 0.6:
+            a, b = rng.sample(names, 2)
+            net.send(a, b)
+        net.run(rng.choice([0.0, 0.001, 0.01, rng.uniform(0.0, 0.5), rng.uniform(0.0, 3.0)]))
+    net.run(8.0)
+    if not net.loops:
+        check_routes(net)
+    return net.digest, net.loops, net.events
+
+
+# Seeds where the fuzzer saw a loop before rule 6 (the start hold-down): seed 6 closed
+# r0 -> r3 -> r4 -> r0 right after r3 restarted unnoticed; seed 190 closed a four-router loop
+# when the hold-down lasted route_expiry only (expired announcements are purged up to one
+# update_interval later).
+LOOP_SEEDS = [6, 190]
+
+
+@pytest.mark.parametrize("seed", [*LOOP_SEEDS, *range(20)])
+def test_no_next_hop_loop_after_any_event(seed: int) -> None:
+    _, loops, events = fuzz_run(seed)
+    assert events > 100
+    assert loops == []
+
+
+@pytest.mark.parametrize(
+    ("seed", "holddown"), [(LOOP_SEEDS[0], 0.0), (LOOP_SEEDS[1], FUZZ.route_expiry)]
+)
+def test_a_shorter_hold_down_lets_the_regression_seeds_loop(seed: int, holddown: float) -> None:
+    """The check above can fail: with no hold-down, or one of route_expiry only, these seeds
+    show a transient loop."""
+    _, loops, _ = fuzz_run(seed, config=replace(FUZZ, start_holddown=holddown))
+    assert loops
+
+
+_REPLAY = """
+import sys
+from tests.test_routing import fuzz_run
+for seed in map(int, sys.argv[1:]):
+    digest, loops, events = fuzz_run(seed)
+    print(seed, digest, events, len(loops))
+"""
+
+
+def test_runs_replay_whatever_the_hash_seed() -> None:
+    """The same seeds give the same trace (every action of every router, in order) under
+    different PYTHONHASHSEED values: a loop the fuzzer finds can be replayed."""
+    root = Path(__file__).resolve().parent.parent
+    outputs = []
+    for hash_seed in ("0", "1", "4242"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(root)}
+        done = subprocess.run(
+            [sys.executable, "-c", _REPLAY, *map(str, [*LOOP_SEEDS, 3])],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        outputs.append(done.stdout)
+    assert outputs[0].count("\n") == 3
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_a_restarted_router_holds_down_then_selects() -> None:
+    net = Net([("a", "b"), ("b", "c")])
+    net.run(3.0)
+    config = replace(FAST, start_holddown=None)
+    net.link_down("a", "b")
+    net.nodes["a"] = a = Router("a", config, rng=random.Random("a/2"))
+    net.link_up("a", "b")
+    net.run(1.0)
+    assert a.next_hop("c") is None  # held down: nothing selected through a neighbour yet
+    assert a.routes()["c"] == ("b", 2)  # but reachable: frames take b
+    frame_id = net.send("a", "c")
+    net.run(0.5)
+    assert [x.frame_id for x in net.arrived["c"]] == [frame_id]
+    net.run(config.route_expiry + config.update_interval)
+    assert a.next_hop("c") == "b"
+    check_routes(net)

@@ -79,6 +79,7 @@ from collections.abc import KeysView
 from dataclasses import dataclass, field, fields
 from typing import Final
 
+from ray_hyparview.protocol import limits
 from ray_hyparview.protocol.errors import ConfigError, HyParViewError
 from ray_hyparview.protocol.peer import NodeId
 
@@ -106,27 +107,29 @@ __all__ = [
 MsgId = tuple[str, int, int]
 """A broadcast's id: ``(origin node id, origin incarnation, per-origin sequence number)``."""
 
-MAX_ROUND: Final = 255
+# The wire's widths, by the names the rest of this module uses; their one definition is
+# ray_hyparview.protocol.limits, which the codec builds its fields from.
+MAX_ROUND: Final = limits.MAX_ROUND
 """Largest round (hops from the origin): the wire carries it in one byte. Rounds derived here
 saturate at this value; a received round above it is dropped as ``dropped.out_of_range``."""
 
-MAX_IHAVE_ENTRIES: Final = 256
+MAX_IHAVE_ENTRIES: Final = limits.MAX_IHAVE_ENTRIES
 """Most ``(msg_id, round)`` pairs in one IHAVE on the wire; ``ihave_batch_max`` may not exceed
 it, and only this many are read from a longer one (``dropped.ihave_too_long``)."""
 
-MAX_ID_INT: Final = 2**64 - 1
+MAX_ID_INT: Final = limits.U64_MAX
 """Largest origin incarnation and sequence number in a message id (unsigned 64-bit fields)."""
 
-MAX_ORIGIN_LEN: Final = 240
-"""Longest origin node id in a message id, in characters (printable only, as on the wire)."""
+MAX_ORIGIN_LEN: Final = limits.MAX_PEER_ID_BYTES
+"""Longest origin node id in a message id, in UTF-8 bytes (printable only, as on the wire)."""
 
-MAX_TOPIC_LEN: Final = 200
+MAX_TOPIC_LEN: Final = limits.MAX_TEXT
 """Longest topic, in characters (printable only, as on the wire)."""
 
-MAX_PAYLOAD: Final = 60_000
+MAX_PAYLOAD: Final = limits.MAX_ENVELOPE
 """Largest GOSSIP payload in bytes (the wire's field; the mesh's envelopes stay below it)."""
 
-_IHAVE_BYTES_MAX = 60_000
+_IHAVE_BYTES_MAX = limits.MAX_ENVELOPE
 """Bound on one IHAVE's encoded size, under the codec's 64 KiB frame: 256 ids of long non-ASCII
 origins would not fit, so a queue is also flushed when its estimated size reaches this."""
 
@@ -318,7 +321,7 @@ def _msg_id_fault(value: object) -> str | None:
             origin and not isinstance(incarnation, bool) and not isinstance(seq, bool)
         ):
             if (
-                _valid_text(origin, MAX_ORIGIN_LEN)
+                limits.is_node_id(origin)
                 and 0 <= incarnation <= MAX_ID_INT
                 and 0 <= seq <= MAX_ID_INT
             ):
@@ -345,7 +348,7 @@ class Plumtree:
         rng: random.Random,
         incarnation: int = 0,
     ) -> None:
-        if not isinstance(myself, str) or not myself or not _valid_text(myself, MAX_ORIGIN_LEN):
+        if not isinstance(myself, str) or not myself or not limits.is_node_id(myself):
             raise PlumtreeError(
                 f"myself must be a printable node id of 1..{MAX_ORIGIN_LEN} chars, got {myself!r}"
             )

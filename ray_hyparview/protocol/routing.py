@@ -48,7 +48,10 @@ cluster; ``max_routes`` caps it.
 
 Rules this file keeps, beyond RFC 8966 (each departure is marked ``DEPARTURE`` below):
 
-1. Sequence numbers are unbounded integers (msgpack carries 64 bits): no modular comparison.
+1. Sequence numbers are 64-bit and compared modulo 2**64, as RFC 8966 (3.2.1) does with 16
+   bits: a seqno raised past 2**64 - 1 wraps to 0, which is newer. Every value derived from a
+   received one stays within what the wire carries (:mod:`~ray_hyparview.protocol.limits`), so
+   no frame, however extreme its fields, makes the router produce a message the codec refuses.
 2. A restarted node learns, from announcements or requests about itself, the highest sequence
    number its earlier life used, and moves above it.
 3. A node that loses a link raises its own seqno at once (as DSDV does for broken links): the
@@ -57,6 +60,18 @@ Rules this file keeps, beyond RFC 8966 (each departure is marked ``DEPARTURE`` b
 4. The two ends of a new HyParView link learn of it one message apart, so a table can arrive
    before our ``link_up``: such updates are held (bounded) and replayed when the link comes up.
 5. Remote garbage never raises: it is dropped and counted under ``dropped.<cause>``.
+6. A router that restarts under the same id should hold down: for ``start_holddown``
+   (``None`` means ``route_expiry + update_interval``) it selects no route through a
+   neighbour. The new life has lost its feasibility distances, while neighbours that have not
+   yet noticed the restart keep routes through its earlier life: taking one of their
+   announcements at once can close a loop through them (the fuzzer found ``r0 -> r3 -> r4 ->
+   r0``). After one ``route_expiry`` every announcement of the earlier life has expired
+   everywhere, and within one more ``update_interval`` it is purged (expiry runs with the
+   periodic update); then the feasibility condition holds again from a clean state. Frames
+   still flow meanwhile (``forward.alternate``). DEPARTURE: off by default, because a holding
+   router announces no route either: a cluster whose nodes all start at once would have no
+   route longer than one hop for the whole hold-down. The shell that knows it restarts a node
+   under its old id (a supervisor) turns it on.
 
 Counters (``counters``): ``sent.<Type>`` / ``received.<Type>``, ``route.changed``,
 ``route.starved``, ``route.improvable``, ``seqno.raised``, ``early.held``, ``forward.direct``,
@@ -73,6 +88,19 @@ from collections.abc import KeysView
 from dataclasses import dataclass, fields, replace
 
 from ray_hyparview.protocol.errors import ConfigError, HyParViewError
+from ray_hyparview.protocol.limits import (
+    MAX_ENVELOPE,
+    MAX_FRAME_ID,
+    MAX_FRAME_SIZE,
+    MAX_HOPS,
+    MAX_ROUTE_ENTRIES,
+    MAX_SEQNO,
+    METRIC_INFINITY,
+    is_node_id,
+    seqno_add,
+    seqno_newer,
+    seqno_not_older,
+)
 from ray_hyparview.protocol.peer import NodeId
 
 __all__ = [
@@ -91,14 +119,26 @@ __all__ = [
     "Undeliverable",
 ]
 
-INFINITY = 0xFFFF
+INFINITY = METRIC_INFINITY
 """The metric of a retraction: the destination is unreachable through the sender."""
 
-_MAX_ENTRIES = 65_536
-"""At most this many entries are read from one ROUTE_UPDATE."""
+_MAX_ENTRIES = MAX_ROUTE_ENTRIES
+"""At most this many entries are read from one ROUTE_UPDATE (what the wire carries)."""
 
-_MAX_HOPS = 255
+_MAX_HOPS = MAX_HOPS
 """Hop counts and limits above this are garbage."""
+
+_UPDATE_BUDGET = MAX_FRAME_SIZE - 64
+"""Bytes the entries of one ROUTE_UPDATE may take on the wire (frame header and array heads
+fit in the rest)."""
+
+_ENTRY_OVERHEAD = 16
+"""Upper bound of an entry's encoded size beyond its id's UTF-8 bytes: array head (1), string
+head (at most 3), a u64 seqno (at most 9), a metric (at most 3)."""
+
+_REASONS = ("no_route", "hop_limit")
+"""Why a frame stopped; a ROUTE_ERROR with another reason is garbage (counter names stay
+bounded)."""
 
 _EARLY_PEERS = 32
 """Peers whose updates are held while their link is not up here yet (see ``link_up``)."""
@@ -142,18 +182,32 @@ class RoutingConfig:
     max_entries_per_update: int = 512
     """Most entries in one ROUTE_UPDATE; a full table goes out in several."""
 
+    start_holddown: float | None = 0.0
+    """Seconds after its first input during which a router selects no route through a
+    neighbour (neighbours themselves are reached directly; frames take any neighbour that
+    announces the destination). ``None`` means ``route_expiry + update_interval``, the value
+    that keeps a restart under the same id loop free; 0 (the default) turns it off. Set it when
+    a node restarts under an id it had before (see rule 6)."""
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "start_holddown" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be finite, got {value!r}")
-            if value < 0 or (value == 0 and f.name != "triggered_delay"):
+            if value < 0 or (value == 0 and f.name not in ("triggered_delay", "start_holddown")):
                 raise ConfigError(f"{f.name} must be greater than 0, got {value!r}")
         for name in ("hop_limit", "max_routes", "max_entries_per_update"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if self.max_entries_per_update > MAX_ROUTE_ENTRIES:
+            raise ConfigError(
+                f"max_entries_per_update must be at most {MAX_ROUTE_ENTRIES} (the wire's bound), "
+                f"got {self.max_entries_per_update}"
+            )
         if self.hop_limit > _MAX_HOPS:
             raise ConfigError(f"hop_limit must be at most {_MAX_HOPS}, got {self.hop_limit}")
         if self.route_expiry <= self.update_interval:
@@ -334,7 +388,7 @@ class Router:
         self._rib: dict[NodeId, dict[NodeId, _Adv]] = {}  # destination -> neighbour -> adv
         self._selected: dict[NodeId, _Route] = {}
         self._fd: dict[NodeId, tuple[int, int]] = {}  # feasibility distance (seqno, metric)
-        self._fd_heard: dict[NodeId, float] = {}  # when the destination was last in use
+        self._fd_heard: dict[NodeId, float] = {}  # when we last announced a route to it
         self._advertised: dict[NodeId, int] = {}  # destination -> seqno last announced finite
         self._pending: dict[NodeId, None] = {}  # destinations to announce at the end of input
         self._requesting: dict[NodeId, float] = {}  # destination -> next SEQNO_REQUEST due
@@ -343,6 +397,8 @@ class Router:
         self._next_update: float | None = None
         self._early: dict[NodeId, tuple[float, list[RouteUpdate]]] = {}  # peer -> (when, held)
         self._flush_at: float | None = None  # when the pending triggered update goes out
+        self._holddown_until: float | None = None  # set at the first input; None once over
+        self._holding = True
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -357,15 +413,30 @@ class Router:
         return self._seqno
 
     def next_hop(self, dest_id: NodeId) -> NodeId | None:
-        """The neighbour a frame for ``dest_id`` goes to next, or ``None`` when unreachable."""
+        """The neighbour a frame for ``dest_id`` goes to next over the selected route, or
+        ``None`` when there is none (unreachable, or not selected yet: rule 6)."""
         if dest_id in self._links:
             return dest_id
         route = self._selected.get(dest_id)
         return route.next_hop if route is not None else None
 
     def routes(self) -> dict[NodeId, tuple[NodeId, int]]:
-        """A snapshot: destination -> (next hop, metric in hops), neighbours included."""
+        """A snapshot: destination -> (next hop, metric in hops), neighbours included. During
+        the start hold-down (rule 6) nothing is selected yet; a destination then shows the
+        neighbour its frames take (the closest that announces it), so that "reachable" means
+        the same before and after the hold-down."""
         table = {dest: (route.next_hop, route.metric) for dest, route in self._selected.items()}
+        if self._holding:
+            limit = self.config.hop_limit
+            for dest, advs in self._rib.items():
+                choices = [
+                    (adv.metric + 1, peer)
+                    for peer, adv in advs.items()
+                    if peer in self._links and adv.metric + 1 <= limit
+                ]
+                if choices and dest not in table:
+                    metric, peer = min(choices)
+                    table[dest] = (peer, metric)
         for peer in self._links:
             table[peer] = (peer, 1)
         return table
@@ -400,7 +471,7 @@ class Router:
         # DEPARTURE: announce a new seqno for ourselves at once. Nodes that reached us over the
         # lost link now have only longer, unfeasible routes to us and would each ask for it
         # (RFC 8966 waits for that request); DSDV-like, we skip the round trip.
-        self._seqno += 1
+        self._seqno = seqno_add(self._seqno)
         self._pending[self.myself] = None
         for dest, advs in list(self._rib.items()):
             if advs.pop(peer_id, None) is not None or dest == peer_id:
@@ -415,10 +486,12 @@ class Router:
         """
         if not isinstance(payload, bytes):
             raise RoutingError(f"payload must be bytes, got {type(payload).__name__}")
+        if len(payload) > MAX_ENVELOPE:
+            raise RoutingError(f"payload of {len(payload)} bytes, limit {MAX_ENVELOPE}")
         if not isinstance(dest_id, str) or not dest_id:
             raise RoutingError(f"destination must be a non-empty node id, got {dest_id!r}")
         now = self._tick(now)
-        self._frame_seq += 1
+        self._frame_seq = self._frame_seq % MAX_FRAME_ID + 1  # 1..MAX_FRAME_ID, then 1 again
         frame = DataFrame(
             source=self.myself,
             destination=dest_id,
@@ -482,6 +555,8 @@ class Router:
     def next_deadline(self) -> float | None:
         """When ``on_timer`` must next be called, or ``None`` if nothing is pending."""
         candidates = [t for t in (self._next_update, self._flush_at) if t is not None]
+        if self._holding and self._holddown_until is not None:
+            candidates.append(self._holddown_until)
         if self._requesting:
             candidates.append(min(self._requesting.values()))
         return min(candidates) if candidates else None
@@ -490,7 +565,9 @@ class Router:
 
     def _feasible(self, dest: NodeId, seqno: int, metric: int) -> bool:
         fd = self._fd.get(dest)
-        return fd is None or seqno > fd[0] or (seqno == fd[0] and metric < fd[1])
+        if fd is None:
+            return True
+        return metric < fd[1] if seqno == fd[0] else seqno_newer(seqno, fd[0])
 
     def _reselect(self, dest: NodeId, now: float) -> None:
         """Pick the best feasible route to ``dest``; schedule announcements and requests."""
@@ -499,7 +576,9 @@ class Router:
         old = self._selected.get(dest)
         advs = self._rib.get(dest, {})
         best: _Route | None = None
-        for peer, adv in advs.items():
+        # Rule 6: nothing selected (nor asked for, see _request_target) until the hold-down ends.
+        candidates = {} if self._holding else advs
+        for peer, adv in candidates.items():
             metric = adv.metric + 1
             if peer not in self._links or metric > self.config.hop_limit:
                 continue
@@ -530,7 +609,7 @@ class Router:
                 # SEQNO_REQUEST took (RFC 8966, 3.8.1.2); periodic updates carry it elsewhere.
                 # Flooding every new seqno would cost one message per link each time.
                 asked = self._asked.get(dest)
-                if asked is not None and best.seqno >= asked[0]:
+                if asked is not None and seqno_not_older(best.seqno, asked[0]):
                     del self._asked[dest]
                     self._pending[dest] = None
         if self._request_target(dest) is None:
@@ -558,16 +637,18 @@ class Router:
         for item in entries[:_MAX_ENTRIES]:
             match item:
                 case (str() as dest, seqno, metric) if (
-                    dest and _is_int(seqno, 0) and _is_int(metric, 0, INFINITY)
+                    is_node_id(dest)
+                    and _is_int(seqno, 0, MAX_SEQNO)
+                    and _is_int(metric, 0, INFINITY)
                 ):
                     pass
                 case _:
                     self._drop("malformed")
                     continue
             if dest == self.myself:
-                if seqno > self._seqno:
+                if seqno_newer(seqno, self._seqno):
                     # DEPARTURE: a seqno of ours from an earlier life; move past it.
-                    self._seqno = seqno + 1
+                    self._seqno = seqno_add(seqno)
                     self._pending[self.myself] = None
                 continue
             advs = self._rib.get(dest)
@@ -580,7 +661,6 @@ class Router:
                     self._drop("table_full")
                     continue
                 advs = self._rib[dest] = {}
-            self._fd_heard[dest] = now
             adv = advs.get(sender)
             if adv is not None and adv.seqno == seqno and adv.metric == metric:
                 adv.expires = expires  # a refresh: nothing to reselect
@@ -613,7 +693,7 @@ class Router:
         without this a node could keep a long route until the next periodic update.
         """
         advs = self._rib.get(dest)
-        if not advs or dest not in self._fd:
+        if not advs or dest not in self._fd or self._holding:
             return None
         route = self._selected.get(dest)
         limit = route.metric if route is not None else self.config.hop_limit + 1
@@ -636,7 +716,7 @@ class Router:
             # become feasible; otherwise the destination must issue a newer one.
             fd_seqno, fd_metric = self._fd[dest]
             adv = self._rib[dest][target]
-            seqno = fd_seqno if adv.metric < fd_metric else fd_seqno + 1
+            seqno = fd_seqno if adv.metric < fd_metric else seqno_add(fd_seqno)
             self._requests_seen[(dest, seqno)] = now + self.config.request_interval / 2
             request = SeqnoRequest(
                 destination=dest, seqno=seqno, origin=self.myself, hop_limit=self.config.hop_limit
@@ -648,22 +728,21 @@ class Router:
     ) -> None:
         dest, seqno, hop_limit = request.destination, request.seqno, request.hop_limit
         if not (
-            isinstance(dest, str)
-            and dest
-            and _is_int(seqno, 0)
+            is_node_id(dest)
+            and _is_int(seqno, 0, MAX_SEQNO)
             and _is_int(hop_limit, 0, _MAX_HOPS)
-            and isinstance(request.origin, str)
+            and is_node_id(request.origin)
         ):
             self._drop("malformed")
             return
         if dest == self.myself:
-            if self._seqno < seqno:
+            if seqno_newer(seqno, self._seqno):
                 self._seqno = seqno
                 self.counters["seqno.raised"] += 1
                 self._pending[self.myself] = None
             return
         route = self._selected.get(dest)
-        if route is not None and route.seqno >= seqno:
+        if route is not None and seqno_not_older(route.seqno, seqno):
             self._pending[dest] = None  # we can answer ourselves with a fresh announcement
             return
         key = (dest, seqno)
@@ -678,7 +757,9 @@ class Router:
             return
         forwarded = replace(request, hop_limit=hop_limit - 1)
         asked = self._asked.get(dest)
-        self._asked[dest] = (max(seqno, asked[0] if asked else 0), now + self.config.route_expiry)
+        if asked is not None and seqno_newer(asked[0], seqno):
+            seqno = asked[0]  # keep the newest seqno asked for
+        self._asked[dest] = (seqno, now + self.config.route_expiry)
         if route is not None and route.next_hop != sender:
             self._send(route.next_hop, forwarded, actions)
             return
@@ -691,18 +772,18 @@ class Router:
 
     def _on_routed(self, sender: NodeId, frame: _Routed, actions: list[Action]) -> None:
         valid = (
-            isinstance(frame.source, str)
-            and bool(frame.source)
-            and isinstance(frame.destination, str)
-            and bool(frame.destination)
-            and _is_int(frame.frame_id, 0)
+            is_node_id(frame.source)
+            and is_node_id(frame.destination)
+            and _is_int(frame.frame_id, 0, MAX_FRAME_ID)
             and _is_int(frame.hop_limit, 0, _MAX_HOPS)
         )
+        if valid and isinstance(frame, RouteError):
+            valid = is_node_id(frame.frame_destination) and frame.reason in _REASONS
         if not (valid and _is_int(frame.hops, 1, frame.hop_limit)):
             self._drop("malformed")
             return
         payload: object = frame.payload if isinstance(frame, DataFrame) else b""
-        if not isinstance(payload, bytes):
+        if not isinstance(payload, bytes) or len(payload) > MAX_ENVELOPE:
             self._drop("malformed")
             return
         if sender not in self._links:
@@ -809,7 +890,9 @@ class Router:
             return None if seqno is None else (dest, seqno, INFINITY)
         self._advertised[dest] = route.seqno
         fd = self._fd.get(dest)
-        if fd is None or route.seqno > fd[0] or (route.seqno == fd[0] and route.metric < fd[1]):
+        if fd is None or (
+            route.metric < fd[1] if route.seqno == fd[0] else seqno_newer(route.seqno, fd[0])
+        ):
             self._fd[dest] = (route.seqno, route.metric)
         self._fd_heard[dest] = self._now
         if route.next_hop == peer:
@@ -817,10 +900,34 @@ class Router:
         return (dest, route.seqno, route.metric)
 
     def _send_table(self, peer: NodeId, dests: list[NodeId], actions: list[Action]) -> None:
+        """Announce ``dests`` to ``peer`` in as few ROUTE_UPDATEs as fit: at most
+        ``max_entries_per_update`` entries, and at most a frame's worth of bytes (ids of up to
+        240 bytes would otherwise push 512 entries past the 64 KiB frame)."""
         entries = [e for d in dests if (e := self._entry_for(d, peer)) is not None]
         size = self.config.max_entries_per_update
         for start in range(0, len(entries), size):
-            self._send(peer, RouteUpdate(entries=tuple(entries[start : start + size])), actions)
+            chunk = entries[start : start + size]
+            # Fast path: even at 4 UTF-8 bytes per character the chunk fits one frame.
+            if _ENTRY_OVERHEAD * len(chunk) + 4 * sum([len(e[0]) for e in chunk]) <= _UPDATE_BUDGET:
+                self._send(peer, RouteUpdate(entries=tuple(chunk)), actions)
+            else:
+                self._send_by_bytes(peer, chunk, actions)
+
+    def _send_by_bytes(
+        self, peer: NodeId, entries: list[tuple[str, int, int]], actions: list[Action]
+    ) -> None:
+        part: list[tuple[str, int, int]] = []
+        used = 0
+        for entry in entries:
+            dest = entry[0]
+            cost = _ENTRY_OVERHEAD + (len(dest) if dest.isascii() else len(dest.encode()))
+            if part and used + cost > _UPDATE_BUDGET:
+                self._send(peer, RouteUpdate(entries=tuple(part)), actions)
+                part, used = [], 0
+            part.append(entry)
+            used += cost
+        if part:
+            self._send(peer, RouteUpdate(entries=tuple(part)), actions)
 
     def _finish(self, now: float, actions: list[Action]) -> list[Action]:
         """End of every input: ask for better routes, announce what changed (triggered)."""
@@ -851,9 +958,16 @@ class Router:
                 self.counters["route.expired"] += len(stale)
                 self._reselect(dest, now)
         for dest, heard in list(self._fd_heard.items()):
-            if heard + self.config.source_retention <= now and dest not in self._rib:
+            # RFC 8966, 3.2.5: a source entry lives SOURCE_GC_TIME after we last announced a
+            # route through it, not after we last heard of it. Forgetting it then is safe (every
+            # announcement of ours has expired long since) and ends a starvation no request can
+            # end: a seqno 2**63 or more ahead of ours reads as older (modular comparison).
+            if heard + self.config.source_retention <= now and dest not in self._selected:
                 del self._fd_heard[dest]
                 self._fd.pop(dest, None)
+                self.counters["source.expired"] += 1
+                if dest in self._rib:
+                    self._reselect(dest, now)
         self._requests_seen = {k: t for k, t in self._requests_seen.items() if t > now}
         self._asked = {d: a for d, a in self._asked.items() if a[1] > now}
         horizon = now - self.config.route_expiry
@@ -862,8 +976,24 @@ class Router:
     # --- helpers ---------------------------------------------------------------------------------
 
     def _tick(self, now: float) -> float:
+        if self._now == -math.inf:
+            holddown = self.config.start_holddown
+            if holddown is None:
+                holddown = self.config.route_expiry + self.config.update_interval
+            self._holddown_until = now + holddown
+            self._holding = holddown > 0
         self._now = max(now, self._now)
+        if self._holding:
+            self._end_holddown(self._now)
         return self._now
+
+    def _end_holddown(self, now: float) -> None:
+        """Rule 6: the hold-down is over; select among what was heard meanwhile."""
+        if self._holding and self._holddown_until is not None and now >= self._holddown_until:
+            self._holding = False
+            self._holddown_until = None
+            for dest in list(self._rib):
+                self._reselect(dest, now)
 
     def _jitter(self) -> float:
         return self.config.update_interval * (0.75 + 0.25 * self._rng.random())
