@@ -458,7 +458,7 @@ class Delivery:
         payload: bytes,
         *,
         now: float,
-        timeout: float,
+        timeout: float = 10.0,
         kind: str = "send",
         key: str = "",
     ) -> tuple[int, list[Action]]:
