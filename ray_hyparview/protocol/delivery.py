@@ -80,8 +80,24 @@ import math
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field, fields
-from typing import Final, Literal
+from typing import Literal
 
+from ray_hyparview.protocol.envelopes import (
+    KINDS,
+    MAX_ATTEMPT,
+    MAX_HORIZON_MS,
+    MAX_ID,
+    MAX_KEY_LEN,
+    MAX_NAME_LEN,
+    MAX_PAYLOAD,
+    STATUSES,
+    DeliveryMessage,
+    InboxItem,
+    MeshAck,
+    MeshPublish,
+    MeshReply,
+    MeshSend,
+)
 from ray_hyparview.protocol.errors import ConfigError, HyParViewError
 from ray_hyparview.protocol.peer import NodeId
 
@@ -112,22 +128,7 @@ __all__ = [
     "Route",
 ]
 
-MAX_ID: Final = 2**63 - 1
-"""Largest msg id and incarnation the wire carries."""
-MAX_ATTEMPT: Final = 2**32 - 1
-"""Largest attempt number the wire carries."""
-MAX_HORIZON_MS: Final = 86_400_000
-"""Longest remaining retry horizon the wire carries: one day, in milliseconds."""
-MAX_NAME_LEN: Final = 200
-"""Longest actor name."""
-MAX_KEY_LEN: Final = 128
-"""Longest idempotency key."""
-MAX_PAYLOAD: Final = 48 * 1024
-"""Largest application payload; the envelopes around it stay under the codec's 64 KiB frame."""
-KINDS: Final = ("send", "request")
-STATUSES: Final = ("ok", "unknown_name", "inbox_full", "busy")
-"""What a receiver answers. ``busy`` is per copy; the others are remembered with the id."""
-_FINAL = frozenset({"ok", "unknown_name", "inbox_full"})
+_FORGET_DELAY = 1.0
 
 Outcome = Literal["not_delivered", "unknown"]
 """How a failure ended: nothing was or ever will be delivered, or it cannot be known."""
@@ -179,82 +180,6 @@ class DeliveryConfig:
 
 
 # --- messages (registered with the codec in ray_hyparview.wire) -----------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshSend:
-    """One copy of a message for one actor."""
-
-    msg_id: int
-    """Per-life number of the message (from 1); a request's id is its msg id."""
-    incarnation: int
-    """The sending node's incarnation: with the source node and ``msg_id`` it names the
-    message for dedup, ACK and reply."""
-    attempt: int
-    """Which copy this is (from 1); the ACK echoes it."""
-    horizon_ms: int
-    """Milliseconds the sender may still retry this message (until its deadline)."""
-    src_name: str
-    """The sending actor's mesh name."""
-    dst_name: str
-    """The target actor's mesh name."""
-    kind: str
-    """``send`` or ``request``."""
-    key: str
-    """The caller's idempotency key, or empty."""
-    payload: bytes
-    """The application's bytes."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshAck:
-    """The target node's answer to one copy: ``ok`` or why not (one of :data:`STATUSES`)."""
-
-    msg_id: int
-    incarnation: int
-    """The incarnation of the sender being answered, echoed."""
-    attempt: int
-    status: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshReply:
-    """The answer to a request (not acknowledged: a lost reply is the requester's timeout)."""
-
-    request_id: int
-    incarnation: int
-    """The requester's incarnation, echoed from the request."""
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshPublish:
-    """A publication, carried as the payload of a Plumtree gossip."""
-
-    src_name: str
-    payload: bytes
-
-
-DeliveryMessage = MeshSend | MeshAck | MeshReply
-"""The messages :meth:`Delivery.receive` takes and :class:`Route` carries."""
-
-
-@dataclass(frozen=True, slots=True)
-class InboxItem:
-    """One thing that arrived for an actor."""
-
-    kind: Literal["send", "request", "publish"]
-    sender: str
-    """The sending actor's name (for ``publish``: the publisher's name)."""
-    payload: bytes
-    topic: str = ""
-    request: tuple[NodeId, int, int] | None = None
-    """For ``request``: where the reply goes (requester node, its incarnation, request id)."""
-    sender_node: NodeId = ""
-    seq: int = 0
-    """Position in the actor's inbox (from 1): what the actor acknowledges."""
-
-
 # --- actions -----------------------------------------------------------------------------------
 
 
@@ -398,7 +323,11 @@ class Delivery:
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` should run next (an early call is harmless)."""
-        due = [h[0][0] for h in (self._timers, self._seen_heap, self._keys_heap) if h]
+        # Forgetting may be a little late (memory is only ever kept longer): one wake-up per
+        # second at most for it, not one per id.
+        due = [h[0][0] + _FORGET_DELAY for h in (self._seen_heap, self._keys_heap) if h]
+        if self._timers:
+            due.append(self._timers[0][0])
         return min(due) if due else None
 
     # --- names and the inbox ---------------------------------------------------------------------
