@@ -557,6 +557,11 @@ class MeshNode:
             "names": self.core.names(),
             "routes": {d: list(r) for d, r in self.router.routes().items()},
             "missed_publications": {n: self.core.missed(n) for n in self.core.names()},
+            "delivery": {
+                "remembered_ids": self.core.remembered(),
+                "in_flight": self.core.in_flight(),
+                "inbox_items": {n: self.core.pending(n) for n in self.core.names()},
+            },
             "counters": {
                 **{f"mesh.{k}": v for k, v in sorted(self.counters.items())},
                 **{f"delivery.{k}": v for k, v in sorted(self.core.counters.items())},

@@ -130,3 +130,4 @@ async def test_the_agent_forgets_items_only_once_the_actor_has_taken_them(node: 
     await node.send(3)
     assert await _take(node.handle, 1) == [3]  # this poll acknowledged 0..2
     assert node.mesh.core.pending("reader") == 1
+    assert node.mesh.stats()["delivery"]["inbox_items"] == {"reader": 1}
