@@ -135,6 +135,7 @@ class Mesh:
         self._refresher: asyncio.Task[None] | None = None
         self._buffer: deque[InboxItem] = deque()  # fetched, not yet yielded
         self._consumed = 0  # seq of the last item yielded: what the next poll acknowledges
+        self._life = 0  # the agent life those seqs count in (they restart with the agent)
 
     # --------------------------------------------------------------- the gate
 
@@ -228,6 +229,8 @@ class Mesh:
                 items: list[InboxItem] = await self._agent.mesh_poll.remote(
                     self.name, _POLL_WAIT, self._consumed
                 )
+                if items and items[0].life != self._life:  # a restarted agent's inbox
+                    self._life, self._consumed = items[0].life, 0
                 self._buffer.extend(i for i in items if i.seq > self._consumed)
             while self._buffer and not self._left:
                 item = self._buffer.popleft()
@@ -264,9 +267,13 @@ class Mesh:
         except Exception:
             log.warning("mesh member %s: could not give its name back", self.name, exc_info=True)
             rest = []
-        seen = {i.seq for i in left}
-        left += [i for i in rest or [] if i.seq > self._consumed and i.seq not in seen]
-        return [self._message(i) for i in sorted(left, key=lambda i: i.seq)]
+        seen = {(i.life, i.seq) for i in left}
+        left += [
+            i
+            for i in rest or []
+            if (i.life != self._life or i.seq > self._consumed) and (i.life, i.seq) not in seen
+        ]
+        return [self._message(i) for i in left]
 
     def _check(self) -> None:
         if self._left:

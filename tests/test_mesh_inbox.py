@@ -131,3 +131,25 @@ async def test_the_agent_forgets_items_only_once_the_actor_has_taken_them(node: 
     assert await _take(node.handle, 1) == [3]  # this poll acknowledged 0..2
     assert node.mesh.core.pending("reader") == 1
     assert node.mesh.stats()["delivery"]["inbox_items"] == {"reader": 1}
+
+
+@pytest.mark.asyncio
+async def test_a_handle_follows_its_agents_next_life(node: Node) -> None:
+    await node.send(0, 1)
+    assert await _take(node.handle, 2) == [0, 1]
+    # The agent restarts (a new incarnation: seqs count from 1 again) and the handle is
+    # pointed at it, as supervision does.
+    net = MemoryNetwork()
+    strategy = Strategy(local_peer=Peer("n0", "mem://n0"), transport="memory")
+    agent = Agent(strategy, transport=net.transport("n0", bind="mem://n0"), incarnation=10**15)
+    await agent.start()
+    mesh = MeshNode(agent, MemoryDirectory(), rng=random.Random(2))
+    try:
+        mesh.register("reader")
+        node.fake.node = mesh
+        for value in (2, 3):
+            await mesh.send("writer", "reader", pickle.dumps(value), timeout=2)
+        assert await _take(node.handle, 2) == [2, 3]
+    finally:
+        await mesh.aclose()
+        await agent.aclose()

@@ -756,6 +756,7 @@ class Delivery:
             request=item.request,
             sender_node=item.sender_node,
             seq=endpoint.next_seq,
+            life=self.incarnation,
         )
         endpoint.next_seq += 1
         endpoint.items.append(item)

@@ -119,3 +119,6 @@ class InboxItem:
     sender_node: NodeId = ""
     seq: int = 0
     """Position in the actor's inbox (from 1): what the actor acknowledges."""
+    life: int = 0
+    """The incarnation of the node whose inbox holds it: seqs count from 1 again in an agent's
+    next life, so a consumer that sees a new ``life`` starts counting again."""
