@@ -179,8 +179,9 @@ class Mesh:
           generals' problem): retry with the same ``key``.
 
         ``key``: an idempotency key (at most 128 printable chars). The target's node remembers
-        each delivered ``(sender, target, key)`` for ``key_retention`` (10 minutes by default)
-        and acknowledges a repeat without delivering it again."""
+        the first outcome of ``(sender, target, key)`` for ``key_retention`` (10 minutes by
+        default) and answers every later send with that key the same way, never delivering it
+        twice; a key that was refused stays refused (use a new key to try again)."""
         self._check()
         try:
             await self._agent.mesh_send.remote(self.name, name, _dump(payload), timeout, key or "")

@@ -252,9 +252,10 @@ class MeshNode:
     ) -> PathKind:
         """Deliver ``payload`` to actor ``dst`` at most once; returns the kind of path it took
         once the target node acknowledged it, or raises :class:`DeliveryError` (its ``outcome``
-        says *not delivered* or *unknown*). ``key``: an idempotency key; a repeat with the same
-        key (from ``src`` to ``dst``, within the target's ``key_retention``) is acknowledged
-        without a second delivery, so an *unknown* outcome can be retried safely."""
+        says *not delivered* or *unknown*). ``key``: an idempotency key; a send with a key seen
+        before (from ``src`` to ``dst``, within the target's ``key_retention``) gets the first
+        outcome again without a second delivery, so an *unknown* outcome can be retried
+        safely."""
         path = self.path_kind(dst) if not self._closed else "routed"
         await self._operate(src, dst, payload, timeout=timeout, kind=kind, key=key)
         self.counters[f"send.{path}"] += 1

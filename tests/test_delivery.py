@@ -4,6 +4,7 @@ bounds of its messages."""
 
 from __future__ import annotations
 
+import heapq
 import random
 from dataclasses import dataclass, field
 
@@ -246,6 +247,35 @@ def test_lost_ack_is_unknown_and_a_retry_with_the_same_key_is_not_delivered_twic
     assert w.payloads("b", "actor-b") == [b"pay 10", b"pay 20"]
 
 
+def test_a_keys_first_outcome_answers_every_later_copy_even_a_late_one() -> None:
+    w = pair(dedup_capacity=1)
+    w.send("a", "b", "actor-b", b"fills the id memory", timeout=30)
+    w.run()
+    w.drop = {MeshSend}  # every copy of the first keyed attempt is held up
+    first = w.send("a", "b", "actor-b", b"pay", timeout=1, key="inv-9")
+    w.advance(1.5)
+    assert w.results[("a", first)] == Failed(first, "unknown", "timeout")
+    w.drop = set()
+    again = w.send("a", "b", "actor-b", b"pay", timeout=1, key="inv-9")
+    w.run()
+    assert w.results[("a", again)] == Failed(again, "not_delivered", "busy")
+    # A copy of the first attempt, held in the network until now, meets the same answer.
+    late = MeshSend(
+        msg_id=first,
+        incarnation=1,
+        attempt=1,
+        horizon_ms=500,
+        src_name="actor-a",
+        dst_name="actor-b",
+        kind="send",
+        key="inv-9",
+        payload=b"pay",
+    )
+    w.advance(45, step=5)  # the id memory has room again; the key still answers
+    w.apply("b", w.nodes["b"].receive("a", late, now=w.now))
+    assert w.payloads("b", "actor-b") == [b"fills the id memory"]
+
+
 def test_no_route_before_any_copy_left_is_not_delivered() -> None:
     w = pair()
     ref = w.send("a", "nowhere", "actor-x", timeout=2)
@@ -393,3 +423,119 @@ def test_remote_garbage_is_counted_never_raised(  # noqa: PLR0917 - hypothesis a
     assert core.receive("a", ack, now=1.0) == []
     assert core.receive("a", object(), now=1.0) == []
     assert core.counters["dropped.unknown_message"] >= 1
+
+
+# --- histories under loss, duplication, reordering, delay and sender restarts ------------------
+
+
+def _history(seed: int) -> None:  # one world, read top to bottom
+    rng = random.Random(seed)
+    small = DeliveryConfig(
+        inbox_capacity=rng.choice([3, 10_000]), dedup_capacity=rng.choice([8, 10_000])
+    )
+    nodes = {n: Delivery(n, small, rng=random.Random(n), incarnation=1) for n in ("a", "b", "c")}
+    nodes["b"].register("actor-b")
+    lives = {"a": 1, "c": 1}
+    heap: list[tuple[float, int, str, str, dl.DeliveryMessage]] = []
+    counter = 0
+    now = 0.0
+    ops: dict[tuple[str, int, int], tuple[str, str]] = {}  # (node, life, ref) -> (logical, key)
+    outcome: dict[tuple[str, int, int], Completed | Failed] = {}
+    delivered: dict[str, int] = {}  # logical message -> times it reached the actor
+    retried: set[tuple[str, int, int]] = set()
+    loss, dup = rng.choice([0.0, 0.1, 0.3]), rng.choice([0.0, 0.1, 0.3])
+
+    def apply(node: str, actions: list[dl.Action]) -> None:
+        nonlocal counter
+        for action in actions:
+            if isinstance(action, Route) and action.node not in nodes:
+                apply(
+                    node, nodes[node].route_failed(action.ref, action.attempt, "no_route", now=now)
+                )
+            elif isinstance(action, Route):
+                for _ in range(2 if rng.random() < dup else 1):
+                    if rng.random() < loss:
+                        continue
+                    counter += 1
+                    arrival = now + rng.uniform(0.0, 0.8)  # reorders copies and answers
+                    heapq.heappush(heap, (arrival, counter, node, action.node, action.message))
+            elif isinstance(action, Completed | Failed):
+                op = (node, lives.get(node, 1), action.ref)
+                assert op not in outcome, f"seed {seed}: {op} ended twice"
+                outcome[op] = action
+
+    def send(node: str, logical: str, key: str, target: str) -> None:
+        ref, actions = nodes[node].send(
+            f"actor-{node}", "actor-b", target, logical.encode(), now=now,
+            timeout=rng.uniform(0.3, 3.0), key=key,
+        )  # fmt: skip
+        ops[(node, lives[node], ref)] = (logical, key)
+        apply(node, actions)
+
+    for step in range(400):
+        now = step * 0.05
+        while heap and heap[0][0] <= now:
+            _, _, src, dst, message = heapq.heappop(heap)
+            apply(dst, nodes[dst].receive(src, message, now=now))
+        for name in sorted(nodes):
+            due = nodes[name].next_deadline()
+            if due is not None and due <= now:
+                apply(name, nodes[name].on_timer(now=now))
+        if step < 300 and rng.random() < 0.3:
+            sender = rng.choice(["a", "c"])
+            logical = f"{sender}-{step}"
+            target = "b" if rng.random() < 0.9 else "x"  # x: no route to it
+            send(sender, logical, rng.choice(["", f"k-{logical}"]), target)
+        if rng.random() < 0.01:  # a sender crashes and restarts: its operations end unanswered
+            sender = rng.choice(["a", "c"])
+            lives[sender] += 1
+            nodes[sender] = Delivery(sender, rng=random.Random(seed), incarnation=lives[sender])
+        if rng.random() < 0.3:
+            b = nodes["b"]
+            items = b.take("actor-b", limit=rng.randint(1, 5))
+            for item in items[: rng.randint(0, len(items))]:
+                delivered[item.payload.decode()] = delivered.get(item.payload.decode(), 0) + 1
+                b.ack("actor-b", item.seq)
+        # Retry unknown outcomes with the same key, as the contract tells callers to.
+        for op, action in sorted(outcome.items()):
+            logical, key = ops[op]
+            if (
+                isinstance(action, Failed)
+                and action.outcome == "unknown"
+                and key
+                and op[0] in lives
+                and op[1] == lives[op[0]]
+                and step < 300
+                and op not in retried
+            ):
+                retried.add(op)
+                send(op[0], logical, key, "b")  # the node that may have it
+    for _ in range(200):  # quiesce: every deadline passes, every frame lands
+        now += 0.1
+        while heap and heap[0][0] <= now:
+            _, _, src, dst, message = heapq.heappop(heap)
+            apply(dst, nodes[dst].receive(src, message, now=now))
+        for name in sorted(nodes):
+            apply(name, nodes[name].on_timer(now=now))
+    for item in nodes["b"].take("actor-b", limit=10**6):
+        delivered[item.payload.decode()] = delivered.get(item.payload.decode(), 0) + 1
+    assert all(n == 1 for n in delivered.values()), f"seed {seed}: delivered twice"
+    for op, (logical, key) in ops.items():
+        node, life, _ = op
+        ending = outcome.get(op)
+        if ending is None:
+            assert life != lives[node], f"seed {seed}: {op} never ended"
+        elif isinstance(ending, Completed):
+            assert delivered.get(logical) == 1, f"seed {seed}: {op} acknowledged, not delivered"
+        elif ending.outcome == "not_delivered":
+            if ending.reason == "busy" and not key and dup:
+                continue  # the stated limit: a network duplicate of a refused, unkeyed copy
+            assert logical not in delivered, (
+                f"seed {seed}: {op} not delivered ({ending.reason}, key {key!r}, "
+                f"loss {loss}, dup {dup}, {small}), yet delivered"
+            )
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_histories_keep_the_contract(seed: int) -> None:
+    _history(seed)

@@ -42,12 +42,14 @@ The rules this file keeps:
    ``busy``); one with a copy unaccounted is *unknown* (``timeout``). A request that was
    acknowledged but not answered is *unknown* (``no_reply``). Closing fails what is pending the
    same way, with the reason ``closed``.
-6. **Idempotency keys.** A send may carry a key; the receiver remembers ``(sender actor,
-   target actor, key)`` of each *delivered* keyed message for ``key_retention`` seconds (at most
-   ``key_capacity``; a keyed message that finds the table full is refused ``busy``), and answers
-   a repeat ``ok`` without delivering it. So a caller that got *unknown* may retry with the same
-   key within ``key_retention`` and the message is in the inbox at most once. A key whose first
-   message was not delivered is not remembered: the repeat is a fresh attempt.
+6. **Idempotency keys.** A send may carry a key; the receiver remembers the *first outcome*
+   of ``(sender actor, target actor, key)`` (delivered, or why not) for ``key_retention``
+   seconds (at most ``key_capacity`` keys; a new key that finds the table full is refused
+   ``busy`` and not remembered) and answers every later message with that key the same way,
+   without a second delivery. So a caller that got *unknown* may retry with the same key within
+   ``key_retention`` and the message is in the inbox at most once, and a *not delivered* answer
+   to a keyed message holds for every copy of every send with that key (even a late copy of an
+   earlier attempt). A key that was refused stays refused: send under a new key to try again.
 7. **Hand-over loses nothing.** Each actor's inbox numbers its items (``seq``). :meth:`take`
    lends items without removing them; :meth:`ack` removes them up to the last one the actor
    really consumed. A hand-over that fails (a lost poll reply, a consumer that stopped in the
@@ -64,7 +66,7 @@ The rules this file keeps:
 Known limits, stated in the README's delivery contract: a receiving node that restarts forgets
 its dedup and key memory (a copy retried into its new life may be delivered again); a copy held
 in the network longer than ``dedup_slack`` past its sender's deadline, or a network that
-duplicates a copy that was refused ``busy``, can be delivered after the sender gave up.
+duplicates an unkeyed copy that was refused ``busy``, can be delivered after the sender gave up.
 
 Counters (``counters``): ``send.<kind>``, ``send.local``, ``send.retried``, ``send.ok``,
 ``send.failed.<outcome>.<reason>``, ``deliver.<status>``, ``deliver.duplicate``,
@@ -291,7 +293,7 @@ class Delivery:
         self._timers: list[tuple[float, int]] = []  # (when, ref), lazily invalidated
         self._seen: dict[tuple[NodeId, int, int], tuple[str, float]] = {}  # -> (status, expiry)
         self._seen_heap: list[tuple[float, tuple[NodeId, int, int]]] = []
-        self._keys: dict[tuple[str, str, str], float] = {}  # -> expiry
+        self._keys: dict[tuple[str, str, str], tuple[str, float]] = {}  # -> (status, expiry)
         self._keys_heap: list[tuple[float, tuple[str, str, str]]] = []
         self._endpoints: dict[str, _Endpoint] = {}
 
@@ -706,26 +708,31 @@ class Delivery:
                 if expiry > seen[1]:
                     self._remember(dedup_key, seen[0], expiry)
                 return seen[0]
-            if len(self._seen) >= self.config.dedup_capacity:
-                self.counters["dedup.refused"] += 1
-                self.counters["deliver.busy"] += 1
-                return "busy"
         key = (m.src_name, m.dst_name, m.key) if m.key else None
         if key is not None and key in self._keys:
+            # A key answers every message that carries it with its first outcome; that needs
+            # no id memory of its own, so it is answered even when the id memory is full.
             self.counters["key.repeat"] += 1
-            status = "ok"
-        elif key is not None and len(self._keys) >= self.config.key_capacity:
+            status = self._keys[key][0]
+            if remember and len(self._seen) < self.config.dedup_capacity:
+                self._remember(dedup_key, status, expiry)
+            return status
+        if key is not None and len(self._keys) >= self.config.key_capacity:
             self.counters["key.refused"] += 1
             self.counters["deliver.busy"] += 1
             return "busy"
+        if remember and len(self._seen) >= self.config.dedup_capacity:
+            self.counters["dedup.refused"] += 1
+            self.counters["deliver.busy"] += 1
+            status = "busy"
         else:
             status = self._deliver(source, m, actions)
-            if status == "ok" and key is not None:
-                until = now + self.config.key_retention
-                self._keys[key] = until
-                heapq.heappush(self._keys_heap, (until, key))
-        if remember:
-            self._remember(dedup_key, status, expiry)
+            if remember:
+                self._remember(dedup_key, status, expiry)
+        if key is not None:
+            until = now + self.config.key_retention
+            self._keys[key] = (status, until)
+            heapq.heappush(self._keys_heap, (until, key))
         return status
 
     def _deliver(self, source: NodeId, m: MeshSend, actions: list[Action]) -> str:
@@ -781,7 +788,8 @@ class Delivery:
         keys = self._keys_heap
         while keys and keys[0][0] <= now:
             _, k = heapq.heappop(keys)
-            if self._keys.get(k, math.inf) <= now:
+            pinned = self._keys.get(k)
+            if pinned is not None and pinned[1] <= now:
                 del self._keys[k]
 
     # --- internals: misc -------------------------------------------------------------------------
