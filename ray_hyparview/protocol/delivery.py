@@ -68,6 +68,26 @@ its dedup and key memory (a copy retried into its new life may be delivered agai
 in the network longer than ``dedup_slack`` past its sender's deadline, or a network that
 duplicates an unkeyed copy that was refused ``busy``, can be delivered after the sender gave up.
 
+Driving it (the agent's :class:`~ray_hyparview.meshnode.MeshNode` does exactly this; a
+simulator does the same without asyncio):
+
+* ``ref, actions = send(src, dst, node, payload, now=, timeout=, kind=, key=)`` after resolving
+  the target actor's node; ``reply(item.request, payload, now=)`` for a request.
+* For each ``Route(node, message, ref, attempt)``: encode ``message`` (``ray_hyparview.wire``),
+  hand the bytes to the router (``frame_id, acts = router.route(node, data, now=)``) and keep
+  ``frame_id -> (ref, attempt)`` when ``ref``; on the router's ``Undeliverable(frame_id, reason)``
+  call ``route_failed(ref, attempt, reason, now=)``. A forgotten frame only makes an outcome
+  *unknown* instead of *not delivered*.
+* For the router's ``Arrived(source, payload)``: decode the payload and, if it is a
+  :class:`MeshSend`, :class:`MeshAck` or :class:`MeshReply`, call ``receive(source, message,
+  now=)``; count anything else. Publications delivered by Plumtree go to ``publication(...)``.
+* ``Completed(ref, reply)`` and ``Failed(ref, outcome, reason)`` end operation ``ref`` (exactly
+  one of them per ref, at the latest at its deadline); ``InboxReady(name)`` wakes a poller;
+  ``Missed(name, topic, origin)`` is worth a log line.
+* Hand-over: ``take(name, limit=)`` lends items, ``ack(name, seq)`` removes what the actor
+  consumed, ``unregister(name)`` returns what is left.
+* Call ``on_timer(now=)`` when ``next_deadline()`` is due; ``close(now=)`` when shutting down.
+
 Counters (``counters``): ``send.<kind>``, ``send.local``, ``send.retried``, ``send.ok``,
 ``send.failed.<outcome>.<reason>``, ``deliver.<status>``, ``deliver.duplicate``,
 ``dedup.refused``, ``dedup.expired``, ``key.repeat``, ``key.refused``, ``ack.ignored.<why>``,
