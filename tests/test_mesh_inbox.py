@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from ray_hyparview.agent import Agent
 from ray_hyparview.mesh import Mesh
-from ray_hyparview.meshnode import MemoryDirectory, MeshNode
+from ray_hyparview.meshnode import DeliveryError, MemoryDirectory, MeshNode
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.memory import MemoryNetwork
@@ -153,3 +153,16 @@ async def test_a_handle_follows_its_agents_next_life(node: Node) -> None:
     finally:
         await mesh.aclose()
         await agent.aclose()
+
+
+def test_delivery_error_keeps_its_outcome_through_pickle() -> None:
+    error = DeliveryError("timeout", "worker-7", "after 10 s", outcome="unknown")
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.reason, again.target, again.detail, again.outcome) == (
+        "timeout",
+        "worker-7",
+        "after 10 s",
+        "unknown",
+    )
+    assert "outcome unknown" in str(again)
+    assert DeliveryError("no_route").outcome == "not_delivered"
