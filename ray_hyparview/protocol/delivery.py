@@ -66,7 +66,10 @@ The rules this file keeps:
 Known limits, stated in the README's delivery contract: a receiving node that restarts forgets
 its dedup and key memory (a copy retried into its new life may be delivered again); a copy held
 in the network longer than ``dedup_slack`` past its sender's deadline, or a network that
-duplicates an unkeyed copy that was refused ``busy``, can be delivered after the sender gave up.
+duplicates an unkeyed copy that was refused ``busy``, can be delivered after the sender gave up;
+a receiver whose clock jumps forward by more than ``dedup_slack`` forgets ids early (the agent
+drives this core with a monotonic clock); a sender flooding a node can fill its id memory, and
+then everyone's new messages to that node are refused ``busy`` until ids expire.
 
 Driving it (the agent's :class:`~ray_hyparview.meshnode.MeshNode` does exactly this; a
 simulator does the same without asyncio):
