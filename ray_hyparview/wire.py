@@ -124,6 +124,7 @@ register(
         "incarnation": _MESH_INCARNATION,
         "attempt": _MESH_ATTEMPT,
         "horizon_ms": IntField(0, dl.MAX_HORIZON_MS),
+        "done_below": IntField(0, dl.MAX_ID),
         "src_name": _MESH_NAME,
         "dst_name": _MESH_NAME,
         "kind": StrField(16, min_len=1),

@@ -215,6 +215,39 @@ def test_a_retry_outliving_50000_other_messages_is_not_delivered_twice() -> None
     assert b.remembered() == 0
 
 
+def test_ids_the_sender_finished_are_forgotten_early_and_their_late_copies_turned_away() -> None:
+    w = pair()
+    w.drop = {MeshAck}
+    lost = w.send("a", "b", "actor-b", b"first", timeout=60)
+    w.run()
+    w.drop = set()
+    w.advance(0.5)  # the retry is answered from memory
+    assert w.results[("a", lost)] == Completed(lost)
+    late_copy = MeshSend(
+        msg_id=lost,
+        incarnation=1,
+        attempt=1,
+        horizon_ms=60_000,
+        src_name="actor-a",
+        dst_name="actor-b",
+        kind="send",
+        key="",
+        payload=b"first",
+    )
+    for i in range(100):
+        ref = w.send("a", "b", "actor-b", b"%d" % i, timeout=60)
+        w.run()
+        assert w.results[("a", ref)] == Completed(ref)
+    b = w.nodes["b"]
+    # Each copy says which ids its sender is done with: b keeps one id and one floor, not
+    # 101 ids for a minute each.
+    assert b.remembered() == 1
+    assert b.counters["dedup.released"] == 100
+    assert b.receive("a", late_copy, now=w.now) == []
+    assert b.counters["dedup.finished"] == 1
+    assert len(w.payloads("b", "actor-b")) == 101
+
+
 def test_a_full_dedup_memory_refuses_instead_of_forgetting() -> None:
     w = pair(dedup_capacity=2)
     refs = [w.send("a", "b", "actor-b", f"m{i}".encode(), timeout=30) for i in range(3)]

@@ -31,7 +31,12 @@ The rules this file keeps:
    until its own ``now + horizon + dedup_slack``, refreshed by every copy, so a copy the sender
    may still send is answered from memory, never delivered twice. The memory holds at most
    ``dedup_capacity`` ids; when it is full a new id is refused (NACK ``busy``, not delivered,
-   ``dedup.refused``), never made room for by forgetting a live id.
+   ``dedup.refused``), never made room for by forgetting a live id. Ids are released earlier
+   when their sender says it is done with them: each copy carries ``done_below``, the lowest id
+   its sender still has open; the receiver forgets that life's ids below it
+   (``dedup.released``) and keeps one *floor* per sender life instead, for as long as those ids
+   would have been kept, which turns away any late copy below it (``dedup.finished``: not
+   delivered, not answered; its sender already has its outcome).
 4. **Negative answers are remembered too.** ``unknown_name`` and ``inbox_full`` are final: the
    receiver remembers them like ``ok``, so every later copy gets the same answer and a sender
    that reported *not delivered* was right. ``busy`` is per copy (the receiver could not
@@ -316,6 +321,10 @@ class Delivery:
         self._timers: list[tuple[float, int]] = []  # (when, ref), lazily invalidated
         self._seen: dict[tuple[NodeId, int, int], tuple[str, float]] = {}  # -> (status, expiry)
         self._seen_heap: list[tuple[float, tuple[NodeId, int, int]]] = []
+        self._by_life: dict[tuple[NodeId, int], dict[int, None]] = {}  # ids in arrival order
+        self._floors: dict[tuple[NodeId, int], tuple[int, float]] = {}  # -> (floor, expiry)
+        self._floors_heap: list[tuple[float, tuple[NodeId, int]]] = []
+        self._open: list[int] = []  # refs of remote operations, lazily invalidated
         self._keys: dict[tuple[str, str, str], tuple[str, float]] = {}  # -> (status, expiry)
         self._keys_heap: list[tuple[float, tuple[str, str, str]]] = []
         self._endpoints: dict[str, _Endpoint] = {}
@@ -350,7 +359,8 @@ class Delivery:
         """When :meth:`on_timer` should run next (an early call is harmless)."""
         # Forgetting may be a little late (memory is only ever kept longer): one wake-up per
         # second at most for it, not one per id.
-        due = [h[0][0] + _FORGET_DELAY for h in (self._seen_heap, self._keys_heap) if h]
+        heaps = (self._seen_heap, self._keys_heap, self._floors_heap)
+        due = [h[0][0] + _FORGET_DELAY for h in heaps if h]
         if self._timers:
             due.append(self._timers[0][0])
         return min(due) if due else None
@@ -455,6 +465,7 @@ class Delivery:
             return ref, actions
         out = _Outgoing(ref, node, kind, message, deadline, now)
         self._outgoing[ref] = out
+        heapq.heappush(self._open, ref)
         self._transmit(out, now, actions)
         return ref, actions
 
@@ -615,6 +626,7 @@ class Delivery:
             incarnation=self.incarnation,
             attempt=min(out.attempts, MAX_ATTEMPT),
             horizon_ms=horizon,
+            done_below=self._done_below(),
             src_name=out.message.src_name,
             dst_name=out.message.dst_name,
             kind=out.kind,
@@ -624,6 +636,12 @@ class Delivery:
         out.next_retry = now + self.config.retry_interval
         heapq.heappush(self._timers, (min(out.next_retry, out.deadline), out.ref))
         actions.append(Route(out.target, copy, out.ref, copy.attempt))
+
+    def _done_below(self) -> int:
+        """The lowest id still open here: every id below it is finished."""
+        while self._open and self._open[0] not in self._outgoing:
+            heapq.heappop(self._open)
+        return self._open[0] if self._open else self._next_id
 
     @staticmethod
     def _maybe_delivered(out: _Outgoing) -> bool:
@@ -704,6 +722,7 @@ class Delivery:
             and _is_int(m.incarnation, 0, MAX_ID)
             and _is_int(m.attempt, 1, MAX_ATTEMPT)
             and _is_int(m.horizon_ms, 0, MAX_HORIZON_MS)
+            and _is_int(m.done_below, 0, MAX_ID)
             and _is_text(m.src_name, 1, MAX_NAME_LEN)
             and _is_text(m.dst_name, 1, MAX_NAME_LEN)
             and m.kind in KINDS
@@ -712,6 +731,15 @@ class Delivery:
             and len(m.payload) <= MAX_PAYLOAD
         ):
             self._drop("bad_send")
+            return
+        life = (source, m.incarnation)
+        if m.done_below:
+            self._release(life, m.done_below, now)
+        floor = self._floors.get(life)
+        if floor is not None and m.msg_id < floor[0]:
+            # Its sender has its answer or gave up: the copy can only be late. Not delivered,
+            # not answered (nobody waits for the answer).
+            self.counters["dedup.finished"] += 1
             return
         status = self._accept(source, m, now, remember=True, actions=actions)
         ack = MeshAck(msg_id=m.msg_id, incarnation=m.incarnation, attempt=m.attempt, status=status)
@@ -737,14 +765,14 @@ class Delivery:
             # no id memory of its own, so it is answered even when the id memory is full.
             self.counters["key.repeat"] += 1
             status = self._keys[key][0]
-            if remember and len(self._seen) < self.config.dedup_capacity:
+            if remember and not self._full():
                 self._remember(dedup_key, status, expiry)
             return status
         if key is not None and len(self._keys) >= self.config.key_capacity:
             self.counters["key.refused"] += 1
             self.counters["deliver.busy"] += 1
             return "busy"
-        if remember and len(self._seen) >= self.config.dedup_capacity:
+        if remember and self._full():
             self.counters["dedup.refused"] += 1
             self.counters["deliver.busy"] += 1
             status = "busy"
@@ -793,7 +821,12 @@ class Delivery:
         actions.append(InboxReady(endpoint.name))
         return True
 
+    def _full(self) -> bool:
+        return len(self._seen) + len(self._floors) >= self.config.dedup_capacity
+
     def _remember(self, key: tuple[NodeId, int, int], status: str, expiry: float) -> None:
+        if key not in self._seen:
+            self._by_life.setdefault((key[0], key[1]), {})[key[2]] = None
         self._seen[key] = (status, expiry)
         heapq.heappush(self._seen_heap, (expiry, key))
         if len(self._seen_heap) > 2 * len(self._seen) + 1024:  # refreshed ids leave stale rows
@@ -806,14 +839,49 @@ class Delivery:
             _, key = heapq.heappop(heap)
             seen = self._seen.get(key)
             if seen is not None and seen[1] <= now:
-                del self._seen[key]
+                self._forget(key)
                 self.counters["dedup.expired"] += 1
+        floors = self._floors_heap
+        while floors and floors[0][0] <= now:
+            _, life = heapq.heappop(floors)
+            floor = self._floors.get(life)
+            if floor is not None and floor[1] <= now:
+                del self._floors[life]
         keys = self._keys_heap
         while keys and keys[0][0] <= now:
             _, k = heapq.heappop(keys)
             pinned = self._keys.get(k)
             if pinned is not None and pinned[1] <= now:
                 del self._keys[k]
+
+    def _forget(self, key: tuple[NodeId, int, int]) -> None:
+        del self._seen[key]
+        life = (key[0], key[1])
+        ids = self._by_life.get(life)
+        if ids is not None:
+            ids.pop(key[2], None)
+            if not ids:
+                del self._by_life[life]
+
+    def _release(self, life: tuple[NodeId, int], below: int, now: float) -> None:
+        """The sender of ``life`` finished every id below ``below``: forget them now, and keep
+        one floor instead that turns away late copies for as long as their ids would have
+        been kept (rule 3 holds: no copy below the floor is ever delivered)."""
+        floor = self._floors.get(life)
+        if floor is not None and below <= floor[0]:
+            return
+        until = floor[1] if floor is not None else -math.inf
+        ids = self._by_life.get(life)
+        while ids:
+            msg_id = next(iter(ids))  # arrival order: an id that came early stays until expiry
+            if msg_id >= below:
+                break
+            until = max(until, self._seen[(life[0], life[1], msg_id)][1])
+            self._forget((life[0], life[1], msg_id))
+            self.counters["dedup.released"] += 1
+        if until > now:
+            self._floors[life] = (below, until)
+            heapq.heappush(self._floors_heap, (until, life))
 
     # --- internals: misc -------------------------------------------------------------------------
 

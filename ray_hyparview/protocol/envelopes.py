@@ -60,6 +60,9 @@ class MeshSend:
     """Which copy this is (from 1); the ACK echoes it."""
     horizon_ms: int
     """Milliseconds the sender may still retry this message (until its deadline)."""
+    done_below: int = 0
+    """Every id of the sender's life below this one is finished at the sender (answered, or
+    given up): the receiver may forget them now instead of at their horizon. 0: no news."""
     src_name: str
     """The sending actor's mesh name."""
     dst_name: str
