@@ -21,10 +21,16 @@ from ray_hyparview.codec import (
     default_codec,
     register,
 )
-from ray_hyparview.protocol import envelopes as dl
+from ray_hyparview.protocol import delivery_values as dl
 from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
-from ray_hyparview.protocol.envelopes import MAX_PAYLOAD, MeshAck, MeshPublish, MeshReply, MeshSend
+from ray_hyparview.protocol.delivery_values import (
+    MAX_PAYLOAD,
+    MeshAck,
+    MeshPublish,
+    MeshReply,
+    MeshSend,
+)
 
 __all__ = [
     "MAX_PAYLOAD",

@@ -109,10 +109,9 @@ import heapq
 import math
 import random
 from collections import Counter, deque
-from dataclasses import dataclass, field, fields
-from typing import Literal
+from dataclasses import dataclass, field
 
-from ray_hyparview.protocol.envelopes import (
+from ray_hyparview.protocol.delivery_values import (
     KINDS,
     MAX_ATTEMPT,
     MAX_HORIZON_MS,
@@ -121,14 +120,22 @@ from ray_hyparview.protocol.envelopes import (
     MAX_NAME_LEN,
     MAX_PAYLOAD,
     STATUSES,
+    Action,
+    Completed,
+    DeliveryConfig,
     DeliveryMessage,
+    DeliveryUsageError,
+    Failed,
     InboxItem,
+    InboxReady,
     MeshAck,
     MeshPublish,
     MeshReply,
     MeshSend,
+    Missed,
+    Outcome,
+    Route,
 )
-from ray_hyparview.protocol.errors import ConfigError, HyParViewError
 from ray_hyparview.protocol.peer import NodeId
 
 __all__ = [
@@ -159,106 +166,6 @@ __all__ = [
 ]
 
 _FORGET_DELAY = 1.0
-
-Outcome = Literal["not_delivered", "unknown"]
-"""How a failure ended: nothing was or ever will be delivered, or it cannot be known."""
-
-
-class DeliveryUsageError(HyParViewError, ValueError):
-    """The local caller passed a bad argument (a bad name, payload, timeout or key)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeliveryConfig:
-    """Timers and bounds of the delivery protocol, validated on construction."""
-
-    retry_interval: float = 0.5
-    """Seconds between two copies of an unanswered message."""
-
-    max_timeout: float = 3600.0
-    """Longest deadline a sender may set, in seconds (at most one day, what the wire carries)."""
-
-    dedup_slack: float = 10.0
-    """Seconds a receiver keeps an id beyond the sender's horizon: covers a copy's time in the
-    network and clock-rate differences."""
-
-    dedup_capacity: int = 100_000
-    """Most ids remembered; a new id that finds the memory full is refused ``busy``."""
-
-    inbox_capacity: int = 10_000
-    """Most items in one actor's inbox, lent ones included."""
-
-    key_retention: float = 600.0
-    """Seconds a delivered idempotency key is remembered."""
-
-    key_capacity: int = 100_000
-    """Most idempotency keys remembered; a keyed message that finds the table full is refused
-    ``busy``."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{f.name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"{f.name} must be finite and greater than 0, got {value!r}")
-        for name in ("dedup_capacity", "inbox_capacity", "key_capacity"):
-            if not isinstance(getattr(self, name), int):
-                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
-        if self.max_timeout > MAX_HORIZON_MS / 1000:
-            raise ConfigError(f"max_timeout must be at most {MAX_HORIZON_MS / 1000:g} s")
-
-
-# --- messages (registered with the codec in ray_hyparview.wire) -----------------------------
-# --- actions -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Route ``message`` to ``node``. When routing reports the frame undeliverable, call
-    :meth:`Delivery.route_failed` with ``ref`` and ``attempt`` (both 0: nothing to report)."""
-
-    node: NodeId
-    message: DeliveryMessage
-    ref: int = 0
-    attempt: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    """Operation ``ref`` succeeded: a send was delivered, or a request answered with ``reply``."""
-
-    ref: int
-    reply: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """Operation ``ref`` failed; ``outcome`` says whether a copy may have been delivered."""
-
-    ref: int
-    outcome: Outcome
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class InboxReady:
-    """Actor ``name`` has something to take."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Missed:
-    """A publication on ``topic`` could not go into ``name``'s full inbox."""
-
-    name: str
-    topic: str
-    origin: NodeId
-
-
-Action = Route | Completed | Failed | InboxReady | Missed
-"""What the delivery core asks of its driver."""
 
 
 @dataclass(slots=True)
