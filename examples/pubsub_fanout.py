@@ -161,7 +161,8 @@ def main() -> int:
                 f"  {n[:8]}  {per_node[n]:4d}  {delta(n, 'plumtree.delivered'):7d}  "
                 f"{delta(n, 'plumtree.duplicate'):6d}  {delta(n, 'plumtree.sent.Gossip'):5d}  "
                 f"{delta(n, 'plumtree.sent.IHave'):5d}  {delta(n, 'plumtree.sent.Graft'):5d}  "
-                f"{delta(n, 'plumtree.sent.Prune'):5d}  {delta(n, 'mesh.publish.delivered'):10d}"
+                f"{delta(n, 'plumtree.sent.Prune'):5d}  "
+                f"{delta(n, 'delivery.publish.delivered'):10d}"
             )
         eager = sum(delta(n, "plumtree.sent.Gossip") for n in nodes)
         say(

@@ -36,14 +36,16 @@ class _Worker:
         return str(self.m.node_id)
 
     async def send_all(self, names: list[str]) -> dict[str, str]:
-        """Send to every name; the outcome of each: ok, or why it was not delivered."""
+        """Send to every name; the outcome of each: ok, why it was not delivered, or
+        ``unknown/<reason>`` when it may have been (its acknowledgement lost)."""
         outcome = {}
         for name in names:
             try:
                 await self.m.send(name, f"hello {name}, from {self.m.name}", timeout=6.0)
                 outcome[name] = "ok"
             except mesh.DeliveryError as exc:
-                outcome[name] = exc.reason
+                known = exc.outcome == "not_delivered"
+                outcome[name] = exc.reason if known else f"unknown/{exc.reason}"
         return outcome
 
     async def ask(self, name: str, question: str) -> Any:
@@ -53,7 +55,9 @@ class _Worker:
         await self.m.publish("news", text)
 
     async def serve(self, count: int) -> list[tuple[str, str]]:
-        """Take ``count`` messages from the inbox, answering requests; return (kind, sender)."""
+        """Take ``count`` messages from the inbox, answering requests; return (kind, sender).
+        Leaving the loop early loses nothing: the next ``inbox()`` starts where this one
+        stopped."""
         seen = []
         async for message in self.m.inbox():
             if message.kind == "request":

@@ -375,7 +375,7 @@ class Agent:
                 await coro
                 return
             except Exception as exc:
-                self._contained_error("service", f"service {name}", exc)
+                self.report_error("service", f"service {name}", exc)
             if not callable(service) or self._closing:
                 return
             if time.monotonic() - started >= _RESTART_MAX:
@@ -392,9 +392,11 @@ class Agent:
         try:
             yield
         except Exception as exc:
-            self._contained_error(where, what or where, exc)
+            self.report_error(where, what or where, exc)
 
-    def _contained_error(self, where: str, what: str, exc: BaseException) -> None:
+    def report_error(self, where: str, what: str, exc: BaseException) -> None:
+        """Count ``exc`` under ``errors.<where>`` and log it within the agent's rate limit: for
+        services that catch their own failures (the mesh's timer loop)."""
         self.counters["errors." + where] += 1
         node = self._core.myself.id if self._core is not None else self.strategy.local_peer.id
         self._error_log.error(node, where, what, exc)
@@ -557,7 +559,7 @@ class Agent:
                         data = self._codec.encode(message)
                     except EncodeError as exc:
                         # Only this message is lost; the PeerUp/PeerDown after it still count.
-                        self._contained_error("encode", f"encoding {type(message).__name__}", exc)
+                        self.report_error("encode", f"encoding {type(message).__name__}", exc)
                         continue
                     self._count_send(type(message).__name__, len(data))
                     if not transport.send(to, data):

@@ -401,23 +401,25 @@ class _NodeAgent:
         self._mesh().register(name)
         return await self.mesh_view()
 
-    async def mesh_unregister(self, name: str) -> None:
-        self._mesh().unregister(name)
+    async def mesh_unregister(self, name: str, ack: int | None = None) -> list[Any]:
+        return self._mesh().unregister(name, ack=ack)
 
     async def mesh_view(self) -> list[NodeId]:
         return [p.id for p in self._service.agent.active_view]
 
-    async def mesh_send(self, src: str, dst: str, payload: bytes, timeout: float) -> str:
-        return await self._mesh().send(src, dst, payload, timeout=timeout)
+    async def mesh_send(
+        self, src: str, dst: str, payload: bytes, timeout: float, key: str = ""
+    ) -> str:
+        return await self._mesh().send(src, dst, payload, timeout=timeout, key=key)
 
     async def mesh_request(self, src: str, dst: str, payload: bytes, timeout: float) -> bytes:
         return await self._mesh().request(src, dst, payload, timeout=timeout)
 
-    async def mesh_reply(self, request: tuple[NodeId, int], payload: bytes) -> None:
+    async def mesh_reply(self, request: tuple[NodeId, int, int], payload: bytes) -> None:
         await self._mesh().reply(tuple(request), payload)  # type: ignore[arg-type]
 
-    async def mesh_poll(self, name: str, wait: float) -> list[Any]:
-        return await self._mesh().poll(name, wait=wait)
+    async def mesh_poll(self, name: str, wait: float, ack: int | None = None) -> list[Any]:
+        return await self._mesh().poll(name, wait=wait, ack=ack)
 
     async def mesh_subscribe(self, name: str, topic: str) -> None:
         self._mesh().subscribe(name, topic)

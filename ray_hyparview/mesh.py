@@ -3,17 +3,24 @@
 From inside any Ray actor (sync or async methods; the calls are coroutines)::
 
     m = await ray_hyparview.mesh.join("worker-3")       # cluster-unique name
-    await m.send("worker-7", {"any": "picklable"})      # exactly once, or DeliveryError
+    await m.send("worker-7", {"any": "picklable"})      # delivered once, or DeliveryError
     answer = await m.request("worker-7", query, timeout=5.0)
     m.subscribe("news"); await m.publish("news", item)  # Plumtree broadcast
     async for message in m.inbox(): ...                 # sends, requests, publications
     m.allowed(node_id); m.channel("worker-7").kind      # the gate: local, direct or routed
-    await m.leave()
+    left = await m.leave()                              # what the inbox still held
 
 Everything goes through the agent actor of the caller's own node (a same-node call); agents
 carry it over their active-view links only. See :mod:`ray_hyparview.meshnode` for how delivery,
 acknowledgement and routing work, and why this keeps a node's cross-node connections at its
-active-view size.
+active-view size, and :mod:`ray_hyparview.protocol.delivery` for the delivery rules; the README's
+"Delivery contract" states what is promised under which faults.
+
+Hand-over to this actor loses nothing: the agent lends inbox items (numbered) and removes them
+only when a later poll acknowledges the last one this handle actually yielded. Items fetched but
+not yet yielded (a consumer that ``break``s out of :meth:`Mesh.inbox`) stay in the handle, where
+the next ``inbox()`` yields them first; :meth:`Mesh.leave` returns whatever is still undelivered.
+One consumer per handle: two concurrent ``inbox()`` loops would each see the same items.
 
 If the node's agent dies (``ray.kill``, a crash, memory), the cluster plugin starts a new one
 on the node within seconds, and every :class:`Mesh` of the node re-attaches to it by itself:
@@ -35,6 +42,7 @@ import asyncio
 import contextlib
 import logging
 import pickle
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -76,7 +84,7 @@ def _clean(exc: DeliveryError) -> DeliveryError:
     """A plain DeliveryError, without Ray's task-error wrapping around it."""
     if type(exc) is DeliveryError:
         return exc  # raised here, not by the agent (agent_restarted)
-    return DeliveryError(exc.reason, exc.target, exc.detail)
+    return DeliveryError(exc.reason, exc.target, exc.detail, exc.outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +99,7 @@ class Message:
     """For ``publish``: the topic."""
     sender_node: NodeId = ""
     _mesh: Mesh | None = field(default=None, repr=False, compare=False)
-    _request: tuple[NodeId, int] | None = field(default=None, repr=False, compare=False)
+    _request: tuple[NodeId, int, int] | None = field(default=None, repr=False, compare=False)
 
     async def reply(self, payload: Any) -> None:
         """Answer a ``request`` (routed back to the requester; a lost reply shows up there as
@@ -142,6 +150,9 @@ class Mesh:
         self._attaching = asyncio.Lock()
         self.reattached = 0
         """How many times this handle moved to a replacement of its node's agent."""
+        self._buffer: deque[InboxItem] = deque()  # fetched, not yet yielded
+        self._consumed = 0  # seq of the last item yielded: what the next poll acknowledges
+        self._life = 0  # the agent life those seqs count in (they restart with the agent)
 
     # --------------------------------------------------------------- the gate
 
@@ -172,17 +183,35 @@ class Mesh:
 
     # --------------------------------------------------------------- messaging
 
-    async def send(self, name: str, payload: Any, *, timeout: float = 10.0) -> None:
-        """Deliver ``payload`` to actor ``name`` exactly once, or raise :class:`DeliveryError`
-        (``unknown_name``, ``no_route``, ``hop_limit``, ``inbox_full``, ``timeout``)."""
+    async def send(
+        self, name: str, payload: Any, *, timeout: float = 10.0, key: str | None = None
+    ) -> None:
+        """Deliver ``payload`` to actor ``name``: returns once the target's node put it in the
+        target's inbox (at most once), or raises :class:`DeliveryError`:
+
+        * ``outcome == "not_delivered"``: it was not and will not be delivered
+          (``unknown_name``, ``no_route``, ``hop_limit``, ``inbox_full``, ``busy``, ``closed``);
+        * ``outcome == "unknown"``: the deadline passed after a copy left; it may have been
+          delivered and the acknowledgement lost (``timeout``). Nothing can tell (the two
+          generals' problem): retry with the same ``key``.
+
+        ``key``: an idempotency key (at most 128 printable chars). The target's node remembers
+        the first outcome of ``(sender, target, key)`` for ``key_retention`` (10 minutes by
+        default) and answers every later send with that key the same way, never delivering it
+        twice; a key that was refused stays refused (use a new key to try again)."""
         self._check()
         try:
-            await self._call("mesh_send", self.name, name, _dump(payload), timeout, carries=name)
+            await self._call(
+                "mesh_send", self.name, name, _dump(payload), timeout, key or "", carries=name
+            )
         except DeliveryError as exc:
             raise _clean(exc) from None
 
     async def request(self, name: str, payload: Any, *, timeout: float = 10.0) -> Any:
-        """Send a request to ``name`` and return its reply; :class:`DeliveryError` otherwise."""
+        """Send a request to ``name`` and return its reply; :class:`DeliveryError` otherwise.
+        The request is delivered at most once; an ``unknown`` outcome (``timeout``, or
+        ``no_reply`` when it was delivered but the reply did not come back in time) may mean
+        the target has handled it."""
         self._check()
         try:
             data = await self._call(
@@ -205,36 +234,71 @@ class Mesh:
         self._agent.mesh_unsubscribe.remote(self.name, topic)
 
     async def publish(self, topic: str, payload: Any) -> None:
-        """Broadcast to every subscriber of ``topic`` in the cluster, once each."""
+        """Broadcast to every subscriber of ``topic`` in the cluster, at most once each. Not
+        acknowledged: a subscriber cut off by a partition misses it, and one whose inbox is full
+        misses it with a count (``delivery.publish.inbox_full``, ``missed_publications`` in the
+        agent's mesh stats) and a logged warning."""
         self._check()
         await self._call("mesh_publish", self.name, topic, _dump(payload), carries=topic)
 
     async def inbox(self) -> AsyncIterator[Message]:
-        """Everything that arrives for this actor, in arrival order, until :meth:`leave`."""
-        while not self._left:
-            items: list[InboxItem] = await self._call("mesh_poll", self.name, _POLL_WAIT)
-            for item in items:
-                yield Message(
-                    kind=item.kind,
-                    sender=item.sender,
-                    payload=pickle.loads(item.payload),
-                    topic=item.topic,
-                    sender_node=item.sender_node,
-                    _mesh=self,
-                    _request=item.request,
-                )
+        """Everything that arrives for this actor, in arrival order, until :meth:`leave`.
 
-    async def leave(self) -> None:
-        """Give the name back and stop. Idempotent."""
+        Leaving the loop early loses nothing: the rest of a fetched batch stays in this handle
+        and the next ``inbox()`` yields it first; the agent forgets an item only when a later
+        poll acknowledges it as yielded. A failed poll is raised here and its items come again
+        with the next poll."""
+        while not self._left:
+            if not self._buffer:
+                items: list[InboxItem] = await self._call(
+                    "mesh_poll", self.name, _POLL_WAIT, self._consumed
+                )
+                if items and items[0].life != self._life:  # a restarted agent's inbox
+                    self._life, self._consumed = items[0].life, 0
+                self._buffer.extend(i for i in items if i.seq > self._consumed)
+            while self._buffer and not self._left:
+                item = self._buffer.popleft()
+                if item.life == self._life:  # not an item fetched from a dead agent
+                    self._consumed = item.seq
+                yield self._message(item)
+
+    def _message(self, item: InboxItem) -> Message:
+        return Message(
+            kind=item.kind,
+            sender=item.sender,
+            payload=pickle.loads(item.payload),
+            topic=item.topic,
+            sender_node=item.sender_node,
+            _mesh=self,
+            _request=item.request,
+        )
+
+    async def leave(self) -> list[Message]:
+        """Give the name back and stop. Returns the messages that arrived for this actor but
+        were never yielded by :meth:`inbox` (their senders were told they were delivered, so
+        they are handed over here rather than dropped; requests among them can still be
+        answered). Idempotent: a second call returns ``[]``."""
         if self._left:
-            return
+            return []
         self._left = True
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-        with contextlib.suppress(Exception):
-            await self._agent.mesh_unregister.remote(self.name)
+        left: list[InboxItem] = list(self._buffer)
+        self._buffer.clear()
+        try:
+            rest = await self._agent.mesh_unregister.remote(self.name, self._consumed)
+        except Exception:
+            log.warning("mesh member %s: could not give its name back", self.name, exc_info=True)
+            rest = []
+        seen = {(i.life, i.seq) for i in left}
+        left += [
+            i
+            for i in rest or []
+            if (i.life != self._life or i.seq > self._consumed) and (i.life, i.seq) not in seen
+        ]
+        return [self._message(i) for i in left]
 
     # --------------------------------------------------------------- the agent and its successors
 
@@ -273,6 +337,9 @@ class Mesh:
             agent, view = await _attach(self.node_id, self.name, _REATTACH_WAIT, dead)
             self._agent = agent
             self._view = frozenset(view)
+            # The new agent numbers its inbox from 1 again: acknowledge nothing of it yet
+            # (items still buffered from the dead one are yielded all the same).
+            self._life, self._consumed = 0, 0
             for topic in sorted(self._topics):
                 agent.mesh_subscribe.remote(self.name, topic)
             self.reattached += 1
@@ -350,7 +417,5 @@ class _NoAgent(Exception):
 
 
 def _agent_restarted(target: str, detail: str) -> DeliveryError:
-    error = DeliveryError("agent_restarted", target, detail)
-    # Outcome unknown (see Mesh._call). Until DeliveryError takes outcome=..., set it here.
-    error.__dict__["outcome"] = "unknown"
-    return error
+    # Outcome unknown (see Mesh._call): it may have been delivered before the agent died.
+    return DeliveryError("agent_restarted", target, detail, "unknown")

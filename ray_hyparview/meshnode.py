@@ -17,38 +17,45 @@ connections a node holds are exactly its active view, whatever the actors do. Th
 When a peer goes down, direct channels to it close (the libcluster ``disconnect_nodes``): the
 next message to that node is routed around the failure, or fails with a reason.
 
-Delivery. ``send`` is acknowledged end to end: the target node answers ACK (delivered), or a
-NACK with the reason (``unknown_name``, ``inbox_full``); the router reports ``no_route`` or
-``hop_limit``; silence becomes ``timeout``. The sender retries the same message id every
-``retry_interval`` until the deadline, and the target remembers recent ids, so a message that
-was delivered but whose ACK was lost is acknowledged again, never delivered twice: exactly once
-while both ends live, and a :class:`DeliveryError` otherwise. Never a silent loss.
+Delivery. Every rule of it (ids that carry the sender's incarnation, ACKs, retries until the
+deadline, dedup by time, refusals, request/reply matching, idempotency keys, the inboxes and
+their poll-and-ack hand-over) lives in the pure core :mod:`ray_hyparview.protocol.delivery`,
+whose module comment states them and whose contract the README repeats. This shell only
+resolves names, turns the core's actions into frames and futures, and moves bytes: a send ends
+in its future's result, or in a :class:`DeliveryError` whose ``outcome`` says whether the
+message was certainly *not delivered* or its fate is *unknown*.
 
 Names. An actor registers a cluster-unique name; a :class:`Directory` maps names to nodes (the
 Ray GCS key-value store in a cluster, a dict in tests). Lookups are cached briefly and the cache
 entry is dropped when the target node says it no longer knows the name.
+
+Failures of this node's own code: a handler or timer that raises costs one counted, logged
+error (``errors.timer``, ``errors.handler``); the timer loop goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
-from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+import sys
+from collections import Counter
 from typing import Any, Literal, Protocol
 
 from ray_hyparview.agent import Agent, Event
+from ray_hyparview.codec import DecodeError
+from ray_hyparview.protocol import delivery as dl
 from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
+from ray_hyparview.protocol.delivery import DeliveryConfig, DeliveryUsageError, InboxItem, Outcome
 from ray_hyparview.protocol.errors import HyParViewError
 from ray_hyparview.protocol.messages import PeerDown, PeerUp
 from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.wire import MeshAck, MeshPublish, MeshReply, MeshSend, wire_codec
 
 __all__ = [
+    "DeliveryConfig",
     "DeliveryError",
     "Directory",
     "DuplicateName",
@@ -62,26 +69,44 @@ log = logging.getLogger("ray_hyparview.mesh")
 
 PathKind = Literal["local", "direct", "routed"]
 
-_RETRY_INTERVAL = 0.5
 _NAME_CACHE_TTL = 2.0
-_SEEN_MAX = 50_000
-_INBOX_MAX = 10_000
+_FRAMES_MAX = 50_000
 _MERGE_CHECK = 1.0
 _MERGE_MAX_DELAY = 60.0
+_ERROR_PAUSE = 0.05
 
 
 class DeliveryError(HyParViewError, RuntimeError):
-    """A message could not be delivered; ``reason`` says why."""
+    """A message was not delivered, or its fate cannot be known; ``outcome`` says which.
 
-    def __init__(self, reason: str, target: str = "", detail: str = "") -> None:
+    * ``outcome == "not_delivered"``: no copy reached the target actor and none ever will
+      (``reason``: ``unknown_name``, ``no_route`` or ``hop_limit`` before any copy left,
+      ``inbox_full``, ``busy`` when the target node refused, ``closed``). Retrying is safe.
+    * ``outcome == "unknown"``: the deadline passed after a copy left; it may have been
+      delivered and only its acknowledgement lost (``reason``: ``timeout``; ``no_reply`` for a
+      request that was delivered but not answered; ``closed``). No protocol can tell these apart
+      (the two generals' problem). Retry with the same idempotency key (``send(..., key=)``)
+      to make sure the message is in the inbox at most once.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        target: str = "",
+        detail: str = "",
+        outcome: Outcome = "not_delivered",
+    ) -> None:
         self.reason = reason
         self.target = target
         self.detail = detail
+        self.outcome: Outcome = outcome
         text = f"could not deliver to {target!r}: {reason}" if target else reason
+        if outcome == "unknown":
+            text += ", outcome unknown"
         super().__init__(f"{text} ({detail})" if detail else text)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (DeliveryError, (self.reason, self.target, self.detail))
+        return (DeliveryError, (self.reason, self.target, self.detail, self.outcome))
 
 
 class DuplicateName(HyParViewError, ValueError):
@@ -117,37 +142,6 @@ class MemoryDirectory:
             del self._names[name]
 
 
-@dataclass(frozen=True, slots=True)
-class InboxItem:
-    """One thing that arrived for an actor."""
-
-    kind: Literal["send", "request", "publish"]
-    sender: str
-    """The sending actor's name (for ``publish``: the publisher's name)."""
-    payload: bytes
-    topic: str = ""
-    request: tuple[NodeId, int] | None = None
-    """For ``request``: where the reply goes (requester node, request id)."""
-    sender_node: NodeId = ""
-
-
-@dataclass(slots=True)
-class _Endpoint:
-    name: str
-    inbox: asyncio.Queue[InboxItem] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=_INBOX_MAX)
-    )
-    topics: set[str] = field(default_factory=set)
-
-
-@dataclass(slots=True)
-class _Outgoing:
-    message: MeshSend
-    target_node: NodeId
-    future: asyncio.Future[str]
-    last_reason: str = "timeout"
-
-
 class MeshNode:
     """The mesh service of one agent. Create it after the agent started; :meth:`aclose` it
     before the agent closes."""
@@ -159,6 +153,7 @@ class MeshNode:
         *,
         routing: rt.RoutingConfig | None = None,
         plumtree: pt.PlumtreeConfig | None = None,
+        delivery: DeliveryConfig | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.agent = agent
@@ -171,15 +166,15 @@ class MeshNode:
         self.tree = pt.Plumtree(
             self.node_id, plumtree, rng=random.Random(rng.random()), incarnation=agent.incarnation
         )
+        self.core = dl.Delivery(
+            self.node_id, delivery, rng=random.Random(rng.random()), incarnation=agent.incarnation
+        )
         self.counters: Counter[str] = Counter()
         self._codec = wire_codec()
-        self._endpoints: dict[str, _Endpoint] = {}
         self._names: dict[str, tuple[NodeId, float]] = {}
-        self._outgoing: dict[int, _Outgoing] = {}
-        self._frames: dict[int, int] = {}  # router frame id -> mesh message id
-        self._requests: dict[int, asyncio.Future[bytes]] = {}
-        self._seen: OrderedDict[tuple[NodeId, int], str] = OrderedDict()
-        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[asyncio.Future[bytes | None], str]] = {}
+        self._frames: dict[int, tuple[int, int]] = {}  # router frame id -> (ref, attempt)
+        self._ready: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._closed = False
         self._unreachable: dict[NodeId, float] = {}
@@ -191,21 +186,35 @@ class MeshNode:
         for tree_type in (pt.Gossip, pt.IHave, pt.Graft, pt.Prune):
             agent.add_handler(tree_type, self._on_plumtree)
         self._unsubscribe = agent.subscribe(self._on_membership)
-        self._task = agent.spawn(self._timer_loop(), name=f"mesh-timer-{self.node_id}")
+        self._task = agent.spawn(self._timer_loop, name=f"mesh-timer-{self.node_id}")
 
     # ------------------------------------------------------------------ names
 
     def register(self, name: str) -> None:
         """Register an actor under a cluster-unique ``name``."""
-        if not isinstance(name, str) or not name or len(name) > 200:
+        if not isinstance(name, str) or not name or len(name) > dl.MAX_NAME_LEN:
             raise ValueError(f"a mesh name is a non-empty string of at most 200 chars: {name!r}")
-        if name in self._endpoints or not self.directory.claim(name, self.node_id):
+        if self.core.registered(name) or not self.directory.claim(name, self.node_id):
             raise DuplicateName(f"the name {name!r} is already registered in the cluster")
-        self._endpoints[name] = _Endpoint(name)
-
-    def unregister(self, name: str) -> None:
-        if self._endpoints.pop(name, None) is not None:
+        try:
+            self.core.register(name)
+        except DeliveryUsageError:
             self.directory.release(name, self.node_id)
+            raise
+
+    def unregister(self, name: str, *, ack: int | None = None) -> list[InboxItem]:
+        """Give ``name`` back. Returns what its inbox still held beyond ``ack`` (the last seq
+        the actor consumed; ``None``: nothing was lent out): never dropped silently."""
+        if not self.core.registered(name):
+            return []
+        if ack is not None:
+            self.core.ack(name, ack)
+        left = self.core.unregister(name)
+        self.directory.release(name, self.node_id)
+        ready = self._ready.pop(name, None)
+        if ready is not None:
+            ready.set()
+        return left
 
     def _resolve(self, name: str, now: float) -> NodeId:
         cached = self._names.get(name)
@@ -233,175 +242,153 @@ class MeshNode:
     # ------------------------------------------------------------------ sending
 
     async def send(
-        self, src: str, dst: str, payload: bytes, *, timeout: float = 10.0, kind: str = "send"
+        self,
+        src: str,
+        dst: str,
+        payload: bytes,
+        *,
+        timeout: float = 10.0,
+        kind: str = "send",
+        key: str = "",
     ) -> PathKind:
-        """Deliver ``payload`` to actor ``dst`` exactly once or raise :class:`DeliveryError`.
-        Returns the kind of path it took."""
-        return (await self._send(src, dst, payload, timeout=timeout, kind=kind))[0]
+        """Deliver ``payload`` to actor ``dst`` at most once; returns the kind of path it took
+        once the target node acknowledged it, or raises :class:`DeliveryError` (its ``outcome``
+        says *not delivered* or *unknown*). ``key``: an idempotency key; a send with a key seen
+        before (from ``src`` to ``dst``, within the target's ``key_retention``) gets the first
+        outcome again without a second delivery, so an *unknown* outcome can be retried
+        safely."""
+        path = self.path_kind(dst) if not self._closed else "routed"
+        await self._operate(src, dst, payload, timeout=timeout, kind=kind, key=key)
+        self.counters[f"send.{path}"] += 1
+        return path
 
     async def request(self, src: str, dst: str, payload: bytes, *, timeout: float = 10.0) -> bytes:
         """Send a request and wait for the reply (both within ``timeout``)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        request_id = next(self._ids)
-        future: asyncio.Future[bytes] = loop.create_future()
-        self._requests[request_id] = future
-        try:
-            await self._send(src, dst, payload, timeout=timeout, kind="request", rid=request_id)
-            remaining = max(0.0, deadline - loop.time())
-            try:
-                async with asyncio.timeout(remaining):
-                    return await future
-            except TimeoutError:
-                raise DeliveryError("timeout", dst, "no reply") from None
-        finally:
-            self._requests.pop(request_id, None)
+        reply = await self._operate(src, dst, payload, timeout=timeout, kind="request", key="")
+        assert reply is not None
+        return reply
 
-    async def reply(self, request: tuple[NodeId, int], payload: bytes) -> None:
+    async def reply(self, request: tuple[NodeId, int, int], payload: bytes) -> None:
         """Answer a request (routed back to the requester's node; not acknowledged)."""
-        node, request_id = request
-        message = MeshReply(request_id=request_id, payload=payload)
-        if node == self.node_id:
-            self._on_reply(message)
-            return
-        self._route(node, self._codec.encode(message))
+        try:
+            actions = self.core.reply(tuple(request), payload, now=self._now())  # type: ignore[arg-type]
+        except DeliveryUsageError as exc:
+            raise ValueError(str(exc)) from None
+        self._apply(actions)
 
-    async def _send(
-        self, src: str, dst: str, payload: bytes, *, timeout: float, kind: str, rid: int = 0
-    ) -> tuple[PathKind, str]:
+    async def _operate(
+        self, src: str, dst: str, payload: bytes, *, timeout: float, kind: str, key: str
+    ) -> bytes | None:
         if self._closed:
             raise DeliveryError("closed", dst)
-        loop = asyncio.get_running_loop()
-        node = self._resolve(dst, loop.time())
-        path = self.path_kind(dst)
-        self.counters[f"send.{path}"] += 1
-        message = MeshSend(
-            msg_id=next(self._ids),
-            src_name=src,
-            dst_name=dst,
-            kind=kind,
-            payload=payload,
-            request_id=rid,
-        )
-        if node == self.node_id:
-            status = self._deliver(self.node_id, message)
-            if status != "ok":
-                raise DeliveryError(status, dst)
-            return path, status
-        data = self._codec.encode(message)  # raises EncodeError when too large: local misuse
-        outgoing = _Outgoing(message, node, loop.create_future())
-        self._outgoing[message.msg_id] = outgoing
-        deadline = loop.time() + timeout
+        now = self._now()
+        node = self._resolve(dst, now)
         try:
-            while True:
-                self._route(node, data, message.msg_id)
-                wait = min(_RETRY_INTERVAL, deadline - loop.time())
-                if wait <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        status = await asyncio.shield(outgoing.future)
-                        if status == "ok":
-                            return path, status
-                        if status == "unknown_name":
-                            self._names.pop(dst, None)
-                        raise DeliveryError(status, dst)
-                if loop.time() >= deadline:
-                    break
-                self.counters["send.retried"] += 1
-            raise DeliveryError(outgoing.last_reason, dst, f"after {timeout:g} s")
+            ref, actions = self.core.send(
+                src, dst, node, payload, now=now, timeout=timeout, kind=kind, key=key
+            )
+        except DeliveryUsageError as exc:
+            raise ValueError(str(exc)) from None
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._waiting[ref] = (future, dst)
+        try:
+            self._apply(actions)
+            return await future
         finally:
-            self._outgoing.pop(message.msg_id, None)
-            if not outgoing.future.done():
-                outgoing.future.cancel()
+            self._waiting.pop(ref, None)
 
-    def _route(self, node: NodeId, data: bytes, msg_id: int = 0) -> None:
+    def _route(self, node: NodeId, data: bytes, ref: int = 0, attempt: int = 0) -> None:
         frame_id, actions = self.router.route(node, data, now=self._now())
-        if msg_id:
-            self._frames[frame_id] = msg_id
-            while len(self._frames) > _SEEN_MAX:
+        if ref:
+            self._frames[frame_id] = (ref, attempt)
+            while len(self._frames) > _FRAMES_MAX:
+                # A forgotten frame's failure is not reported: the core then counts the copy
+                # as possibly delivered, which errs on the side of "unknown".
                 self._frames.pop(next(iter(self._frames)))
         self._apply_routing(actions)
 
-    # ------------------------------------------------------------------ receiving
+    def _apply(self, actions: list[dl.Action]) -> None:
+        for action in actions:
+            match action:
+                case dl.Route(node=node, message=message, ref=ref, attempt=attempt):
+                    self._route(node, self._codec.encode(message), ref, attempt)
+                case dl.Completed(ref=ref, reply=reply):
+                    waiting = self._waiting.get(ref)
+                    if waiting is not None and not waiting[0].done():
+                        waiting[0].set_result(reply)
+                case dl.Failed(ref=ref, outcome=outcome, reason=reason):
+                    waiting = self._waiting.get(ref)
+                    if waiting is not None:
+                        future, dst = waiting
+                        if reason == "unknown_name":
+                            self._names.pop(dst, None)
+                        if not future.done():
+                            future.set_exception(DeliveryError(reason, dst, outcome=outcome))
+                case dl.InboxReady(name=name):
+                    ready = self._ready.get(name)
+                    if ready is not None:
+                        ready.set()
+                case dl.Missed(name=name, topic=topic, origin=origin):
+                    log.warning(
+                        "%s: inbox of %s full, publication on %r from %s missed",
+                        self.node_id,
+                        name,
+                        topic,
+                        origin,
+                    )
+        self._wake.set()
 
-    def _deliver(self, src_node: NodeId, message: MeshSend) -> str:
-        """Put a message in the target's inbox once; the same id again gets the same answer."""
-        key = (src_node, message.msg_id)
-        seen = self._seen.get(key)
-        if seen is not None:
-            self.counters["deliver.duplicate"] += 1
-            return seen
-        endpoint = self._endpoints.get(message.dst_name)
-        if endpoint is None:
-            status = "unknown_name"
-        else:
-            item = InboxItem(
-                kind="request" if message.kind == "request" else "send",
-                sender=message.src_name,
-                payload=message.payload,
-                request=(src_node, message.request_id) if message.kind == "request" else None,
-                sender_node=src_node,
-            )
-            try:
-                endpoint.inbox.put_nowait(item)
-                status = "ok"
-            except asyncio.QueueFull:
-                status = "inbox_full"
-        self.counters[f"deliver.{status}"] += 1
-        if status != "inbox_full":  # a full inbox may have room at the retry
-            self._seen[key] = status
-            while len(self._seen) > _SEEN_MAX:
-                self._seen.popitem(last=False)
-        return status
+    # ------------------------------------------------------------------ receiving
 
     def _on_arrived(self, source: NodeId, payload: bytes) -> None:
         message = self._codec.decode(payload)
         match message:
-            case MeshSend():
-                status = self._deliver(source, message)
-                ack = MeshAck(msg_id=message.msg_id, status=status)
-                self._route(source, self._codec.encode(ack))
-            case MeshAck():
-                outgoing = self._outgoing.get(message.msg_id)
-                if outgoing is not None and not outgoing.future.done():
-                    outgoing.future.set_result(message.status)
-            case MeshReply():
-                self._on_reply(message)
+            case MeshSend() | MeshAck() | MeshReply():
+                self._apply(self.core.receive(source, message, now=self._now()))
+            case DecodeError(cause=cause):
+                self.counters["dropped.bad_envelope"] += 1
+                self.counters["dropped.envelope." + cause] += 1
             case _:
                 self.counters["dropped.bad_envelope"] += 1
 
-    def _on_reply(self, message: MeshReply) -> None:
-        future = self._requests.get(message.request_id)
-        if future is not None and not future.done():
-            future.set_result(message.payload)
-        else:
-            self.counters["reply.late"] += 1
-
     # ------------------------------------------------------------------ inbox and topics
 
-    async def poll(self, name: str, *, wait: float, limit: int = 100) -> list[InboxItem]:
-        """Up to ``limit`` items for ``name``, waiting up to ``wait`` s for the first."""
-        endpoint = self._endpoints.get(name)
-        if endpoint is None:
+    async def poll(
+        self, name: str, *, wait: float, limit: int = 100, ack: int | None = None
+    ) -> list[InboxItem]:
+        """Up to ``limit`` items for ``name``, waiting up to ``wait`` s for the first.
+
+        With ``ack`` (poll-and-ack): first remove every item up to seq ``ack`` (what the actor
+        consumed), then lend the next ones; they stay in the inbox until a later poll
+        acknowledges them, so a reply lost on its way to the actor is lent again. Without
+        ``ack`` the returned items are removed at once (for callers in this process)."""
+        if not self.core.registered(name):
             raise DeliveryError("unknown_name", name, "not registered on this node")
-        items: list[InboxItem] = []
-        if endpoint.inbox.empty():
+        if ack is not None:
+            self.core.ack(name, ack)
+        if self.core.pending(name) == 0 and wait > 0:
+            ready = self._ready.setdefault(name, asyncio.Event())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
-                    items.append(await endpoint.inbox.get())
-        while len(items) < limit and not endpoint.inbox.empty():
-            items.append(endpoint.inbox.get_nowait())
+                    while self.core.pending(name) == 0 and self.core.registered(name):
+                        ready.clear()
+                        await ready.wait()
+        items = self.core.take(name, limit=limit)
+        if ack is None and items:
+            self.core.ack(name, items[-1].seq)
         return items
 
     def subscribe(self, name: str, topic: str) -> None:
-        self._endpoint(name).topics.add(topic)
+        self._endpoint(name)
+        self.core.subscribe(name, topic)
 
     def unsubscribe(self, name: str, topic: str) -> None:
-        self._endpoint(name).topics.discard(topic)
+        self._endpoint(name)
+        self.core.unsubscribe(name, topic)
 
     def publish(self, name: str, topic: str, payload: bytes) -> None:
-        """Broadcast to every subscriber of ``topic`` in the cluster, once each (Plumtree)."""
+        """Broadcast to every subscriber of ``topic`` in the cluster, at most once each
+        (Plumtree); a subscriber whose inbox is full misses it, counted and logged."""
         data = self._codec.encode(MeshPublish(src_name=name, payload=payload))
         _, actions = self.tree.broadcast(data, topic=topic, now=self._now())
         self.counters["publish"] += 1
@@ -412,29 +399,13 @@ class MeshNode:
         if not isinstance(message, MeshPublish):
             self.counters["dropped.bad_envelope"] += 1
             return
-        for endpoint in self._endpoints.values():
-            if topic in endpoint.topics:
-                item = InboxItem(
-                    kind="publish",
-                    sender=message.src_name,
-                    payload=message.payload,
-                    topic=topic,
-                    sender_node=origin,
-                )
-                try:
-                    endpoint.inbox.put_nowait(item)
-                    self.counters["publish.delivered"] += 1
-                except asyncio.QueueFull:
-                    self.counters["publish.inbox_full"] += 1
-                    log.warning(
-                        "%s: inbox of %s full, publication dropped", self.node_id, endpoint.name
-                    )
+        self._apply(
+            self.core.publication(origin, topic, message.src_name, message.payload, now=self._now())
+        )
 
-    def _endpoint(self, name: str) -> _Endpoint:
-        endpoint = self._endpoints.get(name)
-        if endpoint is None:
+    def _endpoint(self, name: str) -> None:
+        if not self.core.registered(name):
             raise DeliveryError("unknown_name", name, "not registered on this node")
-        return endpoint
 
     # ------------------------------------------------------------------ drivers
 
@@ -442,21 +413,37 @@ class MeshNode:
         return asyncio.get_running_loop().time()
 
     def _on_membership(self, event: Event) -> None:
-        now = self._now()
-        match event:
-            case PeerUp(peer=peer):
-                self._apply_routing(self.router.link_up(peer.id, now=now))
-                self._apply_plumtree(self.tree.neighbor_up(peer.id, now=now))
-            case PeerDown(peer=peer):
-                self.counters["channels.closed"] += 1
-                self._apply_routing(self.router.link_down(peer.id, now=now))
-                self._apply_plumtree(self.tree.neighbor_down(peer.id, now=now))
+        try:
+            now = self._now()
+            match event:
+                case PeerUp(peer=peer):
+                    self._apply_routing(self.router.link_up(peer.id, now=now))
+                    self._apply_plumtree(self.tree.neighbor_up(peer.id, now=now))
+                case PeerDown(peer=peer):
+                    self.counters["channels.closed"] += 1
+                    self._apply_routing(self.router.link_down(peer.id, now=now))
+                    self._apply_plumtree(self.tree.neighbor_down(peer.id, now=now))
+        except Exception:
+            self._error("handler", "membership event")
 
     def _on_routing(self, sender: NodeId, message: Any) -> None:
-        self._apply_routing(self.router.receive(sender, message, now=self._now()))
+        try:
+            self._apply_routing(self.router.receive(sender, message, now=self._now()))
+        except Exception:
+            self._error("handler", type(message).__name__)
 
     def _on_plumtree(self, sender: NodeId, message: Any) -> None:
-        self._apply_plumtree(self.tree.receive(sender, message, now=self._now()))
+        try:
+            self._apply_plumtree(self.tree.receive(sender, message, now=self._now()))
+        except Exception:
+            self._error("handler", type(message).__name__)
+
+    def _error(self, where: str, what: str) -> None:
+        """Count the exception being handled here and log it within the agent's rate limit."""
+        self.counters["errors." + where] += 1
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            self.agent.report_error("mesh." + where, what, exc)
 
     def _apply_routing(self, actions: list[rt.Action]) -> None:
         for action in actions:
@@ -470,11 +457,11 @@ class MeshNode:
                 case rt.Arrived(source=source, payload=payload):
                     self._on_arrived(source, payload)
                 case rt.Undeliverable(frame_id=frame_id, reason=reason):
-                    msg_id = self._frames.pop(frame_id, None)
-                    outgoing = None if msg_id is None else self._outgoing.get(msg_id)
-                    if outgoing is not None:
-                        # Keep retrying until the deadline: routes may come back.
-                        outgoing.last_reason = reason
+                    copy = self._frames.pop(frame_id, None)
+                    if copy is not None:
+                        # The core keeps retrying until the deadline: routes may come back.
+                        ref, attempt = copy
+                        self._apply(self.core.route_failed(ref, attempt, reason, now=self._now()))
         self._wake.set()
 
     def _apply_plumtree(self, actions: list[pt.Action]) -> None:
@@ -521,22 +508,35 @@ class MeshNode:
 
     async def _timer_loop(self) -> None:
         while not self._closed:
-            deadlines = [d for d in (self.router.next_deadline(), self.tree.next_deadline()) if d]
-            deadlines.append(self._next_merge_check)
-            self._wake.clear()
-            timeout = max(0.0, min(deadlines) - self._now()) if deadlines else None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            now = self._now()
-            due = self.router.next_deadline()
-            if due is not None and due <= now:
-                self._apply_routing(self.router.on_timer(now=now))
-            due = self.tree.next_deadline()
-            if due is not None and due <= now:
-                self._apply_plumtree(self.tree.on_timer(now=now))
-            if now >= self._next_merge_check:
-                self._merge_check(now)
+            try:
+                await self._timer_round()
+            except Exception:
+                # One failing timer costs one counted, logged error, never the loop (and a
+                # short pause, so that a timer that keeps failing cannot spin the CPU).
+                self._error("timer", "timer round")
+                await asyncio.sleep(_ERROR_PAUSE)
+
+    async def _timer_round(self) -> None:
+        cores = (self.router.next_deadline(), self.tree.next_deadline(), self.core.next_deadline())
+        deadlines = [d for d in cores if d is not None]
+        deadlines.append(self._next_merge_check)
+        self._wake.clear()
+        timeout = max(0.0, min(deadlines) - self._now())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        now = self._now()
+        due = self.router.next_deadline()
+        if due is not None and due <= now:
+            self._apply_routing(self.router.on_timer(now=now))
+        due = self.tree.next_deadline()
+        if due is not None and due <= now:
+            self._apply_plumtree(self.tree.on_timer(now=now))
+        due = self.core.next_deadline()
+        if due is not None and due <= now:
+            self._apply(self.core.on_timer(now=now))
+        if now >= self._next_merge_check:
+            self._merge_check(now)
 
     async def aclose(self) -> None:
         """Stop the timers, fail what is waiting, release every name. Idempotent."""
@@ -548,21 +548,28 @@ class MeshNode:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        for outgoing in self._outgoing.values():
-            if not outgoing.future.done():
-                outgoing.future.set_result("closed")
-        for future in self._requests.values():
-            if not future.done():
-                future.set_exception(DeliveryError("closed"))
-        for name in list(self._endpoints):
-            self.unregister(name)
+        self._apply(self.core.close(now=self._now()))
+        for name in self.core.names():
+            left = self.unregister(name)
+            if left:
+                self.counters["closed.inbox_items"] += len(left)
+                log.warning(
+                    "%s: %s left %d items in its inbox at close", self.node_id, name, len(left)
+                )
 
     def stats(self) -> dict[str, Any]:
         return {
-            "names": sorted(self._endpoints),
+            "names": self.core.names(),
             "routes": {d: list(r) for d, r in self.router.routes().items()},
+            "missed_publications": {n: self.core.missed(n) for n in self.core.names()},
+            "delivery": {
+                "remembered_ids": self.core.remembered(),
+                "in_flight": self.core.in_flight(),
+                "inbox_items": {n: self.core.pending(n) for n in self.core.names()},
+            },
             "counters": {
                 **{f"mesh.{k}": v for k, v in sorted(self.counters.items())},
+                **{f"delivery.{k}": v for k, v in sorted(self.core.counters.items())},
                 **{f"routing.{k}": v for k, v in sorted(self.router.counters.items())},
                 **{f"plumtree.{k}": v for k, v in sorted(self.tree.counters.items())},
             },

@@ -22,9 +22,17 @@ from ray_hyparview.codec import (
     default_codec,
     register,
 )
+from ray_hyparview.protocol import delivery_values as dl
 from ray_hyparview.protocol import limits
 from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
+from ray_hyparview.protocol.delivery_values import (
+    MAX_PAYLOAD,
+    MeshAck,
+    MeshPublish,
+    MeshReply,
+    MeshSend,
+)
 
 __all__ = [
     "MAX_PAYLOAD",
@@ -68,9 +76,6 @@ _METRIC = IntField(0, limits.METRIC_INFINITY)
 _HOPS = IntField(0, limits.MAX_HOPS)
 _ROUND = IntField(0, limits.MAX_ROUND)
 _TEXT = StrField(limits.MAX_TEXT)
-MAX_PAYLOAD: Final = limits.MAX_PAYLOAD
-"""Largest application payload the mesh carries; the envelopes around it stay under the
-codec's 64 KiB frame limit."""
 _PAYLOAD = BytesField(MAX_PAYLOAD)
 _ENVELOPE = BytesField(limits.MAX_ENVELOPE)  # a mesh envelope, inside a data frame or a gossip
 _MSG_ID = TupleField((_ID, _U64, _U64))
@@ -123,64 +128,47 @@ register(
 )
 
 
-# The mesh envelopes travel inside routed data frames (or Plumtree gossip): 40-43.
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshSend:
-    """A message for one actor."""
-
-    msg_id: int
-    """Per-sending-node id; with the source node it names the message for dedup and ACK."""
-    src_name: str
-    """The sending actor's mesh name."""
-    dst_name: str
-    """The target actor's mesh name."""
-    kind: str
-    """``send`` or ``request``."""
-    payload: bytes
-    """The application's bytes."""
-    request_id: int = 0
-    """For requests: where the reply goes on the requesting node."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshAck:
-    """The target node's answer to a MeshSend: ``ok`` or why not."""
-
-    msg_id: int
-    status: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshReply:
-    """The answer to a request."""
-
-    request_id: int
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeshPublish:
-    """A publication, carried as the payload of a Plumtree gossip."""
-
-    src_name: str
-    payload: bytes
-
-
+# The mesh envelopes travel inside routed data frames (or Plumtree gossip): 40-47. Tags 40-42
+# carried the first envelopes, without incarnations or horizons; they are retired, not reused,
+# so that a node of the older version counts the newer envelopes as ``unknown_type`` instead of
+# misreading them. The values are defined by the delivery core; the bounds here are exactly
+# the ones it accepts, so that whatever this decoder accepts, the encoder encodes again.
+_MESH_NAME = StrField(dl.MAX_NAME_LEN, min_len=1)
+_MESH_ID = IntField(1, dl.MAX_ID)
+_MESH_INCARNATION = IntField(0, dl.MAX_ID)
+_MESH_ATTEMPT = IntField(1, dl.MAX_ATTEMPT)
+register(43, MeshPublish, {"src_name": _TEXT, "payload": _PAYLOAD})
 register(
-    40,
+    44,
     MeshSend,
     {
-        "msg_id": _U64,
-        "src_name": _TEXT,
-        "dst_name": _TEXT,
+        "msg_id": _MESH_ID,
+        "incarnation": _MESH_INCARNATION,
+        "attempt": _MESH_ATTEMPT,
+        "horizon_ms": IntField(0, dl.MAX_HORIZON_MS),
+        "done_below": IntField(0, dl.MAX_ID),
+        "src_name": _MESH_NAME,
+        "dst_name": _MESH_NAME,
         "kind": StrField(16, min_len=1),
+        "key": StrField(dl.MAX_KEY_LEN),
         "payload": _PAYLOAD,
-        "request_id": _U64,
     },
 )
-register(41, MeshAck, {"msg_id": _U64, "status": StrField(32, min_len=1)})
-register(42, MeshReply, {"request_id": _U64, "payload": _PAYLOAD})
-register(43, MeshPublish, {"src_name": _TEXT, "payload": _PAYLOAD})
+register(
+    45,
+    MeshAck,
+    {
+        "msg_id": _MESH_ID,
+        "incarnation": _MESH_INCARNATION,
+        "attempt": _MESH_ATTEMPT,
+        "status": StrField(32, min_len=1),
+    },
+)
+register(
+    46,
+    MeshReply,
+    {"request_id": _MESH_ID, "incarnation": _MESH_INCARNATION, "payload": _PAYLOAD},
+)
 
 _CODEC: Final = default_codec()
 

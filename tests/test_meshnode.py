@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import itertools
 import random
 from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -17,7 +20,10 @@ from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.protocol.routing import RoutingConfig
 from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.memory import MemoryNetwork
+from ray_hyparview.wire import MeshAck, MeshReply, MeshSend, wire_codec
 from tests.conditions import until
+
+T = TypeVar("T")
 
 CONFIG = HyParViewConfig(
     active_view_size=2,
@@ -179,5 +185,189 @@ async def test_two_full_components_are_merged_through_routing_reachability() -> 
         await until(o.routes_complete, limit=30)
         assert sum(m.counters["merge.join"] for m in o.meshes.values()) >= 1
         assert all(len(a.active_view) <= 2 for a in o.agents.values())
+    finally:
+        await o.aclose()
+
+
+# --- regression tests for issue 9, findings 1, 3 and 4, and the timer loop ---------------------
+
+
+def _make(cls: type[T], **values: object) -> T:
+    """A wire message from the fields its class has: these tests build envelopes by hand, and
+    also run against the schema from before incarnations and horizons existed."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+async def _pair() -> Overlay:
+    o = Overlay()
+    await o.add("n0")
+    await o.add("n1", "n0")
+    await until(o.routes_complete, limit=15)
+    o.meshes["n0"].register("actor-n0")
+    o.meshes["n1"].register("actor-n1")
+    return o
+
+
+async def _restart_n1(o: Overlay) -> None:
+    await o.kill("n1")
+    await o.add("n1", "n0")  # the same id, a new incarnation
+    await until(o.routes_complete, limit=15)
+    o.meshes["n1"].register("actor-n1")
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_senders_first_messages_are_delivered_not_swallowed() -> None:
+    o = await _pair()
+    try:
+        for i in range(3):
+            await o.meshes["n1"].send("actor-n1", "actor-n0", b"old %d" % i, timeout=5)
+        await _restart_n1(o)
+        await o.meshes["n1"].send("actor-n1", "actor-n0", b"new", timeout=5)
+        items = await o.meshes["n0"].poll("actor-n0", wait=1.0)
+        assert [i.payload for i in items] == [b"old 0", b"old 1", b"old 2", b"new"]
+    finally:
+        await o.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_reply_to_the_last_life_does_not_complete_the_new_lifes_request() -> None:
+    o = await _pair()
+    try:
+        server = o.meshes["n0"]
+        last_life = o.meshes["n1"].agent.incarnation
+        first = asyncio.create_task(
+            o.meshes["n1"].request("actor-n1", "actor-n0", b"q1", timeout=10)
+        )
+        [old] = await server.poll("actor-n0", wait=5)
+        await _restart_n1(o)
+        with contextlib.suppress(DeliveryError):
+            await first
+        second = asyncio.create_task(
+            o.meshes["n1"].request("actor-n1", "actor-n0", b"q2", timeout=10)
+        )
+        await asyncio.sleep(0)  # the new life's first request: request id 1 again
+        # A late answer to the last life's request 1, from the node that was asked.
+        late = _make(MeshReply, request_id=1, incarnation=last_life, payload=b"answer to q1")
+        o.meshes["n1"]._on_arrived("n0", wire_codec().encode(late))
+        await asyncio.wait([second], timeout=0.2)
+        assert not second.done(), "a reply to the last life completed this life's request"
+        [new] = await server.poll("actor-n0", wait=5)
+        assert old.request is not None
+        assert new.request is not None
+        await server.reply(old.request, b"answer to q1")  # the same link: arrives first
+        await server.reply(new.request, b"answer to q2")
+        assert await second == b"answer to q2"
+    finally:
+        await o.aclose()
+
+
+@pytest.mark.asyncio
+async def test_an_ack_from_a_node_that_was_not_asked_is_ignored() -> None:
+    o = await _pair()
+    try:
+        sender = o.meshes["n1"]
+        o.directory.claim("actor-ghost", "ghost")  # a node nobody can reach
+        task = asyncio.create_task(sender.send("actor-n1", "actor-ghost", b"x", timeout=1.5))
+        await asyncio.sleep(0)  # the send takes message id 1 and routes its first copy
+        forged = _make(
+            MeshAck, msg_id=1, incarnation=sender.agent.incarnation, attempt=1, status="ok"
+        )
+        sender._on_arrived("n0", wire_codec().encode(forged))
+        with pytest.raises(DeliveryError) as info:
+            await task
+        assert info.value.reason == "no_route"
+    finally:
+        await o.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_retry_outliving_50000_other_messages_is_not_delivered_twice() -> None:
+    o = Overlay()
+    try:
+        await o.add("n0")
+        receiver = o.meshes["n0"]
+        receiver.register("actor-n0")
+        codec = wire_codec()
+
+        def copy(msg_id: int, payload: bytes) -> bytes:
+            message = _make(
+                MeshSend,
+                msg_id=msg_id,
+                incarnation=5,
+                attempt=1,
+                horizon_ms=600_000,  # the sender retries for ten more minutes
+                src_name="actor-far",
+                dst_name="actor-n0",
+                kind="send",
+                key="",
+                payload=payload,
+                request_id=0,
+            )
+            return codec.encode(message)
+
+        first = copy(1, b"once")
+        receiver._on_arrived("far", first)  # delivered; the ACK is lost (no route to "far")
+        delivered = len(await receiver.poll("actor-n0", wait=0, limit=10_000))
+        for msg_id in range(2, 50_002):
+            receiver._on_arrived("far", copy(msg_id, b"other"))
+            if msg_id % 5000 == 0:
+                delivered += len(await receiver.poll("actor-n0", wait=0, limit=10_000))
+        delivered += len(await receiver.poll("actor-n0", wait=0, limit=10_000))
+        assert delivered == 50_001
+        receiver._on_arrived("far", first)  # the sender's retry of message 1
+        assert await receiver.poll("actor-n0", wait=0) == []
+    finally:
+        await o.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_lost_ack_is_an_unknown_outcome_and_a_keyed_retry_delivers_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    o = await _pair()
+    try:
+        receiver = o.meshes["n0"]
+        codec = wire_codec()
+        route = receiver._route
+
+        def drop_acks(node: str, data: bytes, *args: int) -> None:
+            if not isinstance(codec.decode(data), MeshAck):
+                route(node, data, *args)
+
+        monkeypatch.setattr(receiver, "_route", drop_acks)
+        with pytest.raises(DeliveryError) as info:
+            await o.meshes["n1"].send("actor-n1", "actor-n0", b"pay", timeout=1.2, key="inv-7")
+        assert info.value.outcome == "unknown"
+        assert info.value.reason == "timeout"
+        monkeypatch.undo()
+        await o.meshes["n1"].send("actor-n1", "actor-n0", b"pay", timeout=5, key="inv-7")
+        items = await receiver.poll("actor-n0", wait=0)
+        assert [i.payload for i in items] == [b"pay"]
+    finally:
+        await o.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_failing_timer_costs_one_counted_error_not_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    o = await _pair()
+    try:
+        mesh = o.meshes["n0"]
+        on_timer = mesh.router.on_timer
+        calls = 0
+
+        def flaky(*, now: float) -> list[Any]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug in a timer")
+            return on_timer(now=now)
+
+        monkeypatch.setattr(mesh.router, "on_timer", flaky)
+        await until(lambda: calls >= 3, limit=10)  # route updates go on after the failure
+        assert mesh.counters["errors.timer"] == 1
+        assert await mesh.send("actor-n0", "actor-n1", b"still here", timeout=5) == "direct"
     finally:
         await o.aclose()

@@ -66,9 +66,9 @@ class _Worker:
         self.m.subscribe(topic)
         return str(self.m.node_id)
 
-    async def send(self, to: str, payload: Any) -> str:
+    async def send(self, to: str, payload: Any, key: str | None = None) -> str:
         try:
-            await self.m.send(to, payload, timeout=8.0)
+            await self.m.send(to, payload, timeout=8.0, key=key)
         except mesh.DeliveryError as exc:
             return exc.reason
         return "ok"
@@ -95,8 +95,8 @@ class _Worker:
         view = sorted(self.m.active_view)
         return self.m.allowed(node_id), self.m.channel(target).kind, view
 
-    async def leave(self) -> None:
-        await self.m.leave()
+    async def leave(self) -> list[Any]:
+        return [message.payload for message in await self.m.leave()]
 
 
 Worker: Any = ray.remote(num_cpus=0)(_Worker)
@@ -188,6 +188,13 @@ def test_small_views_still_reach_every_actor_and_broadcast_once(
         pubs = ray.get([w.receive.remote(2) for w in workers], timeout=60)
         for inbox in pubs:
             assert sorted(p for kind, _, p in inbox if kind == "publish") == ["hello", "world"]
+        # Keyed sends are delivered once; leave() hands back what was never taken.
+        leaver = Worker.options(scheduling_strategy=place(nodes[1])).remote()
+        workers.append(leaver)
+        ray.get(leaver.join.remote("leaver", "other"))
+        twice = [workers[0].send.remote("leaver", "unread", "k-1") for _ in range(2)]
+        assert ray.get(twice) == ["ok", "ok"]
+        assert ray.get(leaver.leave.remote()) == ["unread"]
         # Node removal: the dead node's actors fail loudly, the living still talk.
         victim_node = ray_cluster.list_all_nodes()[-1]  # type: ignore[no-untyped-call]
         victim_id = victim_node.node_id

@@ -288,8 +288,7 @@ def test_actor_keeps_its_mesh_across_an_agent_restart(hv: plugin.HyParViewCluste
         print(f"mesh: first send to it acknowledged {time.monotonic() - killed:.2f} s after")
         got = ray.get(a.receive_until.remote(("back", k)), timeout=30)
         assert got.count(("back", k)) == 1
-        # ... can send (to c: b's node remembers the old life's message ids, see the xfail
-        # test below), and still has its subscription.
+        # ... can send, and still has its subscription.
         assert ray.get(a.send.remote("sv-c", "after", 10.0)) == "ok"
         assert ray.get(c.receive.remote(1), timeout=30) == [("send", "sv-a", "after")]
         hv.wait_converged(limit=60)
@@ -302,12 +301,6 @@ def test_actor_keeps_its_mesh_across_an_agent_restart(hv: plugin.HyParViewCluste
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=ray.exceptions.GetTimeoutError,
-    reason="issue 9 finding 1: a new agent's message ids start at 1 again and the receiving "
-    "node's dedup, keyed by (node, msg id) without the incarnation, acknowledges and drops them",
-)
 def test_first_message_of_a_new_agent_life_is_delivered(hv: plugin.HyParViewCluster) -> None:
     hv.wait_converged(limit=60)
     victim = other_nodes()[-1]
