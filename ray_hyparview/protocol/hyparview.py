@@ -162,6 +162,7 @@ class HyParView:
         self._contacts: list[Peer] = []
         self._next_contact = 0
         self._repairing = False
+        self._round_deadline: float | None = None
         self._tried: dict[NodeId, None] = {}
         self._last_shuffle: tuple[Peer, ...] = ()
         self._next_shuffle: float | None = None
@@ -219,6 +220,17 @@ class HyParView:
                 if count:
                     merged[name] = count
         return merged
+
+    @property
+    def repairing(self) -> bool:
+        """True while a repair round is open. A round ends on its last answer or, at the
+        latest, ``2 * neighbor_timeout`` after it started."""
+        return self._repairing
+
+    @property
+    def asking(self) -> int:
+        """How many NEIGHBOR requests are waiting for an answer."""
+        return sum(1 for p in self._pending.values() if p.ask is _Ask.NEIGHBOR)
 
     @property
     def has_left(self) -> bool:
@@ -303,6 +315,7 @@ class HyParView:
         out: list[Action] = []
         incarnation = message.incarnation
         known = self._active_incarnation.get(source_id)
+        restarted = False
         if known is not None:
             if incarnation == known:
                 if self._keepalives:
@@ -310,8 +323,11 @@ class HyParView:
             elif incarnation < known:
                 return self._drop("stale_incarnation")
             else:
-                # The peer restarted: whatever link we had with its earlier life is gone.
+                # The peer restarted: whatever link we had with its earlier life is gone. It is
+                # alive, so it goes to the passive view, and the slot is refilled below (a
+                # restart seen through its DISCONNECT used to leave the view one short).
                 self._remove_active(out, source_id, DownReason.FAILED)
+                restarted = True
         was_lost = False
         if self._lost:
             lost = self._lost.get(source_id)
@@ -341,6 +357,12 @@ class HyParView:
                 self._on_join(out, message, now)
             case KeepAlive():
                 self._on_keepalive(out, message, now)
+        if restarted and source_id not in self._active:
+            self._events["peer_restarted"] += 1
+            self._merge_passive((message.sender,), ())
+            self._start_repair(out, now, exclude=source_id)
+        if self._repairing:
+            self._round_answered(now)
         return out
 
     def link_failed(self, peer: NodeId, *, now: float) -> list[Action]:
@@ -359,6 +381,8 @@ class HyParView:
             self._pending_failed(out, self._pending.pop(peer), now)
         elif self._passive.pop(peer, None) is not None:
             self._events["passive.unreachable"] += 1
+        if self._repairing:
+            self._round_answered(now)
         return out
 
     def on_timer(self, *, now: float) -> list[Action]:
@@ -379,6 +403,10 @@ class HyParView:
             self._rejoin_tick(out, now)
         if self._next_probe is not None and now >= self._next_probe:
             self._probe_tick(out, now)
+        if self._round_deadline is not None and now >= self._round_deadline:
+            # A round whose answers never all came (lost, or taken by other paths) ends here.
+            self._events["repair.round_expired"] += 1
+            self._end_round()
         self._schedule_rejoin(now)
         return out
 
@@ -389,7 +417,7 @@ class HyParView:
         # Called after every input by both drivers: the common case (a shuffle timer, nothing
         # else) is kept to a few comparisons.
         best = self._next_shuffle
-        for t in (self._next_keepalive, self._next_rejoin, self._next_probe):
+        for t in (self._next_keepalive, self._next_rejoin, self._next_probe, self._round_deadline):
             if t is not None and (best is None or t < best):
                 best = t
         if self._pending:
@@ -515,8 +543,6 @@ class HyParView:
                 self._repair(out, now)
             else:
                 self._starved += 1
-                if not any(p.ask is _Ask.NEIGHBOR for p in self._pending.values()):
-                    self._repairing = False
             return
         urgent = pend is not None and (
             pend.ask is not _Ask.NEIGHBOR or pend.priority is Priority.HIGH
@@ -711,6 +737,9 @@ class HyParView:
         if exclude is not None:
             self._tried[exclude] = None
         self._repairing = True
+        # Every round ends: on its last answer of any kind (see _round_answered) or, at the
+        # latest, here. An open round blocks the periodic refill and the re-join.
+        self._round_deadline = now + 2 * self.config.neighbor_timeout
         self._repair(out, now)
 
     def _repair(
@@ -740,8 +769,21 @@ class HyParView:
         if len(self._active) >= self.config.active_view_size or not any(
             p.ask is _Ask.NEIGHBOR for p in self._pending.values()
         ):
-            self._repairing = False
+            self._end_round()
         self._schedule_rejoin(now)
+
+    def _end_round(self) -> None:
+        self._repairing = False
+        self._round_deadline = None
+
+    def _round_answered(self, now: float) -> None:
+        """A request of the round was answered (accepted, or overtaken by the peer's own
+        request): with nothing left outstanding, the round is over. Before this, a round whose
+        last answer was an acceptance that left the view short stayed open for good, and a
+        node sat at one link with live passive ids (issue 9, finding 5)."""
+        if self._repairing and not any(p.ask is _Ask.NEIGHBOR for p in self._pending.values()):
+            self._end_round()
+            self._schedule_rejoin(now)
 
     def _recall(self) -> list[Peer]:
         """DEPARTURE: a node cut off with nothing left to try moves its reserve (ids evicted
@@ -860,7 +902,7 @@ class HyParView:
             self._rejoin_attempts = 0
             self._next_rejoin = None
         if len(self._active) >= self.config.active_view_size:
-            self._repairing = False
+            self._end_round()
             self._starved = 0
             self._starve_limit = _STARVE_MIN
 
