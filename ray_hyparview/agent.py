@@ -38,11 +38,13 @@ from ray_hyparview.protocol.errors import HyParViewError, StateError
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.messages import (
     Action,
+    ComponentMark,
     Disconnect,
     DownReason,
     ForwardJoin,
     Join,
     KeepAlive,
+    MergeProbe,
     Neighbor,
     NeighborReply,
     PeerDown,
@@ -71,6 +73,8 @@ _HYPARVIEW_TYPES = (
     Shuffle,
     ShuffleReply,
     KeepAlive,
+    ComponentMark,
+    MergeProbe,
 )
 
 # Seconds a released link stays open so that a DISCONNECT sent just before reaches the peer.

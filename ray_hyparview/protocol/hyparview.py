@@ -42,6 +42,7 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, KeysView, Sequence
@@ -50,13 +51,16 @@ from typing import TypeVar
 
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import StateError
+from ray_hyparview.protocol.merge import ComponentMarker, Marker
 from ray_hyparview.protocol.messages import (
     Action,
+    ComponentMark,
     Disconnect,
     DownReason,
     ForwardJoin,
     Join,
     KeepAlive,
+    MergeProbe,
     Message,
     Neighbor,
     NeighborReply,
@@ -76,7 +80,18 @@ _T = TypeVar("_T")
 # Messages are tallied by type in two lists of ints, indexed by _KIND, and merged into
 # ``counters`` on read: one message in, one out per event, and a ``Counter`` increment (a dict
 # subclass, so every ``+=`` is two method calls through its type) was 7% of a compiled run.
-_TYPES = (Join, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle, ShuffleReply, KeepAlive)
+_TYPES = (
+    Join,
+    ForwardJoin,
+    Neighbor,
+    NeighborReply,
+    Disconnect,
+    Shuffle,
+    ShuffleReply,
+    KeepAlive,
+    ComponentMark,
+    MergeProbe,
+)
 _KIND: dict[type, int] = {cls: index for index, cls in enumerate(_TYPES)}
 _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
@@ -90,9 +105,14 @@ class _Ask(enum.Enum):
     """What an outstanding request was for."""
 
     JOIN = "join"  # JOIN to a contact, on start or re-join
-    PROBE = "probe"  # JOIN to a lost peer, to merge a healed partition
+    PROBE = "probe"  # JOIN asked for by the driver (probe())
     NEIGHBOR = "neighbor"  # NEIGHBOR to a passive peer or to a FORWARD_JOIN newcomer
+    MERGE_PROBE = "merge_probe"  # MERGE_PROBE: which component is that node in?
+    MERGE = "merge"  # NEIGHBOR(MERGE) to a node found in another component
 
+
+_FILLING = frozenset((_Ask.JOIN, _Ask.NEIGHBOR))
+"""Requests that fill a free slot when answered (a merge link evicts, a probe links nothing)."""
 
 # The two records below spell out their __init__: mypyc compiles written methods only, and the
 # one ``dataclass`` generates would stay interpreted (see messages._direct_init).
@@ -104,12 +124,21 @@ class _Pending:
     ask: _Ask
     priority: Priority
     deadline: float
+    marker: Marker | None
 
-    def __init__(self, peer: Peer, ask: _Ask, priority: Priority, deadline: float) -> None:
+    def __init__(
+        self,
+        peer: Peer,
+        ask: _Ask,
+        priority: Priority,
+        deadline: float,
+        marker: Marker | None = None,
+    ) -> None:
         self.peer = peer
         self.ask = ask
         self.priority = priority
         self.deadline = deadline
+        self.marker = marker
 
 
 @dataclass(slots=True)
@@ -173,6 +202,8 @@ class HyParView:
         self._probe_delay = self.config.probe_interval_min
         self._starved = 0
         self._starve_limit = _STARVE_MIN
+        self._component = ComponentMarker(myself, incarnation, self.config.merge_interval)
+        self._merge_budget = -math.inf  # no eviction for a merge link before this time
         self._left = False
 
     # ------------------------------------------------------------------ views
@@ -264,6 +295,10 @@ class HyParView:
             self._next_shuffle = now + self._rng.uniform(0.0, self.config.shuffle_interval)
         if self._next_keepalive is None and self.config.keepalive_interval is not None:
             self._next_keepalive = now + self.config.keepalive_interval
+        self._component.start(now)
+        if self._next_probe is None:
+            # A healthy node probes once a merge_interval; a failed link speeds it up.
+            self._next_probe = now + self.config.merge_interval * self._rng.uniform(0.5, 1.0)
         out: list[Action] = []
         contact = self._pick_contact()
         if contact is not None:
@@ -357,6 +392,10 @@ class HyParView:
                 self._on_join(out, message, now)
             case KeepAlive():
                 self._on_keepalive(out, message, now)
+            case ComponentMark():
+                self._on_mark(out, message, now)
+            case MergeProbe():
+                self._on_merge_probe(out, message, was_lost, now)
         if restarted and source_id not in self._active:
             self._events["peer_restarted"] += 1
             self._merge_passive((message.sender,), ())
@@ -403,6 +442,9 @@ class HyParView:
             self._rejoin_tick(out, now)
         if self._next_probe is not None and now >= self._next_probe:
             self._probe_tick(out, now)
+        beat = self._component.next_beat
+        if beat is not None and now >= beat and self._component.tick(now):
+            self._flood_mark(out, None, now)
         if self._round_deadline is not None and now >= self._round_deadline:
             # A round whose answers never all came (lost, or taken by other paths) ends here.
             self._events["repair.round_expired"] += 1
@@ -417,7 +459,13 @@ class HyParView:
         # Called after every input by both drivers: the common case (a shuffle timer, nothing
         # else) is kept to a few comparisons.
         best = self._next_shuffle
-        for t in (self._next_keepalive, self._next_rejoin, self._next_probe, self._round_deadline):
+        for t in (
+            self._next_keepalive,
+            self._next_rejoin,
+            self._next_probe,
+            self._round_deadline,
+            self._component.next_beat,
+        ):
             if t is not None and (best is None or t < best):
                 best = t
         if self._pending:
@@ -515,6 +563,15 @@ class HyParView:
         free = len(self._active) < self.config.active_view_size and (
             not self._repairing or self._missing() > 0 or asker.id in self._pending
         )
+        if msg.priority is Priority.MERGE:
+            # A node of another component asks for the one link that merges the two: a free
+            # slot, or one eviction per 2 * merge_interval at most (issue 9, finding 7: a heal
+            # used to evict 238 times among 40 nodes).
+            free = len(self._active) < self.config.active_view_size
+            if not free and now >= self._merge_budget:
+                self._merge_budget = now + 2 * self.config.merge_interval
+                self._events["merge.evicted"] += 1
+                free = True
         if msg.priority is Priority.HIGH or free:
             self._pending.pop(asker.id, None)
             self._add_active(out, asker, msg.incarnation, now)
@@ -530,6 +587,9 @@ class HyParView:
         peer = msg.sender
         pend = self._pending.pop(peer.id, None)
         if peer.id in self._active:
+            return
+        if pend is not None and pend.ask is _Ask.MERGE:
+            self._merge_answered(out, pend, msg, now)
             return
         if not msg.accepted:
             self._events["repair.refused"] += 1
@@ -561,6 +621,37 @@ class HyParView:
             self._events["repair.succeeded"] += 1
         if pend is not None and pend.ask is _Ask.PROBE:
             self._probe_succeeded()
+
+    def _merge_answered(
+        self, out: list[Action], pend: _Pending, msg: NeighborReply, now: float
+    ) -> None:
+        peer = msg.sender
+        if not msg.accepted:
+            self._events["merge.refused"] += 1
+            return
+        if len(self._active) >= self.config.active_view_size:
+            if now < self._merge_budget:
+                # Full again since we asked, and our one eviction is spent: undo the link.
+                self._events["merge.unwanted"] += 1
+                self._send(out, peer, self._disconnect(), now)
+                return
+            self._merge_budget = now + 2 * self.config.merge_interval
+            self._events["merge.evicted"] += 1
+        self._events["merge.linked"] += 1
+        self._add_active(out, peer, msg.incarnation, now)
+        theirs = pend.marker
+        if theirs is not None:
+            asked = pend.deadline - self.config.neighbor_timeout
+            aged = Marker(
+                theirs.root,
+                theirs.root_incarnation,
+                theirs.seq,
+                theirs.age + max(0.0, now - asked),
+                theirs.settled,
+            )
+            if self._component.offer(aged, now):
+                self._flood_mark(out, peer.id, now)
+        self._send(out, peer, self._mark_message(now), now)
 
     def _on_disconnect(self, out: list[Action], msg: Disconnect, now: float) -> None:
         # Paper 4.3, DISCONNECT: move the sender to the passive view and refill from it.
@@ -619,6 +710,91 @@ class HyParView:
 
     def _on_keepalive(self, out: list[Action], msg: KeepAlive, now: float) -> None:
         self._one_sided(out, msg.sender, now)
+
+    # ------------------------------------------------------------------ merge
+
+    def _probe_message(self, now: float, *, reply: bool) -> MergeProbe:
+        c = self._component
+        return MergeProbe(
+            sender=self.myself,
+            incarnation=self.incarnation,
+            root=c.root,
+            root_incarnation=c.root_incarnation,
+            seq=c.seq,
+            age=c.age(now),
+            settled=c.settled(now),
+            reply=reply,
+        )
+
+    def _mark_message(self, now: float) -> ComponentMark:
+        c = self._component
+        return ComponentMark(
+            sender=self.myself,
+            incarnation=self.incarnation,
+            root=c.root,
+            root_incarnation=c.root_incarnation,
+            seq=c.seq,
+            age=c.age(now),
+            settled=c.settled(now),
+        )
+
+    def _flood_mark(self, out: list[Action], skip: NodeId | None, now: float) -> None:
+        if not self._active:
+            return
+        mark = self._mark_message(now)
+        for peer in self._active_tuple():
+            if peer.id != skip:
+                self._send(out, peer, mark, now)
+
+    def _on_mark(self, out: list[Action], msg: ComponentMark, now: float) -> None:
+        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
+        component = self._component
+        if component.offer(theirs, now):
+            self._flood_mark(out, msg.sender.id, now)
+        elif (
+            msg.sender.id in self._active
+            and msg.root.id != component.root.id
+            and component.fresh(now)
+        ):
+            # A neighbour with a worse root (a link across two former components): tell it
+            # ours, it floods it on. Only a fresh marker is told, so two stale ones never
+            # bounce between two nodes.
+            self._send(out, msg.sender, self._mark_message(now), now)
+
+    def _on_merge_probe(
+        self, out: list[Action], msg: MergeProbe, was_lost: bool, now: float
+    ) -> None:
+        peer = msg.sender
+        if not msg.reply:
+            self._send(out, peer, self._probe_message(now, reply=True), now)
+            return
+        pend = self._pending.get(peer.id)
+        if pend is None or pend.ask is not _Ask.MERGE_PROBE:
+            self._events["dropped.unasked_probe_reply"] += 1
+            return
+        del self._pending[peer.id]
+        if was_lost:
+            self._probe_succeeded()
+        if peer.id in self._active:
+            return
+        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
+        if self._component.elsewhere(theirs, now):
+            self._events["merge.found"] += 1
+        elif was_lost:
+            # A peer whose link failed answers: a partition healed before the markers could
+            # tell (a split shorter than 1.5 merge_interval). Linking it again is what the
+            # paper's overlay would have; what bounds the cost is the eviction budget below.
+            self._events["merge.relink"] += 1
+        else:
+            return
+        # Open exactly one link, with no FORWARD_JOIN walk. The marker is adopted (or ours
+        # sent over) once the link is up, which tells the other nodes of both components that
+        # they are one again.
+        self._probe_delay = self.config.probe_interval_min
+        if len(self._active) >= self.config.active_view_size and now < self._merge_budget:
+            self._events["merge.deferred"] += 1
+            return
+        self._ask(out, peer, _Ask.MERGE, Priority.MERGE, now, marker=theirs)
 
     # ----------------------------------------------------------------- timers
 
@@ -695,21 +871,41 @@ class HyParView:
             self._ask(out, contact, _Ask.JOIN, Priority.HIGH, now)
 
     def _probe_tick(self, out: list[Action], now: float) -> None:
-        for peer_id in [p for p, lost in self._lost.items() if lost.expires <= now]:
-            del self._lost[peer_id]
-        candidates = [
-            lost.peer
-            for lost in self._lost.values()
-            if lost.reason is DownReason.FAILED and lost.peer.id not in self._pending
-        ]
+        """Expire lost entries, then ask one known id that is not an active peer which
+        component it is in (see :mod:`ray_hyparview.protocol.merge`).
+
+        Lost peers (the likeliest to be across a healed partition) come first, then the
+        passive view, the reserve and the contacts: a partition of any length merges again as
+        long as one node of a half knows one live id of the other. The delay doubles after
+        each probe up to ``probe_interval_max`` and falls back to ``probe_interval_min`` when a
+        link fails or another component is found. With nothing lost, one probe per
+        ``merge_interval`` (jittered): a healthy overlay costs a probe and its answer per node
+        and interval."""
+        lost = self._lost
+        if lost:
+            for peer_id in [p for p, entry in lost.items() if entry.expires <= now]:
+                del lost[peer_id]
+        active, pending = self._active, self._pending
+        candidates = [p.peer for p in lost.values() if p.peer.id not in pending]
+        if candidates:
+            delay = self._probe_delay
+            self._probe_delay = min(delay * 2, self.config.probe_interval_max)
+        else:
+            # Nothing lost: a split shows in the markers 1.5 merge_interval after it began at
+            # the earliest, so probing faster than once an interval finds nothing sooner.
+            delay = self.config.merge_interval
+        self._next_probe = now + delay * self._rng.uniform(0.5, 1.0)
         if not candidates:
-            self._next_probe = None
-            self._probe_delay = self.config.probe_interval_min
-            return
-        self._events["probe"] += 1
-        self._ask(out, _pick(self._rand, candidates), _Ask.PROBE, Priority.HIGH, now)
-        self._next_probe = now + self._probe_delay * self._rng.uniform(0.5, 1.0)
-        self._probe_delay = min(self._probe_delay * 2, self.config.probe_interval_max)
+            me = self.myself.id
+            known: dict[NodeId, Peer] = {}
+            for source in (self._passive.values(), self._reserve.values(), self._contacts):
+                for p in source:
+                    if p.id not in active and p.id not in pending and p.id != me:
+                        known[p.id] = p
+            candidates = list(known.values())
+        if candidates:
+            self._events["merge.probe"] += 1
+            self._ask(out, _pick(self._rand, candidates), _Ask.MERGE_PROBE, Priority.LOW, now)
 
     def _schedule_rejoin(self, now: float) -> None:
         if (
@@ -729,7 +925,7 @@ class HyParView:
     def _missing(self) -> int:
         missing = self.config.active_view_size - len(self._active)
         if self._pending:  # asked every shuffle period by every node: skip the scan when idle
-            missing -= sum(1 for p in self._pending.values() if p.ask is not _Ask.PROBE)
+            missing -= sum(1 for p in self._pending.values() if p.ask in _FILLING)
         return missing
 
     def _start_repair(self, out: list[Action], now: float, exclude: NodeId | None = None) -> None:
@@ -819,6 +1015,10 @@ class HyParView:
                 self._schedule_rejoin(now)
             case _Ask.PROBE:
                 self._events["probe.failed"] += 1
+            case _Ask.MERGE_PROBE:
+                self._events["merge.probe_failed"] += 1
+            case _Ask.MERGE:
+                self._events["merge.link_failed"] += 1
 
     def _probe_succeeded(self) -> None:
         # A lost peer answered: the partition (if that is what it was) has healed and we now
@@ -852,13 +1052,22 @@ class HyParView:
         self._send(out, to, reply, now)
 
     def _ask(
-        self, out: list[Action], peer: Peer, ask: _Ask, priority: Priority, now: float
+        self,
+        out: list[Action],
+        peer: Peer,
+        ask: _Ask,
+        priority: Priority,
+        now: float,
+        *,
+        marker: Marker | None = None,
     ) -> None:
-        self._pending[peer.id] = _Pending(peer, ask, priority, now + self.config.neighbor_timeout)
-        if ask is _Ask.NEIGHBOR:
-            message: Message = Neighbor(
-                sender=self.myself, incarnation=self.incarnation, priority=priority
-            )
+        deadline = now + self.config.neighbor_timeout
+        self._pending[peer.id] = _Pending(peer, ask, priority, deadline, marker)
+        message: Message
+        if ask is _Ask.NEIGHBOR or ask is _Ask.MERGE:
+            message = Neighbor(sender=self.myself, incarnation=self.incarnation, priority=priority)
+        elif ask is _Ask.MERGE_PROBE:
+            message = self._probe_message(now, reply=False)
         else:
             message = Join(sender=self.myself, incarnation=self.incarnation)
         self._send(out, peer, message, now)
@@ -927,8 +1136,16 @@ class HyParView:
         self._lost[peer.id] = _Lost(peer, incarnation, reason, now + self.config.lost_retention)
         while len(self._lost) > self.config.passive_view_size:
             del self._lost[next(iter(self._lost))]
-        if reason is DownReason.FAILED and self._next_probe is None:
-            self._next_probe = now + self._probe_delay * self._rng.uniform(0.5, 1.0)
+        if reason is DownReason.FAILED:
+            # A link failed: probe soon, in case it was a partition that will heal.
+            cfg = self.config
+            self._probe_delay = cfg.probe_interval_min
+            soon = now + cfg.probe_interval_min * self._rng.uniform(0.5, 1.0)
+            if self._next_probe is None or soon < self._next_probe:
+                self._next_probe = soon
+        elif self._next_probe is None:
+            # Every entry expires, a departed peer's too (the timer runs the expiry).
+            self._next_probe = now + self.config.lost_retention
 
     def _merge_passive(self, peers: tuple[Peer, ...], evict_first: tuple[Peer, ...]) -> None:
         """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the
