@@ -4,6 +4,7 @@ incarnations). Each failed on the code before its fix."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -13,11 +14,15 @@ from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.messages import (
     Disconnect,
+    ForwardJoin,
     Join,
+    MergeProbe,
     Message,
     Neighbor,
     NeighborReply,
+    Priority,
     Send,
+    ShuffleReply,
 )
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.sim import metrics
@@ -194,3 +199,84 @@ def test_a_connected_overlay_is_never_rewired_by_the_merge_rule() -> None:
     assert cost["merge.linked"] == 0
     assert cost["merge.evicted"] == 0
     assert metrics.largest_component_fraction(live_adjacency(sim)) == 1.0
+
+
+# ------------------------------------------- finding 8: the lost set knows incarnations
+
+
+R, C = peer("r"), peer("c")
+LOST_CFG = HyParViewConfig(
+    keepalive_interval=None,
+    shuffle_interval=1000.0,
+    min_active_size=1,
+    lost_retention=30.0,
+    merge_interval=20.0,
+    probe_interval_min=1.0,
+    probe_interval_max=4.0,
+)
+
+
+def _x_with_departed_r() -> HyParView:
+    """x linked to c and r; r leaves (DISCONNECT leaving) in its life 1."""
+    x = HyParView(X, LOST_CFG, rng=random.Random(3), incarnation=1)
+    x.join([], now=0.0)
+    x.receive(C.id, Join(sender=C, incarnation=1), now=0.0)
+    x.receive(R.id, Join(sender=R, incarnation=1), now=0.0)
+    x.receive(R.id, Disconnect(sender=R, incarnation=1, leaving=True), now=1.0)
+    assert "r" not in x.active_ids
+    return x
+
+
+def test_a_forward_join_walk_of_a_restarted_peer_is_not_swallowed() -> None:
+    """r left, restarted and joined through c: the walk that reaches x must link r. Before,
+    the LEFT entry of r's first life swallowed it and r came back with fewer links."""
+    x = _x_with_departed_r()
+    walk = ForwardJoin(sender=C, incarnation=1, new_peer=R, ttl=0)
+    asks = _deliver_to_x(x, C, walk, 2.0)
+    assert [(s.to.id, type(s.message)) for s in asks] == [("r", Neighbor)]
+    x.receive(R.id, NeighborReply(sender=R, incarnation=2, accepted=True), now=2.1)
+    assert "r" in x.active_ids
+
+
+def test_the_entry_of_a_peer_that_left_expires() -> None:
+    """After lost_retention, r's id is an id like any other: a shuffle answer brings it back
+    into the passive view. Before, entries of peers that LEFT never expired."""
+    x = _x_with_departed_r()
+    now = 1.0
+    while now < 1.0 + LOST_CFG.lost_retention + 5.0:
+        deadline = x.next_deadline()
+        assert deadline is not None
+        now = max(now, deadline)
+        x.on_timer(now=now)
+    x.receive(C.id, ShuffleReply(sender=C, incarnation=1, peers=(R,)), now=now)
+    assert "r" in x.passive_ids
+
+
+def test_a_restarted_peer_shuffled_to_us_is_found_by_probing_its_old_entry() -> None:
+    """r left and restarted; its id reaches x by a shuffle (no incarnation on the wire, so
+    the old entry still holds it back), but x probes its lost entries, r's new life answers
+    with a higher incarnation and becomes a repair candidate within the probe delay, well
+    before lost_retention. Before, nothing ever probed an entry of a peer that LEFT."""
+    x = _x_with_departed_r()
+    x.receive(C.id, ShuffleReply(sender=C, incarnation=1, peers=(R,)), now=1.5)
+    now = 1.5
+    while now < 10.0 and "r" not in x.passive_ids and "r" not in x.active_ids:
+        deadline = x.next_deadline()
+        assert deadline is not None
+        now = max(now, deadline)
+        for s in _sends(list(x.on_timer(now=now))):
+            if s.to.id == "r" and isinstance(s.message, MergeProbe):
+                answer = dataclasses.replace(
+                    s.message, sender=R, incarnation=2, reply=True, settled=False
+                )
+                x.receive(R.id, answer, now=now)
+    assert "r" in x.passive_ids or "r" in x.active_ids, f"r still shut out at t={now:.1f}"
+
+
+def test_a_neighbor_request_of_a_restarted_peer_is_accepted() -> None:
+    x = _x_with_departed_r()
+    x.receive(R.id, Neighbor(sender=R, incarnation=2, priority=Priority.LOW), now=2.0)
+    assert "r" in x.active_ids
+    # A late message of the life that left is still refused.
+    x.receive(R.id, Disconnect(sender=R, incarnation=1), now=2.1)
+    assert "r" in x.active_ids

@@ -520,6 +520,11 @@ class HyParView:
         new = msg.new_peer
         if new.id == self.myself.id:
             return
+        if self._lost and self._lost.pop(new.id, None) is not None:
+            # The walk is a JOIN happening now: the node lives, most likely a new life of the
+            # one we lost (a restart after leaving or crashing). Its old entry must not swallow
+            # the walk, or it comes back with one link instead of a full view (finding 8).
+            self._events["lost.rejoined"] += 1
         # Paper 4.2, FORWARD_JOIN. The prose says "the receiver has only one active peer", the
         # pseudocode "zero": with zero the walk could never stop early, so we follow the prose.
         if msg.ttl <= 0 or len(self._active) <= 1:
@@ -541,7 +546,7 @@ class HyParView:
     def _link_newcomer(self, out: list[Action], new: Peer, now: float) -> None:
         # DEPARTURE: the paper adds the newcomer directly; we ask it first (NEIGHBOR, HIGH as
         # the paper's newcomer must accept) so that the link is confirmed on both sides.
-        if new.id in self._active or new.id in self._pending or new.id in self._lost:
+        if new.id in self._active or new.id in self._pending:
             return
         self._ask(out, new, _Ask.NEIGHBOR, Priority.HIGH, now)
 
@@ -777,6 +782,9 @@ class HyParView:
             self._probe_succeeded()
         if peer.id in self._active:
             return
+        # It answered: alive. A lost entry of an earlier life was dropped by receive(); the
+        # new life becomes a repair candidate again.
+        self._merge_passive((peer,), ())
         theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
         if self._component.elsewhere(theirs, now):
             self._events["merge.found"] += 1
