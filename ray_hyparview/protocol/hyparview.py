@@ -26,16 +26,29 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
    KEEPALIVE) from a node that is not in our active view means that node believes in a link we do
    not have: we answer DISCONNECT so that it drops the link too.
 3. Incarnations. Every message carries its sender's incarnation. A message from an older
-   incarnation than the one we know is dropped, a newer one means the peer restarted (its old
-   link is reported failed). Peers whose link failed are kept for ``lost_retention`` seconds in a
-   *lost* set so that a late NEIGHBOR_REPLY cannot resurrect them.
-4. Isolation and partitions (the paper has no answer to either). A node whose active view stays
-   below ``min_active_size`` retries its passive view and re-joins through its contacts,
-   round-robin, with capped exponential backoff. Lost peers are probed now and then with a JOIN,
-   so that the two halves of a healed partition link up again without help. Ids evicted from
-   the passive view go to a bounded *reserve* that a cut-off node recalls once its passive view
-   runs dry (after a 95% crash, a fifth of the survivors know no live id in their passive view).
-5. Remote garbage never raises: messages that fail a check are dropped and counted in
+   incarnation than the one we know is dropped; a newer one means the peer restarted: its old
+   link is reported failed, the new life goes to the passive view and the slot is refilled.
+   Peers whose link failed or that left are kept for ``lost_retention`` seconds in a *lost*
+   set, with the incarnation of that life, so that a late NEIGHBOR_REPLY cannot resurrect
+   them; every entry expires, a message of a newer life drops it, and so does a FORWARD_JOIN
+   walk for the peer (a join happening now: most likely a new life).
+4. Isolation. A repair round ends on its last answer, or ``2 * neighbor_timeout`` after it
+   began; a node whose active view stays below ``min_active_size`` then retries its passive
+   view and re-joins through its contacts, round-robin, with capped exponential backoff. Ids
+   evicted from the passive view go to a bounded *reserve* that a cut-off node recalls once
+   its passive view runs dry (after a 95% crash, a fifth of the survivors know no live id in
+   their passive view).
+5. Partitions (the paper has no answer). Each node holds a component marker
+   (:mod:`~ray_hyparview.protocol.merge`): the least id of its component, flooded along
+   active links and kept alive by its root's beats. Now and then (lost peers first and soon
+   after a failure, else once a ``merge_interval``) a node sends MERGE_PROBE to one known id
+   that is not an active peer; the answer carries that node's marker. When the markers say
+   another component, or a peer whose link failed answers, the node opens exactly one link
+   (NEIGHBOR with priority MERGE: a free slot, or one eviction per ``2 * merge_interval`` at
+   most on either side, no FORWARD_JOIN walk); the markers then meet and flood, and the
+   other nodes see one component again. Splits of any length merge, and a heal costs a few
+   links instead of rewiring the overlay.
+6. Remote garbage never raises: messages that fail a check are dropped and counted in
    ``counters`` under ``dropped.<cause>``.
 """
 
@@ -110,9 +123,6 @@ class _Ask(enum.Enum):
     MERGE_PROBE = "merge_probe"  # MERGE_PROBE: which component is that node in?
     MERGE = "merge"  # NEIGHBOR(MERGE) to a node found in another component
 
-
-_FILLING = frozenset((_Ask.JOIN, _Ask.NEIGHBOR))
-"""Requests that fill a free slot when answered (a merge link evicts, a probe links nothing)."""
 
 # The two records below spell out their __init__: mypyc compiles written methods only, and the
 # one ``dataclass`` generates would stay interpreted (see messages._direct_init).
@@ -199,6 +209,8 @@ class HyParView:
         self._next_rejoin: float | None = None
         self._rejoin_attempts = 0
         self._next_probe: float | None = None
+        # min(_next_probe, the marker's next beat): one comparison in next_deadline for both.
+        self._next_merge: float | None = None
         self._probe_delay = self.config.probe_interval_min
         self._starved = 0
         self._starve_limit = _STARVE_MIN
@@ -299,6 +311,7 @@ class HyParView:
         if self._next_probe is None:
             # A healthy node probes once a merge_interval; a failed link speeds it up.
             self._next_probe = now + self.config.merge_interval * self._rng.uniform(0.5, 1.0)
+            self._merge_timer()
         out: list[Action] = []
         contact = self._pick_contact()
         if contact is not None:
@@ -316,13 +329,13 @@ class HyParView:
         return out
 
     def probe(self, peer: Peer, *, now: float) -> list[Action]:
-        """JOIN ``peer`` now, as a lost-peer probe would.
+        """JOIN ``peer`` now.
 
-        For a driver that knows more than the protocol does: when every node's active view is
-        full, two components of the overlay can each be stable (say two triangles with an
-        active view of 2), and no rule of the paper links them again. A layer that sees that
-        ``peer`` is alive but unreachable over the overlay (the mesh's router does) calls this;
-        ``peer`` takes us in, evicting at random, and the FORWARD_JOIN walks link the rest.
+        For a driver that knows more than the protocol does. The core merges components by
+        itself (rule 5 of the module docstring), from about 1.5 ``merge_interval`` after a
+        split; a layer that sees sooner that ``peer`` is alive but unreachable over the overlay
+        (the mesh's router does) may call this. ``peer`` takes us in, evicting at random, and
+        the FORWARD_JOIN walks link the rest: a heavier rewiring than the core's merge link.
         """
         if self._left:
             raise StateError("this node has left the overlay")
@@ -440,11 +453,13 @@ class HyParView:
         if self._next_rejoin is not None and now >= self._next_rejoin:
             self._next_rejoin = None
             self._rejoin_tick(out, now)
-        if self._next_probe is not None and now >= self._next_probe:
-            self._probe_tick(out, now)
-        beat = self._component.next_beat
-        if beat is not None and now >= beat and self._component.tick(now):
-            self._flood_mark(out, None, now)
+        if self._next_merge is not None and now >= self._next_merge:
+            if self._next_probe is not None and now >= self._next_probe:
+                self._probe_tick(out, now)
+            beat = self._component.next_beat
+            if beat is not None and now >= beat and self._component.tick(now):
+                self._flood_mark(out, None, now)
+            self._merge_timer()
         if self._round_deadline is not None and now >= self._round_deadline:
             # A round whose answers never all came (lost, or taken by other paths) ends here.
             self._events["repair.round_expired"] += 1
@@ -459,15 +474,18 @@ class HyParView:
         # Called after every input by both drivers: the common case (a shuffle timer, nothing
         # else) is kept to a few comparisons.
         best = self._next_shuffle
-        for t in (
-            self._next_keepalive,
-            self._next_rejoin,
-            self._next_probe,
-            self._round_deadline,
-            self._component.next_beat,
-        ):
-            if t is not None and (best is None or t < best):
-                best = t
+        t = self._next_merge
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self._next_keepalive
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self._next_rejoin
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self._round_deadline
+        if t is not None and (best is None or t < best):
+            best = t
         if self._pending:
             for pend in self._pending.values():
                 if best is None or pend.deadline < best:
@@ -903,17 +921,40 @@ class HyParView:
             # the earliest, so probing faster than once an interval finds nothing sooner.
             delay = self.config.merge_interval
         self._next_probe = now + delay * self._rng.uniform(0.5, 1.0)
-        if not candidates:
-            me = self.myself.id
-            known: dict[NodeId, Peer] = {}
-            for source in (self._passive.values(), self._reserve.values(), self._contacts):
-                for p in source:
-                    if p.id not in active and p.id not in pending and p.id != me:
-                        known[p.id] = p
-            candidates = list(known.values())
-        if candidates:
+        target = _pick(self._rand, candidates) if candidates else None
+        if target is None:
+            # Half of the probes go to the passive view, a quarter each to the reserve and to
+            # the contacts (a standalone agent's contacts may be all it knows of the other
+            # half after a long split). Picked without building the union: this runs on every
+            # node once an interval.
+            draw = self._rand()
+            sources: tuple[dict[NodeId, Peer] | list[Peer], ...]
+            sources = (self._passive, self._reserve, self._contacts)
+            if draw >= 0.75:
+                sources = (self._contacts, self._passive, self._reserve)
+            elif draw >= 0.5:
+                sources = (self._reserve, self._passive, self._contacts)
+            for source in sources:
+                if not source:
+                    continue
+                pool = tuple(source.values()) if isinstance(source, dict) else tuple(source)
+                for _ in range(3):
+                    peer = _pick(self._rand, pool)
+                    if peer.id not in active and peer.id not in pending:
+                        target = peer
+                        break
+                if target is not None:
+                    break
+        if target is not None:
             self._events["merge.probe"] += 1
-            self._ask(out, _pick(self._rand, candidates), _Ask.MERGE_PROBE, Priority.LOW, now)
+            self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
+
+    def _merge_timer(self) -> None:
+        probe, beat = self._next_probe, self._component.next_beat
+        if probe is None or (beat is not None and beat < probe):
+            self._next_merge = beat
+        else:
+            self._next_merge = probe
 
     def _schedule_rejoin(self, now: float) -> None:
         if (
@@ -933,7 +974,9 @@ class HyParView:
     def _missing(self) -> int:
         missing = self.config.active_view_size - len(self._active)
         if self._pending:  # asked every shuffle period by every node: skip the scan when idle
-            missing -= sum(1 for p in self._pending.values() if p.ask in _FILLING)
+            missing -= sum(
+                1 for p in self._pending.values() if p.ask is _Ask.NEIGHBOR or p.ask is _Ask.JOIN
+            )
         return missing
 
     def _start_repair(self, out: list[Action], now: float, exclude: NodeId | None = None) -> None:
@@ -1151,9 +1194,11 @@ class HyParView:
             soon = now + cfg.probe_interval_min * self._rng.uniform(0.5, 1.0)
             if self._next_probe is None or soon < self._next_probe:
                 self._next_probe = soon
+                self._merge_timer()
         elif self._next_probe is None:
             # Every entry expires, a departed peer's too (the timer runs the expiry).
             self._next_probe = now + self.config.lost_retention
+            self._merge_timer()
 
     def _merge_passive(self, peers: tuple[Peer, ...], evict_first: tuple[Peer, ...]) -> None:
         """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the
