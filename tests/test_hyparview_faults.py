@@ -89,10 +89,10 @@ def test_a_round_whose_last_answer_is_an_acceptance_ends_and_the_node_refills() 
 
 
 def test_no_survivor_of_a_half_crash_is_left_short_with_its_round_open() -> None:
-    """400 nodes, 50% crash, 20 cycles: no survivor below the minimum while it has live
+    """1,000 nodes, 50% crash, 20 cycles: no survivor below the minimum while it has live
     passive ids, and no survivor short of a full view with a round open and nothing asked
-    (the state that blocked every refill: 18 of 500 survivors at 1,000 nodes before)."""
-    experiment = Experiment(nodes=400, seed=0, cycles=4)
+    (the state that blocks every refill: 15 of the 500 survivors before the fix)."""
+    experiment = Experiment(nodes=1000, seed=0, cycles=4)
     sim, rng = prepare(experiment)
     live = sim.alive_ids
     sim.crash(rng.sample(live, len(live) // 2))

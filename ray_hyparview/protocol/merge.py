@@ -124,13 +124,17 @@ class ComponentMarker:
         fell silent becomes a root itself. True when the marker must be flooded."""
         if self.next_beat is None or now < self.next_beat:
             return False
-        self.next_beat = now + self.interval
         if self.is_root():
+            self.next_beat = now + self.interval
             self._become_root(now, changed=False)
             return True
-        if self.age(now) > ROOT_TIMEOUT * self.interval:
+        # Not the root: wake only when the root could have been silent for too long.
+        given_up = (self.origin if self.origin is not None else now) + ROOT_TIMEOUT * self.interval
+        if now >= given_up:
+            self.next_beat = now + self.interval
             self._become_root(now, changed=True)
             return True
+        self.next_beat = given_up
         return False
 
     def _become_root(self, now: float, *, changed: bool) -> None:
