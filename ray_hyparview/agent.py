@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -51,11 +52,13 @@ from ray_hyparview.protocol.errors import HyParViewError, StateError
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.messages import (
     Action,
+    ComponentMark,
     Disconnect,
     DownReason,
     ForwardJoin,
     Join,
     KeepAlive,
+    MergeProbe,
     Neighbor,
     NeighborReply,
     PeerDown,
@@ -68,7 +71,16 @@ from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.base import LinkFailed, Transport, TransportClosed
 
-__all__ = ["Agent", "AgentClosed", "Event", "EventsOverflow", "Gate", "main", "make_transport"]
+__all__ = [
+    "Agent",
+    "AgentClosed",
+    "Event",
+    "EventsOverflow",
+    "Gate",
+    "main",
+    "make_transport",
+    "next_incarnation",
+]
 
 log = logging.getLogger("ray_hyparview.agent")
 
@@ -84,6 +96,8 @@ _HYPARVIEW_TYPES = (
     Shuffle,
     ShuffleReply,
     KeepAlive,
+    ComponentMark,
+    MergeProbe,
 )
 
 # Seconds a released link stays open so that a DISCONNECT sent just before reaches the peer.
@@ -163,6 +177,48 @@ class _ErrorLog:
         return True
 
 
+INCARNATION_FILE_ENV = "RAY_HYPARVIEW_INCARNATION_FILE"
+"""Environment variable naming the incarnation file when the agent is not given one."""
+
+_INCARNATION_MAX = 2**63 - 1  # what the wire's incarnation field carries
+
+
+def next_incarnation(clock_us: int, path: str | os.PathLike[str] | None = None) -> int:
+    """This life's incarnation: the clock in microseconds, but always above the last one.
+
+    Incarnations must grow at every restart, or the peers that remember the previous life
+    drop the new one's messages as stale (issue 9, finding 8). The wall clock alone breaks
+    that when it steps back (NTP, a VM restored from a snapshot). With ``path``, the last
+    incarnation is kept in that file and the new one is ``max(clock, last + 1)``; the file is
+    replaced atomically. A missing or unreadable file counts as no previous life; a value
+    beyond what the wire carries is ignored rather than trusted.
+    """
+    incarnation = max(1, min(clock_us, _INCARNATION_MAX))
+    if path is None:
+        return incarnation
+    try:
+        with open(path, encoding="ascii") as f:
+            last = int(f.read().strip() or "0")
+    except (OSError, ValueError):
+        last = 0
+    if 0 <= last < _INCARNATION_MAX:
+        incarnation = max(incarnation, last + 1)
+    else:
+        log.warning("ignoring incarnation %r read from %s: out of range", last, path)
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{incarnation}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        log.warning("could not record incarnation %d in %s", incarnation, path, exc_info=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return incarnation
+
+
 class Agent:
     """One HyParView node: ``async with Agent(strategy) as agent: ...``.
 
@@ -178,14 +234,18 @@ class Agent:
         gate: Gate | None = None,
         rng: random.Random | None = None,
         incarnation: int | None = None,
+        incarnation_file: str | os.PathLike[str] | None = None,
         codec: Codec | None = None,
     ) -> None:
         self.strategy = strategy
         self._transport = transport
         self._gate = gate
         self._rng = rng if rng is not None else random.Random()
-        # Microseconds since the epoch: larger at every restart, as incarnations must be.
-        self._incarnation = incarnation if incarnation is not None else time.time_ns() // 1000
+        if incarnation is None:
+            if incarnation_file is None:
+                incarnation_file = os.environ.get(INCARNATION_FILE_ENV) or None
+            incarnation = next_incarnation(time.time_ns() // 1000, incarnation_file)
+        self._incarnation = incarnation
         self._codec = codec if codec is not None else default_codec()
         self._core: HyParView | None = None
         self._handlers: dict[type, Handler] = {}

@@ -48,10 +48,12 @@ import msgpack
 from ray_hyparview.protocol import limits
 from ray_hyparview.protocol.errors import HyParViewError
 from ray_hyparview.protocol.messages import (
+    ComponentMark,
     Disconnect,
     ForwardJoin,
     Join,
     KeepAlive,
+    MergeProbe,
     Neighbor,
     NeighborReply,
     Priority,
@@ -616,14 +618,17 @@ class Codec:
 
 
 # --------------------------------------------------------------------------------------------
-# The default registry with the eight HyParView messages
+# The default registry with the ten HyParView messages
 # --------------------------------------------------------------------------------------------
 
 _SHUFFLE_PEERS = SeqField(PEER, MAX_SHUFFLE_PEERS)
+_AGE = FloatField(0.0, 1e9)
+"""A component marker's age in seconds: a marker older than a few ``merge_interval`` is
+dropped, so anything near the bound is garbage."""
 
 
 def hyparview_registry() -> Registry:
-    """A fresh registry holding just the eight HyParView messages (tags 1-8): for codecs that
+    """A fresh registry holding just the ten HyParView messages (tags 1-10): for codecs that
     must not see what other modules added to :data:`REGISTRY`, e.g. to pin limits in tests."""
     registry = Registry()
     hv = registry.register
@@ -645,6 +650,17 @@ def hyparview_registry() -> Registry:
     )
     hv(7, ShuffleReply, {"sender": PEER, "incarnation": INCARNATION, "peers": _SHUFFLE_PEERS})
     hv(8, KeepAlive, {"sender": PEER, "incarnation": INCARNATION})
+    mark: dict[str, Field] = {
+        "sender": PEER,
+        "incarnation": INCARNATION,
+        "root": PEER,
+        "root_incarnation": INCARNATION,
+        "seq": INCARNATION,
+        "age": _AGE,
+        "settled": BOOL,
+    }
+    hv(9, ComponentMark, mark)
+    hv(10, MergeProbe, {**mark, "reply": BOOL})
     return registry
 
 

@@ -213,7 +213,7 @@ BAD_FRAMES: list[tuple[bytes, str]] = [
     (frame([1, ["a", ""], True]), "bad_schema"),
     (frame([1, ["a", ""], 2**64 - 1]), "bad_schema"),
     (frame([2, ["a", ""], 1, ["b", ""], 256]), "bad_schema"),  # ttl out of range
-    (frame([3, ["a", ""], 1, 2]), "bad_schema"),  # unknown priority
+    (frame([3, ["a", ""], 1, 3]), "bad_schema"),  # unknown priority
     (frame([3, ["a", ""], 1, "HIGH"]), "bad_schema"),
     (frame([4, ["a", ""], 1, 1]), "bad_schema"),  # int is not bool
     (frame([6, ["a", ""], 1, ["o", ""], [["p", ""]] * 65, 1]), "malformed"),  # > any array

@@ -27,7 +27,7 @@ CLASSES: list[type[Any]] = [
 
 
 def test_every_message_and_action_class_is_covered() -> None:
-    assert len(CLASSES) == 11
+    assert len(CLASSES) == 13
     assert all(dataclasses.is_dataclass(cls) for cls in CLASSES)
 
 
@@ -85,6 +85,8 @@ def _sample_value(annotation: str, name: str) -> Any:
         return len(name) * 7
     if annotation == "bool":
         return True
+    if annotation == "float":
+        return len(name) * 0.5
     if annotation == "Message":
         return messages.KeepAlive(sender=A, incarnation=3)
     if annotation == "Priority":

@@ -79,7 +79,16 @@ class HyParViewConfig:
     """First delay between two probes of lost peers, in seconds."""
 
     probe_interval_max: float = 60.0
-    """Cap of the probe delay; it doubles after each probe that finds nobody."""
+    """Cap of the probe delay; it doubles after each probe that finds nobody, or finds the
+    probed node in our own component."""
+
+    merge_interval: float = 120.0
+    """Seconds between two beats of the component marker's root (see
+    :mod:`ray_hyparview.protocol.merge`). A split is told from a heal once the half that lost
+    the root has missed its beats for 1.5 intervals; a root silent for 3 intervals is given up.
+    Each beat costs about one message per active link. Splits shorter than
+    ``lost_retention`` merge through the lost peers, sooner; keep ``3 * merge_interval`` below
+    ``lost_retention`` so that no split length falls between the two."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -133,6 +142,7 @@ class HyParViewConfig:
             "lost_retention",
             "probe_interval_min",
             "probe_interval_max",
+            "merge_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:

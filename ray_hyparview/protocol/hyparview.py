@@ -26,22 +26,36 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
    KEEPALIVE) from a node that is not in our active view means that node believes in a link we do
    not have: we answer DISCONNECT so that it drops the link too.
 3. Incarnations. Every message carries its sender's incarnation. A message from an older
-   incarnation than the one we know is dropped, a newer one means the peer restarted (its old
-   link is reported failed). Peers whose link failed are kept for ``lost_retention`` seconds in a
-   *lost* set so that a late NEIGHBOR_REPLY cannot resurrect them.
-4. Isolation and partitions (the paper has no answer to either). A node whose active view stays
-   below ``min_active_size`` retries its passive view and re-joins through its contacts,
-   round-robin, with capped exponential backoff. Lost peers are probed now and then with a JOIN,
-   so that the two halves of a healed partition link up again without help. Ids evicted from
-   the passive view go to a bounded *reserve* that a cut-off node recalls once its passive view
-   runs dry (after a 95% crash, a fifth of the survivors know no live id in their passive view).
-5. Remote garbage never raises: messages that fail a check are dropped and counted in
+   incarnation than the one we know is dropped; a newer one means the peer restarted: its old
+   link is reported failed, the new life goes to the passive view and the slot is refilled.
+   Peers whose link failed or that left are kept for ``lost_retention`` seconds in a *lost*
+   set, with the incarnation of that life, so that a late NEIGHBOR_REPLY cannot resurrect
+   them; every entry expires, a message of a newer life drops it, and so does a FORWARD_JOIN
+   walk for the peer (a join happening now: most likely a new life).
+4. Isolation. A repair round ends on its last answer, or ``2 * neighbor_timeout`` after it
+   began; a node whose active view stays below ``min_active_size`` then retries its passive
+   view and re-joins through its contacts, round-robin, with capped exponential backoff. Ids
+   evicted from the passive view go to a bounded *reserve* that a cut-off node recalls once
+   its passive view runs dry (after a 95% crash, a fifth of the survivors know no live id in
+   their passive view).
+5. Partitions (the paper has no answer). Each node holds a component marker
+   (:mod:`~ray_hyparview.protocol.merge`): the least id of its component, flooded along
+   active links and kept alive by its root's beats. Now and then (lost peers first and soon
+   after a failure, else once a ``merge_interval``) a node sends MERGE_PROBE to one known id
+   that is not an active peer; the answer carries that node's marker. When the markers say
+   another component, or a peer whose link failed answers, the node opens exactly one link
+   (NEIGHBOR with priority MERGE: a free slot, or one eviction per ``2 * merge_interval`` at
+   most on either side, no FORWARD_JOIN walk); the markers then meet and flood, and the
+   other nodes see one component again. Splits of any length merge, and a heal costs a few
+   links instead of rewiring the overlay.
+6. Remote garbage never raises: messages that fail a check are dropped and counted in
    ``counters`` under ``dropped.<cause>``.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, KeysView, Sequence
@@ -50,13 +64,16 @@ from typing import TypeVar
 
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import StateError
+from ray_hyparview.protocol.merge import ComponentMarker, Marker
 from ray_hyparview.protocol.messages import (
     Action,
+    ComponentMark,
     Disconnect,
     DownReason,
     ForwardJoin,
     Join,
     KeepAlive,
+    MergeProbe,
     Message,
     Neighbor,
     NeighborReply,
@@ -76,7 +93,18 @@ _T = TypeVar("_T")
 # Messages are tallied by type in two lists of ints, indexed by _KIND, and merged into
 # ``counters`` on read: one message in, one out per event, and a ``Counter`` increment (a dict
 # subclass, so every ``+=`` is two method calls through its type) was 7% of a compiled run.
-_TYPES = (Join, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle, ShuffleReply, KeepAlive)
+_TYPES = (
+    Join,
+    ForwardJoin,
+    Neighbor,
+    NeighborReply,
+    Disconnect,
+    Shuffle,
+    ShuffleReply,
+    KeepAlive,
+    ComponentMark,
+    MergeProbe,
+)
 _KIND: dict[type, int] = {cls: index for index, cls in enumerate(_TYPES)}
 _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
@@ -90,8 +118,10 @@ class _Ask(enum.Enum):
     """What an outstanding request was for."""
 
     JOIN = "join"  # JOIN to a contact, on start or re-join
-    PROBE = "probe"  # JOIN to a lost peer, to merge a healed partition
+    PROBE = "probe"  # JOIN asked for by the driver (probe())
     NEIGHBOR = "neighbor"  # NEIGHBOR to a passive peer or to a FORWARD_JOIN newcomer
+    MERGE_PROBE = "merge_probe"  # MERGE_PROBE: which component is that node in?
+    MERGE = "merge"  # NEIGHBOR(MERGE) to a node found in another component
 
 
 # The two records below spell out their __init__: mypyc compiles written methods only, and the
@@ -104,12 +134,21 @@ class _Pending:
     ask: _Ask
     priority: Priority
     deadline: float
+    marker: Marker | None
 
-    def __init__(self, peer: Peer, ask: _Ask, priority: Priority, deadline: float) -> None:
+    def __init__(
+        self,
+        peer: Peer,
+        ask: _Ask,
+        priority: Priority,
+        deadline: float,
+        marker: Marker | None = None,
+    ) -> None:
         self.peer = peer
         self.ask = ask
         self.priority = priority
         self.deadline = deadline
+        self.marker = marker
 
 
 @dataclass(slots=True)
@@ -162,6 +201,7 @@ class HyParView:
         self._contacts: list[Peer] = []
         self._next_contact = 0
         self._repairing = False
+        self._round_deadline: float | None = None
         self._tried: dict[NodeId, None] = {}
         self._last_shuffle: tuple[Peer, ...] = ()
         self._next_shuffle: float | None = None
@@ -169,9 +209,13 @@ class HyParView:
         self._next_rejoin: float | None = None
         self._rejoin_attempts = 0
         self._next_probe: float | None = None
+        # min(_next_probe, the marker's next beat): one comparison in next_deadline for both.
+        self._next_merge: float | None = None
         self._probe_delay = self.config.probe_interval_min
         self._starved = 0
         self._starve_limit = _STARVE_MIN
+        self._component = ComponentMarker(myself, incarnation, self.config.merge_interval)
+        self._merge_budget = -math.inf  # no eviction for a merge link before this time
         self._left = False
 
     # ------------------------------------------------------------------ views
@@ -221,6 +265,17 @@ class HyParView:
         return merged
 
     @property
+    def repairing(self) -> bool:
+        """True while a repair round is open. A round ends on its last answer or, at the
+        latest, ``2 * neighbor_timeout`` after it started."""
+        return self._repairing
+
+    @property
+    def asking(self) -> int:
+        """How many NEIGHBOR requests are waiting for an answer."""
+        return sum(1 for p in self._pending.values() if p.ask is _Ask.NEIGHBOR)
+
+    @property
     def has_left(self) -> bool:
         """True once :meth:`leave` was called."""
         return self._left
@@ -252,6 +307,11 @@ class HyParView:
             self._next_shuffle = now + self._rng.uniform(0.0, self.config.shuffle_interval)
         if self._next_keepalive is None and self.config.keepalive_interval is not None:
             self._next_keepalive = now + self.config.keepalive_interval
+        self._component.start(now)
+        if self._next_probe is None:
+            # A healthy node probes once a merge_interval; a failed link speeds it up.
+            self._next_probe = now + self.config.merge_interval * self._rng.uniform(0.5, 1.0)
+            self._merge_timer()
         out: list[Action] = []
         contact = self._pick_contact()
         if contact is not None:
@@ -269,13 +329,13 @@ class HyParView:
         return out
 
     def probe(self, peer: Peer, *, now: float) -> list[Action]:
-        """JOIN ``peer`` now, as a lost-peer probe would.
+        """JOIN ``peer`` now.
 
-        For a driver that knows more than the protocol does: when every node's active view is
-        full, two components of the overlay can each be stable (say two triangles with an
-        active view of 2), and no rule of the paper links them again. A layer that sees that
-        ``peer`` is alive but unreachable over the overlay (the mesh's router does) calls this;
-        ``peer`` takes us in, evicting at random, and the FORWARD_JOIN walks link the rest.
+        For a driver that knows more than the protocol does. The core merges components by
+        itself (rule 5 of the module docstring), from about 1.5 ``merge_interval`` after a
+        split; a layer that sees sooner that ``peer`` is alive but unreachable over the overlay
+        (the mesh's router does) may call this. ``peer`` takes us in, evicting at random, and
+        the FORWARD_JOIN walks link the rest: a heavier rewiring than the core's merge link.
         """
         if self._left:
             raise StateError("this node has left the overlay")
@@ -303,6 +363,7 @@ class HyParView:
         out: list[Action] = []
         incarnation = message.incarnation
         known = self._active_incarnation.get(source_id)
+        restarted = False
         if known is not None:
             if incarnation == known:
                 if self._keepalives:
@@ -310,8 +371,11 @@ class HyParView:
             elif incarnation < known:
                 return self._drop("stale_incarnation")
             else:
-                # The peer restarted: whatever link we had with its earlier life is gone.
+                # The peer restarted: whatever link we had with its earlier life is gone. It is
+                # alive, so it goes to the passive view, and the slot is refilled below (a
+                # restart seen through its DISCONNECT used to leave the view one short).
                 self._remove_active(out, source_id, DownReason.FAILED)
+                restarted = True
         was_lost = False
         if self._lost:
             lost = self._lost.get(source_id)
@@ -341,6 +405,16 @@ class HyParView:
                 self._on_join(out, message, now)
             case KeepAlive():
                 self._on_keepalive(out, message, now)
+            case ComponentMark():
+                self._on_mark(out, message, now)
+            case MergeProbe():
+                self._on_merge_probe(out, message, was_lost, now)
+        if restarted and source_id not in self._active:
+            self._events["peer_restarted"] += 1
+            self._merge_passive((message.sender,), ())
+            self._start_repair(out, now, exclude=source_id)
+        if self._repairing:
+            self._round_answered(now)
         return out
 
     def link_failed(self, peer: NodeId, *, now: float) -> list[Action]:
@@ -359,6 +433,8 @@ class HyParView:
             self._pending_failed(out, self._pending.pop(peer), now)
         elif self._passive.pop(peer, None) is not None:
             self._events["passive.unreachable"] += 1
+        if self._repairing:
+            self._round_answered(now)
         return out
 
     def on_timer(self, *, now: float) -> list[Action]:
@@ -377,8 +453,17 @@ class HyParView:
         if self._next_rejoin is not None and now >= self._next_rejoin:
             self._next_rejoin = None
             self._rejoin_tick(out, now)
-        if self._next_probe is not None and now >= self._next_probe:
-            self._probe_tick(out, now)
+        if self._next_merge is not None and now >= self._next_merge:
+            if self._next_probe is not None and now >= self._next_probe:
+                self._probe_tick(out, now)
+            beat = self._component.next_beat
+            if beat is not None and now >= beat and self._component.tick(now):
+                self._flood_mark(out, None, now)
+            self._merge_timer()
+        if self._round_deadline is not None and now >= self._round_deadline:
+            # A round whose answers never all came (lost, or taken by other paths) ends here.
+            self._events["repair.round_expired"] += 1
+            self._end_round()
         self._schedule_rejoin(now)
         return out
 
@@ -389,9 +474,18 @@ class HyParView:
         # Called after every input by both drivers: the common case (a shuffle timer, nothing
         # else) is kept to a few comparisons.
         best = self._next_shuffle
-        for t in (self._next_keepalive, self._next_rejoin, self._next_probe):
-            if t is not None and (best is None or t < best):
-                best = t
+        t = self._next_merge
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self._next_keepalive
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self._next_rejoin
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self._round_deadline
+        if t is not None and (best is None or t < best):
+            best = t
         if self._pending:
             for pend in self._pending.values():
                 if best is None or pend.deadline < best:
@@ -444,6 +538,11 @@ class HyParView:
         new = msg.new_peer
         if new.id == self.myself.id:
             return
+        if self._lost and self._lost.pop(new.id, None) is not None:
+            # The walk is a JOIN happening now: the node lives, most likely a new life of the
+            # one we lost (a restart after leaving or crashing). Its old entry must not swallow
+            # the walk, or it comes back with one link instead of a full view (finding 8).
+            self._events["lost.rejoined"] += 1
         # Paper 4.2, FORWARD_JOIN. The prose says "the receiver has only one active peer", the
         # pseudocode "zero": with zero the walk could never stop early, so we follow the prose.
         if msg.ttl <= 0 or len(self._active) <= 1:
@@ -465,7 +564,7 @@ class HyParView:
     def _link_newcomer(self, out: list[Action], new: Peer, now: float) -> None:
         # DEPARTURE: the paper adds the newcomer directly; we ask it first (NEIGHBOR, HIGH as
         # the paper's newcomer must accept) so that the link is confirmed on both sides.
-        if new.id in self._active or new.id in self._pending or new.id in self._lost:
+        if new.id in self._active or new.id in self._pending:
             return
         self._ask(out, new, _Ask.NEIGHBOR, Priority.HIGH, now)
 
@@ -487,6 +586,15 @@ class HyParView:
         free = len(self._active) < self.config.active_view_size and (
             not self._repairing or self._missing() > 0 or asker.id in self._pending
         )
+        if msg.priority is Priority.MERGE:
+            # A node of another component asks for the one link that merges the two: a free
+            # slot, or one eviction per 2 * merge_interval at most (issue 9, finding 7: a heal
+            # used to evict 238 times among 40 nodes).
+            free = len(self._active) < self.config.active_view_size
+            if not free and now >= self._merge_budget:
+                self._merge_budget = now + 2 * self.config.merge_interval
+                self._events["merge.evicted"] += 1
+                free = True
         if msg.priority is Priority.HIGH or free:
             self._pending.pop(asker.id, None)
             self._add_active(out, asker, msg.incarnation, now)
@@ -503,6 +611,9 @@ class HyParView:
         pend = self._pending.pop(peer.id, None)
         if peer.id in self._active:
             return
+        if pend is not None and pend.ask is _Ask.MERGE:
+            self._merge_answered(out, pend, msg, now)
+            return
         if not msg.accepted:
             self._events["repair.refused"] += 1
             self._merge_passive((peer,), ())
@@ -515,8 +626,6 @@ class HyParView:
                 self._repair(out, now)
             else:
                 self._starved += 1
-                if not any(p.ask is _Ask.NEIGHBOR for p in self._pending.values()):
-                    self._repairing = False
             return
         urgent = pend is not None and (
             pend.ask is not _Ask.NEIGHBOR or pend.priority is Priority.HIGH
@@ -535,6 +644,37 @@ class HyParView:
             self._events["repair.succeeded"] += 1
         if pend is not None and pend.ask is _Ask.PROBE:
             self._probe_succeeded()
+
+    def _merge_answered(
+        self, out: list[Action], pend: _Pending, msg: NeighborReply, now: float
+    ) -> None:
+        peer = msg.sender
+        if not msg.accepted:
+            self._events["merge.refused"] += 1
+            return
+        if len(self._active) >= self.config.active_view_size:
+            if now < self._merge_budget:
+                # Full again since we asked, and our one eviction is spent: undo the link.
+                self._events["merge.unwanted"] += 1
+                self._send(out, peer, self._disconnect(), now)
+                return
+            self._merge_budget = now + 2 * self.config.merge_interval
+            self._events["merge.evicted"] += 1
+        self._events["merge.linked"] += 1
+        self._add_active(out, peer, msg.incarnation, now)
+        theirs = pend.marker
+        if theirs is not None:
+            asked = pend.deadline - self.config.neighbor_timeout
+            aged = Marker(
+                theirs.root,
+                theirs.root_incarnation,
+                theirs.seq,
+                theirs.age + max(0.0, now - asked),
+                theirs.settled,
+            )
+            if self._component.offer(aged, now):
+                self._flood_mark(out, peer.id, now)
+        self._send(out, peer, self._mark_message(now), now)
 
     def _on_disconnect(self, out: list[Action], msg: Disconnect, now: float) -> None:
         # Paper 4.3, DISCONNECT: move the sender to the passive view and refill from it.
@@ -593,6 +733,94 @@ class HyParView:
 
     def _on_keepalive(self, out: list[Action], msg: KeepAlive, now: float) -> None:
         self._one_sided(out, msg.sender, now)
+
+    # ------------------------------------------------------------------ merge
+
+    def _probe_message(self, now: float, *, reply: bool) -> MergeProbe:
+        c = self._component
+        return MergeProbe(
+            sender=self.myself,
+            incarnation=self.incarnation,
+            root=c.root,
+            root_incarnation=c.root_incarnation,
+            seq=c.seq,
+            age=c.age(now),
+            settled=c.settled(now),
+            reply=reply,
+        )
+
+    def _mark_message(self, now: float) -> ComponentMark:
+        c = self._component
+        return ComponentMark(
+            sender=self.myself,
+            incarnation=self.incarnation,
+            root=c.root,
+            root_incarnation=c.root_incarnation,
+            seq=c.seq,
+            age=c.age(now),
+            settled=c.settled(now),
+        )
+
+    def _flood_mark(self, out: list[Action], skip: NodeId | None, now: float) -> None:
+        if not self._active:
+            return
+        mark = self._mark_message(now)
+        for peer in self._active_tuple():
+            if peer.id != skip:
+                self._send(out, peer, mark, now)
+
+    def _on_mark(self, out: list[Action], msg: ComponentMark, now: float) -> None:
+        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
+        component = self._component
+        if component.offer(theirs, now):
+            self._flood_mark(out, msg.sender.id, now)
+        elif (
+            msg.sender.id in self._active
+            and msg.root.id != component.root.id
+            and component.fresh(now)
+        ):
+            # A neighbour with a worse root (a link across two former components): tell it
+            # ours, it floods it on. Only a fresh marker is told, so two stale ones never
+            # bounce between two nodes.
+            self._send(out, msg.sender, self._mark_message(now), now)
+
+    def _on_merge_probe(
+        self, out: list[Action], msg: MergeProbe, was_lost: bool, now: float
+    ) -> None:
+        peer = msg.sender
+        if not msg.reply:
+            self._send(out, peer, self._probe_message(now, reply=True), now)
+            return
+        pend = self._pending.get(peer.id)
+        if pend is None or pend.ask is not _Ask.MERGE_PROBE:
+            self._events["dropped.unasked_probe_reply"] += 1
+            return
+        del self._pending[peer.id]
+        if was_lost:
+            self._probe_succeeded()
+        if peer.id in self._active:
+            return
+        # It answered: alive. A lost entry of an earlier life was dropped by receive(); the
+        # new life becomes a repair candidate again.
+        self._merge_passive((peer,), ())
+        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
+        if self._component.elsewhere(theirs, now):
+            self._events["merge.found"] += 1
+        elif was_lost:
+            # A peer whose link failed answers: a partition healed before the markers could
+            # tell (a split shorter than 1.5 merge_interval). Linking it again is what the
+            # paper's overlay would have; what bounds the cost is the eviction budget below.
+            self._events["merge.relink"] += 1
+        else:
+            return
+        # Open exactly one link, with no FORWARD_JOIN walk. The marker is adopted (or ours
+        # sent over) once the link is up, which tells the other nodes of both components that
+        # they are one again.
+        self._probe_delay = self.config.probe_interval_min
+        if len(self._active) >= self.config.active_view_size and now < self._merge_budget:
+            self._events["merge.deferred"] += 1
+            return
+        self._ask(out, peer, _Ask.MERGE, Priority.MERGE, now, marker=theirs)
 
     # ----------------------------------------------------------------- timers
 
@@ -669,21 +897,64 @@ class HyParView:
             self._ask(out, contact, _Ask.JOIN, Priority.HIGH, now)
 
     def _probe_tick(self, out: list[Action], now: float) -> None:
-        for peer_id in [p for p, lost in self._lost.items() if lost.expires <= now]:
-            del self._lost[peer_id]
-        candidates = [
-            lost.peer
-            for lost in self._lost.values()
-            if lost.reason is DownReason.FAILED and lost.peer.id not in self._pending
-        ]
-        if not candidates:
-            self._next_probe = None
-            self._probe_delay = self.config.probe_interval_min
-            return
-        self._events["probe"] += 1
-        self._ask(out, _pick(self._rand, candidates), _Ask.PROBE, Priority.HIGH, now)
-        self._next_probe = now + self._probe_delay * self._rng.uniform(0.5, 1.0)
-        self._probe_delay = min(self._probe_delay * 2, self.config.probe_interval_max)
+        """Expire lost entries, then ask one known id that is not an active peer which
+        component it is in (see :mod:`ray_hyparview.protocol.merge`).
+
+        Lost peers (the likeliest to be across a healed partition) come first, then the
+        passive view, the reserve and the contacts: a partition of any length merges again as
+        long as one node of a half knows one live id of the other. The delay doubles after
+        each probe up to ``probe_interval_max`` and falls back to ``probe_interval_min`` when a
+        link fails or another component is found. With nothing lost, one probe per
+        ``merge_interval`` (jittered): a healthy overlay costs a probe and its answer per node
+        and interval."""
+        lost = self._lost
+        if lost:
+            for peer_id in [p for p, entry in lost.items() if entry.expires <= now]:
+                del lost[peer_id]
+        active, pending = self._active, self._pending
+        candidates = [p.peer for p in lost.values() if p.peer.id not in pending]
+        if candidates:
+            delay = self._probe_delay
+            self._probe_delay = min(delay * 2, self.config.probe_interval_max)
+        else:
+            # Nothing lost: a split shows in the markers 1.5 merge_interval after it began at
+            # the earliest, so probing faster than once an interval finds nothing sooner.
+            delay = self.config.merge_interval
+        self._next_probe = now + delay * self._rng.uniform(0.5, 1.0)
+        target = _pick(self._rand, candidates) if candidates else None
+        if target is None:
+            # Half of the probes go to the passive view, a quarter each to the reserve and to
+            # the contacts (a standalone agent's contacts may be all it knows of the other
+            # half after a long split). Picked without building the union: this runs on every
+            # node once an interval.
+            draw = self._rand()
+            sources: tuple[dict[NodeId, Peer] | list[Peer], ...]
+            sources = (self._passive, self._reserve, self._contacts)
+            if draw >= 0.75:
+                sources = (self._contacts, self._passive, self._reserve)
+            elif draw >= 0.5:
+                sources = (self._reserve, self._passive, self._contacts)
+            for source in sources:
+                if not source:
+                    continue
+                pool = tuple(source.values()) if isinstance(source, dict) else tuple(source)
+                for _ in range(3):
+                    peer = _pick(self._rand, pool)
+                    if peer.id not in active and peer.id not in pending:
+                        target = peer
+                        break
+                if target is not None:
+                    break
+        if target is not None:
+            self._events["merge.probe"] += 1
+            self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
+
+    def _merge_timer(self) -> None:
+        probe, beat = self._next_probe, self._component.next_beat
+        if probe is None or (beat is not None and beat < probe):
+            self._next_merge = beat
+        else:
+            self._next_merge = probe
 
     def _schedule_rejoin(self, now: float) -> None:
         if (
@@ -703,7 +974,9 @@ class HyParView:
     def _missing(self) -> int:
         missing = self.config.active_view_size - len(self._active)
         if self._pending:  # asked every shuffle period by every node: skip the scan when idle
-            missing -= sum(1 for p in self._pending.values() if p.ask is not _Ask.PROBE)
+            missing -= sum(
+                1 for p in self._pending.values() if p.ask is _Ask.NEIGHBOR or p.ask is _Ask.JOIN
+            )
         return missing
 
     def _start_repair(self, out: list[Action], now: float, exclude: NodeId | None = None) -> None:
@@ -711,6 +984,9 @@ class HyParView:
         if exclude is not None:
             self._tried[exclude] = None
         self._repairing = True
+        # Every round ends: on its last answer of any kind (see _round_answered) or, at the
+        # latest, here. An open round blocks the periodic refill and the re-join.
+        self._round_deadline = now + 2 * self.config.neighbor_timeout
         self._repair(out, now)
 
     def _repair(
@@ -740,8 +1016,21 @@ class HyParView:
         if len(self._active) >= self.config.active_view_size or not any(
             p.ask is _Ask.NEIGHBOR for p in self._pending.values()
         ):
-            self._repairing = False
+            self._end_round()
         self._schedule_rejoin(now)
+
+    def _end_round(self) -> None:
+        self._repairing = False
+        self._round_deadline = None
+
+    def _round_answered(self, now: float) -> None:
+        """A request of the round was answered (accepted, or overtaken by the peer's own
+        request): with nothing left outstanding, the round is over. Before this, a round whose
+        last answer was an acceptance that left the view short stayed open for good, and a
+        node sat at one link with live passive ids (issue 9, finding 5)."""
+        if self._repairing and not any(p.ask is _Ask.NEIGHBOR for p in self._pending.values()):
+            self._end_round()
+            self._schedule_rejoin(now)
 
     def _recall(self) -> list[Peer]:
         """DEPARTURE: a node cut off with nothing left to try moves its reserve (ids evicted
@@ -777,6 +1066,10 @@ class HyParView:
                 self._schedule_rejoin(now)
             case _Ask.PROBE:
                 self._events["probe.failed"] += 1
+            case _Ask.MERGE_PROBE:
+                self._events["merge.probe_failed"] += 1
+            case _Ask.MERGE:
+                self._events["merge.link_failed"] += 1
 
     def _probe_succeeded(self) -> None:
         # A lost peer answered: the partition (if that is what it was) has healed and we now
@@ -810,13 +1103,22 @@ class HyParView:
         self._send(out, to, reply, now)
 
     def _ask(
-        self, out: list[Action], peer: Peer, ask: _Ask, priority: Priority, now: float
+        self,
+        out: list[Action],
+        peer: Peer,
+        ask: _Ask,
+        priority: Priority,
+        now: float,
+        *,
+        marker: Marker | None = None,
     ) -> None:
-        self._pending[peer.id] = _Pending(peer, ask, priority, now + self.config.neighbor_timeout)
-        if ask is _Ask.NEIGHBOR:
-            message: Message = Neighbor(
-                sender=self.myself, incarnation=self.incarnation, priority=priority
-            )
+        deadline = now + self.config.neighbor_timeout
+        self._pending[peer.id] = _Pending(peer, ask, priority, deadline, marker)
+        message: Message
+        if ask is _Ask.NEIGHBOR or ask is _Ask.MERGE:
+            message = Neighbor(sender=self.myself, incarnation=self.incarnation, priority=priority)
+        elif ask is _Ask.MERGE_PROBE:
+            message = self._probe_message(now, reply=False)
         else:
             message = Join(sender=self.myself, incarnation=self.incarnation)
         self._send(out, peer, message, now)
@@ -860,7 +1162,7 @@ class HyParView:
             self._rejoin_attempts = 0
             self._next_rejoin = None
         if len(self._active) >= self.config.active_view_size:
-            self._repairing = False
+            self._end_round()
             self._starved = 0
             self._starve_limit = _STARVE_MIN
 
@@ -885,8 +1187,18 @@ class HyParView:
         self._lost[peer.id] = _Lost(peer, incarnation, reason, now + self.config.lost_retention)
         while len(self._lost) > self.config.passive_view_size:
             del self._lost[next(iter(self._lost))]
-        if reason is DownReason.FAILED and self._next_probe is None:
-            self._next_probe = now + self._probe_delay * self._rng.uniform(0.5, 1.0)
+        if reason is DownReason.FAILED:
+            # A link failed: probe soon, in case it was a partition that will heal.
+            cfg = self.config
+            self._probe_delay = cfg.probe_interval_min
+            soon = now + cfg.probe_interval_min * self._rng.uniform(0.5, 1.0)
+            if self._next_probe is None or soon < self._next_probe:
+                self._next_probe = soon
+                self._merge_timer()
+        elif self._next_probe is None:
+            # Every entry expires, a departed peer's too (the timer runs the expiry).
+            self._next_probe = now + self.config.lost_retention
+            self._merge_timer()
 
     def _merge_passive(self, peers: tuple[Peer, ...], evict_first: tuple[Peer, ...]) -> None:
         """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the

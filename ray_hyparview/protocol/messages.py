@@ -20,11 +20,13 @@ from ray_hyparview.protocol.peer import Peer
 
 __all__ = [
     "Action",
+    "ComponentMark",
     "Disconnect",
     "DownReason",
     "ForwardJoin",
     "Join",
     "KeepAlive",
+    "MergeProbe",
     "Message",
     "Neighbor",
     "NeighborReply",
@@ -45,6 +47,11 @@ class Priority(enum.IntEnum):
 
     HIGH = 1
     """Always accepted, evicting a random active peer if needed: the sender has no link."""
+
+    MERGE = 2
+    """Links two components of the overlay (see :mod:`ray_hyparview.protocol.merge`): accepted
+    into a free slot, or by evicting a random active peer at most once per
+    ``2 * merge_interval``; refused otherwise."""
 
 
 class DownReason(enum.Enum):
@@ -300,8 +307,114 @@ class KeepAlive:
         object.__setattr__(self, "incarnation", incarnation)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ComponentMark:
+    """The sender's component marker (:mod:`ray_hyparview.protocol.merge`), flooded along
+    active links when it changes or its root beats."""
+
+    sender: Peer
+    """The node that sends it (one hop back)."""
+
+    incarnation: int
+    """Its incarnation."""
+
+    root: Peer
+    """The least node id the sender knows in its component."""
+
+    root_incarnation: int
+    """The root's incarnation."""
+
+    seq: int
+    """The root's beat number."""
+
+    age: float
+    """Seconds since that beat left the root, as the sender reckons it."""
+
+    settled: bool
+    """True when the sender has held this root for at least 1.5 ``merge_interval``."""
+
+    def __init__(
+        self,
+        *,
+        sender: Peer,
+        incarnation: int,
+        root: Peer,
+        root_incarnation: int,
+        seq: int,
+        age: float,
+        settled: bool,
+    ) -> None:
+        object.__setattr__(self, "sender", sender)
+        object.__setattr__(self, "incarnation", incarnation)
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "root_incarnation", root_incarnation)
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "age", age)
+        object.__setattr__(self, "settled", settled)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MergeProbe:
+    """ "Which component are you in?" sent to a known id that is not an active peer, and its
+    answer (``reply``): both carry the sender's component marker."""
+
+    sender: Peer
+    """The node that asks, or answers."""
+
+    incarnation: int
+    """Its incarnation."""
+
+    root: Peer
+    """The sender's marker: root, as in :class:`ComponentMark`."""
+
+    root_incarnation: int
+    """The root's incarnation."""
+
+    seq: int
+    """The root's beat number."""
+
+    age: float
+    """Seconds since that beat left the root."""
+
+    settled: bool
+    """True when the sender has held this root for at least 1.5 ``merge_interval``."""
+
+    reply: bool
+    """False on the question, True on the answer."""
+
+    def __init__(
+        self,
+        *,
+        sender: Peer,
+        incarnation: int,
+        root: Peer,
+        root_incarnation: int,
+        seq: int,
+        age: float,
+        settled: bool,
+        reply: bool,
+    ) -> None:
+        object.__setattr__(self, "sender", sender)
+        object.__setattr__(self, "incarnation", incarnation)
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "root_incarnation", root_incarnation)
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "age", age)
+        object.__setattr__(self, "settled", settled)
+        object.__setattr__(self, "reply", reply)
+
+
 Message = (
-    Join | ForwardJoin | Neighbor | NeighborReply | Disconnect | Shuffle | ShuffleReply | KeepAlive
+    Join
+    | ForwardJoin
+    | Neighbor
+    | NeighborReply
+    | Disconnect
+    | Shuffle
+    | ShuffleReply
+    | KeepAlive
+    | ComponentMark
+    | MergeProbe
 )
 """Every message of the membership protocol."""
 
