@@ -71,8 +71,6 @@ PathKind = Literal["local", "direct", "routed"]
 
 _NAME_CACHE_TTL = 2.0
 _FRAMES_MAX = 50_000
-_MERGE_CHECK = 1.0
-_MERGE_MAX_DELAY = 60.0
 _ERROR_PAUSE = 0.05
 
 
@@ -177,10 +175,6 @@ class MeshNode:
         self._ready: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._closed = False
-        self._unreachable: dict[NodeId, float] = {}
-        self._next_merge_check = asyncio.get_running_loop().time() + _MERGE_CHECK
-        self._next_merge = 0.0
-        self._merge_delay = _MERGE_CHECK
         for routing_type in (rt.RouteUpdate, rt.SeqnoRequest, rt.DataFrame, rt.RouteError):
             agent.add_handler(routing_type, self._on_routing)
         for tree_type in (pt.Gossip, pt.IHave, pt.Graft, pt.Prune):
@@ -475,37 +469,6 @@ class MeshNode:
                     self._deliver_topic(origin, topic, payload)
         self._wake.set()
 
-    def _merge_check(self, now: float) -> None:
-        """Link up components of the overlay that HyParView alone would leave apart.
-
-        With every active view full, two components can both be stable (two triangles when
-        the view holds 2), and no rule of the paper joins them. The router knows better: a
-        passive peer (alive when we last heard of it) that stays unreachable over the overlay
-        for three route-update periods is in another component, or dead. We JOIN it; a dead
-        one costs a failed dial. Joins are spaced with a doubling delay, reset once every
-        passive peer is reachable again.
-        """
-        self._next_merge_check = now + _MERGE_CHECK
-        routes = self.router.routes()
-        active = self.agent.core.active_ids
-        cut_off = [p for p in self.agent.passive_view if p.id not in routes and p.id not in active]
-        for peer_id in [p for p in self._unreachable if p not in {q.id for q in cut_off}]:
-            del self._unreachable[peer_id]
-        if not cut_off:
-            self._merge_delay = _MERGE_CHECK
-            return
-        patience = 3 * self.router.config.update_interval
-        for peer in cut_off:
-            since = self._unreachable.setdefault(peer.id, now)
-            if now - since >= patience and now >= self._next_merge:
-                self.counters["merge.join"] += 1
-                log.info("%s: %s is alive but unreachable: joining it", self.node_id, peer.id)
-                self.agent.probe(peer)
-                del self._unreachable[peer.id]
-                self._next_merge = now + self._merge_delay
-                self._merge_delay = min(self._merge_delay * 2, _MERGE_MAX_DELAY)
-                break
-
     async def _timer_loop(self) -> None:
         while not self._closed:
             try:
@@ -519,9 +482,8 @@ class MeshNode:
     async def _timer_round(self) -> None:
         cores = (self.router.next_deadline(), self.tree.next_deadline(), self.core.next_deadline())
         deadlines = [d for d in cores if d is not None]
-        deadlines.append(self._next_merge_check)
         self._wake.clear()
-        timeout = max(0.0, min(deadlines) - self._now())
+        timeout = max(0.0, min(deadlines) - self._now()) if deadlines else None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
@@ -535,8 +497,6 @@ class MeshNode:
         due = self.core.next_deadline()
         if due is not None and due <= now:
             self._apply(self.core.on_timer(now=now))
-        if now >= self._next_merge_check:
-            self._merge_check(now)
 
     async def aclose(self) -> None:
         """Stop the timers, fail what is waiting, release every name. Idempotent."""

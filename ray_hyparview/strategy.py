@@ -1407,6 +1407,11 @@ def _env_path(text: str, var: str) -> str:
 
 _EnvParser = Callable[[str, str], Any]
 
+PROCESS_ENV_VARS: Final = frozenset({"INCARNATION_FILE"})
+"""``RAY_HYPARVIEW_<NAME>`` suffixes that the agent process reads itself, outside the strategy
+(``INCARNATION_FILE``: where the agent keeps its last incarnation, see
+:func:`ray_hyparview.agent.next_incarnation`). The loader lets them pass."""
+
 ENV_VARS: Final[Mapping[str, tuple[str, _EnvParser]]] = types.MappingProxyType(
     {
         "NODE_ID": ("node.id", _env_text),
@@ -1453,6 +1458,8 @@ def _env_overlay(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, 
         if not var.startswith(ENV_PREFIX):
             continue
         suffix = var[len(ENV_PREFIX) :]
+        if suffix in PROCESS_ENV_VARS:
+            continue
         if suffix not in ENV_VARS:
             hint = _suggest(suffix, ENV_VARS)
             raise StrategyError(

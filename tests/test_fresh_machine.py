@@ -135,9 +135,9 @@ def test_package_reads_no_environment_variable_the_agent_loader_refuses() -> Non
     """The agent refuses every unknown ``RAY_HYPARVIEW_*`` variable (a typo must not pass
     silently). So no other part of the package may read a name in that namespace: exporting it
     would stop every agent started with environment overrides."""
-    from ray_hyparview.strategy import ENV_PREFIX, ENV_VARS
+    from ray_hyparview.strategy import ENV_PREFIX, ENV_VARS, PROCESS_ENV_VARS, Strategy
 
-    known = {ENV_PREFIX + suffix for suffix in ENV_VARS}
+    known = {ENV_PREFIX + suffix for suffix in (*ENV_VARS, *PROCESS_ENV_VARS)}
     pattern = re.compile(r"""["'](RAY_HYPARVIEW_[A-Z0-9_]+)["']""")
     strays = {
         f"{name} in {path.relative_to(ROOT)}"
@@ -146,6 +146,9 @@ def test_package_reads_no_environment_variable_the_agent_loader_refuses() -> Non
         if name not in known and not name.endswith("_")
     }
     assert not strays, f"variables in the agent's namespace that its loader refuses: {strays}"
+    base = {"node": {"id": "n1"}, "nodes": {"n1": "tcp://127.0.0.1:7001"}}
+    for suffix in sorted(PROCESS_ENV_VARS):
+        Strategy.from_env(base, {ENV_PREFIX + suffix: "x"})  # accepted, not an error
 
 
 def test_simulator_writes_no_file_unless_asked(

@@ -48,6 +48,7 @@ __all__ = [
 
 COMPILED_MODULES = (
     "ray_hyparview/protocol/hyparview.py",
+    "ray_hyparview/protocol/merge.py",
     "ray_hyparview/protocol/messages.py",
     "ray_hyparview/protocol/peer.py",
     "ray_hyparview/protocol/config.py",
