@@ -58,3 +58,36 @@ def test_peer_equality_is_by_id() -> None:
     assert len({Peer("a", "x"), Peer("a", "y")}) == 1
     with pytest.raises(ValueError, match="non-empty"):
         Peer("")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("arwl", 256), ("shuffle_ttl", 256), ("shuffle_active", 60), ("shuffle_passive", 63)],
+)
+def test_settings_the_wire_cannot_carry_are_refused(field: str, value: int) -> None:
+    """A walk TTL over one byte, or a SHUFFLE over the wire's id count, would make every JOIN
+    or SHUFFLE of the agent fail to encode; the config refuses them, naming the field."""
+    extra = {"passive_view_size": 100, "prwl": 3} if field.startswith("shuffle") else {}
+    with pytest.raises(ConfigError, match=field):
+        HyParViewConfig(**{field: value, **extra})  # type: ignore[arg-type]
+
+
+def test_the_largest_walk_and_shuffle_the_config_accepts_encode() -> None:
+    from ray_hyparview.codec import default_codec
+    from ray_hyparview.protocol.messages import ForwardJoin, Shuffle
+
+    config = HyParViewConfig(
+        arwl=255, shuffle_ttl=255, shuffle_active=30, shuffle_passive=33, passive_view_size=100
+    )
+    codec = default_codec()
+    peers = tuple(Peer(f"n{i}", f"tcp://127.0.0.1:{7000 + i}") for i in range(64))
+    walk = ForwardJoin(sender=peers[1], incarnation=1, new_peer=peers[0], ttl=config.arwl)
+    shuffle = Shuffle(
+        sender=peers[1],
+        incarnation=1,
+        origin=peers[0],
+        peers=peers[: config.shuffle_active + config.shuffle_passive + 1],
+        ttl=config.shuffle_ttl,
+    )
+    for message in (walk, shuffle):
+        assert codec.decode(codec.encode(message)) == message

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from ray_hyparview.protocol import limits
 from ray_hyparview.protocol.errors import ConfigError
 
 __all__ = ["HyParViewConfig"]
@@ -126,6 +127,21 @@ class HyParViewConfig:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)!r}")
+        # What the wire carries (protocol/limits.py): a walk's TTL is one byte, a SHUFFLE holds
+        # at most MAX_SHUFFLE_PEERS ids (ours included). A larger setting would make every
+        # JOIN or SHUFFLE fail to encode.
+        for name in ("arwl", "shuffle_ttl"):
+            if getattr(self, name) > limits.MAX_TTL:
+                raise ConfigError(
+                    f"{name} must be at most {limits.MAX_TTL} (one byte on the wire),"
+                    f" got {getattr(self, name)!r}"
+                )
+        if self.shuffle_active + self.shuffle_passive + 1 > limits.MAX_SHUFFLE_PEERS:
+            raise ConfigError(
+                f"shuffle_active + shuffle_passive must be at most"
+                f" {limits.MAX_SHUFFLE_PEERS - 1} (one SHUFFLE on the wire), got"
+                f" {self.shuffle_active} + {self.shuffle_passive}"
+            )
         if self.prwl > self.arwl:
             raise ConfigError(f"prwl must be at most arwl ({self.arwl}), got {self.prwl!r}")
         if self.min_active_size > self.active_view_size:
