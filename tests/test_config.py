@@ -69,7 +69,7 @@ def test_settings_the_wire_cannot_carry_are_refused(field: str, value: int) -> N
     or SHUFFLE of the agent fail to encode; the config refuses them, naming the field."""
     extra = {"passive_view_size": 100, "prwl": 3} if field.startswith("shuffle") else {}
     with pytest.raises(ConfigError, match=field):
-        HyParViewConfig(**{field: value, **extra})  # type: ignore[arg-type]
+        HyParViewConfig(**{field: value, **extra})
 
 
 def test_the_largest_walk_and_shuffle_the_config_accepts_encode() -> None:
