@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -135,61 +136,90 @@ def test_an_agent_with_its_own_unpublished_key_cannot_join(
     assert all("outsider" not in v["active"] + v["passive"] for v in secure.views().values())
 
 
-def test_a_published_key_speaks_only_for_its_own_node_id(
+async def knock(
+    target: tuple[str, dict[str, Any]],
+    claimed: str,
+    keypair: tuple[str, str],
+    done: Callable[[], bool],
+    *,
+    limit: float = 20.0,
+) -> bool:
+    """Dial ``target`` as ``claimed`` with ``keypair``, send one garbage frame, and wait until
+    ``done()`` (read from the cluster) holds; False if it did not within ``limit`` seconds."""
+    target_id, info = target
+    client = ZmqTransport(
+        claimed,
+        options=FAST,
+        curve=CurveConfig(
+            public_key=keypair[0],
+            secret_key=keypair[1],
+            node_keys={target_id: info["public_key"]},
+        ),
+    )
+    await client.start()
+    try:
+        assert client.send(Peer(target_id, info["endpoint"]), b"garbage")
+        for _ in range(round(limit / 0.1)):
+            if await asyncio.to_thread(done):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+    finally:
+        await client.aclose()
+
+
+def publish(node_id: str, public_key: str) -> None:
+    """Publish a key as an agent does (the endpoint is never dialled by the test)."""
+    entry = {"endpoint": "tcp://127.0.0.1:9", "incarnation": 1, "public_key": public_key}
+    plugin._kv_put("agent/" + node_id, json.dumps(entry).encode())
+
+
+def test_a_published_key_speaks_only_for_its_own_node_id_and_only_while_published(
     secure: plugin.HyParViewCluster,
 ) -> None:
     views = secure.wait_converged(limit=60)
-    node_a, target = sorted(views)[:2]
-    target_info = plugin.published_agents()[target]
+    node_a, target_id = sorted(views)[:2]
+    target = (target_id, plugin.published_agents()[target_id])
+
+    def count(name: str) -> int:
+        return counter(secure, target_id, name)
+
+    def garbage() -> int:
+        return counters_where(secure, target_id, lambda k: k.startswith("agent.dropped."))
+
     # Node "B": a key pair published in the GCS under its own id, as an agent publishes it.
-    public, secret = generate_keypair()
-    node_b = "ffff-published-b"
-    plugin._kv_put(
-        "agent/" + node_b,
-        json.dumps(
-            {"endpoint": "tcp://127.0.0.1:9", "incarnation": 1, "public_key": public}
-        ).encode(),
-    )
-
-    async def send_as(claimed: str, data: bytes, done: Callable[[], bool]) -> None:
-        client = ZmqTransport(
-            claimed,
-            options=FAST,
-            curve=CurveConfig(
-                public_key=public,
-                secret_key=secret,
-                node_keys={target: target_info["public_key"]},
-            ),
-        )
-        await client.start()
-        try:
-            assert client.send(Peer(target, target_info["endpoint"]), data)
-            for _ in range(200):
-                if await asyncio.to_thread(done):
-                    return
-                await asyncio.sleep(0.1)
-            pytest.fail(f"the target never counted the frames sent as {claimed}")
-        finally:
-            await client.aclose()
-
+    node_b, old = "ffff-published-b", generate_keypair()
+    publish(node_b, old[0])
     try:
-        # B's key claiming A's id: admitted (it is published) but every frame is dropped.
-        stolen = counter(secure, target, "transport.recv.dropped.impersonation")
-        asyncio.run(
-            send_as(
-                node_a,
-                b"garbage",
-                lambda: counter(secure, target, "transport.recv.dropped.impersonation") > stolen,
-            )
+        # B's key claiming A's id: admitted (it is published), but every frame is dropped.
+        stolen = count("transport.recv.dropped.impersonation")
+        drop = "transport.recv.dropped.impersonation"
+        assert asyncio.run(knock(target, node_a, old, lambda: count(drop) > stolen))
+        # The same key under its own id is heard (and its garbage counted as such).
+        heard = garbage()
+        assert asyncio.run(knock(target, node_b, old, lambda: garbage() > heard))
+        # B is replaced: a new key under its id. Once the target has read the GCS again (an
+        # unknown key's knock makes it), the old key is refused and the new one heard.
+        new = generate_keypair()
+        publish(node_b, new[0])
+        changed = count("agent.keys.changed")
+        for _ in range(20):
+            if asyncio.run(
+                knock(
+                    target,
+                    "stranger",
+                    generate_keypair(),
+                    lambda: count("agent.keys.changed") > changed,
+                    limit=2.0,
+                )
+            ):
+                break
+        denied = count("transport.zap.denied")
+        assert asyncio.run(
+            knock(target, node_b, old, lambda: count("transport.zap.denied") > denied)
         )
-
-        # The same key under its own id is heard (and its garbage is counted as such).
-        def garbage() -> int:
-            return counters_where(secure, target, lambda k: k.startswith("agent.dropped."))
-
-        before = garbage()
-        asyncio.run(send_as(node_b, b"garbage", lambda: garbage() > before))
-        assert counter(secure, target, "transport.zap.allowed") >= 2
+        heard = garbage()
+        assert asyncio.run(knock(target, node_b, new, lambda: garbage() > heard))
     finally:
         plugin._kv_del("agent/" + node_b)
 
