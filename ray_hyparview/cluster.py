@@ -19,6 +19,10 @@ are already published, picked at random: discovery populates the contacts, nobod
 contact list. The other published agents seed its passive view. If its active view ever empties
 and stays empty, it looks in the GCS again (``_rediscover``).
 
+By default each agent also makes its own CURVE key pair, publishes the public key in the same
+entry (``public_key``) and admits only keys published there, each for its own node id: the GCS
+is the trust root (:mod:`ray_hyparview.cluster_keys`). ``insecure=True`` runs in plain text.
+
 The same agent runs as a sidecar next to ``ray start`` with ``python -m ray_hyparview.agent run
 --ray-address auto`` (see :func:`run_sidecar`): it connects as a driver only to learn its node
 id and its peers, then runs exactly as above, in its own process.
