@@ -227,3 +227,32 @@ def test_policies(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config.write_text('[security]\nsecret_key_file = "missing.key_secret"\n')
     with pytest.raises(StrategyError, match="secret_key_file"):
         sidecar_policy(str(config), insecure=False)
+
+
+@pytest.mark.asyncio
+async def test_a_dial_with_a_stale_key_makes_the_next_one_use_the_new_key(
+    nodes: list[Node],
+) -> None:
+    directory: dict[str, dict[str, Any]] = {}
+    a, b = Node("a", directory, min_interval=0.0), Node("b", directory, min_interval=0.0)
+    nodes += [a, b]
+    await b.start()
+    await a.start()
+    assert a.t.send(b.peer, b"one")
+    assert await recv_n(b.t, 1) == [("a", b"one")]
+    # b is replaced by an agent with a new key; a still holds the old one.
+    await b.t.aclose()
+    b2 = Node("b", directory, min_interval=0.0)
+    nodes.append(b2)
+    await b2.start()
+    assert a.t.send(b2.peer, b"lost")
+    events = await asyncio.wait_for(a.t.link_events(), DEADLINE)
+    assert events[0].cause in {
+        LinkFailure.HANDSHAKE_FAILED,
+        LinkFailure.DIAL_TIMEOUT,
+        LinkFailure.DISCONNECTED,
+    }
+    # That failure made a read the directory again: the next dial uses b2's key.
+    await until(lambda: a.keyring.keys["b"] == b2.security.public_key)
+    assert a.t.send(b2.peer, b"two")
+    assert await recv_n(b2.t, 1) == [("a", b"two")]

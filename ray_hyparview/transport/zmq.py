@@ -112,6 +112,9 @@ _ROUTER_EVENTS: Final[dict[int, str]] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed_auth",
 }
 _SCHEMES: Final = ("tcp://", "ipc://", "inproc://")
+_STALE_KEY: Final = frozenset(
+    {LinkFailure.HANDSHAKE_FAILED, LinkFailure.DIAL_TIMEOUT, LinkFailure.DISCONNECTED}
+)
 _ID_CACHE_MAX: Final = 4096
 
 
@@ -674,12 +677,23 @@ class ZmqTransport:
         failure = await self._find_key(link) if find_key else None
         if failure is None:
             failure = await self._dial_phase(link)
+            refresh = self._auth.refresh if self._auth is not None else None
+            if failure is not None and failure[0] in _STALE_KEY and refresh is not None:
+                # The peer may have a new key (a replaced node): read the binding again (the
+                # source bounds how often), so that the next dial uses it.
+                self._spawn(self._refresh_keys(refresh))
         if failure is None:
             failure = await self._watch_phase(link)
         cause, detail = failure
         if self._links.get(link.peer.id) is link:
             del self._links[link.peer.id]
             self._report(LinkFailed(link.peer.id, cause, detail))
+
+    async def _refresh_keys(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await refresh()
+        except Exception as exc:
+            log.debug("refreshing the CURVE keys failed: %r", exc)
 
     async def _find_key(self, link: _Link) -> tuple[LinkFailure, str] | None:
         """A peer whose key the binding lacks (it may have just been published): one refresh
