@@ -18,7 +18,8 @@ whose per-frame check lets a key speak only for the node id it was published und
 binding is read again
 
 * when an unknown key knocks, or an id without a known key is dialled (a node that just
-  joined): the transport awaits :meth:`GcsKeyring.refresh`. One read is two GCS round trips
+  joined): the transport awaits :meth:`GcsKeyring.refresh`; and when a dial fails its
+  handshake (the peer may have been replaced, with a new key). One read is two GCS round trips
   (list, multi-get) shared by every caller that arrives while it runs, and reads are rate
   limited by a token bucket (``burst`` reads, then one per ``min_interval``): a flood of
   strangers' keys costs the GCS at most that, and once the bucket is empty they are refused

@@ -256,3 +256,10 @@ async def test_a_dial_with_a_stale_key_makes_the_next_one_use_the_new_key(
     await until(lambda: a.keyring.keys["b"] == b2.security.public_key)
     assert a.t.send(b2.peer, b"two")
     assert await recv_n(b2.t, 1) == [("a", b"two")]
+
+
+def test_insecure_is_refused_without_ray_address(capsys: pytest.CaptureFixture[str]) -> None:
+    from ray_hyparview.cli import main
+
+    assert main(["run", "--insecure", "--id", "n1", "--bind", "tcp://127.0.0.1:0"]) == 1
+    assert "--insecure needs --ray-address" in capsys.readouterr().err
