@@ -645,7 +645,7 @@ def run_sidecar(address: str, args: argparse.Namespace) -> int:
     ``ray start``, finding its node id and peers through the GCS."""
     logging.basicConfig(level=getattr(logging, (args.log_level or "INFO").upper(), logging.INFO))
     try:
-        security = sidecar_policy(args.config, insecure=args.insecure)
+        security = sidecar_policy(args.config, insecure=getattr(args, "insecure", False))
     except ConfigError as exc:
         print(f"run: invalid strategy: {exc}", file=sys.stderr)
         return 1
