@@ -105,6 +105,10 @@ def main() -> int:
         say(f"one agent per node, overlay connected and symmetric; {len(hv.topology())} links")
         say(f"(a full mesh of {len(views)} nodes would need {len(views) * (len(views) - 1) // 2})")
         print(plugin.views_summary(views))
+        # No key was configured: each agent made its own pair and published it in the GCS.
+        published = plugin.published_agents()
+        keys = {published[n].get("public_key") for n in views if n in published} - {None}
+        say(f"links authenticated (CURVE): {len(keys)} keys for {len(views)} nodes, one each")
 
         nodes = sorted(views)
         names = [f"worker-{i}" for i in range(args.actors)]

@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run as a sidecar of a Ray node: find the node id and peers through the GCS "
         "(`auto` for the local node)",
     )
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="with --ray-address: plain-text links (default: CURVE, a key per node, published"
+        " in and admitted from the GCS)",
+    )
     run.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
 
     status = sub.add_parser(
@@ -175,6 +181,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from ray_hyparview.cluster import run_sidecar
 
         return run_sidecar(args.ray_address, args)
+    if args.insecure:
+        print("run: --insecure needs --ray-address (without it, omit [security])", file=sys.stderr)
+        return 1
     try:
         strategy = _strategy_from_args(args)
     except StrategyError as exc:

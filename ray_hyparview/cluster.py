@@ -33,6 +33,10 @@ are already published, picked at random: discovery populates the contacts, nobod
 contact list. The other published agents seed its passive view. If its active view ever empties
 and stays empty, it looks in the GCS again (``_rediscover``).
 
+By default each agent also makes its own CURVE key pair, publishes the public key in the same
+entry (``public_key``) and admits only keys published there, each for its own node id: the GCS
+is the trust root (:mod:`ray_hyparview.cluster_keys`). ``insecure=True`` runs in plain text.
+
 The same agent runs as a sidecar next to ``ray start`` with ``python -m ray_hyparview.agent run
 --ray-address auto`` (see :func:`run_sidecar`): it connects as a driver only to learn its node
 id and its peers, then runs exactly as above, in its own process.
@@ -49,6 +53,7 @@ import contextlib
 import json
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -60,8 +65,19 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tenacity import retry, stop_after_delay, wait_exponential_jitter
 
 from ray_hyparview.agent import Agent
+from ray_hyparview.cluster_keys import (
+    KEY_SOURCE,
+    GcsKeyring,
+    KeyPolicy,
+    NodeKeys,
+    key_policy,
+    node_security,
+    read_published,
+    sidecar_policy,
+)
 from ray_hyparview.meshnode import MeshNode
 from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.errors import ConfigError
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.ratelimit import RateLimitFilter
 from ray_hyparview.strategy import Security, Strategy
@@ -147,6 +163,11 @@ def published_agents() -> dict[NodeId, dict[str, Any]]:
     return found
 
 
+def _read_agents() -> dict[NodeId, dict[str, Any]]:
+    """``published_agents()`` in two GCS round trips, for the keyring's refreshes."""
+    return read_published(NAMESPACE, _KV_PREFIX, published_agents)
+
+
 def _node_ip() -> str:
     ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
     return ip
@@ -206,17 +227,21 @@ class _Service:
         node_id: NodeId,
         host: str,
         config: HyParViewConfig,
-        security: Security | None,
+        security: KeyPolicy,
         *,
         export_metrics: bool,
     ) -> None:
         self.node_id = node_id
+        own = node_security(security) if isinstance(security, NodeKeys) else security
         strategy = Strategy(
             local_peer=Peer(node_id, f"tcp://{host}:0"),
             hyparview_config=config,
-            security=security,
+            security=own,
         )
         self.agent = Agent(strategy, incarnation=next_incarnation(node_id))
+        self.keyring: GcsKeyring | None = None
+        if own is not None and own.key_source == KEY_SOURCE:
+            self.keyring = GcsKeyring(node_id, own, _read_agents, self.agent.counters)
         self._export_metrics = export_metrics
         self.mesh: MeshNode | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -230,10 +255,13 @@ class _Service:
         agent = self.agent
         await agent.start()
         me = agent.myself
-        _kv_put(
-            _KV_PREFIX + self.node_id,
-            json.dumps({"endpoint": me.endpoint, "incarnation": agent.incarnation}).encode(),
-        )
+        entry: dict[str, Any] = {"endpoint": me.endpoint, "incarnation": agent.incarnation}
+        if self.keyring is not None:
+            # Admit only published keys, and publish ours beside the endpoint.
+            self.keyring.attach(agent.transport)
+            self._tasks.append(asyncio.create_task(self.keyring.run(), name="hyparview-keys"))
+            entry["public_key"] = self.keyring.public_key
+        _kv_put(_KV_PREFIX + self.node_id, json.dumps(entry).encode())
         self.mesh = MeshNode(agent, GcsDirectory())
         self._watch_tasks()
         self._discover()
@@ -276,9 +304,14 @@ class _Service:
         return agent.started and not agent.closed and not self.failed
 
     def _discover(self) -> None:
+        published = published_agents()
+        if self.keyring is not None:
+            self.keyring.update(published)
+            keyed = self.keyring.keys  # a peer without a published key cannot be dialled
+            published = {n: i for n, i in published.items() if n in keyed}
         others = [
             Peer(node_id, info["endpoint"])
-            for node_id, info in sorted(published_agents().items())
+            for node_id, info in sorted(published.items())
             if node_id != self.node_id and isinstance(info.get("endpoint"), str)
         ]
         if not others:
@@ -351,7 +384,7 @@ class _NodeAgent:
         self,
         node_id: NodeId,
         config: dict[str, Any],
-        security: Security | None,
+        security: KeyPolicy,
         bind_host: str | None,
         log_level: str = "WARNING",
     ) -> None:
@@ -440,7 +473,7 @@ class _Reconciler:
     def __init__(
         self,
         config: dict[str, Any],
-        security: Security | None,
+        security: KeyPolicy,
         bind_host: str | None,
         interval: float,
         log_level: str = "WARNING",
@@ -799,6 +832,8 @@ def start(
     hyparview_config: HyParViewConfig | None = None,
     security: Security | None = None,
     *,
+    insecure: bool = False,
+    key_file: str | None = None,
     bind_host: str | None = None,
     reconcile_interval: float = 1.0,
     wait: bool = True,
@@ -809,11 +844,17 @@ def start(
 
     ``bind_host`` is the address each agent binds and advertises (default: its node's address).
     With ``wait`` it returns once the overlay is connected and symmetric.
+
+    Links are CURVE-authenticated by default: each agent makes its own key pair (or loads
+    ``key_file`` on its node), publishes the public key in the GCS and admits only published
+    keys (see :mod:`ray_hyparview.cluster_keys`). ``security`` instead uses the keys given, as
+    they are; ``insecure=True`` runs in plain text, with a warning.
     """
     if not ray.is_initialized():
         raise RuntimeError("connect to a Ray cluster first (ray.init(...))")
+    policy = key_policy(security, insecure=insecure, key_file=key_file)
     config = hyparview_config if hyparview_config is not None else HyParViewConfig()
-    args = (asdict(config), security, bind_host, reconcile_interval, log_level)
+    args = (asdict(config), policy, bind_host, reconcile_interval, log_level)
     handle = HyParViewCluster(_reconciler(*args), args)
     handle._call("run")  # makes the reconciler again if the one found was dying
     if wait:
@@ -842,6 +883,11 @@ def run_sidecar(address: str, args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, (args.log_level or "INFO").upper(), logging.INFO))
     for handler in logging.getLogger().handlers:
         handler.addFilter(RateLimitFilter())
+    try:
+        security = sidecar_policy(args.config, insecure=getattr(args, "insecure", False))
+    except ConfigError as exc:
+        print(f"run: invalid strategy: {exc}", file=sys.stderr)
+        return 1
     ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
     try:
         node_id = ray.get_runtime_context().get_node_id()
@@ -850,7 +896,7 @@ def run_sidecar(address: str, args: argparse.Namespace) -> int:
             node_id,
             host or _node_ip(),
             HyParViewConfig(),
-            None,
+            security,
             export_metrics=False,
         )
         return asyncio.run(_run_service(service, args))

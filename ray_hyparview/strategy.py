@@ -474,6 +474,11 @@ class Security:
     :attr:`allowed_keys` (a node learned by shuffle, or a cluster sharing one key pair);
     without it such a node cannot be dialled."""
 
+    key_source: str | None = None
+    """Where more peer keys come from while the agent runs, besides the tables above:
+    ``"ray-gcs"`` when the Ray plugin admits the keys its agents publish in the GCS. Not read
+    from a strategy file."""
+
     def __post_init__(self) -> None:
         _validate_key(self.public_key, "security.public_key")
         _validate_key(self.secret_key, "security.secret_key", secret=True)
@@ -883,7 +888,7 @@ class Strategy:
                     f"nodes without public_key will be refused: {', '.join(sorted(unkeyed))}"
                 )
             others = {k for n, k in self.security.allowed_keys.items() if n != self.local_peer.id}
-            if not others and not self.security.allow_list:
+            if not others and not self.security.allow_list and not self.security.key_source:
                 notes.append("[security] allows no peer key: every peer will be refused")
             if self.security.secret_key_file and secret_file_too_open(
                 self.security.secret_key_file

@@ -136,6 +136,7 @@ def test_quickstart(tmp_path: Path) -> None:
         str(picture),
         cwd=tmp_path,
     )
+    assert number(r"CURVE\): (\d+) keys for (\d+) nodes", out) == (3, 3)
     delivered, total = number(r"all-to-all: (\d+) of (\d+) messages delivered", out)
     assert (delivered, total) == (12, 12)
     assert number(r"publish: (\d+) of (\d+) subscribers got it", out) == (4, 4)

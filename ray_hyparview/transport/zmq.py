@@ -29,7 +29,10 @@ frame we then read the ``User-Id`` property that ZAP attached (the client's z85 
 require that the claimed node id is the one bound to that key (``CurveConfig.node_keys``), or,
 for keys in the unbound allow-list, that the claimed id is not bound to another key. Frames that
 fail are dropped and counted as ``recv.dropped.impersonation``. The agent then checks that the
-message's own ``sender`` equals this id.
+message's own ``sender`` equals this id. The binding may change while the transport runs
+(:meth:`ZmqTransport.set_node_keys`: the Ray plugin's keys published in the GCS); with a
+``refresh`` callback, an unknown key that knocks and a dial to an id without a key first wait
+for one refresh of the binding (the callback bounds how often that reads its source).
 
 **Failure detection.** Each DEALER has a socket monitor read by the link's task:
 ``HANDSHAKE_SUCCEEDED`` marks it up (``CONNECTED`` does not: the kernel accepts connections for
@@ -75,7 +78,7 @@ import ipaddress
 import logging
 import os
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -124,6 +127,9 @@ _ROUTER_EVENTS: Final[dict[int, str]] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed_auth",
 }
 _SCHEMES: Final = ("tcp://", "ipc://", "inproc://")
+_STALE_KEY: Final = frozenset(
+    {LinkFailure.HANDSHAKE_FAILED, LinkFailure.DIAL_TIMEOUT, LinkFailure.DISCONNECTED}
+)
 _ID_CACHE_MAX: Final = 4096
 
 
@@ -303,10 +309,10 @@ class _Auth:
     ) -> None:
         self.public = _z85_key(curve.public_key, "public_key").encode()
         self.secret = _z85_key(curve.secret_key, "secret_key").encode()
-        self.id_to_key = {i: _z85_key(k, "key") for i, k in curve.node_keys.items()}
-        self.key_to_id = {k: i for i, k in self.id_to_key.items()}
-        if len(self.key_to_id) != len(self.id_to_key):
-            raise ValueError("CurveConfig.node_keys binds one key to two node ids")
+        self.id_to_key: dict[NodeId, str] = {}
+        self.key_to_id: dict[str, NodeId] = {}
+        self.bind(curve.node_keys)
+        self.refresh: Callable[[], Awaitable[None]] | None = None
         self.unbound = frozenset(_z85_key(k, "key") for k in curve.allowed_keys)
         default = curve.default_server_key
         self.default_server = None if default is None else _z85_key(default, "key").encode()
@@ -316,14 +322,18 @@ class _Auth:
         self.connections: Callable[[], int] = lambda: 0
         """Inbound connections open now (the transport sets it)."""
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        """ZAP allow-list: called by the authenticator with the client's z85 key, which the
-        client has proved it holds. Keys bound to a node id always pass; others only while
-        fewer than ``max_connections`` inbound connections are open."""
-        text = key.decode("ascii", "replace")
+    def bind(self, node_keys: Mapping[NodeId, str | bytes]) -> None:
+        """Replace the id <-> key binding (and so the allow-list of bound keys)."""
+        id_to_key = {i: _z85_key(k, "key") for i, k in node_keys.items()}
+        key_to_id = {k: i for i, k in id_to_key.items()}
+        if len(key_to_id) != len(id_to_key):
+            raise ValueError("CurveConfig.node_keys binds one key to two node ids")
+        self.id_to_key, self.key_to_id = id_to_key, key_to_id
+
+    def _admits(self, domain: str, text: str) -> bool:
+        """Allowed, and within the connection cap: keys bound to a node id always pass; others
+        only while fewer than ``max_connections`` inbound connections are open."""
         if domain != ZAP_DOMAIN or (text not in self.key_to_id and text not in self.unbound):
-            self._counters["zap.denied"] += 1
-            self._rate.warning(log, "refused CURVE client key %s", text)
             return False
         # The asking connection is usually counted already (the monitor reported it accepted),
         # hence ">": at most one more slips in when the handshake overtakes that report.
@@ -337,6 +347,35 @@ class _Auth:
             )
             return False
         return True
+
+    def callback(self, domain: str, key: bytes) -> bool | Awaitable[bool]:
+        """ZAP allow-list: called by the authenticator with the client's z85 key, which the
+        client has proved it holds. With a ``refresh`` an unknown key waits for one
+        (rate-limited) refresh of the binding."""
+        text = key.decode("ascii", "replace")
+        if self._admits(domain, text):
+            self._counters["zap.allowed"] += 1
+            return True
+        if self.refresh is not None and domain == ZAP_DOMAIN and text not in self.key_to_id:
+            return self._after_refresh(domain, text)
+        return self._deny(text)
+
+    async def _after_refresh(self, domain: str, text: str) -> bool:
+        assert self.refresh is not None
+        try:
+            await self.refresh()
+        except Exception as exc:  # the source failed: refuse, the client will try again
+            self._counters["zap.refresh_failed"] += 1
+            log.debug("refreshing the CURVE keys failed: %r", exc)
+        if self._admits(domain, text):
+            self._counters["zap.allowed"] += 1
+            return True
+        return self._deny(text)
+
+    def _deny(self, text: str) -> bool:
+        self._counters["zap.denied"] += 1
+        self._rate.warning(log, "refused CURVE client key %s", text)
+        return False
 
     def server_key_for(self, peer_id: NodeId) -> bytes | None:
         key = self.id_to_key.get(peer_id)
@@ -481,6 +520,22 @@ class ZmqTransport:
     def open_sockets(self) -> int:
         """Sockets this transport holds open (ROUTER, DEALERs, monitors): for leak tests."""
         return sum(1 for s in self._open_sockets if not s.closed)
+
+    def set_node_keys(
+        self,
+        node_keys: Mapping[NodeId, str | bytes],
+        *,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Replace ``CurveConfig.node_keys`` of a running CURVE transport, for a key directory
+        that changes (the Ray plugin's GCS): keys no longer listed are refused from now on.
+        ``refresh``, if given, is awaited (it must be bounded and rate-limited) when an unknown
+        key knocks or an id without a key is dialled, before the binding is looked at again."""
+        if self._auth is None:
+            raise ValueError("set_node_keys needs a CURVE transport")
+        self._auth.bind(node_keys)
+        if refresh is not None:
+            self._auth.refresh = refresh
 
     async def start(self) -> str:
         if self._started:
@@ -676,7 +731,7 @@ class ZmqTransport:
         server_key = None
         if self._auth is not None:
             server_key = self._auth.server_key_for(peer.id)
-            if server_key is None:
+            if server_key is None and self._auth.refresh is None:
                 self._report(LinkFailed(peer.id, LinkFailure.UNREACHABLE, "no CURVE key"))
                 return None
         opts = self._opts
@@ -697,10 +752,11 @@ class ZmqTransport:
         sock.setsockopt(zmq.CONNECT_TIMEOUT, _ms(opts.dial_timeout))
         sock.setsockopt(zmq.HANDSHAKE_IVL, _ms(opts.dial_timeout))
         self._heartbeats(sock)
-        if self._auth is not None and server_key is not None:
-            sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+        if self._auth is not None:
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.public)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self._auth.secret)
+            if server_key is not None:
+                sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
         try:
             mon = sock.get_monitor_socket(_LINK_EVENTS)
         except zmq.ZMQError as exc:
@@ -709,8 +765,10 @@ class ZmqTransport:
             self._report(LinkFailed(peer.id, LinkFailure.UNREACHABLE, f"no socket: {exc}"))
             return None
         self._open_sockets.add(mon)
+        keyless = self._auth is not None and server_key is None
         try:
-            sock.connect(endpoint)
+            if not keyless:  # else connected once the key is known (_find_key)
+                sock.connect(endpoint)
         except zmq.ZMQError as exc:
             with contextlib.suppress(zmq.ZMQError):
                 sock.disable_monitor()
@@ -721,7 +779,7 @@ class ZmqTransport:
         self._links[peer.id] = link
         self._strangers.pop(peer.id, None)  # linked now: its slot is free for another
         self._counters["link.opened"] += 1
-        link.task = self._spawn(self._run_link(link))
+        link.task = self._spawn(self._run_link(link, find_key=keyless))
         link.task.add_done_callback(lambda _t: self._release(link))
         self._evict_cached()
         return link
@@ -738,14 +796,48 @@ class ZmqTransport:
             new.pinned = link.pinned
         return new
 
-    async def _run_link(self, link: _Link) -> None:
-        failure = await self._dial_phase(link)
+    async def _run_link(self, link: _Link, *, find_key: bool = False) -> None:
+        failure = await self._find_key(link) if find_key else None
+        if failure is None:
+            failure = await self._dial_phase(link)
+            refresh = self._auth.refresh if self._auth is not None else None
+            if failure is not None and failure[0] in _STALE_KEY and refresh is not None:
+                # The peer may have a new key (a replaced node): read the binding again (the
+                # source bounds how often), so that the next dial uses it.
+                self._spawn(self._refresh_keys(refresh))
         if failure is None:
             failure = await self._watch_phase(link)
         cause, detail = failure
         if self._links.get(link.peer.id) is link:
             del self._links[link.peer.id]
             self._report(LinkFailed(link.peer.id, cause, detail))
+
+    async def _refresh_keys(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await refresh()
+        except Exception as exc:
+            log.debug("refreshing the CURVE keys failed: %r", exc)
+
+    async def _find_key(self, link: _Link) -> tuple[LinkFailure, str] | None:
+        """A peer whose key the binding lacks (it may have just been published): one refresh
+        of the binding, bounded by the dial timeout, then connect or give up."""
+        assert self._auth is not None
+        assert self._auth.refresh is not None
+        try:
+            async with asyncio.timeout(self._opts.dial_timeout):
+                await self._auth.refresh()
+        except Exception as exc:  # the source failed or timed out: this dial fails
+            log.debug("refreshing the CURVE keys failed: %r", exc)
+        key = self._auth.server_key_for(link.peer.id)
+        if key is None:
+            self._counters["dial.no_key"] += 1
+            return LinkFailure.UNREACHABLE, "no CURVE key"
+        try:
+            link.sock.setsockopt(zmq.CURVE_SERVERKEY, key)
+            link.sock.connect(link.peer.endpoint)
+        except zmq.ZMQError as exc:
+            return LinkFailure.UNREACHABLE, str(exc)
+        return None
 
     async def _dial_phase(self, link: _Link) -> tuple[LinkFailure, str] | None:
         try:
