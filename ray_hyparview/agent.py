@@ -110,6 +110,11 @@ _TEMPORARY_LINK_IDLE = 3.0
 _SUBSCRIBER_QUEUE = 10_000
 # Decode errors from one sender in a row before its link is dropped.
 _MAX_OFFENCES = 100
+
+_EARLY_BYTES = 256 * 1024
+"""Bytes of frames held for senders that are not (yet) active neighbours, over all of them."""
+_EARLY_HOLD = 2.0
+"""Seconds such a frame waits for its sender to become an active neighbour."""
 # Contained errors: at most this many log lines per interval (seconds); the rest are counted.
 _ERROR_LOG_BURST = 10
 _ERROR_LOG_INTERVAL = 60.0
@@ -255,6 +260,10 @@ class Agent:
         self._wake = asyncio.Event()
         self._released: dict[NodeId, float] = {}
         self._offences: Counter[NodeId] = Counter()
+        # Frames for the services above membership from senders that are not active
+        # neighbours yet, held until the link is confirmed (see _hold_early).
+        self._early: dict[NodeId, list[tuple[float, int, object]]] = {}
+        self._early_bytes = 0
         self.counters: Counter[str] = Counter()
         self._error_log = _ErrorLog()
         self._group: asyncio.TaskGroup | None = None
@@ -537,6 +546,9 @@ class Agent:
                 self.counters["received.bytes"] += len(data)
                 handler = self._handlers.get(type(message))
                 if handler is not None:
+                    if sender not in core.active_ids:
+                        self._hold_early(sender, len(data), message)
+                        continue
                     with self.contained("handler", f"handler for {name} from {sender}"):
                         handler(sender, message)
                 elif isinstance(message, _HYPARVIEW_TYPES):
@@ -545,6 +557,47 @@ class Agent:
                 else:
                     self.counters["dropped.unhandled_type"] += 1
             await asyncio.sleep(0)
+
+    def _hold_early(self, sender: NodeId, size: int, message: object) -> None:
+        """Routing, Plumtree and the mesh inside them take frames only from admitted active
+        neighbours over their own link: nothing a stranger sends is routed, gossiped or
+        delivered. A neighbour's first frames can overtake the message that confirms its link
+        (the two ends learn of a new link one message apart, over two sockets), so frames from
+        a sender outside the active view wait up to ``_EARLY_HOLD`` seconds, within
+        ``_EARLY_BYTES`` in all, and are handed over if its link comes up; the rest are dropped
+        and counted as ``dropped.not_neighbor``."""
+        now = self._now()
+        self._expire_early(now)
+        if self._early_bytes + size > _EARLY_BYTES:
+            self.counters["dropped.not_neighbor"] += 1
+            return
+        self._early.setdefault(sender, []).append((now + _EARLY_HOLD, size, message))
+        self._early_bytes += size
+        self.counters["early.held"] += 1
+        self._wake.set()  # the timer loop expires it
+
+    def _expire_early(self, now: float) -> None:
+        for sender in list(self._early):
+            held = self._early[sender]
+            if held[-1][0] > now:
+                continue  # one frame of this sender may still wait
+            del self._early[sender]
+            self._early_bytes -= sum(size for _, size, _m in held)
+            self.counters["dropped.not_neighbor"] += len(held)
+
+    def _replay_early(self, peer_id: NodeId) -> None:
+        """The link to ``peer_id`` is up: hand its held frames over, in arrival order."""
+        held = self._early.pop(peer_id, None)
+        if not held:
+            return
+        self._early_bytes -= sum(size for _, size, _m in held)
+        for _deadline, _size, message in held:
+            handler = self._handlers.get(type(message))
+            if handler is None:
+                continue
+            self.counters["early.replayed"] += 1
+            with self.contained("handler", f"handler for {type(message).__name__}"):
+                handler(peer_id, message)
 
     def _offence(self, sender: NodeId, cause: str) -> None:
         self.counters["dropped." + cause] += 1
@@ -579,6 +632,9 @@ class Agent:
             if self._released:
                 soonest = min(self._released.values())
                 deadline = soonest if deadline is None else min(deadline, soonest)
+            if self._early:
+                soonest = min(held[-1][0] for held in self._early.values())
+                deadline = soonest if deadline is None else min(deadline, soonest)
             self._wake.clear()
             timeout = None if deadline is None else max(0.0, deadline - self._now())
             with contextlib.suppress(TimeoutError):
@@ -594,6 +650,7 @@ class Agent:
                 if due is not None and due <= now:
                     self._apply(core.on_timer(now=now))
                 self._close_released(now)
+                self._expire_early(now)
 
     def _close_released(self, now: float) -> None:
         for peer_id, when in list(self._released.items()):
@@ -629,6 +686,7 @@ class Agent:
                     transport.open_link(peer)
                     log.info("%s: peer up %s", self.myself.id, peer)
                     self._publish(action)
+                    self._replay_early(peer.id)
                 case PeerDown(peer=peer, reason=reason):
                     if reason is DownReason.FAILED:
                         transport.close_link(peer.id)
