@@ -347,6 +347,27 @@ def test_inbox_full_is_not_delivered_and_publications_that_miss_are_reported() -
     assert b.publication("a", "news", "actor-a", b"p", now=w.now) == [InboxReady("actor-b")]
 
 
+def test_inboxes_are_bounded_in_bytes_across_the_node() -> None:
+    """Every inbox of a node together holds at most ``inbox_bytes``: a sender (or a flood of
+    publications) that outruns the actors is refused, not held in memory without bound."""
+    w = pair(inbox_bytes=100_000)
+    w.nodes["b"].register("actor-b2")
+    first = w.send("a", "b", "actor-b", bytes(40_000))
+    second = w.send("a", "b", "actor-b2", bytes(40_000))
+    third = w.send("a", "b", "actor-b", bytes(40_000))
+    w.run()
+    b = w.nodes["b"]
+    assert w.results[("a", first)] == Completed(first)
+    assert w.results[("a", second)] == Completed(second)
+    assert w.results[("a", third)] == Failed(third, "not_delivered", "inbox_full")
+    assert b.inbox_bytes == 80_000
+    assert b.counters["inbox.bytes_full"] == 1
+    b.ack("actor-b", b.take("actor-b")[0].seq)
+    assert b.inbox_bytes == 40_000
+    assert len(b.unregister("actor-b2")) == 1
+    assert b.inbox_bytes == 0
+
+
 def test_request_acknowledged_but_not_answered_is_unknown() -> None:
     w = pair()
     ref = w.send("a", "b", "actor-b", b"q", kind="request", timeout=2)

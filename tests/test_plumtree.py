@@ -7,6 +7,7 @@ runaway exchanges, the way aioquic's ``roundtrip_until_done`` does.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections import Counter
@@ -930,3 +931,24 @@ def test_announcements_owed_to_a_departed_peer_are_counted() -> None:
     assert x.neighbor_down("p", now=1.01) == []
     assert x.counters["ihave.dropped_peer_down"] == 1
     assert x.on_timer(now=2.0) == []
+
+
+def test_payload_cache_is_bounded_in_bytes() -> None:
+    """A flood of large broadcasts cannot pin more than payload_cache_bytes on a node (6,000
+    gossips of 59 KB once grew every node by about 350 MiB); the oldest payloads go first, and
+    the newest can still answer a GRAFT."""
+    config = dataclasses.replace(QUICK, payload_cache_bytes=1_000_000)
+    x = make("x", config)
+    x.neighbor_up("a", now=0.0)
+    size = 59_000
+    ids = []
+    for seq in range(1, 101):
+        msg_id: MsgId = ("origin", 1, seq)
+        ids.append(msg_id)
+        x.receive("a", Gossip(msg_id=msg_id, round=1, topic="t", payload=bytes(size)), now=0.001)
+    assert x.cache_bytes <= 1_000_000
+    assert x.cache_bytes == (1_000_000 // size) * size
+    assert x.counters["cache.evicted"] == 100 - 1_000_000 // size
+    x.neighbor_up("b", now=0.002)
+    answer = sends(x.receive("b", Graft(msg_id=ids[-1], round=1), now=0.003))
+    assert [s.message.msg_id for s in answer if isinstance(s.message, Gossip)] == [ids[-1]]

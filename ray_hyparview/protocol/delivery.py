@@ -235,6 +235,7 @@ class Delivery:
         self._keys: dict[tuple[str, str, str], tuple[str, float]] = {}  # -> (status, expiry)
         self._keys_heap: list[tuple[float, tuple[str, str, str]]] = []
         self._endpoints: dict[str, _Endpoint] = {}
+        self._inbox_bytes = 0  # payload bytes in every inbox here (at most inbox_bytes)
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -243,6 +244,11 @@ class Delivery:
 
     def names(self) -> list[str]:
         return sorted(self._endpoints)
+
+    @property
+    def inbox_bytes(self) -> int:
+        """Payload bytes in every inbox of this node (at most ``config.inbox_bytes``)."""
+        return self._inbox_bytes
 
     def pending(self, name: str) -> int:
         """Items in ``name``'s inbox not yet acknowledged (lent ones included)."""
@@ -285,7 +291,10 @@ class Delivery:
     def unregister(self, name: str) -> list[InboxItem]:
         """Close ``name``'s inbox; returns the items it still held (never silently dropped)."""
         endpoint = self._endpoints.pop(name, None)
-        return list(endpoint.items) if endpoint is not None else []
+        if endpoint is None:
+            return []
+        self._inbox_bytes -= sum(len(item.payload) for item in endpoint.items)
+        return list(endpoint.items)
 
     def subscribe(self, name: str, topic: str) -> None:
         self._endpoint(name).topics.add(topic)
@@ -314,7 +323,7 @@ class Delivery:
         upto = min(upto, endpoint.lent)
         removed = 0
         while endpoint.items and endpoint.items[0].seq <= upto:
-            endpoint.items.popleft()
+            self._inbox_bytes -= len(endpoint.items.popleft().payload)
             removed += 1
         self.counters["inbox.acked"] += removed
         return removed
@@ -713,6 +722,10 @@ class Delivery:
     def _enqueue(self, endpoint: _Endpoint, item: InboxItem, actions: list[Action]) -> bool:
         if len(endpoint.items) >= self.config.inbox_capacity:
             return False
+        if self._inbox_bytes + len(item.payload) > self.config.inbox_bytes:
+            self.counters["inbox.bytes_full"] += 1
+            return False
+        self._inbox_bytes += len(item.payload)
         item = InboxItem(
             kind=item.kind,
             sender=item.sender,

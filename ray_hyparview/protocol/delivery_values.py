@@ -168,6 +168,10 @@ class DeliveryConfig:
     inbox_capacity: int = 10_000
     """Most items in one actor's inbox, lent ones included."""
 
+    inbox_bytes: int = 64 * 1024 * 1024
+    """Most payload bytes in all inboxes of this node together (64 MiB); a message that finds
+    them full is refused ``inbox_full`` (not delivered), never let in by dropping another."""
+
     key_retention: float = 600.0
     """Seconds a delivered idempotency key is remembered."""
 
@@ -182,7 +186,7 @@ class DeliveryConfig:
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{f.name} must be finite and greater than 0, got {value!r}")
-        for name in ("dedup_capacity", "inbox_capacity", "key_capacity"):
+        for name in ("dedup_capacity", "inbox_capacity", "inbox_bytes", "key_capacity"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
         if self.max_timeout > MAX_HORIZON_MS / 1000:

@@ -180,6 +180,10 @@ class PlumtreeConfig:
     payload_cache_max: int = 10_000
     """Most payloads kept to answer GRAFT; the oldest goes first."""
 
+    payload_cache_bytes: int = 32 * 1024 * 1024
+    """Most payload bytes kept to answer GRAFT (32 MiB); the oldest goes first. With the count
+    alone, 10,000 payloads of 60 KB would let a flood of broadcasts pin 600 MB on every node."""
+
     missing_max: int = 10_000
     """Most announced-but-missing messages tracked at once; further IHAVE ids are dropped."""
 
@@ -203,7 +207,13 @@ class PlumtreeConfig:
             raise ConfigError(f"prune_grace must be >= 0, got {self.prune_grace}")
         if self.lazy_flush_interval < 0:
             raise ConfigError(f"lazy_flush_interval must be >= 0, got {self.lazy_flush_interval}")
-        ints = ("ihave_batch_max", "seen_max", "payload_cache_max", "missing_max")
+        ints = (
+            "ihave_batch_max",
+            "seen_max",
+            "payload_cache_max",
+            "payload_cache_bytes",
+            "missing_max",
+        )
         for name in ints:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -369,6 +379,7 @@ class Plumtree:
         self._seen: dict[MsgId, float] = {}  # id -> expiry, in expiry order
         self._watermark: dict[tuple[str, int], int] = {}  # (origin, incarnation) -> seq
         self._cache: dict[MsgId, tuple[float, Gossip]] = {}  # id -> (expiry, copy we hold)
+        self._cache_bytes = 0  # payload bytes in _cache
         self._missing: dict[MsgId, _Missing] = {}
         self._timers: list[tuple[float, int, MsgId]] = []  # heap; stale entries skipped
         self._timer_seq = 0
@@ -698,7 +709,7 @@ class Plumtree:
             msg_id, (expiry, _) = next(iter(self._cache.items()))
             if expiry > now:
                 break
-            del self._cache[msg_id]
+            self._uncache(msg_id)
 
     def _is_seen(self, msg_id: MsgId) -> bool:
         if msg_id in self._seen:
@@ -713,9 +724,24 @@ class Plumtree:
         self._seen[msg_id] = max(now, self._now) + self.config.seen_retention
         while len(self._seen) > self.config.seen_max:
             self._forget(next(iter(self._seen)))
+        old = self._cache.pop(msg_id, None)
+        if old is not None:
+            self._cache_bytes -= len(old[1].payload)
         self._cache[msg_id] = (max(now, self._now) + self.config.payload_retention, gossip)
-        while len(self._cache) > self.config.payload_cache_max:
-            del self._cache[next(iter(self._cache))]
+        self._cache_bytes += len(gossip.payload)
+        limit, byte_limit = self.config.payload_cache_max, self.config.payload_cache_bytes
+        while self._cache and (len(self._cache) > limit or self._cache_bytes > byte_limit):
+            self._uncache(next(iter(self._cache)))
+            self.counters["cache.evicted"] += 1
+
+    def _uncache(self, msg_id: MsgId) -> None:
+        _expiry, gossip = self._cache.pop(msg_id)
+        self._cache_bytes -= len(gossip.payload)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Payload bytes held to answer GRAFT (at most ``payload_cache_bytes``)."""
+        return self._cache_bytes
 
     def _forget(self, msg_id: MsgId) -> None:
         del self._seen[msg_id]
