@@ -622,6 +622,7 @@ class Codec:
 # --------------------------------------------------------------------------------------------
 
 _SHUFFLE_PEERS = SeqField(PEER, MAX_SHUFFLE_PEERS)
+_NONCE = IntField(0, limits.U64_MAX)
 _AGE = FloatField(0.0, 1e9)
 """A component marker's age in seconds: a marker older than a few ``merge_interval`` is
 dropped, so anything near the bound is garbage."""
@@ -646,9 +647,14 @@ def hyparview_registry() -> Registry:
             "origin": PEER,
             "peers": _SHUFFLE_PEERS,
             "ttl": TTL,
+            "nonce": _NONCE,
         },
     )
-    hv(7, ShuffleReply, {"sender": PEER, "incarnation": INCARNATION, "peers": _SHUFFLE_PEERS})
+    hv(
+        7,
+        ShuffleReply,
+        {"sender": PEER, "incarnation": INCARNATION, "peers": _SHUFFLE_PEERS, "nonce": _NONCE},
+    )
     hv(8, KeepAlive, {"sender": PEER, "incarnation": INCARNATION})
     mark: dict[str, Field] = {
         "sender": PEER,

@@ -390,11 +390,40 @@ def test_shuffle_merge_evicts_the_ids_just_sent_first() -> None:
     sent_passive = [p for p in walk.peers if p in olds]
     assert sent_passive
     news = (peer("n1"), peer("n2"))
-    a.receive("b", ShuffleReply(sender=B, incarnation=0, peers=news), now=1.1)
+    a.receive("b", ShuffleReply(sender=B, incarnation=0, peers=news, nonce=walk.nonce), now=1.1)
     kept = set(a.passive_view)
     assert set(news) <= kept
     evicted = set(olds) - kept
     assert evicted <= set(sent_passive)
+
+
+def test_only_the_answer_to_our_own_shuffle_changes_the_passive_view() -> None:
+    """Issue 10: one SHUFFLE_REPLY from a stranger made 11 of 12 passive ids fake, and shuffles
+    spread them everywhere. A reply counts only with the nonce of our open shuffle, once."""
+    cfg = HyParViewConfig(passive_view_size=3, keepalive_interval=None, shuffle_interval=1.0)
+    a, b = node(A, cfg), node(B, cfg)
+    link(a, b)
+    fakes = (peer("fake1"), peer("fake2"))
+    # Unasked: no shuffle of ours is open.
+    a.receive("x", ShuffleReply(sender=peer("x"), incarnation=0, peers=fakes, nonce=7), now=0.5)
+    assert not set(fakes) & set(a.passive_view)
+    [walk] = [s.message for s in sends(a.on_timer(now=1.0)) if isinstance(s.message, Shuffle)]
+    assert walk.nonce != 0
+    # A shuffle is open, but the reply does not carry its nonce.
+    wrong = walk.nonce + 1
+    a.receive("x", ShuffleReply(sender=peer("x"), incarnation=0, peers=fakes, nonce=wrong), now=1.1)
+    assert not set(fakes) & set(a.passive_view)
+    assert a.counters["dropped.unsolicited_shuffle_reply"] == 2
+    news = (peer("n1"),)
+    a.receive(
+        "c", ShuffleReply(sender=peer("c"), incarnation=0, peers=news, nonce=walk.nonce), now=1.2
+    )
+    assert set(news) <= set(a.passive_view)
+    # The shuffle is answered: a replay of the same reply is refused.
+    a.receive(
+        "x", ShuffleReply(sender=peer("x"), incarnation=0, peers=fakes, nonce=walk.nonce), now=1.3
+    )
+    assert not set(fakes) & set(a.passive_view)
 
 
 def test_passive_evictions_go_to_a_bounded_reserve() -> None:
@@ -460,7 +489,8 @@ def test_healthy_node_never_touches_its_reserve_and_zero_turns_it_off() -> None:
 def test_passive_view_never_holds_self_or_active_peers() -> None:
     a, b = node(A), node(B)
     link(a, b)
-    a.receive("b", ShuffleReply(sender=B, incarnation=0, peers=(A, B, C)), now=0.0)
+    a._shuffle_nonce = 99  # a shuffle of a's is open
+    a.receive("b", ShuffleReply(sender=B, incarnation=0, peers=(A, B, C), nonce=99), now=0.0)
     assert a.passive_view == (C,)
 
 

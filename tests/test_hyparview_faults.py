@@ -216,6 +216,13 @@ LOST_CFG = HyParViewConfig(
 )
 
 
+def _shuffled_to(x: HyParView, sender: Peer, peers: tuple[Peer, ...], now: float) -> None:
+    """``sender`` answers a shuffle of x's with ``peers`` (the walk itself is not modelled:
+    x's open shuffle and its nonce are set up directly)."""
+    x._shuffle_nonce = 99
+    x.receive(sender.id, ShuffleReply(sender=sender, incarnation=1, peers=peers, nonce=99), now=now)
+
+
 def _x_with_departed_r() -> HyParView:
     """x linked to c and r; r leaves (DISCONNECT leaving) in its life 1."""
     x = HyParView(X, LOST_CFG, rng=random.Random(3), incarnation=1)
@@ -248,7 +255,7 @@ def test_the_entry_of_a_peer_that_left_expires() -> None:
         assert deadline is not None
         now = max(now, deadline)
         x.on_timer(now=now)
-    x.receive(C.id, ShuffleReply(sender=C, incarnation=1, peers=(R,)), now=now)
+    _shuffled_to(x, C, (R,), now)
     assert "r" in x.passive_ids
 
 
@@ -258,7 +265,7 @@ def test_a_restarted_peer_shuffled_to_us_is_found_by_probing_its_old_entry() -> 
     with a higher incarnation and becomes a repair candidate within the probe delay, well
     before lost_retention. Before, nothing ever probed an entry of a peer that LEFT."""
     x = _x_with_departed_r()
-    x.receive(C.id, ShuffleReply(sender=C, incarnation=1, peers=(R,)), now=1.5)
+    _shuffled_to(x, C, (R,), 1.5)
     now = 1.5
     while now < 10.0 and "r" not in x.passive_ids and "r" not in x.active_ids:
         deadline = x.next_deadline()

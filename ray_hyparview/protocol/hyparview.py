@@ -89,6 +89,7 @@ from ray_hyparview.protocol.peer import NodeId, Peer
 __all__ = ["HyParView"]
 
 _T = TypeVar("_T")
+_NONCE_SPAN = 2**53  # a shuffle nonce: 53 bits from one random() call, never 0
 
 # Messages are tallied by type in two lists of ints, indexed by _KIND, and merged into
 # ``counters`` on read: one message in, one out per event, and a ``Counter`` increment (a dict
@@ -204,6 +205,7 @@ class HyParView:
         self._round_deadline: float | None = None
         self._tried: dict[NodeId, None] = {}
         self._last_shuffle: tuple[Peer, ...] = ()
+        self._shuffle_nonce = 0  # of our open shuffle; 0: none open
         self._next_shuffle: float | None = None
         self._next_keepalive: float | None = None
         self._next_rejoin: float | None = None
@@ -716,6 +718,7 @@ class HyParView:
                 origin=msg.origin,
                 peers=msg.peers,
                 ttl=ttl,
+                nonce=msg.nonce,
             )
             self._send(out, nxt, walk, now)
             return
@@ -723,13 +726,22 @@ class HyParView:
             return
         passive = self._passive
         answer = tuple(_sample(self._rand, passive.values(), min(len(msg.peers), len(passive))))
-        reply = ShuffleReply(sender=self.myself, incarnation=self.incarnation, peers=answer)
+        reply = ShuffleReply(
+            sender=self.myself, incarnation=self.incarnation, peers=answer, nonce=msg.nonce
+        )
         self._send(out, msg.origin, reply, now)
         self._merge_passive(msg.peers, answer)
 
     def _on_shuffle_reply(self, out: list[Action], msg: ShuffleReply, now: float) -> None:
+        # DEPARTURE: only the answer to our own open shuffle, proved by its nonce, may change
+        # the passive view; one unsolicited reply once made 11 of 12 passive ids fake, and
+        # shuffles spread them to every node.
+        if not self._shuffle_nonce or msg.nonce != self._shuffle_nonce:
+            self._events["dropped.unsolicited_shuffle_reply"] += 1
+            return
         self._merge_passive(msg.peers, self._last_shuffle)
         self._last_shuffle = ()
+        self._shuffle_nonce = 0
 
     def _on_keepalive(self, out: list[Action], msg: KeepAlive, now: float) -> None:
         self._one_sided(out, msg.sender, now)
@@ -848,12 +860,14 @@ class HyParView:
                 *_sample(self._rand, passive.values(), min(cfg.shuffle_passive, len(passive))),
             )
             self._last_shuffle = sample
+            self._shuffle_nonce = 1 + int(self._rand() * _NONCE_SPAN)
             walk = Shuffle(
                 sender=self.myself,
                 incarnation=self.incarnation,
                 origin=self.myself,
                 peers=(self.myself, *sample),
                 ttl=cfg.shuffle_ttl,
+                nonce=self._shuffle_nonce,
             )
             self._send(out, _pick(self._rand, active), walk, now)
         # DEPARTURE: the paper refills only on a loss. A node left short after a loss round

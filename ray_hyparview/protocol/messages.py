@@ -253,6 +253,11 @@ class Shuffle:
     ttl: int
     """Hops left; starts at ``shuffle_ttl``."""
 
+    nonce: int = 0
+    """Drawn by the origin for this shuffle and echoed in the reply: the origin takes a
+    SHUFFLE_REPLY only with the nonce of its own open shuffle, so a node it never asked cannot
+    fill its passive view (DEPARTURE: the paper's reply carries no such proof)."""
+
     def __init__(
         self,
         *,
@@ -261,12 +266,14 @@ class Shuffle:
         origin: Peer,
         peers: tuple[Peer, ...],
         ttl: int,
+        nonce: int = 0,
     ) -> None:
         object.__setattr__(self, "sender", sender)
         object.__setattr__(self, "incarnation", incarnation)
         object.__setattr__(self, "origin", origin)
         object.__setattr__(self, "peers", peers)
         object.__setattr__(self, "ttl", ttl)
+        object.__setattr__(self, "nonce", nonce)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -282,10 +289,16 @@ class ShuffleReply:
     peers: tuple[Peer, ...]
     """A sample of the sender's passive view."""
 
-    def __init__(self, *, sender: Peer, incarnation: int, peers: tuple[Peer, ...]) -> None:
+    nonce: int = 0
+    """The nonce of the shuffle this answers (see :attr:`Shuffle.nonce`)."""
+
+    def __init__(
+        self, *, sender: Peer, incarnation: int, peers: tuple[Peer, ...], nonce: int = 0
+    ) -> None:
         object.__setattr__(self, "sender", sender)
         object.__setattr__(self, "incarnation", incarnation)
         object.__setattr__(self, "peers", peers)
+        object.__setattr__(self, "nonce", nonce)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
