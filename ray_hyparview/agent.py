@@ -260,6 +260,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._released: dict[NodeId, float] = {}
         self._offences: Counter[NodeId] = Counter()
+        self._lost_services: list[str] = []
         # Frames for the services above membership from senders that are not active
         # neighbours yet, held until the link is confirmed (see _hold_early).
         self._early: dict[NodeId, list[tuple[float, int, object]]] = {}
@@ -445,6 +446,8 @@ class Agent:
                 return
             except Exception as exc:
                 self.report_error("service", f"service {name}", exc)
+                if not callable(service) and not self._closing:
+                    self._lost_services.append(name)  # it can run once: it is gone for good
             if not callable(service) or self._closing:
                 return
             if time.monotonic() - started >= _RESTART_MAX:
@@ -452,6 +455,12 @@ class Agent:
             self.counters["service.restarted"] += 1
             await asyncio.sleep(delay)  # cancelled here when the agent closes meanwhile
             delay = min(delay * 2, _RESTART_MAX)
+
+    @property
+    def lost_services(self) -> tuple[str, ...]:
+        """Services spawned as a coroutine that died of an exception: they cannot be restarted,
+        so the agent no longer does all it should (a supervisor replaces such an agent)."""
+        return tuple(self._lost_services)
 
     @contextlib.contextmanager
     def contained(self, where: str, what: str = "") -> Iterator[None]:

@@ -301,7 +301,7 @@ class _Service:
     @property
     def serving(self) -> bool:
         agent = self.agent
-        return agent.started and not agent.closed and not self.failed
+        return agent.started and not agent.closed and not self.failed and not agent.lost_services
 
     def _discover(self) -> None:
         published = published_agents()

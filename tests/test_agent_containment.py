@@ -348,11 +348,13 @@ async def test_a_dying_service_coroutine_is_counted_not_restarted(nodes: Nodes) 
         await asyncio.sleep(0)
         raise RuntimeError("service bug")
 
+    assert a.lost_services == ()
     task = a.spawn(service(), name="dies-once")
     await asyncio.wait_for(task, timeout=5)
     assert runs == 1
     assert counter(a, "agent.errors.service") == 1
     assert counter(a, "agent.service.restarted") == 0
+    assert a.lost_services == ("dies-once",)  # what a supervisor reads to replace the agent
     await nodes.answers("a")
 
 
@@ -372,6 +374,7 @@ async def test_a_dying_service_factory_is_restarted(nodes: Nodes) -> None:
     await until(lambda: runs == 3)
     assert counter(a, "agent.errors.service") == 2
     assert counter(a, "agent.service.restarted") == 2
+    assert a.lost_services == ()
     await nodes.answers("a")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
