@@ -348,7 +348,7 @@ async def test_a_dying_service_coroutine_is_counted_not_restarted(nodes: Nodes) 
         await asyncio.sleep(0)
         raise RuntimeError("service bug")
 
-    assert a.lost_services == ()
+    assert not a.lost_services
     task = a.spawn(service(), name="dies-once")
     await asyncio.wait_for(task, timeout=5)
     assert runs == 1
