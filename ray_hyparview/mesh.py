@@ -31,8 +31,10 @@ outcome: it may have been delivered before the agent died, or never have left. C
 no message (polls, view refreshes, replies, subscriptions) are simply made again on the new
 agent. Items that the dead agent had queued for this actor and not yet handed over died with it.
 
-Payloads are pickled here and unpickled at the receiving actor (as Ray itself does for actor
-calls); a pickled payload may be at most :data:`~ray_hyparview.wire.MAX_PAYLOAD` bytes (48 KiB):
+Payloads are pickled here and unpickled only at the receiving actor, never in an agent; agents
+hand over frames only from admitted neighbours, so what reaches ``pickle.loads`` came from an
+admitted node (which can therefore run code in the actors it sends to: see the README's trust
+model). A pickled payload may be at most :data:`~ray_hyparview.wire.MAX_PAYLOAD` bytes (48 KiB):
 for bulk data pass a Ray object reference instead.
 """
 
