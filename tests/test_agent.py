@@ -201,8 +201,8 @@ async def test_stats_and_prometheus_text(pair: tuple[MemoryNetwork, Agent, Agent
     assert stats["counters"]["core.peer_up"] == 1
     assert stats["counters"]["agent.received.Join"] == 1
     text = prometheus_text(stats)
-    assert 'ray_hyparview_active_view_size{node="a"} 1' in text
-    assert 'ray_hyparview_core_peer_up_total{node="a"} 1' in text
+    assert 'ray_hyparview_active_view_size{node="a"} 1.0' in text
+    assert 'ray_hyparview_peer_up_total{layer="core",node="a"} 1.0' in text
 
 
 @pytest.mark.asyncio
@@ -226,7 +226,7 @@ async def test_control_endpoint_and_metrics_page_answer(
         body = await reader.read()
         writer.close()
         assert body.startswith(b"HTTP/1.0 200 OK")
-        assert b'ray_hyparview_active_view_size{node="a"} 1' in body
+        assert b'ray_hyparview_active_view_size{node="a"} 1.0' in body
 
 
 @pytest.mark.asyncio
