@@ -852,7 +852,13 @@ async def _run_service(service: _Service, args: argparse.Namespace) -> int:
     endpoint = await service.start()
     try:
         async with control_server(args.control, service.agent.stats) as control:
-            print(json.dumps({"id": service.node_id, "endpoint": endpoint, "control": control}))
+            if getattr(args, "json", True):
+                print(
+                    json.dumps({"id": service.node_id, "endpoint": endpoint, "control": control}),
+                    flush=True,
+                )
+            else:
+                print(f"{service.node_id}: running at {endpoint} (control {control or 'off'})")
             await stop.wait()
     finally:
         await service.stop()

@@ -226,7 +226,7 @@ def test_sidecar_finds_its_node_and_peers_through_the_gcs(ray_cluster: Cluster) 
     from ray_hyparview.control import query_status
 
     command = [
-        sys.executable, "-m", "ray_hyparview.agent", "run",
+        sys.executable, "-m", "ray_hyparview.agent", "run", "--json",
         "--ray-address", ray_cluster.address,
         "--bind", "tcp://127.0.0.1:0",
         "--control", "tcp://127.0.0.1:0",
