@@ -52,6 +52,7 @@ import logging
 import random
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -365,8 +366,8 @@ class _NodeAgent:
     async def stats(self) -> dict[str, Any]:
         return self._service.agent.stats()
 
-    async def wait_for_active(self, n: int, limit: float) -> int:
-        await self._service.agent.wait_for_active(n, timeout=limit)
+    async def wait_for_active(self, n: int, timeout: float) -> int:
+        await self._service.agent.wait_for_active(n, timeout=timeout)
         return len(self._service.agent.active_view)
 
     async def stop(self) -> None:
@@ -625,8 +626,8 @@ class HyParViewCluster:
         self._args = args
         self._stopped = False
 
-    def _call(self, method: str, *, limit: float = 30.0) -> Any:
-        deadline = time.monotonic() + limit
+    def _call(self, method: str, *, timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
         again = False
         while True:
             try:
@@ -659,13 +660,13 @@ class HyParViewCluster:
         result: dict[str, list[NodeId]] = self._call("reconcile")
         return result
 
-    def _gather(self, method: str, *, limit: float = 10.0) -> dict[NodeId, Any]:
+    def _gather(self, method: str, *, timeout: float = 10.0) -> dict[NodeId, Any]:
         agents = self._agents()
         refs = {node_id: getattr(h, method).remote() for node_id, h in agents.items()}
         out: dict[NodeId, Any] = {}
         for node_id, ref in refs.items():
             try:
-                out[node_id] = ray.get(ref, timeout=limit)
+                out[node_id] = ray.get(ref, timeout=timeout)
             except Exception as exc:  # a node that just died: say so, do not fail the call
                 out[node_id] = {"error": f"{type(exc).__name__}: {exc}"}
         return out
@@ -687,11 +688,20 @@ class HyParViewCluster:
         """Every agent's ``stats()``."""
         return self._gather("stats")
 
-    def wait_converged(self, *, limit: float = 60.0, min_active: int = 1) -> dict[NodeId, Any]:
+    def wait_converged(
+        self,
+        *,
+        timeout: float | None = None,
+        min_active: int = 1,
+        limit: float | None = None,
+    ) -> dict[NodeId, Any]:
         """Block until every alive node has an agent with ``min_active`` links, views are
         symmetric, the overlay is connected and every agent has a route to every other; return
-        the views."""
-        deadline = time.monotonic() + limit
+        the views. Raises ``TimeoutError`` after ``timeout`` seconds (default 60).
+
+        ``limit`` is the deprecated name of ``timeout``."""
+        timeout = _timeout(timeout, limit, 60.0, "HyParViewCluster.wait_converged")
+        deadline = time.monotonic() + timeout
         while True:
             self.reconcile()
             views = self.views()
@@ -699,7 +709,7 @@ class HyParViewCluster:
             if set(views) >= alive and _converged(views, alive, min_active) and self._routed(alive):
                 return views
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the overlay did not converge in {limit} s: {views}")
+                raise TimeoutError(f"the overlay did not converge in {timeout} s: {views}")
             time.sleep(0.2)
 
     def _routed(self, alive: set[NodeId]) -> bool:
@@ -733,6 +743,20 @@ class HyParViewCluster:
         for node in ray.nodes():  # type: ignore[no-untyped-call]
             with contextlib.suppress(Exception):
                 ray.kill(ray.get_actor(agent_actor_name(node["NodeID"]), namespace=NAMESPACE))
+
+
+def _timeout(timeout: float | None, limit: float | None, default: float, where: str) -> float:
+    """``timeout``, or the deprecated ``limit`` with a DeprecationWarning (kept one release)."""
+    if limit is not None:
+        if timeout is not None:
+            raise TypeError(f"{where}: give timeout= only (limit= is its deprecated name)")
+        warnings.warn(
+            f"{where}(limit=...) is deprecated, use timeout=...",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return limit
+    return default if timeout is None else timeout
 
 
 def _converged(views: Mapping[NodeId, Any], alive: set[NodeId], min_active: int) -> bool:
@@ -783,14 +807,18 @@ def start(
     bind_host: str | None = None,
     reconcile_interval: float = 1.0,
     wait: bool = True,
-    limit: float = 60.0,
+    timeout: float | None = None,
     log_level: str = "WARNING",
+    limit: float | None = None,
 ) -> HyParViewCluster:
     """Start (or find) the plugin on the connected Ray cluster; see the module docstring.
 
     ``bind_host`` is the address each agent binds and advertises (default: its node's address).
-    With ``wait`` it returns once the overlay is connected and symmetric.
+    With ``wait`` it returns once the overlay is connected and symmetric, or raises
+    ``TimeoutError`` after ``timeout`` seconds (default 60). ``limit`` is the deprecated name
+    of ``timeout``.
     """
+    timeout = _timeout(timeout, limit, 60.0, "ray_hyparview.cluster.start")
     if not ray.is_initialized():
         raise RuntimeError("connect to a Ray cluster first (ray.init(...))")
     config = hyparview_config if hyparview_config is not None else HyParViewConfig()
@@ -798,7 +826,7 @@ def start(
     handle = HyParViewCluster(_reconciler(*args), args)
     handle._call("run")  # makes the reconciler again if the one found was dying
     if wait:
-        handle.wait_converged(limit=limit)
+        handle.wait_converged(timeout=timeout)
     return handle
 
 

@@ -118,7 +118,7 @@ def four(ray_cluster: Cluster) -> Iterator[plugin.HyParViewCluster]:
 def test_one_agent_per_node_and_views_agree_with_topology(
     four: plugin.HyParViewCluster, tmp_path: Any
 ) -> None:
-    views = four.wait_converged(limit=60)
+    views = four.wait_converged(timeout=60)
     assert set(views) == alive()
     assert len(views) == 4
     edges = four.topology()
@@ -148,7 +148,7 @@ def test_small_views_still_reach_every_actor_and_broadcast_once(
     hv = plugin.start(config(2, 1), bind_host="127.0.0.1")
     workers: list[Any] = []
     try:
-        views = hv.wait_converged(limit=90)
+        views = hv.wait_converged(timeout=90)
         assert len(views) == 6
         assert all(len(v["active"]) <= 2 for v in views.values())
         nodes = sorted(views)
@@ -193,7 +193,7 @@ def test_small_views_still_reach_every_actor_and_broadcast_once(
         victim_id = victim_node.node_id
         ray_cluster.remove_node(victim_node)
         wait_sync(lambda: victim_id not in alive(), limit=60)
-        hv.wait_converged(limit=60)
+        hv.wait_converged(timeout=60)
         dead = [i for i in range(12) if homes[i] == victim_id]
         live = [i for i in range(12) if homes[i] != victim_id]
         assert dead
@@ -207,7 +207,7 @@ def test_small_views_still_reach_every_actor_and_broadcast_once(
         # A node added later gets its agent by itself and joins.
         new = ray_cluster.add_node(num_cpus=1)
         ray_cluster.wait_for_nodes()
-        grown = hv.wait_converged(limit=60)
+        grown = hv.wait_converged(timeout=60)
         assert new.node_id in grown
         assert grown[new.node_id]["active"]
     finally:
