@@ -13,44 +13,26 @@ import pytest_asyncio
 from ray_hyparview.agent import Agent
 from ray_hyparview.meshnode import DeliveryError, DuplicateName, MemoryDirectory, MeshNode
 from ray_hyparview.protocol.config import HyParViewConfig
-from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.protocol.routing import RoutingConfig
-from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.memory import MemoryNetwork
 from tests.conditions import until
+from tests.conftest import MemoryAgentFactory
 
-CONFIG = HyParViewConfig(
-    active_view_size=2,
-    passive_view_size=6,
-    min_active_size=1,
-    shuffle_interval=0.5,
-    keepalive_interval=0.1,
-    keepalive_timeout=0.5,
-    neighbor_timeout=0.5,
-)
+CONFIG = HyParViewConfig.local(active_view_size=2, passive_view_size=6, min_active_size=1)
 ROUTING = RoutingConfig(update_interval=0.5, route_expiry=2.0, request_interval=0.2)
 N = 6
 
 
 class Overlay:
-    def __init__(self) -> None:
+    def __init__(self, make: MemoryAgentFactory) -> None:
+        self.make = make
         self.net = MemoryNetwork()
         self.directory = MemoryDirectory()
         self.agents: dict[str, Agent] = {}
         self.meshes: dict[str, MeshNode] = {}
 
     async def add(self, name: str, *contacts: str) -> None:
-        strategy = Strategy(
-            local_peer=Peer(name, f"mem://{name}"),
-            contacts=tuple(Peer(c, f"mem://{c}") for c in contacts),
-            transport="memory",
-            hyparview_config=CONFIG,
-        )
-        agent = Agent(
-            strategy,
-            transport=self.net.transport(name, bind=f"mem://{name}"),
-            rng=random.Random(name),
-        )
+        agent = self.make(self.net, name, *contacts, config=CONFIG)
         await agent.start()
         self.agents[name] = agent
         self.meshes[name] = MeshNode(
@@ -73,8 +55,8 @@ class Overlay:
 
 
 @pytest_asyncio.fixture
-async def overlay() -> AsyncIterator[Overlay]:
-    o = Overlay()
+async def overlay(memory_agent: MemoryAgentFactory) -> AsyncIterator[Overlay]:
+    o = Overlay(memory_agent)
     try:
         await o.add("n0")
         for i in range(1, N):
@@ -161,11 +143,13 @@ async def test_errors_are_reported_never_silent(overlay: Overlay) -> None:
 
 
 @pytest.mark.asyncio
-async def test_two_full_components_are_merged_through_routing_reachability() -> None:
+async def test_two_full_components_are_merged_through_routing_reachability(
+    memory_agent: MemoryAgentFactory,
+) -> None:
     # Two triangles with an active view of 2: every node is full, so HyParView alone never
     # links them again (LOW requests are refused, nobody is short of links). The mesh sees
     # that passive peers stay unreachable and JOINs one of them.
-    o = Overlay()
+    o = Overlay(memory_agent)
     try:
         for group in (("a0", "a1", "a2"), ("b0", "b1", "b2")):
             await o.add(group[0])

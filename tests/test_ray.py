@@ -6,8 +6,6 @@ chooses. Every actor and the cluster are stopped at the end of the module.
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,33 +20,12 @@ from ray_hyparview import mesh  # noqa: E402
 from ray_hyparview.protocol.config import HyParViewConfig  # noqa: E402
 from tests.conditions import wait_sync  # noqa: E402
 
+RAY_WORKERS = 3
+"""Worker nodes of the module's cluster (``ray_cluster`` in conftest.py), besides the head."""
+
 
 def config(active: int, minimum: int = 2) -> HyParViewConfig:
-    return HyParViewConfig(
-        active_view_size=active,
-        min_active_size=minimum,
-        shuffle_interval=2.0,
-        keepalive_interval=0.25,
-        keepalive_timeout=1.5,
-    )
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Cluster]:
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": False},
-    )
-    for _ in range(3):
-        cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()  # type: ignore[no-untyped-call]
+    return HyParViewConfig.local(active_view_size=active, min_active_size=minimum)
 
 
 def alive() -> set[str]:

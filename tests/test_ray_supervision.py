@@ -8,8 +8,6 @@ mesh working again are printed (``-s``), not asserted: speed figures belong in b
 from __future__ import annotations
 
 import functools
-import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,32 +29,8 @@ for two shared cores)."""
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Cluster]:
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": False},
-    )
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()  # type: ignore[no-untyped-call]
-
-
-@pytest.fixture(scope="module")
 def hv(ray_cluster: Cluster) -> Iterator[plugin.HyParViewCluster]:
-    config = HyParViewConfig(
-        active_view_size=2,
-        min_active_size=1,
-        shuffle_interval=2.0,
-        keepalive_interval=0.25,
-        keepalive_timeout=1.5,
-    )
+    config = HyParViewConfig.local(active_view_size=2, min_active_size=1)
     handle = plugin.start(config, bind_host="127.0.0.1")
     try:
         yield handle
