@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ray_hyparview.control import metrics_server
+from ray_hyparview.control import metrics_server, prometheus_text
 from ray_hyparview.metrics import MetricsUnavailable, families
 
 STATS: dict[str, Any] = {
@@ -77,6 +77,23 @@ def test_one_family_per_kind_of_event_with_labels() -> None:
     assert all(f.help for f in by_name.values())
     # No metric name per message type any more.
     assert not [name for name in by_name if "Join" in name or "Shuffle" in name]
+
+
+def test_a_name_with_two_shapes_keeps_each_count_under_its_own_name() -> None:
+    """A gauge and a counter that would share a name, or a count whose labels differ from
+    its family's, must not make an inconsistent family: the scrape would be rejected."""
+    stats = {
+        "id": "n1",
+        "gauges": {"peer_up": 1},
+        "counters": {"core.peer_up": 3, "agent.messages_received": 4, "agent.received.Join": 2},
+    }
+    shapes = {f.name: (f.kind, f.labels) for f in families(stats)}
+    assert shapes["ray_hyparview_peer_up"] == ("gauge", ("node",))
+    assert shapes["ray_hyparview_core_peer_up"] == ("counter", ("node", "layer"))
+    assert shapes["ray_hyparview_messages_received"] == ("counter", ("node", "layer"))
+    assert shapes["ray_hyparview_agent_received_Join"] == ("counter", ("node", "layer"))
+    parsed = {f.name for f in text_string_to_metric_families(prometheus_text(stats))}
+    assert "ray_hyparview_core_peer_up" in parsed
 
 
 @pytest.mark.asyncio
