@@ -39,7 +39,7 @@ id and its peers, then runs exactly as above, in its own process.
 
 In Ray mode the agent's counters and gauges are also exported with ``ray.util.metrics``, so
 they reach Ray's own Prometheus endpoint, under the names and labels of the standalone
-``/metrics`` page (:class:`RayMetricsExporter`).
+``/metrics`` page (:class:`~ray_hyparview.metrics.RayMetricsExporter`).
 """
 
 from __future__ import annotations
@@ -297,6 +297,8 @@ class _Service:
                 self._discover()
 
     async def _export(self) -> None:
+        from ray_hyparview.metrics import RayMetricsExporter
+
         exporter = RayMetricsExporter()
         while True:
             exporter.export(self.agent.stats())
@@ -891,47 +893,6 @@ async def _run_service(service: _Service, args: argparse.Namespace) -> int:
     finally:
         await service.stop()
     return 0
-
-
-class RayMetricsExporter:
-    """An agent's metric families (:func:`ray_hyparview.metrics.families`) pushed through
-    ``ray.util.metrics``, with the same names and labels as the standalone ``/metrics`` page.
-
-    Ray prefixes every application metric with ``ray_``, so the names given to Ray start at
-    ``hyparview_``: Ray's endpoint shows ``ray_hyparview_messages_received{node, layer, type}``
-    (Ray's exporter adds ``_total`` to counters or not, depending on its version), not
-    ``ray_ray_hyparview_...``. Counters are pushed as the increase since the last export."""
-
-    def __init__(self, metrics_module: Any = None) -> None:
-        if metrics_module is None:
-            from ray.util import metrics as metrics_module
-        self._metrics = metrics_module
-        self._made: dict[str, Any] = {}
-        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
-
-    @staticmethod
-    def ray_name(name: str) -> str:
-        """The name to give Ray so that its ``ray_`` prefix is not doubled."""
-        return name.removeprefix("ray_")
-
-    def export(self, stats: Mapping[str, Any]) -> None:
-        from ray_hyparview.metrics import families
-
-        for family in families(stats):
-            name = self.ray_name(family.name)
-            metric = self._made.get(name)
-            if metric is None:
-                kind = self._metrics.Gauge if family.kind == "gauge" else self._metrics.Counter
-                metric = self._made[name] = kind(name, family.help, tag_keys=family.labels)
-            for values, value in family.samples:
-                tags = dict(zip(family.labels, values, strict=True))
-                if family.kind == "gauge":
-                    metric.set(value, tags=tags)
-                    continue
-                delta = value - self._last.get((name, values), 0.0)
-                if delta > 0:
-                    metric.inc(delta, tags=tags)
-                self._last[(name, values)] = value
 
 
 def views_summary(views: Mapping[NodeId, Any], names: Sequence[NodeId] | None = None) -> str:

@@ -16,9 +16,10 @@ which one. :func:`families` turns one ``stats()`` mapping into families by these
 * anything else keeps its own name: ``core.repair.attempted`` is
   ``ray_hyparview_repair_attempted_total{layer="core"}``.
 
-This module needs neither ``prometheus_client`` nor Ray: :func:`registry` imports the former
-when an agent is asked to serve ``/metrics`` (``pip install 'ray-hyparview[metrics]'``), and
-:mod:`ray_hyparview.cluster` feeds the same families to ``ray.util.metrics`` under names
+This module needs neither ``prometheus_client`` nor Ray at import: :func:`registry` imports
+the former when an agent is asked to serve ``/metrics`` (``pip install
+'ray-hyparview[metrics]'``), and :class:`RayMetricsExporter` (the agent actors of
+:mod:`ray_hyparview.cluster`) feeds the same families to ``ray.util.metrics`` under names
 without the ``ray_`` prefix, which Ray adds itself.
 """
 
@@ -34,6 +35,7 @@ __all__ = [
     "PREFIX",
     "Family",
     "MetricsUnavailable",
+    "RayMetricsExporter",
     "families",
     "registry",
 ]
@@ -171,3 +173,44 @@ def registry(stats: Callable[[], Mapping[str, Any]]) -> Any:
     result = CollectorRegistry(auto_describe=False)
     result.register(StatsCollector())
     return result
+
+
+class RayMetricsExporter:
+    """An agent's metric families (:func:`ray_hyparview.metrics.families`) pushed through
+    ``ray.util.metrics``, with the same names and labels as the standalone ``/metrics`` page.
+
+    Ray prefixes every application metric with ``ray_``, so the names given to Ray start at
+    ``hyparview_``: Ray's endpoint shows ``ray_hyparview_messages_received{node, layer, type}``
+    (Ray's exporter adds ``_total`` to counters or not, depending on its version), not
+    ``ray_ray_hyparview_...``. Counters are pushed as the increase since the last export."""
+
+    def __init__(self, metrics_module: Any = None) -> None:
+        """``metrics_module`` stands in for ``ray.util.metrics`` (tests)."""
+        if metrics_module is None:
+            from ray.util import metrics as metrics_module
+        self._metrics = metrics_module
+        self._made: dict[str, Any] = {}
+        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    @staticmethod
+    def ray_name(name: str) -> str:
+        """The name to give Ray so that its ``ray_`` prefix is not doubled."""
+        return name.removeprefix("ray_")
+
+    def export(self, stats: Mapping[str, Any]) -> None:
+        """Push one ``stats()``: gauges set, counters increased by what they grew since."""
+        for family in families(stats):
+            name = self.ray_name(family.name)
+            metric = self._made.get(name)
+            if metric is None:
+                kind = self._metrics.Gauge if family.kind == "gauge" else self._metrics.Counter
+                metric = self._made[name] = kind(name, family.help, tag_keys=family.labels)
+            for values, value in family.samples:
+                tags = dict(zip(family.labels, values, strict=True))
+                if family.kind == "gauge":
+                    metric.set(value, tags=tags)
+                    continue
+                delta = value - self._last.get((name, values), 0.0)
+                if delta > 0:
+                    metric.inc(delta, tags=tags)
+                self._last[(name, values)] = value

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ray_hyparview.control import metrics_server, prometheus_text
-from ray_hyparview.metrics import MetricsUnavailable, families
+from ray_hyparview.metrics import MetricsUnavailable, RayMetricsExporter, families
 
 STATS: dict[str, Any] = {
     "id": "n1",
@@ -188,8 +188,6 @@ class _FakeRayMetrics:
 
 
 def test_ray_mode_names_are_not_doubled_and_carry_labels() -> None:
-    from ray_hyparview.cluster import RayMetricsExporter
-
     fake = _FakeRayMetrics()
     exporter = RayMetricsExporter(fake)
     exporter.export(STATS)
