@@ -370,7 +370,7 @@ def main() -> int:
         head = ray.get_runtime_context().get_node_id()
         config = demo_config(args.active)
         hv = plugin.start(config, bind_host="127.0.0.1")
-        views = hv.wait_converged(limit=120)
+        views = hv.wait_converged(timeout=120)
         nodes = sorted(views)
         say(f"overlay up: {len(nodes)} agents, {len(hv.topology())} links")
         print(plugin.views_summary(views))

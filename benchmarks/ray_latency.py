@@ -203,7 +203,7 @@ def main() -> int:
         connect(cluster, args.nodes)
         config = demo_config(args.active)
         hv = plugin.start(config, bind_host="127.0.0.1")
-        views = hv.wait_converged(limit=120)
+        views = hv.wait_converged(timeout=120)
         nodes = sorted(views)
         edges = hv.topology()
         say(f"overlay up: {len(nodes)} agents, {len(edges)} links")

@@ -113,7 +113,7 @@ def run(nodes: int, rounds: int) -> dict[str, Any]:
         samples: dict[str, list[float]] = {name: [] for name in TIMES}
         lost = 0
         for r in range(rounds):
-            hv.wait_converged(limit=60)
+            hv.wait_converged(timeout=60)
             old = _incarnation(victim)
             ray.kill(plugin.get_agent(victim))
             killed = time.monotonic()
@@ -129,7 +129,7 @@ def run(nodes: int, rounds: int) -> dict[str, Any]:
                 ray.get(a.receive_until.remote((r, i)), timeout=10)
             except ray.exceptions.GetTimeoutError:
                 lost += 1
-            hv.wait_converged(limit=60)
+            hv.wait_converged(timeout=60)
             samples["converged"].append(time.monotonic() - killed)
             print(
                 f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in samples.items()),

@@ -121,7 +121,7 @@ def main() -> int:
         connect(cluster, args.nodes)
         config = demo_config(args.active)
         hv = plugin.start(config, bind_host="127.0.0.1")
-        views = hv.wait_converged(limit=90)
+        views = hv.wait_converged(timeout=90)
         nodes = sorted(views)
         say(f"overlay up: {len(nodes)} agents, {len(hv.topology())} links")
 

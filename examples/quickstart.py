@@ -101,7 +101,7 @@ def main() -> int:
         # Two links per node: small on purpose, so that some messages must be routed.
         config = demo_config(2)
         hv = plugin.start(config, bind_host="127.0.0.1")
-        views = hv.wait_converged(limit=90)
+        views = hv.wait_converged(timeout=90)
         say(f"one agent per node, overlay connected and symmetric; {len(hv.topology())} links")
         say(f"(a full mesh of {len(views)} nodes would need {len(views) * (len(views) - 1) // 2})")
         print(plugin.views_summary(views))
@@ -168,7 +168,7 @@ def main() -> int:
         cluster.remove_node(victim)
         while any(n["NodeID"] == victim_id and n["Alive"] for n in ray.nodes()):  # type: ignore[no-untyped-call]
             time.sleep(0.1)
-        views = hv.wait_converged(limit=60)
+        views = hv.wait_converged(timeout=60)
         say(
             f"overlay repaired {time.monotonic() - killed:.1f}s after the kill; "
             f"{len(views)} nodes, {len(hv.topology())} links"

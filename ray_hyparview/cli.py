@@ -4,6 +4,12 @@
 ``ray start``); ``status`` asks a running agent over its local control endpoint; ``check``
 validates a strategy file without starting anything; ``keygen`` writes a CURVE key pair;
 ``demo`` starts a small overlay on loopback, kills part of it and shows the repair.
+
+Conventions shared by every command: ``--json`` prints JSON to stdout instead of text (one
+object; for ``run``, the line that says the agent is up), ``--version`` prints the version, and
+an operator's mistake (an invalid strategy, a bad or busy bind address, an unreadable key file,
+no agent at the control endpoint) ends in one line on stderr and exit status 1, never a
+traceback. Exit status 2 is a usage error, as argparse reports it.
 """
 
 from __future__ import annotations
@@ -21,11 +27,15 @@ import sys
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import zmq
+
+from ray_hyparview import __version__
 from ray_hyparview.control import control_server, metrics_server, query_status
+from ray_hyparview.metrics import MetricsUnavailable
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.ratelimit import LogRate, RateLimitFilter
@@ -36,15 +46,29 @@ __all__ = ["main"]
 log = logging.getLogger("ray_hyparview.cli")
 
 
+VERSION = f"ray_hyparview {__version__}"
+
+
+def _common() -> argparse.ArgumentParser:
+    """The options every command takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON to stdout, not text")
+    common.add_argument("--version", action="version", version=VERSION)
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
+    common = _common()
     parser = argparse.ArgumentParser(
         prog="python -m ray_hyparview.agent",
         description="The ray_hyparview agent: HyParView membership over ZeroMQ, one per node.",
     )
+    parser.add_argument("--version", action="version", version=VERSION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
         "run",
+        parents=[common],
         help="run an agent until SIGINT/SIGTERM, then leave gracefully",
         description="Run one agent. Take the strategy from --config (TOML) and/or flags; "
         "RAY_HYPARVIEW_* environment variables override the file. Flags override both.",
@@ -63,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--control", help="local control endpoint for `status` (tcp:// or ipc://)")
     run.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     run.add_argument(
+        "--metrics-host",
+        help="address /metrics binds (default 127.0.0.1; 0.0.0.0 for a Prometheus elsewhere)",
+    )
+    run.add_argument(
         "--ray-address",
         help="run as a sidecar of a Ray node: find the node id and peers through the GCS "
         "(`auto` for the local node)",
@@ -77,15 +105,16 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
+        parents=[common],
         help="ask a running agent for its views and counters",
         description="Ask a running agent over its control endpoint.",
     )
     status.add_argument("--control", help="the agent's control endpoint")
     status.add_argument("--config", metavar="FILE", help="read the control endpoint from here")
-    status.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     check = sub.add_parser(
         "check",
+        parents=[common],
         help="validate a strategy file without starting anything",
         description="Validate a strategy file (and RAY_HYPARVIEW_* overrides); exit 1 if invalid.",
     )
@@ -93,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
     keygen = sub.add_parser(
         "keygen",
+        parents=[common],
         help="write a CURVE key pair",
         description="Write NAME.key (public) and NAME.key_secret (secret, mode 0600) into DIR.",
     )
@@ -102,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        parents=[common],
         help="start N agents on loopback, kill some, show the repair, exit 0",
         description="Start N agents on 127.0.0.1 in this process, wait for a connected "
         "symmetric overlay, kill a share of them without goodbye, and show the survivors repair.",
@@ -123,13 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "status":
             return _cmd_status(args)
         case "check":
-            from ray_hyparview.strategy import cmd_check
-
-            return cmd_check(args.config, environ=os.environ)
+            return _cmd_check(args)
         case "keygen":
-            from ray_hyparview.keys import cmd_keygen
-
-            return cmd_keygen(args.out, args.name, overwrite=args.force)
+            return _cmd_keygen(args)
         case "demo":
             return _cmd_demo(args)
     return 2  # argparse rejects unknown commands before this
@@ -169,6 +196,8 @@ def _strategy_from_args(args: argparse.Namespace) -> Strategy:
         agent_section["control"] = args.control
     if args.metrics_port is not None:
         agent_section["metrics_port"] = args.metrics_port
+    if args.metrics_host:
+        agent_section["metrics_host"] = args.metrics_host
     if args.log_level:
         agent_section["log_level"] = args.log_level
     if agent_section:
@@ -197,15 +226,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # interval, the rest counted (``process.log.suppressed`` in the agent's status).
     for handler in logging.getLogger().handlers:
         handler.addFilter(RateLimitFilter(_LOG_RATE))
-    return asyncio.run(run_agent(strategy))
+    try:
+        return asyncio.run(run_agent(strategy, json_line=args.json))
+    except CannotStart as exc:
+        print(f"run: {exc}", file=sys.stderr)
+        return 1
+
+
+class CannotStart(Exception):
+    """The agent, its control endpoint or its metrics page could not start (a bad or busy
+    address, a missing ``prometheus_client``): the operator's to fix, said in one line."""
+
+
+@contextlib.asynccontextmanager
+async def _starting(what: str, where: object) -> AsyncIterator[None]:
+    """Turn a failure while ``what`` starts into :class:`CannotStart`; later failures pass."""
+    try:
+        yield
+    except MetricsUnavailable as exc:
+        raise CannotStart(str(exc)) from None
+    except (OSError, zmq.ZMQError) as exc:
+        raise CannotStart(f"cannot bind {what} {where}: {exc.strerror or exc}") from None
 
 
 _LOG_RATE = LogRate()
 """The warning rate of this process's log handlers (installed by ``run``)."""
 
 
-async def run_agent(strategy: Strategy, *, ready: asyncio.Event | None = None) -> int:
-    """Run one agent with its control and metrics servers until SIGINT or SIGTERM."""
+async def run_agent(
+    strategy: Strategy, *, ready: asyncio.Event | None = None, json_line: bool = True
+) -> int:
+    """Run one agent with its control and metrics servers until SIGINT or SIGTERM.
+
+    Once all are up it prints one line to stdout: JSON (id, endpoint, control, metrics_port,
+    pid) with ``json_line``, else a sentence. Raises :class:`CannotStart` when one of them
+    cannot bind."""
     from ray_hyparview.agent import Agent
 
     stop = asyncio.Event()
@@ -226,11 +281,20 @@ async def run_agent(strategy: Strategy, *, ready: asyncio.Event | None = None) -
         }
         return result
 
-    async with (
-        Agent(strategy) as agent,
-        control_server(strategy.control, stats, counters=process) as control,
-        metrics_server(strategy.metrics_port, stats) as metrics_port,
-    ):
+    agent = Agent(strategy)
+    async with contextlib.AsyncExitStack() as stack:
+        async with _starting("the agent at", strategy.bind or strategy.local_peer.endpoint):
+            await stack.enter_async_context(agent)
+        async with _starting("the control endpoint", strategy.control):
+            control = await stack.enter_async_context(
+                control_server(strategy.control, stats, counters=process)
+            )
+        async with _starting(
+            "the metrics page at", f"{strategy.metrics_host}:{strategy.metrics_port}"
+        ):
+            metrics_port = await stack.enter_async_context(
+                metrics_server(strategy.metrics_port, stats, host=strategy.metrics_host)
+            )
         log.info(
             "%s: agent running at %s (control %s, metrics port %s)",
             agent.myself.id,
@@ -238,8 +302,8 @@ async def run_agent(strategy: Strategy, *, ready: asyncio.Event | None = None) -
             control,
             metrics_port,
         )
-        print(
-            json.dumps(
+        if json_line:
+            line = json.dumps(
                 {
                     "id": agent.myself.id,
                     "endpoint": agent.myself.endpoint,
@@ -247,9 +311,14 @@ async def run_agent(strategy: Strategy, *, ready: asyncio.Event | None = None) -
                     "metrics_port": metrics_port,
                     "pid": os.getpid(),
                 }
-            ),
-            flush=True,
-        )
+            )
+        else:
+            metrics = "off" if metrics_port is None else f"{strategy.metrics_host}:{metrics_port}"
+            line = (
+                f"{agent.myself.id}: running at {agent.myself.endpoint}"
+                f" (control {control or 'off'}, metrics {metrics}, pid {os.getpid()})"
+            )
+        print(line, flush=True)
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -287,6 +356,49 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- check, keygen
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from ray_hyparview.strategy import cmd_check, describe
+
+    if not args.json:
+        return cmd_check(args.config, environ=os.environ)
+    try:
+        strategy = Strategy.from_file(args.config, environ=os.environ)
+    except StrategyError as exc:
+        print(json.dumps({"ok": False, "config": args.config, "error": str(exc)}))
+        print(f"{args.config}: invalid: {exc}", file=sys.stderr)
+        return 1
+    report = {
+        "ok": True,
+        "config": args.config,
+        "summary": describe(strategy),  # what `check` prints; no secret key in it
+        "warnings": list(strategy.warnings()),
+    }
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from ray_hyparview.keys import KeyFileError, cmd_keygen, write_keypair
+
+    if not args.json:
+        return cmd_keygen(args.out, args.name, overwrite=args.force)
+    try:
+        files = write_keypair(args.out, args.name, overwrite=args.force)
+    except KeyFileError as exc:
+        print(f"keygen: {exc}", file=sys.stderr)
+        return 1
+    written = {
+        "public_key": files.public_key,
+        "public_file": str(files.public_file),
+        "secret_file": str(files.secret_file),
+    }
+    print(json.dumps(written, sort_keys=True))
+    return 0
+
+
 def render_status(status: dict[str, Any]) -> str:
     """A readable table of one agent's status."""
     lines = [
@@ -314,7 +426,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
     try:
-        return asyncio.run(_demo(args.agents, args.kill, args.seed, args.timeout))
+        report: dict[str, Any] = {}
+        say: Callable[[str], None] = (lambda _line: None) if args.json else print
+        status = asyncio.run(
+            _demo(args.agents, args.kill, args.seed, args.timeout, say=say, report=report)
+        )
+        if args.json:
+            print(json.dumps(report, sort_keys=True))
+        return status
     except TimeoutError:
         print("demo: the overlay did not converge in time", file=sys.stderr)
         return 1
@@ -338,7 +457,17 @@ def overlay_report(agents: Sequence[Any]) -> tuple[bool, bool, int]:
     return len(seen) == len(views), symmetric, links
 
 
-async def _demo(n: int, kill_share: float, seed: int, limit: float) -> int:
+async def _demo(
+    n: int,
+    kill_share: float,
+    seed: int,
+    limit: float,
+    *,
+    say: Callable[[str], None] = print,
+    report: dict[str, Any] | None = None,
+) -> int:
+    """The demo; progress goes to ``say``, the figures into ``report`` (``demo --json``)."""
+    report = {} if report is None else report
     from ray_hyparview.agent import Agent
 
     rng = random.Random(seed)
@@ -352,7 +481,7 @@ async def _demo(n: int, kill_share: float, seed: int, limit: float) -> int:
     )
     agents: list[Agent] = []
     started = time.monotonic()
-    print(f"starting {n} agents on 127.0.0.1 (active view {size}) ...")
+    say(f"starting {n} agents on 127.0.0.1 (active view {size}) ...")
     try:
         for i in range(n):
             contacts: tuple[Peer, ...] = ()
@@ -376,20 +505,22 @@ async def _demo(n: int, kill_share: float, seed: int, limit: float) -> int:
                     break
                 await asyncio.sleep(0.2)
         took = time.monotonic() - started
-        print(f"converged in {took:.1f}s: connected, symmetric, {links} links")
-        print(f"  (a full mesh of {n} nodes would hold {n * (n - 1) // 2})")
-        _print_views(agents)
+        say(f"converged in {took:.1f}s: connected, symmetric, {links} links")
+        report.update(agents=n, converged_s=round(took, 3), links=links)
+        say(f"  (a full mesh of {n} nodes would hold {n * (n - 1) // 2})")
+        _print_views(agents, say)
         # Let the overlay shuffle before the crash, as the paper's runs do. Right after the joins
         # the passive views are nearly empty: the first agent, which has no contacts, could know
         # only the victims and be known by no survivor, and nothing could bring it back.
         settle = 2 * config.shuffle_interval
-        print(f"\nletting the overlay shuffle for {settle:.0f} s (passive views fill up) ...")
+        say(f"\nletting the overlay shuffle for {settle:.0f} s (passive views fill up) ...")
         await asyncio.sleep(settle)
         victims = rng.sample(agents, max(1, int(n * kill_share)))
-        print(
+        say(
             f"killing {len(victims)} agents without goodbye: "
             f"{', '.join(a.myself.id for a in victims)}"
         )
+        report["killed"] = sorted(a.myself.id for a in victims)
         killed_at = time.monotonic()
         for victim in victims:
             await victim.aclose(graceful=False)
@@ -402,17 +533,23 @@ async def _demo(n: int, kill_share: float, seed: int, limit: float) -> int:
                 if connected and symmetric and not stale:
                     break
                 await asyncio.sleep(0.05)
-        print(
+        say(
             f"repaired in {time.monotonic() - killed_at:.2f}s: {len(survivors)} survivors, "
             f"connected, symmetric, no dead peer in any active view, {links} links"
         )
-        _print_views(survivors)
+        report.update(
+            repaired_s=round(time.monotonic() - killed_at, 3),
+            survivors=len(survivors),
+            survivor_links=links,
+            views={a.myself.id: sorted(p.id for p in a.active_view) for a in survivors},
+        )
+        _print_views(survivors, say)
         return 0
     finally:
         for agent in agents:
             await agent.aclose()
 
 
-def _print_views(agents: Sequence[Any]) -> None:
+def _print_views(agents: Sequence[Any], say: Callable[[str], None] = print) -> None:
     for agent in agents:
-        print(f"  {agent.myself.id}: {' '.join(sorted(p.id for p in agent.active_view))}")
+        say(f"  {agent.myself.id}: {' '.join(sorted(p.id for p in agent.active_view))}")

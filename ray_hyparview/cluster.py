@@ -42,7 +42,8 @@ The same agent runs as a sidecar next to ``ray start`` with ``python -m ray_hypa
 id and its peers, then runs exactly as above, in its own process.
 
 In Ray mode the agent's counters and gauges are also exported with ``ray.util.metrics``, so
-they reach Ray's own Prometheus endpoint.
+they reach Ray's own Prometheus endpoint, under the names and labels of the standalone
+``/metrics`` page (:class:`~ray_hyparview.metrics.RayMetricsExporter`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import random
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -328,27 +330,11 @@ class _Service:
                 self._discover()
 
     async def _export(self) -> None:
-        from ray.util import metrics
+        from ray_hyparview.metrics import RayMetricsExporter
 
-        gauges: dict[str, Any] = {}
-        counters: dict[str, Any] = {}
-        last: dict[str, float] = {}
-        tags = {"node": self.node_id}
+        exporter = RayMetricsExporter()
         while True:
-            stats = self.agent.stats()
-            for key, value in stats["gauges"].items():
-                name = "ray_hyparview_" + key.replace(".", "_")
-                if name not in gauges:
-                    gauges[name] = metrics.Gauge(name, key, tag_keys=("node",))
-                gauges[name].set(value, tags=tags)
-            for key, value in stats["counters"].items():
-                name = "ray_hyparview_" + "".join(c if c.isalnum() else "_" for c in key)
-                if name not in counters:
-                    counters[name] = metrics.Counter(name, key, tag_keys=("node",))
-                delta = value - last.get(name, 0)
-                if delta > 0:
-                    counters[name].inc(delta, tags=tags)
-                last[name] = value
+            exporter.export(self.agent.stats())
             self.agent.counters["metrics.exported"] += 1
             await asyncio.sleep(_METRICS_INTERVAL)
 
@@ -415,8 +401,8 @@ class _NodeAgent:
     async def stats(self) -> dict[str, Any]:
         return self._service.agent.stats()
 
-    async def wait_for_active(self, n: int, limit: float) -> int:
-        await self._service.agent.wait_for_active(n, timeout=limit)
+    async def wait_for_active(self, n: int, timeout: float) -> int:
+        await self._service.agent.wait_for_active(n, timeout=timeout)
         return len(self._service.agent.active_view)
 
     async def stop(self) -> None:
@@ -677,8 +663,8 @@ class HyParViewCluster:
         self._args = args
         self._stopped = False
 
-    def _call(self, method: str, *, limit: float = 30.0) -> Any:
-        deadline = time.monotonic() + limit
+    def _call(self, method: str, *, timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
         again = False
         while True:
             try:
@@ -711,13 +697,13 @@ class HyParViewCluster:
         result: dict[str, list[NodeId]] = self._call("reconcile")
         return result
 
-    def _gather(self, method: str, *, limit: float = 10.0) -> dict[NodeId, Any]:
+    def _gather(self, method: str, *, timeout: float = 10.0) -> dict[NodeId, Any]:
         agents = self._agents()
         refs = {node_id: getattr(h, method).remote() for node_id, h in agents.items()}
         out: dict[NodeId, Any] = {}
         for node_id, ref in refs.items():
             try:
-                out[node_id] = ray.get(ref, timeout=limit)
+                out[node_id] = ray.get(ref, timeout=timeout)
             except Exception as exc:  # a node that just died: say so, do not fail the call
                 out[node_id] = {"error": f"{type(exc).__name__}: {exc}"}
         return out
@@ -739,11 +725,20 @@ class HyParViewCluster:
         """Every agent's ``stats()``."""
         return self._gather("stats")
 
-    def wait_converged(self, *, limit: float = 60.0, min_active: int = 1) -> dict[NodeId, Any]:
+    def wait_converged(
+        self,
+        *,
+        timeout: float | None = None,
+        min_active: int = 1,
+        limit: float | None = None,
+    ) -> dict[NodeId, Any]:
         """Block until every alive node has an agent with ``min_active`` links, views are
         symmetric, the overlay is connected and every agent has a route to every other; return
-        the views."""
-        deadline = time.monotonic() + limit
+        the views. Raises ``TimeoutError`` after ``timeout`` seconds (default 60).
+
+        ``limit`` is the deprecated name of ``timeout``."""
+        timeout = _timeout(timeout, limit, 60.0, "HyParViewCluster.wait_converged")
+        deadline = time.monotonic() + timeout
         while True:
             self.reconcile()
             views = self.views()
@@ -751,7 +746,7 @@ class HyParViewCluster:
             if set(views) >= alive and _converged(views, alive, min_active) and self._routed(alive):
                 return views
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the overlay did not converge in {limit} s: {views}")
+                raise TimeoutError(f"the overlay did not converge in {timeout} s: {views}")
             time.sleep(0.2)
 
     def _routed(self, alive: set[NodeId]) -> bool:
@@ -785,6 +780,20 @@ class HyParViewCluster:
         for node in ray.nodes():  # type: ignore[no-untyped-call]
             with contextlib.suppress(Exception):
                 ray.kill(ray.get_actor(agent_actor_name(node["NodeID"]), namespace=NAMESPACE))
+
+
+def _timeout(timeout: float | None, limit: float | None, default: float, where: str) -> float:
+    """``timeout``, or the deprecated ``limit`` with a DeprecationWarning (kept one release)."""
+    if limit is not None:
+        if timeout is not None:
+            raise TypeError(f"{where}: give timeout= only (limit= is its deprecated name)")
+        warnings.warn(
+            f"{where}(limit=...) is deprecated, use timeout=...",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return limit
+    return default if timeout is None else timeout
 
 
 def _converged(views: Mapping[NodeId, Any], alive: set[NodeId], min_active: int) -> bool:
@@ -837,19 +846,23 @@ def start(
     bind_host: str | None = None,
     reconcile_interval: float = 1.0,
     wait: bool = True,
-    limit: float = 60.0,
+    timeout: float | None = None,
     log_level: str = "WARNING",
+    limit: float | None = None,
 ) -> HyParViewCluster:
     """Start (or find) the plugin on the connected Ray cluster; see the module docstring.
 
     ``bind_host`` is the address each agent binds and advertises (default: its node's address).
-    With ``wait`` it returns once the overlay is connected and symmetric.
+    With ``wait`` it returns once the overlay is connected and symmetric, or raises
+    ``TimeoutError`` after ``timeout`` seconds (default 60). ``limit`` is the deprecated name
+    of ``timeout``.
 
     Links are CURVE-authenticated by default: each agent makes its own key pair (or loads
     ``key_file`` on its node), publishes the public key in the GCS and admits only published
     keys (see :mod:`ray_hyparview.cluster_keys`). ``security`` instead uses the keys given, as
     they are; ``insecure=True`` runs in plain text, with a warning.
     """
+    timeout = _timeout(timeout, limit, 60.0, "ray_hyparview.cluster.start")
     if not ray.is_initialized():
         raise RuntimeError("connect to a Ray cluster first (ray.init(...))")
     policy = key_policy(security, insecure=insecure, key_file=key_file)
@@ -858,7 +871,7 @@ def start(
     handle = HyParViewCluster(_reconciler(*args), args)
     handle._call("run")  # makes the reconciler again if the one found was dying
     if wait:
-        handle.wait_converged(limit=limit)
+        handle.wait_converged(timeout=timeout)
     return handle
 
 
@@ -917,7 +930,13 @@ async def _run_service(service: _Service, args: argparse.Namespace) -> int:
     endpoint = await service.start()
     try:
         async with control_server(args.control, service.agent.stats) as control:
-            print(json.dumps({"id": service.node_id, "endpoint": endpoint, "control": control}))
+            if getattr(args, "json", True):
+                print(
+                    json.dumps({"id": service.node_id, "endpoint": endpoint, "control": control}),
+                    flush=True,
+                )
+            else:
+                print(f"{service.node_id}: running at {endpoint} (control {control or 'off'})")
             await stop.wait()
     finally:
         await service.stop()

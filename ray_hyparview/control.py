@@ -1,8 +1,9 @@
 """The local control endpoint (``python -m ray_hyparview.agent status``) and the optional
 Prometheus ``/metrics`` page.
 
-Both are tiny asyncio stream servers bound to loopback (or a Unix socket): the control
-endpoint answers one JSON line per connection, the metrics page one HTTP response. Neither
+Both are tiny asyncio stream servers: the control endpoint, on loopback or a Unix socket,
+answers one JSON line per connection; the metrics page, on loopback unless ``[agent]
+metrics_host`` says otherwise, one HTTP response rendered by ``prometheus_client``. Neither
 accepts input beyond a short request line, so neither can be used to steer the agent.
 
 The request line is bounded (:data:`MAX_REQUEST_LINE` bytes, the stream reader's own limit):
@@ -20,7 +21,10 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
+from ray_hyparview.metrics import registry
+
 __all__ = [
+    "DEFAULT_METRICS_HOST",
     "MAX_REQUEST_LINE",
     "control_server",
     "metrics_server",
@@ -29,6 +33,8 @@ __all__ = [
 ]
 
 _MAX_REQUEST = 1024
+DEFAULT_METRICS_HOST: Final = "127.0.0.1"
+"""Where ``/metrics`` listens unless told otherwise ([agent] metrics_host): loopback only."""
 MAX_REQUEST_LINE: Final = 1024
 """Longest request line the control endpoint reads, newline included."""
 _DRAIN_LIMIT = 1 << 20
@@ -142,42 +148,43 @@ async def query_status(endpoint: str, *, deadline: float = 3.0) -> dict[str, Any
     return result
 
 
-def _metric_name(key: str) -> str:
-    return "ray_hyparview_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
-
-
 def prometheus_text(stats: Mapping[str, Any]) -> str:
-    """Render an agent's ``stats()`` in the Prometheus text exposition format (version 0.0.4)."""
-    node = str(stats.get("id", "")).replace("\\", "\\\\").replace('"', '\\"')
-    lines: list[str] = []
-    for key, value in sorted(stats.get("gauges", {}).items()):
-        name = _metric_name(key)
-        lines += [f"# TYPE {name} gauge", f'{name}{{node="{node}"}} {value}']
-    for key, value in sorted(stats.get("counters", {}).items()):
-        name = _metric_name(key) + "_total"
-        lines += [f"# TYPE {name} counter", f'{name}{{node="{node}"}} {value}']
-    return "\n".join(lines) + "\n"
+    """Render an agent's ``stats()`` in the Prometheus text exposition format, as the
+    ``/metrics`` page does (see :mod:`ray_hyparview.metrics` for the names and labels)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry(lambda: stats)).decode()
 
 
 @contextlib.asynccontextmanager
 async def metrics_server(
-    port: int | None, stats: StatsSource, *, host: str = "127.0.0.1"
+    port: int | None, stats: StatsSource, *, host: str = DEFAULT_METRICS_HOST
 ) -> AsyncIterator[int | None]:
-    """Serve ``GET /metrics`` on ``host:port``; yields the bound port (None when off)."""
+    """Serve ``GET /metrics`` on ``host:port`` through ``prometheus_client``'s exposition of
+    one collector over ``stats()``; yields the bound port (None when off).
+
+    ``host`` defaults to loopback; ``0.0.0.0`` (or a pod's address) lets a Prometheus on
+    another host scrape it. Raises :class:`~ray_hyparview.metrics.MetricsUnavailable` before
+    binding anything when ``prometheus_client`` is not installed. The page is served from the
+    agent's own event loop (no thread reads the agent's state), and only ``GET /metrics`` with
+    a short request is answered."""
     if port is None:
         yield None
         return
+    scraped = registry(stats)
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(2.0):
                 request = await reader.readuntil(b"\r\n\r\n")
-                if len(request) > _MAX_REQUEST or not request.startswith(b"GET /metrics"):
+                if len(request) > _MAX_REQUEST or not re.match(rb"GET /metrics[ ?]", request):
                     writer.write(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                 else:
-                    body = prometheus_text(stats()).encode()
+                    body = generate_latest(scraped)
                     writer.write(
-                        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                        b"HTTP/1.0 200 OK\r\n"
+                        + f"Content-Type: {CONTENT_TYPE_LATEST}\r\n".encode()
                         + f"Content-Length: {len(body)}\r\n\r\n".encode()
                         + body
                     )
@@ -192,7 +199,7 @@ async def metrics_server(
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, host=host, port=port)
+    server = await asyncio.start_server(handle, host=host or None, port=port)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:

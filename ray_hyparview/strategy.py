@@ -596,6 +596,10 @@ class Strategy:
     metrics_port: int | None = None
     """TCP port of the Prometheus text endpoint ([agent] metrics_port); 0 picks a free port."""
 
+    metrics_host: str = "127.0.0.1"
+    """Address the Prometheus endpoint binds ([agent] metrics_host): loopback by default;
+    ``0.0.0.0`` or ``::`` (or the pod's address) for a Prometheus on another host."""
+
     heartbeat_interval: float = _DEFAULT_HEARTBEAT_INTERVAL
     """Seconds between ZMTP heartbeats on each link ([transport] heartbeat_interval)."""
 
@@ -645,6 +649,10 @@ class Strategy:
             or not 0 <= self.metrics_port <= 65535
         ):
             raise StrategyError("agent.metrics_port", self.metrics_port, "a port 0-65535")
+        if not isinstance(self.metrics_host, str) or not _is_host(self.metrics_host):
+            raise StrategyError(
+                "agent.metrics_host", self.metrics_host, "an IP address or a host name"
+            )
         level = self.log_level.upper() if isinstance(self.log_level, str) else self.log_level
         if level not in LOG_LEVELS:
             raise StrategyError("agent.log_level", self.log_level, f"one of {list(LOG_LEVELS)}")
@@ -818,6 +826,7 @@ class Strategy:
             self.bind,
             self.control,
             self.metrics_port,
+            self.metrics_host,
             self.heartbeat_interval,
             self.heartbeat_timeout,
             self.log_level,
@@ -952,6 +961,8 @@ class Strategy:
             agent["control"] = self.control
         if self.metrics_port is not None:
             agent["metrics_port"] = self.metrics_port
+        if self.metrics_host != "127.0.0.1":
+            agent["metrics_host"] = self.metrics_host
         if self.log_level != "INFO":
             agent["log_level"] = self.log_level
         if agent:
@@ -1064,7 +1075,7 @@ _SECTIONS: Final = ("node", "hyparview", "transport", "agent", "security", "node
 _NODE_KEYS: Final = ("id", "endpoint", "bind", "contacts")
 _LIMIT_FIELDS: Final = {f.name: str(f.type) for f in fields(TransportLimits)}
 _TRANSPORT_KEYS: Final = ("kind", "heartbeat_interval", "heartbeat_timeout", *_LIMIT_FIELDS)
-_AGENT_KEYS: Final = ("control", "metrics_port", "log_level")
+_AGENT_KEYS: Final = ("control", "metrics_port", "metrics_host", "log_level")
 _SECURITY_KEYS: Final = (
     "public_key",
     "secret_key",
@@ -1109,6 +1120,20 @@ def _table(value: object, path: str, known: Sequence[str]) -> dict[str, Any]:
         if item is not None:
             out[key] = item
     return out
+
+
+_HOST_NAME: Final = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _is_host(text: str) -> bool:
+    """An IP address (v4 or v6) or a DNS host name, as a bind address."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return len(text) <= 253 and _HOST_NAME.fullmatch(text) is not None
+    return True
 
 
 def _string(value: object, path: str, what: str = "a string") -> str:
@@ -1188,6 +1213,10 @@ def _build(cls: type[Strategy], data: Mapping[str, Any], base_dir: Path | None) 
         kwargs["control"] = _string(agent["control"], "agent.control", "an endpoint string")
     if "metrics_port" in agent:
         kwargs["metrics_port"] = agent["metrics_port"]
+    if "metrics_host" in agent:
+        kwargs["metrics_host"] = _string(
+            agent["metrics_host"], "agent.metrics_host", "an IP address or a host name"
+        )
     if "log_level" in agent:
         kwargs["log_level"] = _string(
             agent["log_level"], "agent.log_level", f"one of {list(LOG_LEVELS)}"
@@ -1433,6 +1462,7 @@ ENV_VARS: Final[Mapping[str, tuple[str, _EnvParser]]] = types.MappingProxyType(
         },
         "CONTROL": ("agent.control", _env_optional_text),
         "METRICS_PORT": ("agent.metrics_port", _env_optional_int),
+        "METRICS_HOST": ("agent.metrics_host", _env_text),
         "LOG_LEVEL": ("agent.log_level", _env_text),
         "PUBLIC_KEY": ("security.public_key", _env_text),
         "SECRET_KEY": ("security.secret_key", _env_text),
@@ -1530,6 +1560,11 @@ def apply_env(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
 # Command line
 
 
+def _metrics_at(strategy: Strategy) -> str:
+    host = strategy.metrics_host
+    return f"[{host}]:{strategy.metrics_port}" if ":" in host else f"{host}:{strategy.metrics_port}"
+
+
 def describe(strategy: Strategy) -> list[str]:
     """A short human-readable summary, one fact per line."""
     local = strategy.local_peer
@@ -1564,7 +1599,7 @@ def describe(strategy: Strategy) -> list[str]:
         )
     lines.append(
         f"agent       control {strategy.control or 'off'},"
-        f" metrics port {'off' if strategy.metrics_port is None else strategy.metrics_port},"
+        f" metrics {'off' if strategy.metrics_port is None else _metrics_at(strategy)},"
         f" log level {strategy.log_level}"
     )
     return lines

@@ -134,7 +134,7 @@ def cluster(workdir: Path, *, curve: bool) -> Iterator[Cluster]:
 def _agent(config: Path, log: Path) -> Iterator[Agent]:
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [*AGENT, "run", "--config", str(config)],
+            [*AGENT, "run", "--json", "--config", str(config)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=err,

@@ -17,40 +17,18 @@ from ray_hyparview.control import control_server, metrics_server, prometheus_tex
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import DownReason, PeerDown, PeerUp
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.memory import MemoryNetwork
 from tests.conditions import until
-
-FAST = HyParViewConfig(
-    active_view_size=3,
-    passive_view_size=8,
-    shuffle_interval=0.5,
-    keepalive_interval=0.1,
-    keepalive_timeout=0.5,
-    neighbor_timeout=0.5,
-)
-
-
-def make_agent(net: MemoryNetwork, name: str, *contacts: str, gate: object | None = None) -> Agent:
-    strategy = Strategy(
-        local_peer=Peer(name, f"mem://{name}"),
-        contacts=tuple(Peer(c, f"mem://{c}") for c in contacts),
-        transport="memory",
-        hyparview_config=FAST,
-    )
-    return Agent(
-        strategy,
-        transport=net.transport(name, bind=f"mem://{name}"),
-        rng=random.Random(name),
-        gate=gate,  # type: ignore[arg-type]
-    )
+from tests.conftest import MemoryAgentFactory
 
 
 @pytest_asyncio.fixture
-async def pair() -> AsyncIterator[tuple[MemoryNetwork, Agent, Agent]]:
+async def pair(
+    memory_agent: MemoryAgentFactory,
+) -> AsyncIterator[tuple[MemoryNetwork, Agent, Agent]]:
     net = MemoryNetwork()
-    a = make_agent(net, "a")
-    b = make_agent(net, "b", "a")
+    a = memory_agent(net, "a")
+    b = memory_agent(net, "b", "a")
     await a.start()
     await b.start()
     try:
@@ -71,9 +49,11 @@ async def test_two_agents_link_and_see_each_other(pair: tuple[MemoryNetwork, Age
 
 
 @pytest.mark.asyncio
-async def test_events_replay_the_current_view_then_follow_changes() -> None:
+async def test_events_replay_the_current_view_then_follow_changes(
+    memory_agent: MemoryAgentFactory,
+) -> None:
     net = MemoryNetwork()
-    a, b, c = make_agent(net, "a"), make_agent(net, "b", "a"), make_agent(net, "c", "a")
+    a, b, c = memory_agent(net, "a"), memory_agent(net, "b", "a"), memory_agent(net, "c", "a")
     await a.start()
     await b.start()
     try:
@@ -110,11 +90,13 @@ class RecordingGate:
 
 
 @pytest.mark.asyncio
-async def test_gate_hears_connect_and_disconnect_with_reason() -> None:
+async def test_gate_hears_connect_and_disconnect_with_reason(
+    memory_agent: MemoryAgentFactory,
+) -> None:
     net = MemoryNetwork()
     gate = RecordingGate()
-    a = make_agent(net, "a", gate=gate)
-    b = make_agent(net, "b", "a")
+    a = memory_agent(net, "a", gate=gate)
+    b = memory_agent(net, "b", "a")
     await a.start()
     await b.start()
     try:
@@ -128,9 +110,11 @@ async def test_gate_hears_connect_and_disconnect_with_reason() -> None:
 
 
 @pytest.mark.asyncio
-async def test_silent_peer_is_declared_failed_by_keepalive_timeout() -> None:
+async def test_silent_peer_is_declared_failed_by_keepalive_timeout(
+    memory_agent: MemoryAgentFactory,
+) -> None:
     net = MemoryNetwork()
-    a, b = make_agent(net, "a"), make_agent(net, "b", "a")
+    a, b = memory_agent(net, "a"), memory_agent(net, "b", "a")
     await a.start()
     await b.start()
     try:
@@ -139,7 +123,7 @@ async def test_silent_peer_is_declared_failed_by_keepalive_timeout() -> None:
         loop = asyncio.get_running_loop()
         cut = loop.time()
         await until(lambda: not a.active_view, limit=5)
-        assert loop.time() - cut < FAST.keepalive_timeout + 1.0
+        assert loop.time() - cut < HyParViewConfig.local().keepalive_timeout + 1.0
         assert a.core.counters["keepalive.timeout"] + a.counters["link_failed.disconnected"] >= 1
     finally:
         await b.aclose()
@@ -173,10 +157,10 @@ async def test_garbage_frames_are_counted_and_the_agent_keeps_serving(
 
 
 @pytest.mark.asyncio
-async def test_aclose_is_idempotent_and_leaves_no_tasks() -> None:
+async def test_aclose_is_idempotent_and_leaves_no_tasks(memory_agent: MemoryAgentFactory) -> None:
     net = MemoryNetwork()
     before = set(asyncio.all_tasks())
-    a, b = make_agent(net, "a"), make_agent(net, "b", "a")
+    a, b = memory_agent(net, "a"), memory_agent(net, "b", "a")
     await a.start()
     await b.start()
     await b.wait_for_active(1, timeout=5)
@@ -201,8 +185,8 @@ async def test_stats_and_prometheus_text(pair: tuple[MemoryNetwork, Agent, Agent
     assert stats["counters"]["core.peer_up"] == 1
     assert stats["counters"]["agent.received.Join"] == 1
     text = prometheus_text(stats)
-    assert 'ray_hyparview_active_view_size{node="a"} 1' in text
-    assert 'ray_hyparview_core_peer_up_total{node="a"} 1' in text
+    assert 'ray_hyparview_active_view_size{node="a"} 1.0' in text
+    assert 'ray_hyparview_peer_up_total{layer="core",node="a"} 1.0' in text
 
 
 @pytest.mark.asyncio
@@ -226,7 +210,7 @@ async def test_control_endpoint_and_metrics_page_answer(
         body = await reader.read()
         writer.close()
         assert body.startswith(b"HTTP/1.0 200 OK")
-        assert b'ray_hyparview_active_view_size{node="a"} 1' in body
+        assert b'ray_hyparview_active_view_size{node="a"} 1.0' in body
 
 
 @pytest.mark.asyncio

@@ -6,8 +6,6 @@ chooses. Every actor and the cluster are stopped at the end of the module.
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,33 +20,12 @@ from ray_hyparview import mesh  # noqa: E402
 from ray_hyparview.protocol.config import HyParViewConfig  # noqa: E402
 from tests.conditions import wait_sync  # noqa: E402
 
+RAY_WORKERS = 3
+"""Worker nodes of the module's cluster (``ray_cluster`` in conftest.py), besides the head."""
+
 
 def config(active: int, minimum: int = 2) -> HyParViewConfig:
-    return HyParViewConfig(
-        active_view_size=active,
-        min_active_size=minimum,
-        shuffle_interval=2.0,
-        keepalive_interval=0.25,
-        keepalive_timeout=1.5,
-    )
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Cluster]:
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": False},
-    )
-    for _ in range(3):
-        cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()  # type: ignore[no-untyped-call]
+    return HyParViewConfig.local(active_view_size=active, min_active_size=minimum)
 
 
 def alive() -> set[str]:
@@ -118,7 +95,7 @@ def four(ray_cluster: Cluster) -> Iterator[plugin.HyParViewCluster]:
 def test_one_agent_per_node_and_views_agree_with_topology(
     four: plugin.HyParViewCluster, tmp_path: Any
 ) -> None:
-    views = four.wait_converged(limit=60)
+    views = four.wait_converged(timeout=60)
     assert set(views) == alive()
     assert len(views) == 4
     edges = four.topology()
@@ -148,7 +125,7 @@ def test_small_views_still_reach_every_actor_and_broadcast_once(
     hv = plugin.start(config(2, 1), bind_host="127.0.0.1")
     workers: list[Any] = []
     try:
-        views = hv.wait_converged(limit=90)
+        views = hv.wait_converged(timeout=90)
         assert len(views) == 6
         assert all(len(v["active"]) <= 2 for v in views.values())
         nodes = sorted(views)
@@ -200,7 +177,7 @@ def test_small_views_still_reach_every_actor_and_broadcast_once(
         victim_id = victim_node.node_id
         ray_cluster.remove_node(victim_node)
         wait_sync(lambda: victim_id not in alive(), limit=60)
-        hv.wait_converged(limit=60)
+        hv.wait_converged(timeout=60)
         dead = [i for i in range(12) if homes[i] == victim_id]
         live = [i for i in range(12) if homes[i] != victim_id]
         assert dead
@@ -214,7 +191,7 @@ def test_small_views_still_reach_every_actor_and_broadcast_once(
         # A node added later gets its agent by itself and joins.
         new = ray_cluster.add_node(num_cpus=1)
         ray_cluster.wait_for_nodes()
-        grown = hv.wait_converged(limit=60)
+        grown = hv.wait_converged(timeout=60)
         assert new.node_id in grown
         assert grown[new.node_id]["active"]
     finally:
@@ -233,7 +210,7 @@ def test_sidecar_finds_its_node_and_peers_through_the_gcs(ray_cluster: Cluster) 
     from ray_hyparview.control import query_status
 
     command = [
-        sys.executable, "-m", "ray_hyparview.agent", "run",
+        sys.executable, "-m", "ray_hyparview.agent", "run", "--json",
         "--ray-address", ray_cluster.address,
         "--bind", "tcp://127.0.0.1:0",
         "--control", "tcp://127.0.0.1:0",

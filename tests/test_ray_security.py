@@ -82,7 +82,7 @@ def counters_where(hv: plugin.HyParViewCluster, node_id: str, pick: Callable[[st
 def test_defaults_give_every_agent_its_own_published_key_and_curve_links(
     secure: plugin.HyParViewCluster,
 ) -> None:
-    views = secure.wait_converged(limit=60)
+    views = secure.wait_converged(timeout=60)
     assert len(views) == 3
     published = plugin.published_agents()
     keys = {node_id: published[node_id].get("public_key") for node_id in views}
@@ -99,7 +99,7 @@ def test_defaults_give_every_agent_its_own_published_key_and_curve_links(
 def test_an_agent_with_its_own_unpublished_key_cannot_join(
     secure: plugin.HyParViewCluster,
 ) -> None:
-    views = secure.wait_converged(limit=60)
+    views = secure.wait_converged(timeout=60)
     target = sorted(views)[0]
     info = plugin.published_agents()[target]
     denied = counter(secure, target, "transport.zap.denied")
@@ -177,7 +177,7 @@ def publish(node_id: str, public_key: str) -> None:
 def test_a_published_key_speaks_only_for_its_own_node_id_and_only_while_published(
     secure: plugin.HyParViewCluster,
 ) -> None:
-    views = secure.wait_converged(limit=60)
+    views = secure.wait_converged(timeout=60)
     node_a, target_id = sorted(views)[:2]
     target = (target_id, plugin.published_agents()[target_id])
 
@@ -225,7 +225,7 @@ def test_a_published_key_speaks_only_for_its_own_node_id_and_only_while_publishe
 
 
 def test_a_plain_text_client_is_refused(secure: plugin.HyParViewCluster) -> None:
-    views = secure.wait_converged(limit=60)
+    views = secure.wait_converged(timeout=60)
     target = sorted(views)[-1]
     endpoint = plugin.published_agents()[target]["endpoint"]
 
@@ -264,6 +264,7 @@ def test_the_sidecar_takes_runs_security_table(ray_cluster: Cluster, tmp_path: P
         "--bind", "tcp://127.0.0.1:0",
         "--config", str(config),
         "--log-level", "WARNING",
+        "--json",
     ]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
@@ -290,7 +291,7 @@ def test_insecure_runs_in_plain_text_and_warns(
     try:
         assert "insecure" in caplog.text
         assert "plain text" in caplog.text
-        views = hv.wait_converged(limit=60)
+        views = hv.wait_converged(timeout=60)
         assert len(views) == 3
         published = plugin.published_agents()
         assert all("public_key" not in published[n] for n in views)

@@ -8,8 +8,6 @@ mesh working again are printed (``-s``), not asserted: speed figures belong in b
 from __future__ import annotations
 
 import functools
-import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,32 +29,8 @@ for two shared cores)."""
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Cluster]:
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": False},
-    )
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()  # type: ignore[no-untyped-call]
-
-
-@pytest.fixture(scope="module")
 def hv(ray_cluster: Cluster) -> Iterator[plugin.HyParViewCluster]:
-    config = HyParViewConfig(
-        active_view_size=2,
-        min_active_size=1,
-        shuffle_interval=2.0,
-        keepalive_interval=0.25,
-        keepalive_timeout=1.5,
-    )
+    config = HyParViewConfig.local(active_view_size=2, min_active_size=1)
     handle = plugin.start(config, bind_host="127.0.0.1")
     try:
         yield handle
@@ -214,14 +188,14 @@ def until_ok(attempt: Callable[[int], str], *, limit: float) -> int:
 def test_killed_agent_is_replaced_by_a_newer_incarnation_that_rejoins(
     hv: plugin.HyParViewCluster,
 ) -> None:
-    hv.wait_converged(limit=60)
+    hv.wait_converged(timeout=60)
     victim = other_nodes()[0]
     old, killed = kill_agent(victim)
     new = wait_replaced(victim, old, killed, "agent")
     assert new > old
     assert plugin.published_agents()[victim]["incarnation"] == new
     wait_sync(lambda: all_views_answer(hv), limit=REPLACED_WITHIN, poll=0.2)
-    views = hv.wait_converged(limit=60)  # connected, symmetric, routed again
+    views = hv.wait_converged(timeout=60)  # connected, symmetric, routed again
     print(f"agent: overlay converged {time.monotonic() - killed:.2f} s after the kill")
     assert set(views) == alive()
     assert views[victim]["active"]
@@ -238,13 +212,13 @@ def _fail_a_task(actor: Any) -> None:
 
 
 def test_agent_with_a_failed_task_is_replaced(hv: plugin.HyParViewCluster) -> None:
-    hv.wait_converged(limit=60)
+    hv.wait_converged(timeout=60)
     victim = other_nodes()[0]
     old = incarnation(victim)
     ray.get(plugin.get_agent(victim).__ray_call__.remote(_fail_a_task), timeout=10)
     new = wait_replaced(victim, old, time.monotonic(), "agent with a failed task")
     assert new > old
-    hv.wait_converged(limit=60)
+    hv.wait_converged(timeout=60)
 
 
 def _hang(actor: Any) -> None:
@@ -254,7 +228,7 @@ def _hang(actor: Any) -> None:
 
 @pytest.mark.slow
 def test_hung_agent_is_replaced(hv: plugin.HyParViewCluster) -> None:
-    hv.wait_converged(limit=60)
+    hv.wait_converged(timeout=60)
     victim = other_nodes()[0]
     old = incarnation(victim)
     plugin.get_agent(victim).__ray_call__.remote(_hang)  # never answers; killed with the agent
@@ -262,11 +236,11 @@ def test_hung_agent_is_replaced(hv: plugin.HyParViewCluster) -> None:
     # Three missed 5 s pings, then a new agent: about 20 s.
     wait_sync(lambda: incarnation(victim) > old, limit=2 * REPLACED_WITHIN, poll=0.5)
     print(f"\nhung agent: replacement serving {time.monotonic() - hung:.2f} s after it hung")
-    hv.wait_converged(limit=60)
+    hv.wait_converged(timeout=60)
 
 
 def test_actor_keeps_its_mesh_across_an_agent_restart(hv: plugin.HyParViewCluster) -> None:
-    hv.wait_converged(limit=60)
+    hv.wait_converged(timeout=60)
     victim = other_nodes()[-1]
     a, b, c = on(victim), on(head_node()), on(other_nodes()[0])
     try:
@@ -291,7 +265,7 @@ def test_actor_keeps_its_mesh_across_an_agent_restart(hv: plugin.HyParViewCluste
         # ... can send, and still has its subscription.
         assert ray.get(a.send.remote("sv-c", "after", 10.0)) == "ok"
         assert ray.get(c.receive.remote(1), timeout=30) == [("send", "sv-a", "after")]
-        hv.wait_converged(limit=60)
+        hv.wait_converged(timeout=60)
         ray.get(b.publish.remote("sv-news", "news"))
         assert ray.get(a.receive_until.remote("news"), timeout=30)[-1] == "news"
         assert ray.get(a.reattached.remote()) == 1
@@ -302,7 +276,7 @@ def test_actor_keeps_its_mesh_across_an_agent_restart(hv: plugin.HyParViewCluste
 
 @pytest.mark.slow
 def test_first_message_of_a_new_agent_life_is_delivered(hv: plugin.HyParViewCluster) -> None:
-    hv.wait_converged(limit=60)
+    hv.wait_converged(timeout=60)
     victim = other_nodes()[-1]
     x, y = on(victim), on(head_node())
     try:
@@ -311,7 +285,7 @@ def test_first_message_of_a_new_agent_life_is_delivered(hv: plugin.HyParViewClus
             old, killed = kill_agent(victim)
             wait_replaced(victim, old, killed, f"life {life}")
             wait_sync(functools.partial(reattached, x, life), limit=REPLACED_WITHIN)
-            hv.wait_converged(limit=60)
+            hv.wait_converged(timeout=60)
             # The first message of this agent life: message id 1 both times.
             assert ray.get(x.send.remote("sv-y", life, 10.0)) == "ok"
             assert ray.get(y.receive.remote(1), timeout=10) == [("send", "sv-x", life)]
@@ -321,7 +295,7 @@ def test_first_message_of_a_new_agent_life_is_delivered(hv: plugin.HyParViewClus
 
 
 def test_agents_stay_supervised_when_the_reconciler_dies(hv: plugin.HyParViewCluster) -> None:
-    hv.wait_converged(limit=60)
+    hv.wait_converged(timeout=60)
     first, second = other_nodes()
     # A crash: Ray restarts the reconciler, which resumes by itself (no call from here).
     ray.kill(reconciler(), no_restart=False)
@@ -334,7 +308,7 @@ def test_agents_stay_supervised_when_the_reconciler_dies(hv: plugin.HyParViewClu
     wait_sync(lambda: all_views_answer(hv), limit=REPLACED_WITHIN, poll=0.2)
     assert incarnation(second) > old
     print(f"\nreconciler re-created: agent serving {time.monotonic() - killed:.2f} s after")
-    views = hv.wait_converged(limit=60)
+    views = hv.wait_converged(timeout=60)
     assert set(views) == alive()
     # start() finds the new reconciler rather than making another.
     again = plugin.start(bind_host="127.0.0.1", wait=False)

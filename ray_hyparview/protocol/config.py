@@ -10,12 +10,22 @@ ids, shuffle walk TTL 6.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Final
 
 from ray_hyparview.protocol import limits
 from ray_hyparview.protocol.errors import ConfigError
 
-__all__ = ["HyParViewConfig"]
+__all__ = ["LOCAL_TIMINGS", "HyParViewConfig"]
+
+LOCAL_TIMINGS: Final[Mapping[str, float]] = {
+    "shuffle_interval": 0.5,
+    "keepalive_interval": 0.25,
+    "keepalive_timeout": 1.5,
+    "neighbor_timeout": 1.0,
+}
+"""The fields :meth:`HyParViewConfig.local` sets (everything else keeps its default)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +100,18 @@ class HyParViewConfig:
     Each beat costs about one message per active link. Splits shorter than
     ``lost_retention`` merge through the lost peers, sooner; keep ``3 * merge_interval`` below
     ``lost_retention`` so that no split length falls between the two."""
+
+    @classmethod
+    def local(cls, **changes: object) -> HyParViewConfig:
+        """Timings for a few agents on one machine (loopback, the in-memory transport, an
+        embedded Ray cluster), like memberlist's ``DefaultLocalConfig``: shuffles twice a second,
+        keepalives every 0.25 s, a silent peer declared failed after 1.5 s, a NEIGHBOR request
+        given up after 1 s. The views keep the paper's sizes; ``changes`` override any field.
+
+        For tests, examples and demos: over a real network the defaults' slower timings keep
+        a loaded host from being declared failed."""
+        values: dict[str, object] = {**LOCAL_TIMINGS, **changes}
+        return cls(**values)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         for f in fields(self):
