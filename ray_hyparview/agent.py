@@ -68,6 +68,7 @@ from ray_hyparview.protocol.messages import (
     ShuffleReply,
 )
 from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.ratelimit import LogRate
 from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.base import LinkFailed, Transport, TransportClosed
 
@@ -110,6 +111,8 @@ _TEMPORARY_LINK_IDLE = 3.0
 _SUBSCRIBER_QUEUE = 10_000
 # Decode errors from one sender in a row before its link is dropped.
 _MAX_OFFENCES = 100
+_MAX_OFFENDERS = 1024
+"""Most senders whose bad frames are tallied at once (the oldest tally goes first)."""
 
 _EARLY_BYTES = 256 * 1024
 """Bytes of frames held for senders that are not (yet) active neighbours, over all of them."""
@@ -266,6 +269,7 @@ class Agent:
         self._early: dict[NodeId, list[tuple[float, int, object]]] = {}
         self._early_bytes = 0
         self.counters: Counter[str] = Counter()
+        self._log_rate = LogRate(counters=self.counters)
         self._error_log = _ErrorLog()
         self._group: asyncio.TaskGroup | None = None
         self._spawned: list[asyncio.Task[None]] = []
@@ -610,15 +614,24 @@ class Agent:
 
     def _offence(self, sender: NodeId, cause: str) -> None:
         self.counters["dropped." + cause] += 1
+        if sender not in self._offences and len(self._offences) >= _MAX_OFFENDERS:
+            # Bounded: a flood of fresh ids forgets the oldest tallies, it cannot grow this.
+            del self._offences[next(iter(self._offences))]
         self._offences[sender] += 1
-        if self._offences[sender] >= _MAX_OFFENCES:
-            # A peer that sends nothing but garbage: drop its link; frames keep being counted.
-            self.counters["offender.disconnected"] += 1
-            del self._offences[sender]
-            # Only our side of the link: without CURVE the claimed id is not proof, so frames
-            # under that id are not refused (that would cut off the real peer).
-            self.transport.close_link(sender)
-            log.warning("%s: dropping link to %s after repeated bad frames", self.myself.id, sender)
+        if self._offences[sender] < _MAX_OFFENCES:
+            return
+        del self._offences[sender]
+        if not self.transport.authenticated:
+            # Without CURVE the claimed id is no proof: dropping the link would let anyone who
+            # sends garbage under a neighbour's id cut that neighbour off. Count only.
+            self.counters["offender.unproved"] += 1
+            return
+        # A peer that sends nothing but garbage under its own key: drop our side of its link.
+        self.counters["offender.disconnected"] += 1
+        self.transport.close_link(sender)
+        self._log_rate.warning(
+            log, "%s: dropping link to %s after repeated bad frames", self.myself.id, sender
+        )
 
     async def _link_loop(self) -> None:
         transport = self.transport

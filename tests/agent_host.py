@@ -105,6 +105,10 @@ class BlockingTransport:
     def counters(self) -> Counter[str]:
         return self._inner.counters
 
+    @property
+    def authenticated(self) -> bool:
+        return self._inner.authenticated
+
     async def start(self) -> str:
         return await self._inner.start()
 

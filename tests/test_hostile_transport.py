@@ -54,7 +54,9 @@ def _attack(tmp_path: Path, *, curve: bool, seconds: float) -> None:
         # Bounded log volume: thousands of bad frames, a handful of lines.
         assert victim.log_lines() <= 40, victim.log.read_text()[-2000:]
         if status["counters"].get("agent.offender.disconnected", 0) > 20:
-            assert status["counters"].get("process.log.suppressed", 0) > 0
+            # Rate-limited in the agent itself, or by the process's log filter.
+            suppressed = ("agent.log.suppressed", "process.log.suppressed")
+            assert sum(status["counters"].get(k, 0) for k in suppressed) > 0
 
 
 @pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])

@@ -110,6 +110,12 @@ class Transport(Protocol):
         """Live counters (read them, do not write)."""
         ...
 
+    @property
+    def authenticated(self) -> bool:
+        """True when the sender id of every received frame is proved (CURVE, a key bound to the
+        id), False when it is only what the peer claims."""
+        ...
+
     async def start(self) -> str:
         """Bind the inbound endpoint; return it with any ephemeral port resolved."""
         ...

@@ -512,6 +512,10 @@ class ZmqTransport:
         return self._counters
 
     @property
+    def authenticated(self) -> bool:
+        return self._auth is not None
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`aclose` has begun."""
         return self._closed
