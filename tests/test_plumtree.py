@@ -129,6 +129,8 @@ class Net:
             timer_at, timer_node = self._next_timer()
             msg_at = self.queue[0][0] if self.queue else None
             if msg_at is None and timer_at is None:
+                if until is not None:
+                    self.now = max(self.now, until)  # quiet until then: time still passes
                 return
             at = min(t for t in (msg_at, timer_at) if t is not None)
             if until is not None and at > until:
