@@ -39,14 +39,14 @@ def connect(cluster: Cluster, nodes: int) -> None:
 
 def demo_config(active_view_size: int, passive_view_size: int = 8) -> HyParViewConfig:
     """Membership timing for a handful of nodes on one machine: shuffles every 2 s, a silent
-    peer declared failed after 1.5 s."""
-    return HyParViewConfig(
+    peer declared failed after 1.5 s, split components merged within seconds (the local
+    preset's merge timings)."""
+    return HyParViewConfig.local(
         active_view_size=active_view_size,
         passive_view_size=passive_view_size,
         min_active_size=1,
         shuffle_interval=2.0,
-        keepalive_interval=0.25,
-        keepalive_timeout=1.5,
+        neighbor_timeout=HyParViewConfig().neighbor_timeout,
     )
 
 

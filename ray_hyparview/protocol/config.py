@@ -24,6 +24,11 @@ LOCAL_TIMINGS: Final[Mapping[str, float]] = {
     "keepalive_interval": 0.25,
     "keepalive_timeout": 1.5,
     "neighbor_timeout": 1.0,
+    # Split components (two full triangles at start-up, a healed partition) merge within
+    # seconds: the component marker beats every 2 s and probes back off to 4 s at most.
+    "merge_interval": 2.0,
+    "probe_interval_min": 0.5,
+    "probe_interval_max": 4.0,
 }
 """The fields :meth:`HyParViewConfig.local` sets (everything else keeps its default)."""
 
@@ -106,7 +111,8 @@ class HyParViewConfig:
         """Timings for a few agents on one machine (loopback, the in-memory transport, an
         embedded Ray cluster), like memberlist's ``DefaultLocalConfig``: shuffles twice a second,
         keepalives every 0.25 s, a silent peer declared failed after 1.5 s, a NEIGHBOR request
-        given up after 1 s. The views keep the paper's sizes; ``changes`` override any field.
+        given up after 1 s, split components merged within seconds. The views keep the paper's
+        sizes; ``changes`` override any field.
 
         For tests, examples and demos: over a real network the defaults' slower timings keep
         a loaded host from being declared failed."""
