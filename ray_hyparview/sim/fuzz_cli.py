@@ -110,24 +110,39 @@ def explain(seed: int, finding: hs.Finding, config: FuzzConfig, *, budget: int =
     return Failure(seed, first, faults, tail[-_TRACE_TAIL:] + result.trace[cut : cut + 1], runs)
 
 
+def checks_on(config: FuzzConfig) -> list[str]:
+    """The checks that fail a seed (a family partly off says so)."""
+    out = []
+    for check in hs.CHECKS:
+        if check in config.known:
+            continue
+        partly = any(k.startswith(check + ".") for k in config.known)
+        out.append(f"{check} (but the types listed off)" if partly else check)
+    return out
+
+
 def report(summary: Summary, failures: Sequence[Failure], config: FuzzConfig) -> str:
     lines = [
         f"fuzz: {summary.seeds} seeds, {len(summary.failed)} failed,"
         f" {summary.seconds:.1f} s ({summary.per_seed_ms:.0f} ms/seed,"
         f" {summary.events / max(1, summary.seeds):.0f} events/seed)",
         f"unknown outcomes (counted, not failed): {summary.unknown}",
-        "checks on: " + ", ".join(c for c in hs.CHECKS if c not in config.known),
+        "checks on: " + ", ".join(checks_on(config)),
     ]
     if config.known:
-        lines.append("known findings (off; issue item -> seeds):")
-        for check in sorted(config.known):
-            hits = {
-                s for c, seeds in summary.known.items() if c.split(".")[0] == check for s in seeds
-            }
-            shown = ", ".join(str(s) for s in sorted(hits)[:12])
-            more = f" (+{len(hits) - 12})" if len(hits) > 12 else ""
-            item = DEFAULT_KNOWN.get(check, "turned off")
-            lines.append(f"  {check} [{item}]: {len(hits)} seeds {shown}{more}")
+        lines.append("checks off (known findings, issue item):")
+        lines += [f"  {check}: {DEFAULT_KNOWN.get(check, 'off')}" for check in sorted(config.known)]
+    if summary.known:
+        lines.append("known findings seen (check: seeds):")
+    for check, seeds in sorted(summary.known.items()):
+        shown = ", ".join(str(s) for s in seeds[:12])
+        more = f" (+{len(seeds) - 12} more)" if len(seeds) > 12 else ""
+        why = (
+            ""
+            if check in DEFAULT_KNOWN or check.split(".")[0] in DEFAULT_KNOWN
+            else (" [a consequence of a known finding in the same seed]")
+        )
+        lines.append(f"  {check}: {len(seeds)} seeds: {shown}{more}{why}")
     counts = Counter(f.check for findings in summary.failed.values() for f in findings[:1])
     for check, count in counts.most_common():
         seeds = [s for s, fs in summary.failed.items() if fs[0].check == check]
@@ -180,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ms_per_seed": summary.per_seed_ms,
             "events": summary.events,
             "unknown": summary.unknown,
-            "checks_on": [c for c in hs.CHECKS if c not in config.known],
+            "checks_on": checks_on(config),
             "known": {c: DEFAULT_KNOWN.get(c, "") for c in sorted(config.known)},
             "known_seeds": summary.known,
             "failed": {

@@ -46,6 +46,7 @@ __all__ = [
     "check_overlay",
     "check_publications",
     "check_routes",
+    "components",
     "find_loop",
 ]
 
@@ -222,11 +223,36 @@ def check_overlay(views: Mapping[NodeId, Collection[NodeId]], now: float) -> lis
     return out[:3]
 
 
-def check_routes(routers: Mapping[NodeId, rt.Router], now: float) -> list[Finding]:
-    """Every live node has a loop-free route to every other live node."""
+def components(views: Mapping[NodeId, Collection[NodeId]]) -> dict[NodeId, int]:
+    """The connected component of each live node over the active links (either direction)."""
+    links: dict[NodeId, set[NodeId]] = {node: set() for node in views}
+    for node, peers in views.items():
+        for peer in peers:
+            if peer in links:
+                links[node].add(peer)
+                links[peer].add(node)
+    label: dict[NodeId, int] = {}
+    for index, node in enumerate(sorted(views)):
+        if node in label:
+            continue
+        label[node] = index
+        todo = [node]
+        while todo:
+            for peer in links[todo.pop()]:
+                if peer not in label:
+                    label[peer] = index
+                    todo.append(peer)
+    return label
+
+
+def check_routes(
+    routers: Mapping[NodeId, rt.Router], component: Mapping[NodeId, int], now: float
+) -> list[Finding]:
+    """Every live node has a loop-free route to every other live node of its component (the
+    overlay's connectivity is a check of its own)."""
     for node in sorted(routers):
         for dest in sorted(routers):
-            if dest == node:
+            if dest == node or component.get(dest) != component.get(node):
                 continue
             hop: NodeId | None = node
             for _ in range(len(routers) + 1):
@@ -251,10 +277,13 @@ def check_publications(
     publications: Iterable[Publication],
     delivered: Mapping[tuple[NodeId, int], Mapping[pt.MsgId, int]],
     lives: Mapping[NodeId, tuple[int, float]],
+    *,
+    component: Mapping[NodeId, int],
     settled: float,
     now: float,
 ) -> tuple[list[Finding], int]:
-    """Reach of publications made at or after ``settled`` by nodes alive to the end.
+    """Reach of publications made at or after ``settled`` by nodes alive to the end, within
+    the publisher's component (the promise is per component; connectivity is its own check).
 
     ``delivered[(node, life)][msg_id]`` counts deliveries; ``lives[node]`` is the node's
     current ``(life, since)`` for the live nodes. Returns findings and the unknown count.
@@ -270,6 +299,9 @@ def check_publications(
             unknown += 1
             continue
         for node in sorted(lives):
+            if component.get(node) != component.get(pub.origin):
+                unknown += 1
+                continue
             life, since = lives[node]
             if since > pub.time:
                 unknown += 1  # restarted after the publication: its new life may have missed it
