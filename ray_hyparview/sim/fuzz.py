@@ -30,8 +30,11 @@ happened; a seed that fails is a bug report that replays forever. Here:
   shortest fault schedule and the trace tail before the finding.
 
 Stated times: the faults stop by ``faults_end``; views are symmetric and the overlay connected
-``converge`` seconds later; publications made then reach every live node within ``reach``
-seconds, and every live node routes to every other by the end.
+``converge`` seconds later (a pair or a split seen at each of five samples over the next two
+seconds fails: one latency of a link in flight does not); publications made then reach every
+live node of their component within ``reach`` seconds; and every live node routes to every
+other of its component at one sample at least of the last ``reach`` seconds (small overlays
+may keep rewiring for good, so a snapshot can catch a route being re-learnt).
 """
 
 from __future__ import annotations
@@ -328,6 +331,12 @@ def draw_plan(seed: int, config: FuzzConfig) -> Plan:
 # -- the world ----------------------------------------------------------------------------------
 
 _DELIVER, _TIMER, _LINK_FAILED, _OP = 0, 1, 2, 3
+_OVERLAY_SAMPLES = 5
+_OVERLAY_SAMPLE_EVERY = 0.5
+"""Symmetry and connectivity are sampled this often from ``converge`` s after the faults."""
+_ROUTE_SAMPLES = 6
+_ROUTE_SAMPLE_EVERY = 1.0
+"""Routes are sampled this often over the last seconds of a world; see ``check_routes``."""
 _NAMES = {tag: cls.__name__ for tag, cls in wire_codec().registry.types.items() if tag < 128}
 """Message names by tag (a tag below 128 is the frame's fifth byte) for the trace."""
 _EPOCH = 1_800_000_000.0
@@ -393,6 +402,8 @@ class World:
         self._notes: list[tuple[float, NodeId, str, tuple[object, ...], NodeId]] = []
         self._incarnations: dict[NodeId, int] = {}
         self._routers: dict[NodeId, rt.Router] = {}
+        self._unrouted: set[tuple[NodeId, NodeId]] | None = None
+        self._overlay: set[tuple[str, NodeId, str]] | None = None
         self.events = 0
         self.unknown = 0
 
@@ -431,9 +442,13 @@ class World:
         for when, src, dst in plan.sends:
             self._push(when, _OP, "", "", ("send", src, dst))
         settled = plan.faults_end + self.config.converge
-        self._push(settled, _OP, "", "", ("converged",))
+        for index in range(_OVERLAY_SAMPLES):
+            last = index == _OVERLAY_SAMPLES - 1
+            self._push(settled + index * _OVERLAY_SAMPLE_EVERY, _OP, "", "", ("converged", last))
         end = settled + self.config.reach
-        while self._heap and self._heap[0][0] <= end:
+        for index in range(_ROUTE_SAMPLES):
+            self._push(end - index * _ROUTE_SAMPLE_EVERY, _OP, "", "", ("routes",))
+        while self._heap and self._heap[0][0] <= end:  # the samples at ``end`` run too
             when, _, kind, a, b, data = heapq.heappop(self._heap)
             self.now = when
             self.events += 1
@@ -676,8 +691,17 @@ class World:
                     self._input(
                         host, f"send {other.id}", lambda s, now: s.send(other.id, payload, now=now)
                     )
-            case ("converged",):
-                self._converged()
+            case ("converged", last):
+                self._converged(last)
+            case ("routes",):
+                live = [h for h in self._alive() if h.stack is not None]
+                routers = {h.id: h.stack.router for h in live if h.stack is not None}
+                component = hs.components(
+                    {h.id: tuple(h.stack.membership.active_ids) for h in live if h.stack}
+                )
+                now_missing = hs.unrouted(routers, component)
+                missing = self._unrouted
+                self._unrouted = now_missing if missing is None else missing & now_missing
 
     def _fault(self, fault: Fault) -> None:
         match fault:
@@ -773,20 +797,25 @@ class World:
 
     # -- the stated times -----------------------------------------------------------------------
 
-    def _converged(self) -> None:
+    def _converged(self, last: bool) -> None:
+        """Sample symmetry and connectivity; a finding is one seen at every sample (an
+        acceptance or a DISCONNECT in flight makes a link one-sided for one latency)."""
         views = {
             h.id: tuple(h.stack.membership.active_ids) for h in self._alive() if h.stack is not None
         }
-        for finding in hs.check_overlay(views, self.now):
-            self._find(finding.check, finding.node, finding.detail)
+        seen = {(f.check, f.node, f.detail) for f in hs.check_overlay(views, self.now)}
+        kept = self._overlay
+        self._overlay = seen if kept is None else kept & seen
+        if last:
+            for check, node, detail in sorted(self._overlay):
+                self._find(check, node, detail)
 
     def _final(self, settled: float) -> None:
         live = [h for h in self._alive() if h.stack is not None]
-        routers = {h.id: h.stack.router for h in live if h.stack is not None}
         component = hs.components(
             {h.id: tuple(h.stack.membership.active_ids) for h in live if h.stack is not None}
         )
-        for finding in hs.check_routes(routers, component, self.now):
+        for finding in hs.check_routes(self._unrouted, self.now):
             self._find(finding.check, finding.node, finding.detail)
         lives = {h.id: (h.life, h.since) for h in live}
         found, unknown = hs.check_publications(
