@@ -206,8 +206,9 @@ def test_default_seeds_pass_every_check_that_is_on() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3600)
 def test_ten_thousand_seeds_pass_every_check_that_is_on() -> None:
+    # 86 ms of CPU a seed: about 7 minutes on two idle cores, far longer on a busy machine.
     config = FuzzConfig()
     _assert_clean(fuzz_cli.run_seeds(range(10_000), config, workers=2), config)
 

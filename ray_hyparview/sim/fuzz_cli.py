@@ -66,7 +66,8 @@ def run_seeds(seeds: Iterable[int], config: FuzzConfig, *, workers: int = 1) -> 
     jobs = [(seed, config) for seed in seeds]
     if workers > 1 and len(seeds) > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(_one, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+            # Small chunks: one slow last chunk would leave the other workers idle.
+            results = pool.map(_one, jobs, chunksize=max(1, min(25, len(jobs) // (workers * 8))))
     else:
         results = [_one(job) for job in jobs]
     failed: dict[int, list[hs.Finding]] = {}

@@ -143,7 +143,13 @@ def check_node(
                 break
     r: Any = router
     most = router.config.max_routes
-    if len(r._rib) > most or len(r._selected) > most or len(r._fd) > most:
+    if (
+        len(r._rib) > most
+        or len(r._selected) > most
+        or len(r._fd) > most
+        or len(r._requesting) > most
+        or len(r._asked) > most
+    ):
         out.append(("tables", f"router rib {len(r._rib)}, selected {len(r._selected)} > {most}"))
     if len(r._early) > _EARLY_PEERS:
         out.append(("tables", f"router early updates from {len(r._early)} peers"))
@@ -151,13 +157,15 @@ def check_node(
     tc = tree.config
     if (
         len(t._seen) > tc.seen_max
+        or len(t._watermark) > tc.seen_max
         or len(t._cache) > tc.payload_cache_max
         or len(t._missing) > tc.missing_max
     ):
         out.append(
             (
                 "tables",
-                f"plumtree seen {len(t._seen)}, cache {len(t._cache)}, missing {len(t._missing)}",
+                f"plumtree seen {len(t._seen)}, watermarks {len(t._watermark)},"
+                f" cache {len(t._cache)}, missing {len(t._missing)}",
             )
         )
     if t._queues and max(len(q) for q in t._queues.values()) > tc.ihave_batch_max:
