@@ -14,8 +14,8 @@ happened; a seed that fails is a bug report that replays forever. Here:
   global generator, and every generator is seeded from a string (Python hashes strings with
   ``PYTHONHASHSEED``, but ``random.Random(str)`` seeds from SHA-512), so a seed replays the
   same event trace under any hash seed.
-* **Faults** (:data:`Fault`) are values drawn from the seed: lossy windows (loss, duplication,
-  extra delay), partitions of any length (some outlast ``lost_retention``), crashes, restarts
+* **Faults** (:mod:`ray_hyparview.sim.faults`) are values drawn from the seed with the
+  workload into a ``Plan``: lossy windows (loss, duplication, extra delay), partitions of any length (some outlast ``lost_retention``), crashes, restarts
   under the same id with a new incarnation, pauses (the node's frames wait in a backlog),
   clock steps and hostile frames with extreme field values, encoded by the real codec.
 * **Clocks.** Each node's monotonic clock is the world's plus an offset that a clock step moves;
@@ -49,11 +49,26 @@ from typing import Any
 
 from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
-from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import ForwardJoin, Shuffle
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.sim import history as hs
-from ray_hyparview.sim.nodestack import FrameEncodeError, NodeStack, ServiceFactory
+from ray_hyparview.sim.faults import (
+    DEFAULT_KNOWN,
+    MAX_U64,
+    ClockStep,
+    Crash,
+    Fault,
+    FuzzConfig,
+    Hostile,
+    Lossy,
+    Partition,
+    Pause,
+    Plan,
+    Restart,
+    draw_plan,
+    is_known,
+)
+from ray_hyparview.sim.nodestack import FrameEncodeError, NodeStack
 from ray_hyparview.wire import wire_codec
 
 __all__ = [
@@ -74,258 +89,6 @@ __all__ = [
     "run_seed",
     "shrink",
 ]
-
-FUZZ_MEMBERSHIP = HyParViewConfig(
-    active_view_size=3,
-    passive_view_size=8,
-    reserve_size=8,
-    arwl=3,
-    prwl=1,
-    shuffle_active=2,
-    shuffle_passive=3,
-    shuffle_ttl=3,
-    shuffle_interval=5.0,
-    neighbor_timeout=1.0,
-    rejoin_backoff_max=8.0,
-    keepalive_interval=2.0,
-    keepalive_timeout=6.0,
-    lost_retention=30.0,
-    probe_interval_min=1.0,
-    probe_interval_max=8.0,
-)
-"""Membership scaled to worlds of 5-16 nodes and a few simulated minutes: a partition of more
-than 30 s outlasts the lost set, as a long one outlasts the default 600 s."""
-
-FUZZ_ROUTING = rt.RoutingConfig(
-    update_interval=5.0, route_expiry=17.5, request_interval=0.5, source_retention=60.0,
-    max_routes=64,
-)  # fmt: skip
-FUZZ_PLUMTREE = pt.PlumtreeConfig(
-    ihave_timeout=0.2, graft_timeout=0.1, lazy_flush_interval=0.02, seen_retention=60.0,
-    seen_max=256, payload_retention=20.0, payload_cache_max=128, missing_max=128,
-    ihave_batch_max=16,
-)  # fmt: skip
-
-DEFAULT_KNOWN: dict[str, str] = {
-    "encode_error.RouteUpdate": "issue 9, 'One frame stops a node's agent': our seqno becomes"
-    " 2**64 after a ROUTE_UPDATE with 2**64-1 (routing.py:570)",
-    "encode_error.SeqnoRequest": "issue 9, 'One frame stops a node's agent': a relayed"
-    " SEQNO_REQUEST with seqno 2**64-1 (routing.py:661)",
-    "encode_error.Gossip": "issue 9, 'One frame stops a node's agent': GOSSIP round 255 is"
-    " forwarded as 256 (plumtree.py:431; the wire's round is a byte)",
-    "encode_error.IHave": "issue 9, 'One frame stops a node's agent': Plumtree round > 255",
-    "encode_error.Graft": "issue 9, 'One frame stops a node's agent': Plumtree round > 255",
-    "connected": "issue 9 item 6: a partition longer than lost_retention never re-merges"
-    " (the merge check lives in meshnode.py, the delivery core takes it)",
-    "lost_expiry": "issue 9 item 8: lost entries expire only in a probe tick, which stops when"
-    " no FAILED entry is left to probe",
-    "incarnation": "issue 9 item 8: incarnations come from the wall clock (agent.py:131), so a"
-    " clock stepped back makes a new life look older",
-    "routing_loop": "issue 9 item 10: transient next-hop loop (router restarts, link flaps)",
-}
-"""Checks turned off by default because they fail only through bugs being fixed now, each
-with its issue item; ``--all-checks`` turns them on again."""
-
-
-CONSEQUENCES: dict[str, tuple[str, ...]] = {
-    "routes": ("encode_error", "connected"),
-    "publish_reach": ("encode_error", "connected"),
-}
-"""Checks whose failure in a seed that broke one of these families first may be its
-consequence (a seqno poisoned at 2**64-1 leaves its destination unreachable for good)."""
-
-
-def is_known(finding: hs.Finding, findings: Sequence[hs.Finding], known: frozenset[str]) -> bool:
-    """Is ``finding`` a known finding, or a consequence of a known one in the same seed?"""
-    if finding.check in known or finding.family in known:
-        return True
-    causes = CONSEQUENCES.get(finding.family, ())
-    return any(
-        other.family in causes and (other.check in known or other.family in known)
-        for other in findings
-        if other.time <= finding.time
-    )
-
-
-# -- faults -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Lossy:
-    """Between ``at`` and ``until`` every frame is lost with ``loss``, duplicated with ``dup``
-    and delayed by up to ``delay`` s more (FIFO per link still holds)."""
-
-    at: float
-    until: float
-    loss: float
-    dup: float
-    delay: float
-
-
-@dataclass(frozen=True, slots=True)
-class Partition:
-    """Between ``at`` and ``until`` frames between different ``groups`` vanish silently."""
-
-    at: float
-    until: float
-    groups: tuple[tuple[NodeId, ...], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Crash:
-    """The node stops for good (until a :class:`Restart`)."""
-
-    at: float
-    node: NodeId
-
-
-@dataclass(frozen=True, slots=True)
-class Restart:
-    """The node starts again under its id with a new incarnation (a live one is killed first)."""
-
-    at: float
-    node: NodeId
-
-
-@dataclass(frozen=True, slots=True)
-class Pause:
-    """The node processes nothing between ``at`` and ``until``; frames wait in a backlog."""
-
-    at: float
-    until: float
-    node: NodeId
-
-
-@dataclass(frozen=True, slots=True)
-class ClockStep:
-    """The node's clock jumps by ``delta`` s (both its monotonic and its wall clock)."""
-
-    at: float
-    node: NodeId
-    delta: float
-
-
-@dataclass(frozen=True, slots=True)
-class Hostile:
-    """The hostile node sends a well-formed frame of ``kind`` with extreme values to a peer."""
-
-    at: float
-    node: NodeId
-    kind: str
-    pick: float
-    """Chooses the victim and the subject among the ids the world has, at send time."""
-
-
-Fault = Lossy | Partition | Crash | Restart | Pause | ClockStep | Hostile
-HOSTILE_KINDS = (
-    "route_update", "seqno_request", "gossip", "ihave", "graft", "data_frame", "route_error",
-    "forward_join", "shuffle",
-)  # fmt: skip
-_U64 = 2**64 - 1
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """Everything a seed decides: the world, its workload and its faults."""
-
-    seed: int
-    nodes: tuple[NodeId, ...]
-    hostile: tuple[NodeId, ...]
-    faults: tuple[Fault, ...]
-    faults_end: float
-    publishes: tuple[tuple[float, int], ...]
-    """``(time, pick)``: a live node picked by ``pick`` publishes at ``time``."""
-    sends: tuple[tuple[float, int, int], ...]
-    """``(time, from pick, to pick)`` for the delivery service."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FuzzConfig:
-    """The shape of the worlds the fuzzer draws."""
-
-    min_nodes: int = 5
-    max_nodes: int = 10
-    fault_span: float = 60.0
-    """Longest time over which faults are spread, in simulated seconds."""
-    max_faults: int = 12
-    converge: float = 30.0
-    """Stated time from the last fault to symmetric, connected views."""
-    reach: float = 6.0
-    """Stated time for a publication made after convergence to reach every live node."""
-    known: frozenset[str] = frozenset(DEFAULT_KNOWN)
-    """Checks (``encode_error.Gossip``) or families (``connected``) whose findings are reported
-    as known, not as failures."""
-    membership: HyParViewConfig = FUZZ_MEMBERSHIP
-    routing: rt.RoutingConfig = FUZZ_ROUTING
-    plumtree: pt.PlumtreeConfig = FUZZ_PLUMTREE
-    service: ServiceFactory | None = None
-    """The delivery layer on top of routing (none: routing, membership and Plumtree only)."""
-    sends: int = 0
-    """Messages the workload sends through the service."""
-
-
-def draw_plan(seed: int, config: FuzzConfig) -> Plan:
-    """The world ``seed`` makes: nodes, workload and faults, drawn from one seeded generator."""
-    rng = random.Random(f"plan:{seed}")
-    count = rng.randint(config.min_nodes, config.max_nodes)
-    nodes = tuple(f"n{i:02d}" for i in range(count))
-    hostile = (nodes[-1],) if rng.random() < 0.3 else ()
-    start = 4.0
-    span = rng.uniform(5.0, config.fault_span)
-    faults: list[Fault] = []
-    for _ in range(rng.randint(0, config.max_faults)):
-        at = start + rng.uniform(0, span)
-        kind = rng.random()
-        node = rng.choice(nodes)
-        if kind < 0.15:
-            until = at + rng.uniform(0.5, 20.0)
-            faults.append(Lossy(at, until, rng.uniform(0, 0.3), rng.uniform(0, 0.2), rng.random()))
-        elif kind < 0.3:
-            cut = rng.randint(1, count - 1)
-            order = list(nodes)
-            rng.shuffle(order)
-            groups = (tuple(sorted(order[:cut])), tuple(sorted(order[cut:])))
-            length = rng.choice((rng.uniform(1, 10), rng.uniform(10, 45)))
-            faults.append(Partition(at, at + length, groups))
-        elif kind < 0.42:
-            faults.append(Crash(at, node))
-            if rng.random() < 0.7:
-                faults.append(Restart(at + rng.uniform(0.1, 15.0), node))
-        elif kind < 0.5:
-            faults.append(Restart(at, node))
-        elif kind < 0.62:
-            faults.append(Pause(at, at + rng.uniform(0.5, 12.0), node))
-        elif kind < 0.72:
-            step = rng.uniform(0.5, 60.0) if rng.random() < 0.5 else -rng.uniform(0.5, 20.0)
-            faults.append(ClockStep(at, node, step))
-        elif hostile:
-            for _ in range(rng.randint(1, 4)):
-                when = at + rng.uniform(0, 5)
-                faults.append(Hostile(when, hostile[0], rng.choice(HOSTILE_KINDS), rng.random()))
-    faults.sort(key=lambda f: f.at)
-    # A clock stepped back freezes the node's time (the shell feeds max(last, clock)) until
-    # its clock catches up: that fault lasts as long as the step.
-    ends = [
-        f.at - f.delta if isinstance(f, ClockStep) and f.delta < 0 else getattr(f, "until", f.at)
-        for f in faults
-    ]
-    faults_end = max([start, *ends])
-    settled = faults_end + config.converge
-    publishes = [(rng.uniform(start, faults_end + 5.0), rng.randrange(1 << 30)) for _ in range(3)]
-    publishes += [(settled + rng.uniform(0, 1.0), rng.randrange(1 << 30)) for _ in range(2)]
-    sends = [
-        (rng.uniform(start, settled), rng.randrange(1 << 30), rng.randrange(1 << 30))
-        for _ in range(config.sends)
-    ]
-    return Plan(
-        seed,
-        nodes,
-        hostile,
-        tuple(faults),
-        faults_end,
-        tuple(sorted(publishes)),
-        tuple(sorted(sends)),
-    )
 
 
 # -- the world ----------------------------------------------------------------------------------
@@ -759,25 +522,27 @@ class World:
         message: object
         match kind:
             case "route_update":
-                message = rt.RouteUpdate(entries=((subject, _U64, 0), (host.id, _U64, 0)))
+                message = rt.RouteUpdate(entries=((subject, MAX_U64, 0), (host.id, MAX_U64, 0)))
             case "seqno_request":
                 message = rt.SeqnoRequest(
-                    destination=subject, seqno=_U64, origin=host.id, hop_limit=255
+                    destination=subject, seqno=MAX_U64, origin=host.id, hop_limit=255
                 )
             case "gossip":
-                message = pt.Gossip(msg_id=(host.id, _U64, _U64), round=255, topic="t", payload=b"")
+                message = pt.Gossip(
+                    msg_id=(host.id, MAX_U64, MAX_U64), round=255, topic="t", payload=b""
+                )
             case "ihave":
-                message = pt.IHave(announcements=(((subject, _U64, _U64), 255),))
+                message = pt.IHave(announcements=(((subject, MAX_U64, MAX_U64), 255),))
             case "graft":
-                message = pt.Graft(msg_id=(subject, _U64, _U64), round=255)
+                message = pt.Graft(msg_id=(subject, MAX_U64, MAX_U64), round=255)
             case "data_frame":
                 message = rt.DataFrame(
-                    source=host.id, destination=subject, frame_id=_U64, hops=254, hop_limit=255,
+                    source=host.id, destination=subject, frame_id=MAX_U64, hops=254, hop_limit=255,
                     payload=b"",
                 )  # fmt: skip
             case "route_error":
                 message = rt.RouteError(
-                    source=host.id, destination=subject, frame_id=_U64,
+                    source=host.id, destination=subject, frame_id=MAX_U64,
                     frame_destination=victim, reason="no_route", hops=254, hop_limit=255,
                 )  # fmt: skip
             case "forward_join":
