@@ -15,9 +15,10 @@ happened; a seed that fails is a bug report that replays forever. Here:
   ``PYTHONHASHSEED``, but ``random.Random(str)`` seeds from SHA-512), so a seed replays the
   same event trace under any hash seed.
 * **Faults** (:mod:`ray_hyparview.sim.faults`) are values drawn from the seed with the
-  workload into a ``Plan``: lossy windows (loss, duplication, extra delay), partitions of any length (some outlast ``lost_retention``), crashes, restarts
-  under the same id with a new incarnation, pauses (the node's frames wait in a backlog),
-  clock steps and hostile frames with extreme field values, encoded by the real codec.
+  workload into a ``Plan``: lossy windows (loss, duplication, extra delay), partitions of any
+  length (some outlast ``lost_retention``), crashes, restarts under the same id with a new
+  incarnation, pauses (the node's frames wait in a backlog), clock steps and hostile frames
+  with extreme field values, encoded by the real codec.
 * **Clocks.** Each node's monotonic clock is the world's plus an offset that a clock step moves;
   the shell feeds the cores ``now = max(last now, clock)``, as the agent's timer loop does
   (aioquic's rule), so a step back freezes the node's time and a step forward fires its timers
