@@ -95,6 +95,8 @@ __all__ = [
 # -- the world ----------------------------------------------------------------------------------
 
 _DELIVER, _TIMER, _LINK_FAILED, _OP = 0, 1, 2, 3
+_SPIN_LIMIT = 1000
+"""Timer firings of one node at one instant before the world calls it a busy loop."""
 _OVERLAY_SAMPLES = 5
 _OVERLAY_SAMPLE_EVERY = 0.5
 """Symmetry and connectivity are sampled this often from ``converge`` s after the faults."""
@@ -168,6 +170,7 @@ class World:
         self._routers: dict[NodeId, rt.Router] = {}
         self._unrouted: set[tuple[NodeId, NodeId]] | None = None
         self._overlay: set[tuple[str, NodeId, str]] | None = None
+        self._spin: dict[NodeId, tuple[float, int]] = {}
         self.events = 0
         self.unknown = 0
 
@@ -377,6 +380,13 @@ class World:
         if host.stack is None or host.paused or (life, when) != (host.life, host.armed):
             return
         host.armed = None
+        spin = self._spin.get(node)
+        count = spin[1] + 1 if spin is not None and spin[0] == self.now else 1
+        self._spin[node] = (self.now, count)
+        if count > _SPIN_LIMIT:  # a core that asks for its timer again at the same instant
+            self._find("timer_spin", node, f"timer due again at once {count} times")
+            self._crash(host)
+            return
         self._input(host, "timer", lambda s, now: s.on_timer(now=now), due=due)
 
     # -- network --------------------------------------------------------------------------------

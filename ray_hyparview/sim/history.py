@@ -58,6 +58,7 @@ CHECKS: dict[str, str] = {
     "routing_loop": "no next-hop loop after any event",
     "encode_error": "no core derives a value the wire cannot carry (the agent would die)",
     "core_exception": "no core raises on any input",
+    "timer_spin": "no core asks for its timer again at the same instant, over and over",
     "incarnation": "a restarted node's incarnation exceeds its previous one",
     "symmetric": "active views symmetric `converge` s after the faults stop",
     "connected": "live overlay connected `converge` s after the faults stop",
