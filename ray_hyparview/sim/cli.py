@@ -5,6 +5,9 @@ quick look at what the protocol does, in a few seconds. It writes files only whe
 ``--plot PNG`` draws the run, ``--json PATH`` saves its figures.
 ``--sweep`` repeats the crash for every failure level from 10% to 95% on one overlay and prints
 a markdown table (the one in the README's "How it behaves").
+
+``python -m ray_hyparview.sim fuzz --seeds N [--seed S] [--json PATH]`` runs the fault-injection
+fuzzer instead (:mod:`ray_hyparview.sim.fuzz_cli`).
 """
 
 from __future__ import annotations
@@ -310,6 +313,11 @@ def _sweep_summary(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["fuzz"]:  # the fuzzer's subcommand; everything else is the experiment
+        from ray_hyparview.sim import fuzz_cli
+
+        return fuzz_cli.main(given[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
