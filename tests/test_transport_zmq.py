@@ -533,7 +533,9 @@ async def test_curve_peers_talk(keys: dict[str, tuple[bytes, bytes]]) -> None:
     b = ZmqTransport("b", curve=curve_for("b", keys))
     await a.start()
     await b.start()
-    assert os_threads() > threads  # each context runs an I/O thread and a reaper
+    # Each context runs an I/O thread and a reaper; they name themselves once running, which
+    # may be a moment after start() returns.
+    await until(lambda: os_threads() > threads)
     assert a.send(peer(b), b"secret")
     assert b.send(peer(a), b"reply")
     assert await recv_n(b, 1) == [("a", b"secret")]

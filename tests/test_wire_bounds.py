@@ -418,7 +418,16 @@ def test_the_table_holds_every_layer() -> None:
 
 
 @pytest.mark.parametrize("tag", _types({}))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    # Frames drawn here are large by design (lengths up to the wire's limits).
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 @given(data=st.data())
 def test_property_whatever_decodes_encodes_again(tag: int, data: st.DataObject) -> None:
     entry = ENTRIES[tag]
