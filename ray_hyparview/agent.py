@@ -48,24 +48,16 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequen
 from typing import Any, Protocol
 
 from ray_hyparview.codec import Codec, DecodeError, EncodeError, default_codec
+from ray_hyparview.protocol import limits
 from ray_hyparview.protocol.errors import HyParViewError, StateError
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.messages import (
+    MESSAGE_TYPES,
     Action,
-    ComponentMark,
-    Disconnect,
     DownReason,
-    ForwardJoin,
-    Join,
-    KeepAlive,
-    MergeProbe,
-    Neighbor,
-    NeighborReply,
     PeerDown,
     PeerUp,
     Send,
-    Shuffle,
-    ShuffleReply,
 )
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.ratelimit import LogRate
@@ -88,18 +80,7 @@ log = logging.getLogger("ray_hyparview.agent")
 Event = PeerUp | PeerDown
 """What subscribers see: a peer entered or left this node's active view."""
 
-_HYPARVIEW_TYPES = (
-    Join,
-    ForwardJoin,
-    Neighbor,
-    NeighborReply,
-    Disconnect,
-    Shuffle,
-    ShuffleReply,
-    KeepAlive,
-    ComponentMark,
-    MergeProbe,
-)
+_HYPARVIEW_TYPES = MESSAGE_TYPES
 
 # Seconds a released link stays open so that a DISCONNECT sent just before reaches the peer.
 _RELEASE_GRACE = 1.0
@@ -201,18 +182,17 @@ def next_incarnation(clock_us: int, path: str | os.PathLike[str] | None = None) 
     replaced atomically. A missing or unreadable file counts as no previous life; a value
     beyond what the wire carries is ignored rather than trusted.
     """
-    incarnation = max(1, min(clock_us, _INCARNATION_MAX))
     if path is None:
-        return incarnation
+        return limits.next_incarnation(clock_us)
     try:
         with open(path, encoding="ascii") as f:
             last = int(f.read().strip() or "0")
     except (OSError, ValueError):
         last = 0
-    if 0 <= last < _INCARNATION_MAX:
-        incarnation = max(incarnation, last + 1)
-    else:
+    if not 0 <= last < _INCARNATION_MAX:
         log.warning("ignoring incarnation %r read from %s: out of range", last, path)
+        last = 0
+    incarnation = limits.next_incarnation(clock_us, last)
     tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", encoding="ascii") as f:

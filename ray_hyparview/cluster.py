@@ -78,9 +78,11 @@ from ray_hyparview.cluster_keys import (
     sidecar_policy,
 )
 from ray_hyparview.meshnode import MeshNode
+from ray_hyparview.protocol import limits
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import ConfigError
 from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.protocol.routing import RoutingConfig
 from ray_hyparview.ratelimit import RateLimitFilter
 from ray_hyparview.strategy import Security, Strategy
 
@@ -146,7 +148,7 @@ def next_incarnation(node_id: NodeId, *, clock: Callable[[], int] = time.time_ns
     last = 0
     with contextlib.suppress(ValueError, UnicodeDecodeError):
         last = int(raw.decode()) if raw else 0
-    incarnation = max(clock() // 1000, last + 1)
+    incarnation = limits.next_incarnation(clock() // 1000, last)
     _kv_put(key, str(incarnation).encode())
     return incarnation
 
@@ -257,6 +259,11 @@ class _Service:
         agent = self.agent
         await agent.start()
         me = agent.myself
+        # An earlier life of this node that did not stop cleanly (its entry is still
+        # published: it was killed, and this agent replaces it) may still be routed through by
+        # neighbours that have not noticed: hold routes down until its announcements expired
+        # (routing.py, rule 6). A clean stop deletes the entry, so a fresh start does not hold.
+        replacing = self.node_id in published_agents()
         entry: dict[str, Any] = {"endpoint": me.endpoint, "incarnation": agent.incarnation}
         if self.keyring is not None:
             # Admit only published keys, and publish ours beside the endpoint.
@@ -264,7 +271,8 @@ class _Service:
             self._tasks.append(asyncio.create_task(self.keyring.run(), name="hyparview-keys"))
             entry["public_key"] = self.keyring.public_key
         _kv_put(_KV_PREFIX + self.node_id, json.dumps(entry).encode())
-        self.mesh = MeshNode(agent, GcsDirectory())
+        holddown = RoutingConfig(start_holddown=None) if replacing else None
+        self.mesh = MeshNode(agent, GcsDirectory(), routing=holddown)
         self._watch_tasks()
         self._discover()
         self._tasks.append(asyncio.create_task(self._rediscover(), name="hyparview-discovery"))

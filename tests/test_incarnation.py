@@ -44,3 +44,16 @@ def test_the_agent_takes_its_incarnation_from_the_file(
     strategy = Strategy(local_peer=Peer("n1", "mem://n1"), transport="memory")
     agent = Agent(strategy)
     assert agent.incarnation == 2**62 + 1
+
+
+def test_the_incarnation_rule_is_one_function_for_every_driver() -> None:
+    """limits.next_incarnation is what the agent's file, the Ray plugin's GCS record and the
+    fuzzer's restarts all apply: the clock, but above the last life, within the wire."""
+    from ray_hyparview.protocol import limits
+
+    assert limits.next_incarnation(1_000) == 1_000
+    assert limits.next_incarnation(1_000, last=5_000) == 5_001  # the clock stepped back
+    assert limits.next_incarnation(9_000, last=5_000) == 9_000
+    assert limits.next_incarnation(2**70) == limits.MAX_INCARNATION
+    assert limits.next_incarnation(1_000, last=2**63) == 1_000  # an untrusted last is ignored
+    assert limits.next_incarnation(0) == 1

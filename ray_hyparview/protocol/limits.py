@@ -36,6 +36,7 @@ __all__ = [
     "U16_MAX",
     "U64_MAX",
     "is_node_id",
+    "next_incarnation",
     "seqno_add",
     "seqno_newer",
     "seqno_not_older",
@@ -123,6 +124,20 @@ def seqno_newer(a: int, b: int) -> bool:
 def seqno_not_older(a: int, b: int) -> bool:
     """``a == b`` or ``a`` newer than ``b``."""
     return a == b or seqno_newer(a, b)
+
+
+def next_incarnation(clock_us: int, last: int = 0) -> int:
+    """The incarnation of a node's next life: its clock in microseconds, but always above
+    ``last``, the one before (0: none known), and within what the wire carries.
+
+    The one rule behind every place a life starts (the agent with its incarnation file, the
+    Ray plugin with the GCS, the fuzzer's restarts): incarnations must grow at every restart
+    even when the clock steps back, or peers that remember the earlier life drop the new
+    one's messages as stale. A ``last`` outside the wire's range is not trusted."""
+    incarnation = max(1, min(clock_us, MAX_INCARNATION))
+    if 0 <= last < MAX_INCARNATION:
+        incarnation = max(incarnation, last + 1)
+    return incarnation
 
 
 def is_node_id(value: object) -> bool:

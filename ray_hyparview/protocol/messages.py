@@ -14,11 +14,12 @@ import inspect
 import types
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, get_args
+from typing import Any, Final, get_args
 
 from ray_hyparview.protocol.peer import Peer
 
 __all__ = [
+    "MESSAGE_TYPES",
     "Action",
     "ComponentMark",
     "Disconnect",
@@ -430,6 +431,24 @@ Message = (
     | MergeProbe
 )
 """Every message of the membership protocol."""
+
+MESSAGE_TYPES: Final = (
+    Join,
+    ForwardJoin,
+    Neighbor,
+    NeighborReply,
+    Disconnect,
+    Shuffle,
+    ShuffleReply,
+    KeepAlive,
+    ComponentMark,
+    MergeProbe,
+)
+"""The classes of :data:`Message`: what a driver hands to :meth:`HyParView.receive`. Drivers
+dispatch on this one tuple, so a new message type reaches the core everywhere at once (the
+fuzzer once kept a copy without the merge messages, and never saw a partition merge)."""
+if set(MESSAGE_TYPES) != set(get_args(Message)):
+    raise TypeError("MESSAGE_TYPES and Message name different classes")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,14 @@ happened; a seed that fails is a bug report that replays forever. Here:
   length (some outlast ``lost_retention``), crashes, restarts under the same id with a new
   incarnation, pauses (the node's frames wait in a backlog), clock steps and hostile frames
   with extreme field values, encoded by the real codec.
-* **Clocks.** Each node's monotonic clock is the world's plus an offset that a clock step moves;
-  the shell feeds the cores ``now = max(last now, clock)``, as the agent's timer loop does
-  (aioquic's rule), so a step back freezes the node's time and a step forward fires its timers
-  at once. A restart takes its incarnation from the node's wall clock in microseconds, as
-  ``agent.py`` does, so a clock stepped back before a restart gives a smaller incarnation.
+* **Clocks.** The agent feeds its cores the event loop's monotonic clock, which never steps
+  (``now = max(last now, clock)`` on top, aioquic's rule); only its wall clock steps (NTP, a
+  restored snapshot), and the wall clock is read for one thing: a new life's incarnation. So a
+  clock step here moves the node's wall clock alone. A process or VM that stops and resumes
+  (its monotonic time jumps, its timers fire late) is a *pause*. A restart takes its
+  incarnation from the node's wall clock in microseconds but above the last life's
+  (``limits.next_incarnation``), as the agent with its incarnation file and the Ray plugin
+  with the GCS do; the checker's ``incarnation`` check holds that rule.
 * **The agent's deaths are modelled**: a core that raises, or that returns a value the codec
   cannot encode, ends the node (the agent's TaskGroup would end) and is a finding.
 * **Checks** are in :mod:`ray_hyparview.sim.history`; a failing seed is shrunk by
@@ -48,6 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ray_hyparview.protocol import limits
 from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
 from ray_hyparview.protocol.messages import ForwardJoin, Shuffle
@@ -168,6 +172,7 @@ class World:
         self._notes: list[tuple[float, NodeId, str, tuple[object, ...], NodeId]] = []
         self._incarnations: dict[NodeId, int] = {}
         self._routers: dict[NodeId, rt.Router] = {}
+        self._lied_about: set[NodeId] = set()  # destinations of hostile routing frames
         self._unrouted: set[tuple[NodeId, NodeId]] | None = None
         self._overlay: set[tuple[str, NodeId, str]] | None = None
         self._spin: dict[NodeId, tuple[float, int]] = {}
@@ -251,12 +256,14 @@ class World:
         wall = _EPOCH + self.now + host.offset
         host.life += 1
         host.since = self.now
-        host.incarnation = int(wall * 1e6)
         previous = self._incarnations.get(host.id)
+        # As the agent with its incarnation file and the Ray plugin with the GCS do: the clock,
+        # but above the last life (the one rule, limits.next_incarnation).
+        host.incarnation = limits.next_incarnation(int(wall * 1e6), previous or 0)
         if previous is not None and host.incarnation <= previous:
             self._find("incarnation", host.id, f"restarted as {host.incarnation} after {previous}")
         self._incarnations[host.id] = host.incarnation
-        host.last = max(host.last, self.now + host.offset)
+        host.last = max(host.last, self.now)
         host.paused = False
         host.backlog.clear()
         node, life = host.id, host.life
@@ -278,7 +285,13 @@ class World:
             incarnation=host.incarnation,
             rng=random.Random(f"node:{self.plan.seed}:{node}:{life}:{self._proto.random()}"),
             membership=self.config.membership,
-            routing=self.config.routing,
+            # A life after a crash holds its routes down, as the Ray plugin's replacement agent
+            # does (routing.py, rule 6): its neighbours may still route through its last life.
+            routing=(
+                self.config.routing
+                if life == 1
+                else replace(self.config.routing, start_holddown=None)
+            ),
             plumtree=self.config.plumtree,
             service=self.config.service,
             record=record,
@@ -326,8 +339,8 @@ class World:
             host.backlog.append((what, call))
             return
         # The shell's clock never goes back, and a timer wakes the core at its deadline at the
-        # earliest (aioquic's ``now = max(deadline, now)``: float rounding of the offset).
-        now = max(host.last, self.now + host.offset, due)
+        # earliest (aioquic's ``now = max(deadline, now)``).
+        now = max(host.last, self.now, due)
         host.last = now
         self._log(f"{self.now:.6f} {host.id} {what}")
         try:
@@ -355,7 +368,12 @@ class World:
             return  # a loop that forms goes through the node whose table just changed
         stack.router_touched = False
         routers = self._routers
-        loop = hs.find_loop(host.id, routers, self.plan.nodes)
+        # A distance vector trusts its neighbours' metrics: an admitted neighbour that lies
+        # about a destination (a hostile ROUTE_UPDATE or SEQNO_REQUEST) can make others route
+        # in a loop towards it, until the lie expires; the hop limit bounds such a loop. The
+        # README's trust model says so; loops towards any other destination are findings.
+        honest = [n for n in self.plan.nodes if n not in self._lied_about]
+        loop = hs.find_loop(host.id, routers, honest)
         if loop is not None:
             self._find(
                 "routing_loop", host.id, f"next hops {' -> '.join(loop[:-1])} for {loop[-1]}"
@@ -369,7 +387,7 @@ class World:
         if due is None:
             host.armed = None
             return
-        when = max(self.now, due - host.offset)
+        when = max(self.now, due)
         if when != host.armed:
             host.armed = when
             self._push(when, _TIMER, host.id, "", (host.life, when, due))
@@ -495,11 +513,7 @@ class World:
                     host.paused = True
                     host.armed = None
             case ClockStep(node=node, delta=delta):
-                host = self._hosts[node]
-                host.offset += delta
-                if host.stack is not None:
-                    host.armed = None
-                    self._rearm(host)
+                self._hosts[node].offset += delta  # the wall clock: the next incarnation
             case Hostile(node=node, kind=kind, pick=pick):
                 self._hostile(self._hosts[node], kind, pick)
 
@@ -534,10 +548,12 @@ class World:
         match kind:
             case "route_update":
                 message = rt.RouteUpdate(entries=((subject, MAX_U64, 0), (host.id, MAX_U64, 0)))
+                self._lied_about.update((subject, host.id))
             case "seqno_request":
                 message = rt.SeqnoRequest(
                     destination=subject, seqno=MAX_U64, origin=host.id, hop_limit=255
                 )
+                self._lied_about.add(subject)
             case "gossip":
                 message = pt.Gossip(
                     msg_id=(host.id, MAX_U64, MAX_U64), round=255, topic="t", payload=b""

@@ -48,16 +48,7 @@ __all__ = [
     "ServiceFactory",
 ]
 
-_HV_TYPES = (
-    hv.Join,
-    hv.ForwardJoin,
-    hv.Neighbor,
-    hv.NeighborReply,
-    hv.Disconnect,
-    hv.Shuffle,
-    hv.ShuffleReply,
-    hv.KeepAlive,
-)
+_HV_TYPES = hv.MESSAGE_TYPES  # the one list the agent dispatches on too
 _RT_TYPES = (rt.RouteUpdate, rt.SeqnoRequest, rt.DataFrame, rt.RouteError)
 _PT_TYPES = (pt.Gossip, pt.IHave, pt.Graft, pt.Prune)
 _FRAMES_MAX = 4096
