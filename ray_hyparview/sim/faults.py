@@ -22,6 +22,7 @@ from ray_hyparview.protocol import routing as rt
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.sim import history as hs
+from ray_hyparview.sim.delivery_service import delivery_service
 from ray_hyparview.sim.nodestack import ServiceFactory
 
 __all__ = [
@@ -218,9 +219,9 @@ class FuzzConfig:
     membership: HyParViewConfig = FUZZ_MEMBERSHIP
     routing: rt.RoutingConfig = FUZZ_ROUTING
     plumtree: pt.PlumtreeConfig = FUZZ_PLUMTREE
-    service: ServiceFactory | None = None
+    service: ServiceFactory | None = delivery_service
     """The delivery layer on top of routing (none: routing, membership and Plumtree only)."""
-    sends: int = 0
+    sends: int = 4
     """Messages the workload sends through the service."""
 
 

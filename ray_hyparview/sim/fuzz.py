@@ -308,6 +308,7 @@ class World:
         if host.stack is None:
             return
         self._log(f"{self.now:.6f} crash {host.id}")
+        self._notes.append((self.now, host.id, "crashed", (), ""))  # its inbox is lost with it
         host.stack = None
         del self._routers[host.id]
         host.armed = None

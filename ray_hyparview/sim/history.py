@@ -339,11 +339,18 @@ def check_delivery(
     """The delivery contract over the service's notes ``(time, node, kind, key, dest)``.
 
     A message acknowledged but never handed to its actor fails whatever happened later (the
-    ACK said it was there); an outcome the sender reported as ``unknown`` is counted only."""
+    ACK said it was there); an outcome the sender reported as ``unknown`` is counted only.
+
+    One exception, the README's Delivery contract's stated limit: "what the dead agent had
+    queued for an actor and not yet handed over is lost". A message noted ``queued`` on a node
+    that then ``crashed`` (the world's note) before its actor took it is counted as lost with
+    the crash (with the unknowns), not as missing."""
     delivered: dict[tuple[object, ...], list[tuple[float, NodeId]]] = {}
     acked: dict[tuple[object, ...], float] = {}
     refused: dict[tuple[object, ...], float] = {}
     target: dict[tuple[object, ...], NodeId] = {}
+    queued: dict[tuple[object, ...], list[tuple[float, NodeId]]] = {}
+    crashes: dict[NodeId, list[float]] = {}
     unknown = 0
     for time, node, kind, key, dest in notes:
         if kind == "delivered":
@@ -356,6 +363,10 @@ def check_delivery(
             target[key] = dest
         elif kind == "unknown":
             unknown += 1
+        elif kind == "queued":
+            queued.setdefault(key, []).append((time, node))
+        elif kind == "crashed":
+            crashes.setdefault(node, []).append(time)
     out: list[Finding] = []
     for key, copies in delivered.items():
         if len(copies) > 1:
@@ -366,6 +377,13 @@ def check_delivery(
             )
     for key, time in acked.items():
         if key not in delivered:
+            if any(
+                crash >= when
+                for when, node in queued.get(key, ())
+                for crash in crashes.get(node, ())
+            ):
+                unknown += 1  # lost with the crash of the node that held it
+                continue
             dest = target.get(key, "")
             out.append(Finding("acked_missing", time, dest, f"{key} acknowledged, never delivered"))
     return out[:5], unknown
