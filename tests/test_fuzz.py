@@ -262,3 +262,11 @@ def test_an_item_queued_on_a_node_that_crashed_is_lost_with_it_not_missing() -> 
     early = [(0.5, "n01", "crashed", (), ""), *[n for n in notes if n[2] != "crashed"]]
     found, _ = history.check_delivery(early, 2.0)
     assert [f.check for f in found] == ["acked_missing"]
+
+
+def test_a_clock_step_does_not_make_a_receiver_forget_ids() -> None:
+    """Seed 183 with 12 sends: a receiver's clock stepped 44.8 s forward between two copies of
+    one message, and the delivery core, fed the stepped clock, delivered the second copy too.
+    Clock steps move the wall clock only, as in the agent."""
+    result = run_seed(183, FuzzConfig(sends=12))
+    assert [f for f in result.findings if f.check == "delivered_twice"] == []

@@ -25,12 +25,10 @@ history what happened in the note kinds :func:`ray_hyparview.sim.history.check_d
 A restart is a new service (a new ``Delivery`` with the new incarnation): the dead life's
 operations, dedup memory and inbox are gone with it, as in the agent.
 
-Known limit the checker can report: the world feeds every core the node's clock, so a
-``ClockStep`` forward by more than ``dedup_slack`` reaches the delivery core too, and it forgets
-ids early (a limit the delivery module states; the agent drives it with a monotonic clock that
-such a step does not move). A copy retried after the step is then delivered again:
-``delivered_twice`` on seed 183 with ``sends=12`` (receiver n02 stepped +44.8 s between two
-copies of one message). The default's few sends per seed do not hit it in seeds 0..399.
+Clock steps move only a node's wall clock in the world, as in the agent (whose cores run on
+the event loop's monotonic clock), so they never reach the delivery core's dedup memory: with
+the steps applied to the cores' clock, a receiver stepped forward by more than ``dedup_slack``
+forgot ids early and seed 183 with ``sends=12`` delivered a copy twice.
 """
 
 from __future__ import annotations
