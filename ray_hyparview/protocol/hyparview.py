@@ -66,6 +66,7 @@ from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import StateError
 from ray_hyparview.protocol.merge import ComponentMarker, Marker
 from ray_hyparview.protocol.messages import (
+    MESSAGE_TYPES,
     Action,
     ComponentMark,
     Disconnect,
@@ -94,18 +95,7 @@ _NONCE_SPAN = 2**53  # a shuffle nonce: 53 bits from one random() call, never 0
 # Messages are tallied by type in two lists of ints, indexed by _KIND, and merged into
 # ``counters`` on read: one message in, one out per event, and a ``Counter`` increment (a dict
 # subclass, so every ``+=`` is two method calls through its type) was 7% of a compiled run.
-_TYPES = (
-    Join,
-    ForwardJoin,
-    Neighbor,
-    NeighborReply,
-    Disconnect,
-    Shuffle,
-    ShuffleReply,
-    KeepAlive,
-    ComponentMark,
-    MergeProbe,
-)
+_TYPES = MESSAGE_TYPES
 _KIND: dict[type, int] = {cls: index for index, cls in enumerate(_TYPES)}
 _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
