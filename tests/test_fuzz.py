@@ -270,3 +270,13 @@ def test_a_clock_step_does_not_make_a_receiver_forget_ids() -> None:
     Clock steps move the wall clock only, as in the agent."""
     result = run_seed(183, FuzzConfig(sends=12))
     assert [f for f in result.findings if f.check == "delivered_twice"] == []
+
+
+@pytest.mark.parametrize("seed", [989, 2577, 3530, 4377, 7950])
+def test_hostile_walk_ttls_do_not_storm(seed: int) -> None:
+    """These seeds ran away (over 100,000 events) in the first 10,000-seed run: a hostile
+    SHUFFLE or FORWARD_JOIN with TTL 255 on links that duplicate frames multiplied as
+    (1 + dup)^ttl. Walks are now capped at the receiver's own TTL."""
+    result = run_seed(seed, FuzzConfig())
+    assert result.findings == []
+    assert result.events < 20_000

@@ -633,3 +633,24 @@ def test_refusal_above_the_minimum_ends_the_round_and_the_shuffle_timer_retries(
     retry = [s for s in sends(a.on_timer(now=1.5)) if isinstance(s.message, Neighbor)]
     assert len(retry) == 1
     assert retry[0].message == Neighbor(sender=A, incarnation=0, priority=Priority.LOW)
+
+
+def test_walks_are_never_longer_than_our_own_ttl() -> None:
+    """A hostile TTL of 255 is cut to ours: with links that duplicate frames such a walk grew
+    into a storm (the fuzzer's 10,000-seed run)."""
+    cfg = HyParViewConfig(keepalive_interval=None, shuffle_interval=1000.0)
+    a, b, c = node(A, cfg), node(B, cfg), node(C, cfg)
+    link(a, b)
+    link(a, c)
+    walk = Shuffle(sender=B, incarnation=0, origin=B, peers=(B,), ttl=255)
+    [fwd] = [
+        s.message for s in sends(a.receive("b", walk, now=1.0)) if isinstance(s.message, Shuffle)
+    ]
+    assert fwd.ttl == cfg.shuffle_ttl - 1
+    join = ForwardJoin(sender=B, incarnation=0, new_peer=peer("x"), ttl=255)
+    [fj] = [
+        s.message
+        for s in sends(a.receive("b", join, now=1.0))
+        if isinstance(s.message, ForwardJoin)
+    ]
+    assert fj.ttl == cfg.arwl - 1

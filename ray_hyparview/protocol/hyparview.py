@@ -535,12 +535,16 @@ class HyParView:
             # one we lost (a restart after leaving or crashing). Its old entry must not swallow
             # the walk, or it comes back with one link instead of a full view (finding 8).
             self._events["lost.rejoined"] += 1
+        # DEPARTURE: a walk is never longer than our own ARWL, whatever TTL it claims. A hostile
+        # TTL of 255 on a network that duplicates frames multiplied into a storm (the fuzzer
+        # found walks growing as (1 + dup)^ttl).
+        ttl = min(msg.ttl, self.config.arwl)
         # Paper 4.2, FORWARD_JOIN. The prose says "the receiver has only one active peer", the
         # pseudocode "zero": with zero the walk could never stop early, so we follow the prose.
-        if msg.ttl <= 0 or len(self._active) <= 1:
+        if ttl <= 0 or len(self._active) <= 1:
             self._link_newcomer(out, new, now)
             return
-        if msg.ttl == self.config.prwl:
+        if ttl == self.config.prwl:
             self._merge_passive((new,), ())
         skip = (msg.sender.id, new.id)  # built once, not per candidate
         candidates = [p for p in self._active.values() if p.id not in skip]
@@ -549,7 +553,7 @@ class HyParView:
             return
         nxt = _pick(self._rand, candidates)
         walk = ForwardJoin(
-            sender=self.myself, incarnation=self.incarnation, new_peer=new, ttl=msg.ttl - 1
+            sender=self.myself, incarnation=self.incarnation, new_peer=new, ttl=ttl - 1
         )
         self._send(out, nxt, walk, now)
 
@@ -692,7 +696,8 @@ class HyParView:
         if sender_id not in self._active:
             self._one_sided(out, msg.sender, now)
             return
-        ttl = msg.ttl - 1
+        # DEPARTURE: as for FORWARD_JOIN, a shuffle walk is never longer than our own TTL.
+        ttl = min(msg.ttl, self.config.shuffle_ttl) - 1
         if ttl > 0 and len(self._active) > 1:
             # A uniform pick among the active peers other than the sender, without building a
             # list per hop (this is the most frequent message of all, so _pick is inlined).

@@ -213,6 +213,9 @@ class FuzzConfig:
     """Stated time from the last fault to symmetric, connected views."""
     reach: float = 6.0
     """Stated time for a publication made after convergence to reach every live node."""
+    max_events: int = 100_000
+    """Events one world may take (a seed takes about 4,000): past it the world stops with a
+    ``storm`` finding instead of running away."""
     known: frozenset[str] = frozenset(DEFAULT_KNOWN)
     """Checks (``encode_error.Gossip``) or families (``connected``) whose findings are reported
     as known, not as failures."""

@@ -56,6 +56,7 @@ CHECKS: dict[str, str] = {
     "tables": "every core table within its configured bound (every event)",
     "lost_expiry": "no lost entry kept past its retention (plus two probe periods)",
     "routing_loop": "no next-hop loop after any event",
+    "storm": "a world ends within its event budget (no message or timer storm)",
     "encode_error": "no core derives a value the wire cannot carry (the agent would die)",
     "core_exception": "no core raises on any input",
     "timer_spin": "no core asks for its timer again at the same instant, over and over",
