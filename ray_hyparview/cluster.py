@@ -130,6 +130,13 @@ def _kv_put(key: str, value: bytes) -> None:
     internal_kv._internal_kv_put(key.encode(), value, overwrite=True, namespace=NAMESPACE)
 
 
+def _kv_exists(key: str) -> bool:
+    """Whether ``key`` is published: one GCS round trip, not a listing of every agent."""
+    from ray.experimental import internal_kv
+
+    return bool(internal_kv._internal_kv_exists(key.encode(), namespace=NAMESPACE))
+
+
 def _kv_del(key: str) -> None:
     from ray.experimental import internal_kv
 
@@ -263,7 +270,7 @@ class _Service:
         # published: it was killed, and this agent replaces it) may still be routed through by
         # neighbours that have not noticed: hold routes down until its announcements expired
         # (routing.py, rule 6). A clean stop deletes the entry, so a fresh start does not hold.
-        replacing = self.node_id in published_agents()
+        replacing = _kv_exists(_KV_PREFIX + self.node_id)
         entry: dict[str, Any] = {"endpoint": me.endpoint, "incarnation": agent.incarnation}
         if self.keyring is not None:
             # Admit only published keys, and publish ours beside the endpoint.
