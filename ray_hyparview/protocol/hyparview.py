@@ -669,6 +669,7 @@ class HyParView:
                 theirs.settled,
             )
             if self._component.offer(aged, now):
+                self._merge_timer()
                 self._flood_mark(out, peer.id, now)
         self._send(out, peer, self._mark_message(now), now)
 
@@ -777,9 +778,9 @@ class HyParView:
                 self._send(out, peer, mark, now)
 
     def _on_mark(self, out: list[Action], msg: ComponentMark, now: float) -> None:
-        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
         component = self._component
-        if component.offer(theirs, now):
+        if component.offer(msg, now):
+            self._merge_timer()
             self._flood_mark(out, msg.sender.id, now)
         elif (
             msg.sender.id in self._active
@@ -810,8 +811,7 @@ class HyParView:
         # It answered: alive. A lost entry of an earlier life was dropped by receive(); the
         # new life becomes a repair candidate again.
         self._merge_passive((peer,), ())
-        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
-        if self._component.elsewhere(theirs, now):
+        if self._component.elsewhere(msg, now):
             self._events["merge.found"] += 1
         elif was_lost:
             # A peer whose link failed answers: a partition healed before the markers could
@@ -827,6 +827,7 @@ class HyParView:
         if len(self._active) >= self.config.active_view_size and now < self._merge_budget:
             self._events["merge.deferred"] += 1
             return
+        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
         self._ask(out, peer, _Ask.MERGE, Priority.MERGE, now, marker=theirs)
 
     # ----------------------------------------------------------------- timers
@@ -915,7 +916,9 @@ class HyParView:
         each probe up to ``probe_interval_max`` and falls back to ``probe_interval_min`` when a
         link fails or another component is found. With nothing lost, one probe per
         ``merge_interval`` (jittered): a healthy overlay costs a probe and its answer per node
-        and interval."""
+        and interval. Not while our own marker is unsettled: markers tell another component
+        only once both sides are settled (:meth:`ComponentMarker.elsewhere`), so such a probe
+        could find nothing; the first one follows within half an interval of settling."""
         lost = self._lost
         if lost:
             for peer_id in [p for p, entry in lost.items() if entry.expires <= now]:
@@ -929,8 +932,16 @@ class HyParView:
             # Nothing lost: a split shows in the markers 1.5 merge_interval after it began at
             # the earliest, so probing faster than once an interval finds nothing sooner.
             delay = self.config.merge_interval
-        self._next_probe = now + delay * self._rng.uniform(0.5, 1.0)
+        draw = self._rng.uniform(0.5, 1.0)
+        self._next_probe = now + delay * draw
         target = _pick(self._rand, candidates) if candidates else None
+        if target is None and not self._component.settled(now):
+            # Until then every node that took the same beat would probe for nothing (a 10,000
+            # node overlay: 9,000 probes and as many answers in its first 170 s).
+            settles = self._component.settles_at()
+            if settles is not None:
+                self._next_probe = max(self._next_probe, settles + delay * (draw - 0.5))
+            return
         if target is None:
             # Half of the probes go to the passive view, a quarter each to the reserve and to
             # the contacts (a standalone agent's contacts may be all it knows of the other
