@@ -7,7 +7,7 @@ import random
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.merge import ROOT_TIMEOUT, STALE_AFTER, ComponentMarker, Marker
-from ray_hyparview.protocol.messages import Action, MergeProbe, Send
+from ray_hyparview.protocol.messages import Action, ComponentMark, Join, MergeProbe, Send
 from tests.wiring import peer
 
 INTERVAL = 10.0
@@ -101,3 +101,34 @@ def test_no_probe_while_the_own_marker_is_unsettled() -> None:
             late += _probes(actions)
     assert early == 0
     assert late > 0
+
+
+def _marks_to(actions: list[Action], name: str) -> int:
+    return sum(
+        1
+        for a in actions
+        if isinstance(a, Send) and isinstance(a.message, ComponentMark) and a.to.id == name
+    )
+
+
+def test_a_worse_marker_is_answered_only_by_a_settled_node() -> None:
+    """A neighbour with a worse root is told ours only once our marker is settled: before
+    that an election or a merge is still flooding, and its wave reaches the neighbour anyway
+    (telling back as well made the start-up election of a 2,000-node overlay cost 16% more
+    marks). Before: told back at once."""
+    config = HyParViewConfig(keepalive_interval=None, merge_interval=INTERVAL)
+    a, b = peer("a"), peer("b")
+    x = HyParView(a, config, rng=random.Random(7), incarnation=1)
+    x.join([], now=0.0)
+    x.receive(b.id, Join(sender=b, incarnation=1), now=0.0)
+    assert b.id in x.active_ids
+
+    def worse(now: float) -> ComponentMark:
+        return ComponentMark(
+            sender=b, incarnation=1, root=b, root_incarnation=1, seq=1, age=0.0, settled=False
+        )
+
+    assert _marks_to(x.receive(b.id, worse(1.0), now=1.0), "b") == 0
+    x.on_timer(now=INTERVAL)  # x, its own root, beats (and floods to b)
+    later = STALE_AFTER * INTERVAL + 1.0
+    assert _marks_to(x.receive(b.id, worse(later), now=later), "b") == 1

@@ -201,8 +201,10 @@ class HyParView:
         self._next_rejoin: float | None = None
         self._rejoin_attempts = 0
         self._next_probe: float | None = None
-        # min(_next_probe, the marker's next beat): one comparison in next_deadline for both.
+        # min(_next_probe, the marker's next beat), and the earliest of that, the keepalive,
+        # re-join and round timers: kept by _retime(), so that next_deadline compares two.
         self._next_merge: float | None = None
+        self._next_other: float | None = None
         self._probe_delay = self.config.probe_interval_min
         self._starved = 0
         self._starve_limit = _STARVE_MIN
@@ -303,7 +305,7 @@ class HyParView:
         if self._next_probe is None:
             # A healthy node probes once a merge_interval; a failed link speeds it up.
             self._next_probe = now + self.config.merge_interval * self._rng.uniform(0.5, 1.0)
-            self._merge_timer()
+        self._retime()
         out: list[Action] = []
         contact = self._pick_contact()
         if contact is not None:
@@ -444,6 +446,7 @@ class HyParView:
             self._shuffle_tick(out, now)
         if self._next_rejoin is not None and now >= self._next_rejoin:
             self._next_rejoin = None
+            self._retime()
             self._rejoin_tick(out, now)
         if self._next_merge is not None and now >= self._next_merge:
             if self._next_probe is not None and now >= self._next_probe:
@@ -451,7 +454,7 @@ class HyParView:
             beat = self._component.next_beat
             if beat is not None and now >= beat and self._component.tick(now):
                 self._flood_mark(out, None, now)
-            self._merge_timer()
+            self._retime()
         if self._round_deadline is not None and now >= self._round_deadline:
             # A round whose answers never all came (lost, or taken by other paths) ends here.
             self._events["repair.round_expired"] += 1
@@ -466,16 +469,7 @@ class HyParView:
         # Called after every input by both drivers: the common case (a shuffle timer, nothing
         # else) is kept to a few comparisons.
         best = self._next_shuffle
-        t = self._next_merge
-        if t is not None and (best is None or t < best):
-            best = t
-        t = self._next_keepalive
-        if t is not None and (best is None or t < best):
-            best = t
-        t = self._next_rejoin
-        if t is not None and (best is None or t < best):
-            best = t
-        t = self._round_deadline
+        t = self._next_other
         if t is not None and (best is None or t < best):
             best = t
         if self._pending:
@@ -669,7 +663,7 @@ class HyParView:
                 theirs.settled,
             )
             if self._component.offer(aged, now):
-                self._merge_timer()
+                self._retime()
                 self._flood_mark(out, peer.id, now)
         self._send(out, peer, self._mark_message(now), now)
 
@@ -698,7 +692,9 @@ class HyParView:
             self._one_sided(out, msg.sender, now)
             return
         # DEPARTURE: as for FORWARD_JOIN, a shuffle walk is never longer than our own TTL.
-        ttl = min(msg.ttl, self.config.shuffle_ttl) - 1
+        ttl = msg.ttl - 1
+        if ttl >= self.config.shuffle_ttl:  # compared, not min(): this runs on every hop
+            ttl = self.config.shuffle_ttl - 1
         if ttl > 0 and len(self._active) > 1:
             # A uniform pick among the active peers other than the sender, without building a
             # list per hop (this is the most frequent message of all, so _pick is inlined).
@@ -780,16 +776,19 @@ class HyParView:
     def _on_mark(self, out: list[Action], msg: ComponentMark, now: float) -> None:
         component = self._component
         if component.offer(msg, now):
-            self._merge_timer()
+            self._retime()
             self._flood_mark(out, msg.sender.id, now)
         elif (
             msg.sender.id in self._active
             and msg.root.id != component.root.id
             and component.fresh(now)
+            and component.settled(now)
         ):
             # A neighbour with a worse root (a link across two former components): tell it
             # ours, it floods it on. Only a fresh marker is told, so two stale ones never
-            # bounce between two nodes.
+            # bounce between two nodes; and only a settled one: an unsettled marker was just
+            # adopted (an election, a merge), and the wave that brought it reaches the
+            # neighbour anyway. Merge links join settled nodes only (elsewhere()).
             self._send(out, msg.sender, self._mark_message(now), now)
 
     def _on_merge_probe(
@@ -836,6 +835,7 @@ class HyParView:
         interval = self.config.keepalive_interval
         assert interval is not None
         self._next_keepalive = now + interval
+        self._retime()
         timeout = self.config.keepalive_timeout
         for peer in self._active_tuple():
             if now - self._last_heard[peer.id] > timeout:
@@ -969,12 +969,18 @@ class HyParView:
             self._events["merge.probe"] += 1
             self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
 
-    def _merge_timer(self) -> None:
-        probe, beat = self._next_probe, self._component.next_beat
-        if probe is None or (beat is not None and beat < probe):
-            self._next_merge = beat
-        else:
-            self._next_merge = probe
+    def _retime(self) -> None:
+        """Recompute ``_next_merge`` and ``_next_other``; called wherever the probe, beat,
+        keepalive, re-join or round timer changes (rarely, against next_deadline's every
+        input)."""
+        best, beat = self._next_probe, self._component.next_beat
+        if best is None or (beat is not None and beat < best):
+            best = beat
+        self._next_merge = best
+        for t in (self._next_keepalive, self._next_rejoin, self._round_deadline):
+            if t is not None and (best is None or t < best):
+                best = t
+        self._next_other = best
 
     def _schedule_rejoin(self, now: float) -> None:
         if (
@@ -988,6 +994,7 @@ class HyParView:
         cfg = self.config
         delay = min(cfg.rejoin_backoff_max, cfg.rejoin_backoff_initial * 2.0**self._rejoin_attempts)
         self._next_rejoin = now + delay * self._rng.uniform(0.5, 1.0)
+        self._retime()
 
     # ----------------------------------------------------------------- repair
 
@@ -1007,6 +1014,7 @@ class HyParView:
         # Every round ends: on its last answer of any kind (see _round_answered) or, at the
         # latest, here. An open round blocks the periodic refill and the re-join.
         self._round_deadline = now + 2 * self.config.neighbor_timeout
+        self._retime()
         self._repair(out, now)
 
     def _repair(
@@ -1041,7 +1049,9 @@ class HyParView:
 
     def _end_round(self) -> None:
         self._repairing = False
-        self._round_deadline = None
+        if self._round_deadline is not None:
+            self._round_deadline = None
+            self._retime()
 
     def _round_answered(self, now: float) -> None:
         """A request of the round was answered (accepted, or overtaken by the peer's own
@@ -1180,7 +1190,9 @@ class HyParView:
         out.append(PeerUp(peer))
         if len(self._active) >= self.config.min_active_size:
             self._rejoin_attempts = 0
-            self._next_rejoin = None
+            if self._next_rejoin is not None:
+                self._next_rejoin = None
+                self._retime()
         if len(self._active) >= self.config.active_view_size:
             self._end_round()
             self._starved = 0
@@ -1214,11 +1226,11 @@ class HyParView:
             soon = now + cfg.probe_interval_min * self._rng.uniform(0.5, 1.0)
             if self._next_probe is None or soon < self._next_probe:
                 self._next_probe = soon
-                self._merge_timer()
+                self._retime()
         elif self._next_probe is None:
             # Every entry expires, a departed peer's too (the timer runs the expiry).
             self._next_probe = now + self.config.lost_retention
-            self._merge_timer()
+            self._retime()
 
     def _merge_passive(self, peers: tuple[Peer, ...], evict_first: tuple[Peer, ...]) -> None:
         """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the
@@ -1226,11 +1238,12 @@ class HyParView:
         ids go to the reserve. Called for every shuffle answer: kept tight."""
         passive, active, lost = self._passive, self._active, self._lost
         me = self.myself.id
-        fresh = {
-            p.id: p
-            for p in peers
-            if p.id != me and p.id not in active and p.id not in passive and p.id not in lost
-        }
+        # A loop, not a comprehension: one attribute read per id, and no function call.
+        fresh: dict[NodeId, Peer] = {}
+        for p in peers:
+            pid = p.id
+            if pid != me and pid not in active and pid not in passive and pid not in lost:
+                fresh[pid] = p
         if not fresh:
             return
         size = self.config.passive_view_size
