@@ -135,7 +135,7 @@ def test_package_reads_no_environment_variable_the_agent_loader_refuses() -> Non
     """The agent refuses every unknown ``RAY_HYPARVIEW_*`` variable (a typo must not pass
     silently). So no other part of the package may read a name in that namespace: exporting it
     would stop every agent started with environment overrides."""
-    from ray_hyparview.strategy import ENV_PREFIX, ENV_VARS, PROCESS_ENV_VARS, Strategy
+    from ray_hyparview.config.strategy import ENV_PREFIX, ENV_VARS, PROCESS_ENV_VARS, Strategy
 
     known = {ENV_PREFIX + suffix for suffix in (*ENV_VARS, *PROCESS_ENV_VARS)}
     pattern = re.compile(r"""["'](RAY_HYPARVIEW_[A-Z0-9_]+)["']""")
