@@ -67,9 +67,10 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from ray_hyparview.agent import Agent
-from ray_hyparview.keys import generate_keypair
-from ray_hyparview.meshnode import MemoryDirectory, MeshNode
+from ray_hyparview.agent.meshnode import MemoryDirectory, MeshNode
+from ray_hyparview.agent.node import Agent
+from ray_hyparview.config.keys import generate_keypair
+from ray_hyparview.config.strategy import Security, Strategy
 from ray_hyparview.protocol import limits
 from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
@@ -77,11 +78,10 @@ from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.delivery_values import DeliveryConfig, MeshPublish, MeshSend
 from ray_hyparview.protocol.messages import Disconnect, Join, ShuffleReply
 from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.strategy import Security, Strategy
+from ray_hyparview.testing.conditions import until, wait_sync
 from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
 from ray_hyparview.wire import wire_codec
 from tests import hostile
-from tests.conditions import until, wait_sync
 
 IDS = ("n1", "n2", "n3")
 CONFIG = HyParViewConfig.local(
