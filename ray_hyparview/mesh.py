@@ -11,10 +11,10 @@ From inside any Ray actor (sync or async methods; the calls are coroutines)::
     left = await m.leave()                              # what the inbox still held
 
 Everything goes through the agent actor of the caller's own node (a same-node call); agents
-carry it over their active-view links only. See :mod:`ray_hyparview.meshnode` for how delivery,
-acknowledgement and routing work, and why this keeps a node's cross-node connections at its
-active-view size, and :mod:`ray_hyparview.protocol.delivery` for the delivery rules; the README's
-"Delivery contract" states what is promised under which faults.
+carry it over their active-view links only. See :mod:`ray_hyparview.agent.meshnode` for how
+delivery, acknowledgement and routing work, and why this keeps a node's cross-node connections
+at its active-view size, and :mod:`ray_hyparview.protocol.delivery` for the delivery rules; the
+README's "Delivery contract" states what is promised under which faults.
 
 Hand-over to this actor loses nothing: the agent lends inbox items (numbered) and removes them
 only when a later poll acknowledges the last one this handle actually yielded. Items fetched but
@@ -34,8 +34,8 @@ agent. Items that the dead agent had queued for this actor and not yet handed ov
 Payloads are pickled here and unpickled only at the receiving actor, never in an agent; agents
 hand over frames only from admitted neighbours, so what reaches ``pickle.loads`` came from an
 admitted node (which can therefore run code in the actors it sends to: see the README's trust
-model). A pickled payload may be at most :data:`~ray_hyparview.wire.MAX_PAYLOAD` bytes (48 KiB):
-for bulk data pass a Ray object reference instead.
+model). A pickled payload may be at most :data:`~ray_hyparview.wire.table.MAX_PAYLOAD` bytes
+(48 KiB): for bulk data pass a Ray object reference instead.
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from ray_hyparview.cluster import NAMESPACE, agent_actor_name
-from ray_hyparview.meshnode import DeliveryError, DuplicateName, InboxItem, PathKind
+from ray_hyparview.agent.meshnode import DeliveryError, DuplicateName, InboxItem, PathKind
+from ray_hyparview.cluster.plugin import NAMESPACE, agent_actor_name
 from ray_hyparview.protocol.peer import NodeId
-from ray_hyparview.wire import MAX_PAYLOAD
+from ray_hyparview.wire.table import MAX_PAYLOAD
 
 __all__ = ["Channel", "DeliveryError", "DuplicateName", "Mesh", "Message", "join"]
 

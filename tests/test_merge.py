@@ -8,7 +8,7 @@ from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.merge import ROOT_TIMEOUT, STALE_AFTER, ComponentMarker, Marker
 from ray_hyparview.protocol.messages import Action, ComponentMark, Join, MergeProbe, Send
-from tests.wiring import peer
+from ray_hyparview.testing.wiring import peer
 
 INTERVAL = 10.0
 
