@@ -99,6 +99,7 @@ _TYPES = MESSAGE_TYPES
 _KIND: dict[type, int] = {cls: index for index, cls in enumerate(_TYPES)}
 _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
+_SHUFFLE = _KIND[Shuffle]
 
 # Refused periodic refills before a short node escalates to HIGH, doubling up to the cap.
 _STARVE_MIN = 3
@@ -303,8 +304,10 @@ class HyParView:
             self._next_keepalive = now + self.config.keepalive_interval
         self._component.start(now)
         if self._next_probe is None:
-            # A healthy node probes once a merge_interval; a failed link speeds it up.
-            self._next_probe = now + self.config.merge_interval * self._rng.uniform(0.5, 1.0)
+            # A healthy node probes once a merge_interval from when its marker settles (see
+            # _probe_tick); a failed link speeds it up.
+            interval = self.config.merge_interval
+            self._next_probe = self._healthy_probe(now, interval, self._rng.uniform(0.5, 1.0))
         self._retime()
         out: list[Action] = []
         contact = self._pick_contact()
@@ -697,8 +700,11 @@ class HyParView:
             ttl = self.config.shuffle_ttl - 1
         if ttl > 0 and len(self._active) > 1:
             # A uniform pick among the active peers other than the sender, without building a
-            # list per hop (this is the most frequent message of all, so _pick is inlined).
-            active = self._active_tuple()
+            # list per hop (this is the most frequent message of all, so _pick, the active
+            # tuple's cache and _send are inlined).
+            active = self._active_cache
+            if active is None:
+                active = self._active_tuple()
             rand = self._rand
             n = len(active)
             nxt = active[int(rand() * n)]
@@ -712,7 +718,10 @@ class HyParView:
                 ttl=ttl,
                 nonce=msg.nonce,
             )
-            self._send(out, nxt, walk, now)
+            self._sent[_SHUFFLE] += 1
+            if self._keepalives and nxt.id in self._last_sent:
+                self._last_sent[nxt.id] = now
+            out.append(Send(nxt, walk))
             return
         if msg.origin.id == self.myself.id:
             return
@@ -938,9 +947,7 @@ class HyParView:
         if target is None and not self._component.settled(now):
             # Until then every node that took the same beat would probe for nothing (a 10,000
             # node overlay: 9,000 probes and as many answers in its first 170 s).
-            settles = self._component.settles_at()
-            if settles is not None:
-                self._next_probe = max(self._next_probe, settles + delay * (draw - 0.5))
+            self._next_probe = self._healthy_probe(now, delay, draw)
             return
         if target is None:
             # Half of the probes go to the passive view, a quarter each to the reserve and to
@@ -968,6 +975,15 @@ class HyParView:
         if target is not None:
             self._events["merge.probe"] += 1
             self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
+
+    def _healthy_probe(self, now: float, delay: float, draw: float) -> float:
+        """When to probe next with nothing lost: ``delay * draw`` from now, but not before the
+        marker settles (then within half a ``delay`` of it, by the same draw)."""
+        due = now + delay * draw
+        settles = self._component.settles_at()
+        if settles is not None and settles + delay * (draw - 0.5) > due:
+            due = settles + delay * (draw - 0.5)
+        return due
 
     def _retime(self) -> None:
         """Recompute ``_next_merge`` and ``_next_other``; called wherever the probe, beat,
@@ -1227,10 +1243,14 @@ class HyParView:
             if self._next_probe is None or soon < self._next_probe:
                 self._next_probe = soon
                 self._retime()
-        elif self._next_probe is None:
-            # Every entry expires, a departed peer's too (the timer runs the expiry).
-            self._next_probe = now + self.config.lost_retention
-            self._retime()
+        else:
+            # A departed peer is probed within a merge_interval, as it was when every node
+            # probed that often from the start (a new life of it answers: finding 8); and
+            # every entry expires (the timer runs the expiry).
+            later = now + self.config.merge_interval * self._rng.uniform(0.5, 1.0)
+            if self._next_probe is None or later < self._next_probe:
+                self._next_probe = later
+                self._retime()
 
     def _merge_passive(self, peers: tuple[Peer, ...], evict_first: tuple[Peer, ...]) -> None:
         """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the
