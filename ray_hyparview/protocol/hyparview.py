@@ -41,13 +41,13 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
 5. Partitions (the paper has no answer). Each node holds a component marker
    (:mod:`~ray_hyparview.protocol.merge`): the least id of its component, flooded along
    active links and kept alive by its root's beats. Now and then (lost peers first and soon
-   after a failure, else once a ``merge_interval``) a node sends MERGE_PROBE to one known id
-   that is not an active peer; the answer carries that node's marker. When the markers say
-   another component, or a peer whose link failed answers, the node opens exactly one link
-   (NEIGHBOR with priority MERGE: a free slot, or one eviction per ``2 * merge_interval`` at
-   most on either side, no FORWARD_JOIN walk); the markers then meet and flood, and the
-   other nodes see one component again. Splits of any length merge, and a heal costs a few
-   links instead of rewiring the overlay.
+   after a failure, else once a ``merge_interval`` once its own marker has settled) a node
+   sends MERGE_PROBE to one known id that is not an active peer; the answer carries that
+   node's marker. When the markers say another component, or a peer whose link failed
+   answers, the node opens exactly one link (NEIGHBOR with priority MERGE: a free slot, or
+   one eviction per ``2 * merge_interval`` at most on either side, no FORWARD_JOIN walk); the
+   markers then meet and flood, and the other nodes see one component again. Splits of any
+   length merge, and a heal costs a few links instead of rewiring the overlay.
 6. Remote garbage never raises: messages that fail a check are dropped and counted in
    ``counters`` under ``dropped.<cause>``.
 """
