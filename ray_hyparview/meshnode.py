@@ -41,6 +41,7 @@ import logging
 import random
 import sys
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from ray_hyparview.agent import Agent, Event
@@ -175,6 +176,9 @@ class MeshNode:
         self._ready: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._closed = False
+        self.on_inbox: Callable[[str], None] | None = None
+        """Called with an actor's name when an item arrives in its inbox (the local path
+        pushes it from there, :mod:`ray_hyparview.localpath`)."""
         for routing_type in (rt.RouteUpdate, rt.SeqnoRequest, rt.DataFrame, rt.RouteError):
             agent.add_handler(routing_type, self._on_routing)
         for tree_type in (pt.Gossip, pt.IHave, pt.Graft, pt.Prune):
@@ -264,6 +268,10 @@ class MeshNode:
 
     async def reply(self, request: tuple[NodeId, int, int], payload: bytes) -> None:
         """Answer a request (routed back to the requester's node; not acknowledged)."""
+        self.reply_nowait(request, payload)
+
+    def reply_nowait(self, request: tuple[NodeId, int, int], payload: bytes) -> None:
+        """:meth:`reply`, from synchronous code."""
         try:
             actions = self.core.reply(tuple(request), payload, now=self._now())  # type: ignore[arg-type]
         except DeliveryUsageError as exc:
@@ -322,6 +330,8 @@ class MeshNode:
                     ready = self._ready.get(name)
                     if ready is not None:
                         ready.set()
+                    if self.on_inbox is not None:
+                        self.on_inbox(name)
                 case dl.Missed(name=name, topic=topic, origin=origin):
                     log.warning(
                         "%s: inbox of %s full, publication on %r from %s missed",
