@@ -57,7 +57,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import zmq
-import zmq.asyncio
 
 from ray_hyparview.protocol.delivery import InboxItem
 
@@ -102,6 +101,43 @@ def socket_dir() -> str | None:
     return path if os.path.isdir(path) else None
 
 
+class _Socket:
+    """A plain (non-blocking) ZeroMQ socket served by an event loop's reader callback.
+
+    Cheaper than ``zmq.asyncio`` by a future, an enum dance and a loop turn per message: the
+    loop watches the socket's file descriptor, and each wake-up drains every message waiting.
+    That descriptor is edge-triggered (it signals that ``EVENTS`` may have changed), so after
+    each send, which may consume the edge, the socket is checked again for input."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket[bytes],
+        loop: asyncio.AbstractEventLoop,
+        on_message: Callable[[list[bytes]], None],
+    ) -> None:
+        self.sock = sock
+        self._loop = loop
+        self._on_message = on_message
+        self._fd = int(sock.getsockopt(zmq.FD))
+        loop.add_reader(self._fd, self.drain)
+
+    def drain(self) -> None:
+        sock = self.sock
+        while not sock.closed and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._on_message(sock.recv_multipart(zmq.NOBLOCK))
+
+    def send(self, frames: list[bytes]) -> None:
+        """Send now (unbounded queues: never blocks); ``zmq.ZMQError`` if the peer is gone."""
+        self.sock.send_multipart(frames, zmq.NOBLOCK)
+        if int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._loop.call_soon(self.drain)
+
+    def close(self) -> None:
+        if not self.sock.closed:
+            self._loop.remove_reader(self._fd)
+            self.sock.close(linger=0)
+
+
 @dataclass(slots=True)
 class _Member:
     name: str
@@ -124,22 +160,21 @@ class LocalServer:
         *,
         directory: str | None = None,
         window: int = WINDOW,
-        context: zmq.asyncio.Context | None = None,
+        context: zmq.Context[Any] | None = None,
     ) -> None:
         self.mesh = mesh
         self.window = window
         self.endpoint = ""
         self.counters: Counter[str] = Counter()
         self._directory = directory
-        self._ctx = context or zmq.asyncio.Context.instance()
-        self._sock: zmq.asyncio.Socket | None = None
+        self._ctx = context or zmq.Context.instance()
+        self._sock: _Socket | None = None
         self._members: dict[str, _Member] = {}
         self._by_token: dict[bytes, _Member] = {}
         self._out: dict[bytes, list[bytes]] = {}
         self._flushing = False
         self._pumps: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._reader: asyncio.Task[None] | None = None
+        self._futures: set[asyncio.Future[bytes | None]] = set()
         self._ipc_path = ""
 
     async def start(self) -> str:
@@ -161,11 +196,8 @@ class LocalServer:
         else:
             port = sock.bind_to_random_port("tcp://127.0.0.1")
             self.endpoint = f"tcp://127.0.0.1:{port}"
-        self._sock = sock
+        self._sock = _Socket(sock, asyncio.get_running_loop(), self._read)
         self.mesh.on_inbox = self._inbox_ready
-        self._reader = asyncio.get_running_loop().create_task(
-            self._read(), name="mesh-local-reader"
-        )
         return self.endpoint
 
     # ------------------------------------------------------------------ members
@@ -185,15 +217,12 @@ class LocalServer:
 
     # ------------------------------------------------------------------ reading
 
-    async def _read(self) -> None:
-        assert self._sock is not None
-        while True:
-            frames = await self._sock.recv_multipart(copy=True)
-            try:
-                self._on_message(frames)
-            except Exception:
-                self.counters["local.errors"] += 1
-                log.exception("%s: a local frame failed", self.mesh.node_id)
+    def _read(self, frames: list[bytes]) -> None:
+        try:
+            self._on_message(frames)
+        except Exception:
+            self.counters["local.errors"] += 1
+            log.exception("%s: a local frame failed", self.mesh.node_id)
 
     def _on_message(self, frames: list[bytes]) -> None:
         if len(frames) < 4 or len(frames) % 2:
@@ -227,12 +256,27 @@ class LocalServer:
             self._pump(member.name)
         elif op == "S":
             _, op_id, dst, timeout, key = header
-            coro = mesh.send(member.name, dst, data, timeout=float(timeout), key=key)
-            self._spawn(identity, op_id, coro)
+            self._begin(
+                identity,
+                op_id,
+                member.name,
+                dst,
+                data,
+                timeout=float(timeout),
+                kind="send",
+                key=key,
+            )
         elif op == "R":
             _, op_id, dst, timeout = header
-            self._spawn(
-                identity, op_id, mesh.request(member.name, dst, data, timeout=float(timeout))
+            self._begin(
+                identity,
+                op_id,
+                member.name,
+                dst,
+                data,
+                timeout=float(timeout),
+                kind="request",
+                key="",
             )
         elif op == "B":
             _, op_id, topic = header
@@ -262,21 +306,41 @@ class LocalServer:
         else:
             self._queue(identity, ["D", op_id], result if isinstance(result, bytes) else b"")
 
-    def _spawn(self, identity: bytes, op_id: int, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(identity, op_id, coro))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, identity: bytes, op_id: int, coro: Any) -> None:
+    def _begin(
+        self,
+        identity: bytes,
+        op_id: int,
+        src: str,
+        dst: str,
+        data: bytes,
+        *,
+        timeout: float,
+        kind: str,
+        key: str,
+    ) -> None:
+        mesh = self.mesh
         try:
-            result = await coro
-        except asyncio.CancelledError:
-            raise
+            path = mesh.path_kind(dst) if kind == "send" else ""
+            future = mesh.begin(src, dst, data, timeout=timeout, kind=kind, key=key)
         except Exception as exc:
             self._queue(identity, _error_header(op_id, exc), b"")
-        else:
-            data = result if isinstance(result, bytes) else str(result).encode()
-            self._queue(identity, ["D", op_id], data)
+            return
+
+        def done(future: asyncio.Future[bytes | None]) -> None:
+            if future.cancelled():
+                return  # the server closed
+            error = future.exception()
+            if error is not None:
+                self._queue(identity, _error_header(op_id, error), b"")
+                return
+            if path:
+                mesh.counters[f"send.{path}"] += 1
+            result = future.result()
+            self._queue(identity, ["D", op_id], result if result is not None else path.encode())
+
+        future.add_done_callback(done)
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
 
     # ------------------------------------------------------------------ pushing
 
@@ -330,7 +394,7 @@ class LocalServer:
         for identity, frames in out.items():
             for start in range(0, len(frames), 2 * _BATCH):
                 try:
-                    sock.send_multipart([identity, *frames[start : start + 2 * _BATCH]])
+                    sock.send([identity, *frames[start : start + 2 * _BATCH]])
                 except zmq.ZMQError:
                     # The actor's end is gone: its lent items are pushed again on its next
                     # hello (or handed back when it leaves).
@@ -347,15 +411,10 @@ class LocalServer:
 
     async def aclose(self) -> None:
         """Stop reading, close the socket, remove the socket file. Idempotent."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
-        for task in list(self._tasks):
-            task.cancel()
+        for future in list(self._futures):
+            future.cancel()
         if self._sock is not None:
-            self._sock.close(linger=0)
+            self._sock.close()
             self._sock = None
         if self._ipc_path:
             with contextlib.suppress(OSError):
@@ -372,7 +431,7 @@ class LocalServer:
         }
 
 
-def _error_header(op_id: int, exc: Exception) -> list[Any]:
+def _error_header(op_id: int, exc: BaseException) -> list[Any]:
     from ray_hyparview.meshnode import DeliveryError
 
     if isinstance(exc, DeliveryError):
@@ -449,7 +508,7 @@ class LocalLink:
             )
             self._thread.start()
         self._loop = loop
-        self._sock: zmq.asyncio.Socket | None = None
+        self._sock: _Socket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._slots: deque[asyncio.Future[None]] = deque()
@@ -457,7 +516,6 @@ class LocalLink:
         self._flushing = False
         self._items: deque[InboxItem] = deque()
         self._item_waiter: asyncio.Future[None] | None = None
-        self._reader: asyncio.Future[None] | None = None
         self.counters: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ life cycle
@@ -489,14 +547,12 @@ class LocalLink:
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), self._loop))
 
     def _connect(self) -> None:
-        ctx = zmq.asyncio.Context.instance()
-        sock = ctx.socket(zmq.DEALER)
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.connect(self.endpoint)
-        self._sock = sock
-        self._reader = asyncio.ensure_future(self._read())
+        self._sock = _Socket(sock, self._loop, self._read)
 
     def close(self, error: Exception | None = None) -> None:
         """Fail every waiting operation with ``error`` (default :class:`LinkClosed`), close
@@ -513,10 +569,8 @@ class LocalLink:
         self._wake_items()
 
         def shut() -> None:
-            if self._reader is not None:
-                self._reader.cancel()
             if self._sock is not None:
-                self._sock.close(linger=0)
+                self._sock.close()
             if self._thread is not None:
                 self._loop.stop()
 
@@ -585,7 +639,7 @@ class LocalLink:
             frames = [self._token]
             while self._out and len(frames) < 2 * _BATCH:
                 frames += self._out.popleft()
-            sock.send_multipart(frames)
+            sock.send(frames)
             self.counters["flushes"] += 1
 
     def _release(self) -> None:
@@ -594,16 +648,13 @@ class LocalLink:
 
     # ------------------------------------------------------------------ reading
 
-    async def _read(self) -> None:
-        assert self._sock is not None
-        while True:
-            frames = await self._sock.recv_multipart(copy=True)
-            for i in range(0, len(frames) - 1, 2):
-                try:
-                    self._on_frame(json.loads(frames[i]), frames[i + 1])
-                except Exception:
-                    self.counters["dropped"] += 1
-                    log.exception("local link: a frame from the agent failed")
+    def _read(self, frames: list[bytes]) -> None:
+        for i in range(0, len(frames) - 1, 2):
+            try:
+                self._on_frame(json.loads(frames[i]), frames[i + 1])
+            except Exception:
+                self.counters["dropped"] += 1
+                log.exception("local link: a frame from the agent failed")
 
     def _on_frame(self, header: list[Any], data: bytes) -> None:
         op = header[0]

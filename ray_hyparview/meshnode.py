@@ -281,6 +281,22 @@ class MeshNode:
     async def _operate(
         self, src: str, dst: str, payload: bytes, *, timeout: float, kind: str, key: str
     ) -> bytes | None:
+        return await self.begin(src, dst, payload, timeout=timeout, kind=kind, key=key)
+
+    def begin(
+        self,
+        src: str,
+        dst: str,
+        payload: bytes,
+        *,
+        timeout: float,
+        kind: str = "send",
+        key: str = "",
+    ) -> asyncio.Future[bytes | None]:
+        """Start a send (``kind="send"``) or request and return the future of its outcome
+        (the reply, None for a send, or :class:`DeliveryError`), without a task per message:
+        the local path (:mod:`ray_hyparview.localpath`) answers from its done callback.
+        Cancelling the future stops waiting for the outcome, not the delivery."""
         if self._closed:
             raise DeliveryError("closed", dst)
         now = self._now()
@@ -293,11 +309,9 @@ class MeshNode:
             raise ValueError(str(exc)) from None
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._waiting[ref] = (future, dst)
-        try:
-            self._apply(actions)
-            return await future
-        finally:
-            self._waiting.pop(ref, None)
+        future.add_done_callback(lambda _: self._waiting.pop(ref, None))
+        self._apply(actions)
+        return future
 
     def _route(self, node: NodeId, data: bytes, ref: int = 0, attempt: int = 0) -> None:
         frame_id, actions = self.router.route(node, data, now=self._now())
