@@ -10,14 +10,22 @@ From inside any Ray actor (sync or async methods; the calls are coroutines)::
     m.allowed(node_id); m.channel("worker-7").kind      # the gate: local, direct or routed
     left = await m.leave()                              # what the inbox still held
 
-Everything goes through the agent actor of the caller's own node (a same-node call); agents
-carry it over their active-view links only. See :mod:`ray_hyparview.meshnode` for how delivery,
-acknowledgement and routing work, and why this keeps a node's cross-node connections at its
-active-view size, and :mod:`ray_hyparview.protocol.delivery` for the delivery rules; the README's
+Everything goes through the agent of the caller's own node; agents carry it over their
+active-view links only. Between an actor and its agent, messages take the direct local path
+(:mod:`ray_hyparview.localpath`): frames on a node-local socket, authenticated by a token the
+agent hands out at join, and deliveries pushed to the actor. Ray actor calls remain for
+setup: join, leave and the half-second view refresh. ``join(name, local=False)`` keeps the
+older path, where every operation is a Ray call into the agent and the inbox polls it.
+
+See :mod:`ray_hyparview.meshnode` for how delivery, acknowledgement and routing work, and why
+this keeps a node's cross-node connections at its active-view size, and
+:mod:`ray_hyparview.protocol.delivery` for the delivery rules; the README's
 "Delivery contract" states what is promised under which faults.
 
-Hand-over to this actor loses nothing: the agent lends inbox items (numbered) and removes them
-only when a later poll acknowledges the last one this handle actually yielded. Items fetched but
+Hand-over to this actor loses nothing: the agent lends inbox items (numbered: pushed over the
+link, or returned by a poll) and removes them only when this handle acknowledges the last one
+it actually yielded (over the link: every 64 items, whenever it waits for more, and when the
+loop is left; by polling: with the next poll). Items fetched but
 not yet yielded (a consumer that ``break``s out of :meth:`Mesh.inbox`) stay in the handle, where
 the next ``inbox()`` yields them first; :meth:`Mesh.leave` returns whatever is still undelivered.
 One consumer per handle: two concurrent ``inbox()`` loops would each see the same items.
@@ -34,8 +42,10 @@ agent. Items that the dead agent had queued for this actor and not yet handed ov
 Payloads are pickled here and unpickled only at the receiving actor, never in an agent; agents
 hand over frames only from admitted neighbours, so what reaches ``pickle.loads`` came from an
 admitted node (which can therefore run code in the actors it sends to: see the README's trust
-model). A pickled payload may be at most :data:`~ray_hyparview.wire.MAX_PAYLOAD` bytes (48 KiB):
-for bulk data pass a Ray object reference instead.
+model). A payload that pickles to more than :data:`LARGE_PAYLOAD` bytes (32 KiB) goes through
+Ray's object store instead, and only its reference travels on the mesh; the receiver resolves
+it before :meth:`Mesh.inbox` yields it (cost model: :class:`ByReference`). So ``send``,
+``request``, replies and ``publish`` take any picklable value.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import asyncio
 import contextlib
 import logging
 import pickle
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -85,6 +96,8 @@ _ACK_EVERY = 64  # yielded items acknowledged together over the link
 
 LARGE_PAYLOAD = 32 * 1024
 """Pickled payloads larger than this go through Ray's object store (see :class:`ByReference`)."""
+LARGE_HOLD = 600.0
+"""Seconds the sender keeps a large payload in the object store for its receiver."""
 
 
 def _dump(payload: Any) -> bytes:
@@ -93,11 +106,30 @@ def _dump(payload: Any) -> bytes:
     data = pickle.dumps(payload, protocol=5)
     if len(data) <= LARGE_PAYLOAD:
         return data
-    reference = ByReference(ray.put(payload))
-    data = pickle.dumps(reference, protocol=5)
-    if len(data) > MAX_PAYLOAD:  # pragma: no cover - a reference pickles to a few hundred bytes
-        raise ValueError(f"a reference pickles to {len(data)} bytes, over {MAX_PAYLOAD}")
-    return data
+    ref = ray.put(payload)
+    # Ray's pickler, so that the reference carries its owner's address (a plain pickle of
+    # an ObjectRef cannot be resolved elsewhere); it also pins the object in this process.
+    dumps: Any = ray.cloudpickle.dumps
+    small: bytes = dumps(ByReference(ref), protocol=5)
+    _hold(ref)
+    if len(small) > MAX_PAYLOAD:  # pragma: no cover - a reference pickles to a few hundred bytes
+        raise ValueError(f"a reference pickles to {len(small)} bytes, over {MAX_PAYLOAD}")
+    return small
+
+
+_HELD: deque[tuple[float, Any]] = deque()
+
+
+def _hold(ref: Any) -> None:
+    """Keep a reference that left through pickle for :data:`LARGE_HOLD` seconds, then let
+    Ray free the object (released lazily, at the next large payload of this process)."""
+    now = time.monotonic()
+    while _HELD and _HELD[0][0] <= now:
+        _, old = _HELD.popleft()
+        worker: Any = ray._private.worker.global_worker
+        with contextlib.suppress(Exception):
+            worker.core_worker.remove_object_ref_reference(old)
+    _HELD.append((now + LARGE_HOLD, ref))
 
 
 async def _load(data: bytes) -> Any:
@@ -117,10 +149,12 @@ class ByReference:
     object from the store of the sender's node: one ``ray.put`` (a copy into shared memory),
     one transfer between object stores when the nodes differ, and one ``ray.get``. That is a
     direct connection between the two nodes' object managers, outside the active view: Ray
-    holds those anyway. The object is owned by the sending actor (it is lost if that actor
-    dies before the receiver resolved it) and, since its reference left through pickle, Ray
-    keeps it while its owner lives; a receiver of a ``send`` or ``request`` frees it once
-    resolved, a published one stays until the publisher exits."""
+    holds those anyway. The object is owned by the sending actor: it is lost if that actor
+    dies before the receiver resolved it, and the sender keeps it for :data:`LARGE_HOLD`
+    seconds (10 minutes) after sending, the time a receiver has to take it from its inbox;
+    a receiver that takes longer gets Ray's ``ObjectLostError`` from :meth:`Mesh.inbox`.
+    So a sender that streams large payloads holds up to ``LARGE_HOLD`` seconds' worth of them
+    in its node's object store (spilled to disk beyond its size, as Ray does)."""
 
     __slots__ = ("ref", "shared")
 
@@ -129,7 +163,9 @@ class ByReference:
         self.shared = shared
 
     async def resolve(self) -> Any:
-        return await self.ref
+        # ref.future(), not ``await ref``: the latter needs the loop of an async actor, and a
+        # sync actor's inbox runs on a loop of its own (asyncio.run).
+        return await asyncio.wrap_future(self.ref.future())
 
 
 def _clean(exc: DeliveryError) -> DeliveryError:
@@ -320,10 +356,11 @@ class Mesh:
     async def inbox(self) -> AsyncIterator[Message]:
         """Everything that arrives for this actor, in arrival order, until :meth:`leave`.
 
-        Leaving the loop early loses nothing: the rest of a fetched batch stays in this handle
-        and the next ``inbox()`` yields it first; the agent forgets an item only when a later
-        poll acknowledges it as yielded. A failed poll is raised here and its items come again
-        with the next poll."""
+        Leaving the loop early loses nothing: the rest of a fetched (or pushed) batch stays in
+        this handle and the next ``inbox()`` yields it first; the agent forgets an item only
+        when this handle acknowledges it as yielded. A failed poll is raised here and its items
+        come again with the next poll. A payload that came through the object store is
+        resolved before it is yielded."""
         try:
             while not self._left:
                 if not self._buffer:
