@@ -2,7 +2,7 @@
 
 * **raw**: the baseline of ``roundtrip.py``: a ``zmq.asyncio`` DEALER sends a msgpack list
   shaped like a KEEPALIVE, a ROUTER unpacks it and answers on the same connection.
-* **agents**: two whole :class:`~ray_hyparview.agent.Agent` objects, linked as HyParView
+* **agents**: two whole :class:`~ray_hyparview.agent.node.Agent` objects, linked as HyParView
   neighbours over ZeroMQ (monitors and heartbeats on, keepalives flowing). Agent A sends a
   PING frame (a registered message type) with ``send_raw``; agent B's receive loop takes it in
   a batch, decodes it (header, limits, schema), dispatches it to a handler that answers PONG
@@ -32,11 +32,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from roundtrip import RawPair, summarize
 
-from ray_hyparview.agent import Agent
-from ray_hyparview.codec import IntField, register
+from ray_hyparview.agent.node import Agent
+from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.strategy import Strategy
+from ray_hyparview.wire.codec import Codec, IntField, Registry
+from ray_hyparview.wire.table import TABLE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,8 +52,16 @@ class Pong:
     seq: int
 
 
-register(120, Ping, {"seq": IntField(0, 2**63 - 1)})
-register(121, Pong, {"seq": IntField(0, 2**63 - 1)})
+# Application messages take tags 64-127: the package's table plus two rows of our own.
+CODEC = Codec(
+    Registry.from_table(
+        (
+            *TABLE,
+            (120, Ping, {"seq": IntField(0, 2**63 - 1)}),
+            (121, Pong, {"seq": IntField(0, 2**63 - 1)}),
+        )
+    )
+)
 
 
 class AgentPair:
@@ -65,6 +74,7 @@ class AgentPair:
         self.a = Agent(
             Strategy(local_peer=Peer("bench-a", "tcp://127.0.0.1:0"), hyparview_config=config),
             rng=random.Random(1),
+            codec=CODEC,
         )
         await self.a.start()
         self.b = Agent(
@@ -74,6 +84,7 @@ class AgentPair:
                 hyparview_config=config,
             ),
             rng=random.Random(2),
+            codec=CODEC,
         )
         await self.b.start()
         await self.a.wait_for_active(1, timeout=10)

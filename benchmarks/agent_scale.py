@@ -2,9 +2,9 @@
 
 What it measures
 ----------------
-``--processes`` hosts (``tests.agent_host``) of ``--per-process`` agents each start one after
-the other on loopback; agents of a host join the host's first agent and two agents of earlier
-hosts. Then:
+``--processes`` hosts (``ray_hyparview.testing.agent_host``) of ``--per-process`` agents
+each start one after the other on loopback; agents of a host join the host's first agent and two
+agents of earlier hosts. Then:
 
 * **convergence**: seconds from the moment the last host reported all its agents bound (their
   JOINs are sent) until the union of the active views is a connected, symmetric graph with no
@@ -42,7 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_hyparview.protocol.config import HyParViewConfig
-from tests.agent_host import Host, collect_views, overlay_problems
+from ray_hyparview.testing.agent_host import Host, collect_views, overlay_problems
 
 _ESTABLISHED = "01"
 _LISTEN = "0A"

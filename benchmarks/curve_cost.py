@@ -28,10 +28,10 @@ from typing import Any
 
 import zmq
 
-from ray_hyparview import codec
 from ray_hyparview.protocol.messages import KeepAlive
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.transport.zmq import CurveConfig, ZmqTransport
+from ray_hyparview.wire import table as codec
 
 INCARNATION = 1_764_300_000_000_000
 KEEPALIVE = 0

@@ -23,11 +23,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ray_hyparview.agent import Agent
-from ray_hyparview.meshnode import MemoryDirectory, MeshNode
+from ray_hyparview.agent.meshnode import MemoryDirectory, MeshNode
+from ray_hyparview.agent.node import Agent
+from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol.delivery import Delivery, Route
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.memory import MemoryNetwork
 
 

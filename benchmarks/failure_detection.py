@@ -3,9 +3,9 @@
 What it measures
 ----------------
 An overlay of ``--processes`` x ``--per-process`` agents runs in separate OS processes
-(``tests.agent_host``). Each trial starts one more process holding a single agent (the victim,
-as on a real node: one agent per process), waits until the whole overlay is connected and
-symmetric, notes which agents hold the victim in their active view, then
+(``ray_hyparview.testing.agent_host``). Each trial starts one more process holding a single
+agent (the victim, as on a real node: one agent per process), waits until the whole overlay is
+connected and symmetric, notes which agents hold the victim in their active view, then
 
 * ``kill``: sends SIGKILL. The kernel closes the victim's TCP connections, each neighbour's
   socket monitor reports ``DISCONNECTED`` and the agent emits ``PeerDown(FAILED)``;
@@ -39,7 +39,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_hyparview.protocol.config import HyParViewConfig
-from tests.agent_host import Host, collect_views, percentile, start_hosts, wait_healthy
+from ray_hyparview.testing.agent_host import (
+    Host,
+    collect_views,
+    percentile,
+    start_hosts,
+    wait_healthy,
+)
 
 
 def trial(

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.agent_host import percentile
+from ray_hyparview.testing.agent_host import percentile
 
 _CONFIG_KEYS = (
     "health_check_initial_delay_ms",

@@ -43,7 +43,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_hyparview import cluster as plugin
 from ray_hyparview import mesh
-from ray_hyparview.local import connect, demo_config, embedded_cluster, stop
+from ray_hyparview.cluster.local import connect, demo_config, embedded_cluster, stop
 
 METHODS = ("send", "request", "ray", "send_polled", "request_polled")
 _POLLED = "-polled"  # the name suffix of the handles that use Ray calls and polls

@@ -2,15 +2,15 @@
 
 What it measures
 ----------------
-``--agents`` agents (default 50) run in ``--processes`` hosts (``tests.agent_host``) with the
-production defaults (keepalive every 0.5 s, 2 s of silence is a failure; ZMTP heartbeats every
-0.5 s, 1.5 s timeout). Once the overlay is connected and symmetric, one CPU burner per core
-(a ``while True: pass`` process) starts, and for ``--duration`` seconds every ``PeerDown`` any
-agent reports is collected. No agent fails or leaves during the run, so every
-``PeerDown(FAILED)`` is a false alarm: the target (issue 3, section 7) is zero. EVICTED and
-DISCONNECTED are reported too (they are protocol moves between live nodes, not alarms), as
-are the core's keepalive timeouts and the transport's dropped links. At the end the overlay
-must still be connected and symmetric.
+``--agents`` agents (default 50) run in ``--processes`` hosts
+(``ray_hyparview.testing.agent_host``) with the production defaults (keepalive every 0.5 s, 2 s of
+silence is a failure; ZMTP heartbeats every 0.5 s, 1.5 s timeout). Once the overlay is connected
+and symmetric, one CPU burner per core (a ``while True: pass`` process) starts, and for
+``--duration`` seconds every ``PeerDown`` any agent reports is collected. No agent fails or leaves
+during the run, so every ``PeerDown(FAILED)`` is a false alarm: the target (issue 3, section 7) is
+zero. EVICTED and DISCONNECTED are reported too (they are protocol moves between live nodes, not
+alarms), as are the core's keepalive timeouts and the transport's dropped links. At the end the
+overlay must still be connected and symmetric.
 
 Run: ``python benchmarks/soak.py [--quick] [--agents 50] [--duration 300] [--json PATH]``;
 ``--quick`` runs 20 s. Every process it starts (hosts and burners) is killed by pid at exit.
@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.agent_host import Host, collect_views, overlay_problems, start_hosts
+from ray_hyparview.testing.agent_host import Host, collect_views, overlay_problems, start_hosts
 
 
 def start_burners(count: int) -> list[subprocess.Popen[bytes]]:

@@ -35,7 +35,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_hyparview import cluster as plugin
 from ray_hyparview import mesh
-from ray_hyparview.local import connect, demo_config, embedded_cluster, stop
+from ray_hyparview.cluster.local import connect, demo_config, embedded_cluster, stop
 
 
 class _Averager:

@@ -61,7 +61,7 @@ import zmq
 from ray_hyparview.protocol.delivery import InboxItem
 
 if TYPE_CHECKING:
-    from ray_hyparview.meshnode import MeshNode
+    from ray_hyparview.agent.meshnode import MeshNode
 
 __all__ = ["LocalLink", "LocalServer", "LinkClosed", "socket_dir"]
 
@@ -151,7 +151,7 @@ class _Member:
 
 class LocalServer:
     """The agent's end: one ROUTER for every mesh actor of the node. Runs on the agent's loop;
-    :meth:`start` it after the :class:`~ray_hyparview.meshnode.MeshNode`, :meth:`aclose` it
+    :meth:`start` it after the :class:`~ray_hyparview.agent.meshnode.MeshNode`, :meth:`aclose` it
     before."""
 
     def __init__(
@@ -432,7 +432,7 @@ class LocalServer:
 
 
 def _error_header(op_id: int, exc: BaseException) -> list[Any]:
-    from ray_hyparview.meshnode import DeliveryError
+    from ray_hyparview.agent.meshnode import DeliveryError
 
     if isinstance(exc, DeliveryError):
         return ["E", op_id, exc.reason, exc.target, exc.detail, exc.outcome]

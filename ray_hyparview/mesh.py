@@ -17,7 +17,7 @@ agent hands out at join, and deliveries pushed to the actor. Ray actor calls rem
 setup: join, leave and the half-second view refresh. ``join(name, local=False)`` keeps the
 older path, where every operation is a Ray call into the agent and the inbox polls it.
 
-See :mod:`ray_hyparview.meshnode` for how delivery, acknowledgement and routing work, and why
+See :mod:`ray_hyparview.agent.meshnode` for how delivery, acknowledgement and routing work, and why
 this keeps a node's cross-node connections at its active-view size, and
 :mod:`ray_hyparview.protocol.delivery` for the delivery rules; the README's
 "Delivery contract" states what is promised under which faults.
@@ -69,11 +69,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from ray_hyparview.cluster import NAMESPACE, agent_actor_name
+from ray_hyparview.agent.meshnode import DeliveryError, DuplicateName, InboxItem, PathKind
+from ray_hyparview.cluster.plugin import NAMESPACE, agent_actor_name
 from ray_hyparview.localpath import LinkClosed, LocalLink
-from ray_hyparview.meshnode import DeliveryError, DuplicateName, InboxItem, PathKind
 from ray_hyparview.protocol.peer import NodeId
-from ray_hyparview.wire import MAX_PAYLOAD
+from ray_hyparview.wire.table import MAX_PAYLOAD
 
 __all__ = [
     "LARGE_PAYLOAD",

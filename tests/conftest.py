@@ -19,10 +19,10 @@ from typing import Any, Protocol
 import pytest
 import pytest_asyncio
 
-from ray_hyparview.agent import Agent
+from ray_hyparview.agent.node import Agent
+from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.memory import MemoryNetwork
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from ray_hyparview.keys import generate_keypair
+from ray_hyparview.config.keys import generate_keypair
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = [sys.executable, "-m", "ray_hyparview.agent"]

@@ -12,13 +12,18 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from ray_hyparview.agent import Agent
-from ray_hyparview.control import control_server, metrics_server, prometheus_text, query_status
+from ray_hyparview.agent.control import (
+    control_server,
+    metrics_server,
+    prometheus_text,
+    query_status,
+)
+from ray_hyparview.agent.node import Agent
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import DownReason, PeerDown, PeerUp
 from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.testing.conditions import until
 from ray_hyparview.transport.memory import MemoryNetwork
-from tests.conditions import until
 from tests.conftest import MemoryAgentFactory
 
 

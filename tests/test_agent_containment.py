@@ -19,18 +19,18 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from ray_hyparview import agent as agent_module
-from ray_hyparview.agent import Agent, Event
-from ray_hyparview.codec import Codec, EncodeError
-from ray_hyparview.meshnode import MemoryDirectory, MeshNode
+from ray_hyparview.agent import node as agent_module
+from ray_hyparview.agent.meshnode import MemoryDirectory, MeshNode
+from ray_hyparview.agent.node import Agent, Event
+from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol import limits
 from ray_hyparview.protocol import routing as rt
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.strategy import Strategy
+from ray_hyparview.testing.conditions import until
 from ray_hyparview.transport.memory import MemoryNetwork
-from ray_hyparview.wire import wire_codec
-from tests.conditions import until
+from ray_hyparview.wire.codec import Codec, EncodeError
+from ray_hyparview.wire.table import wire_codec
 
 CONFIG = HyParViewConfig(
     active_view_size=3,

@@ -1,13 +1,13 @@
 """Agents in several OS processes over real ZeroMQ sockets on 127.0.0.1.
 
-Each process is a ``tests.agent_host`` program running several agents; the test talks to it
-over stdin/stdout (see that module). Crashes are real (``kill -9``), hangs are real (SIGSTOP
-freezes the event loop and libzmq's I/O thread alike), and every process a test starts is
+Each process is a ``ray_hyparview.testing.agent_host`` program running several agents; the test
+talks to it over stdin/stdout (see that module). Crashes are real (``kill -9``), hangs are real
+(SIGSTOP freezes the event loop and libzmq's I/O thread alike), and every process a test starts is
 killed by pid and reaped in a ``finally`` block, pass or fail.
 
 The partition test cuts traffic with the host's test-only ``block`` hook, which drops every
-frame between the two halves at the transport boundary of each agent; ``tests/agent_host.py``
-explains why this was chosen over network namespaces.
+frame between the two halves at the transport boundary of each agent;
+``ray_hyparview/testing/agent_host.py`` explains why this was chosen over network namespaces.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.agent_host import Host, collect_views, overlay_problems, start_hosts
-from tests.conditions import wait_sync
+from ray_hyparview.testing.agent_host import Host, collect_views, overlay_problems, start_hosts
+from ray_hyparview.testing.conditions import wait_sync
 
 # Fast enough for a test, slow enough that a loaded 2-core machine raises no false alarms:
 # keepalives every 0.3 s, silence of 2 s is a failure; lost peers are probed at most every 3 s

@@ -25,9 +25,9 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from ray_hyparview.agent import Agent
-from ray_hyparview.codec import HEADER, default_codec
-from ray_hyparview.keys import generate_keypair
+from ray_hyparview.agent.node import Agent
+from ray_hyparview.config.keys import generate_keypair
+from ray_hyparview.config.strategy import Security, Strategy
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import (
     Disconnect,
@@ -39,9 +39,10 @@ from ray_hyparview.protocol.messages import (
     Priority,
 )
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.strategy import Security, Strategy
+from ray_hyparview.testing.conditions import until
 from ray_hyparview.transport.zmq import ZmqTransport
-from tests.conditions import until
+from ray_hyparview.wire.codec import HEADER
+from ray_hyparview.wire.table import wire_codec
 
 # The local timings, but a silent peer gets 3 s: the fuzz storm below must not cost the real
 # peer its link on two shared cores.
@@ -110,7 +111,7 @@ async def test_two_agents_link_and_a_graceful_leave_is_seen_at_once() -> None:
 
 def fuzz_frames(rng: random.Random, victim: Peer, claimed: Peer, count: int) -> Iterator[bytes]:
     """Random, malformed, wrong-version and lying frames, in a reproducible mix."""
-    codec = default_codec()
+    codec = wire_codec()
     valid = [
         codec.encode(KeepAlive(sender=claimed, incarnation=7)),
         codec.encode(Disconnect(sender=claimed, incarnation=7, leaving=True)),
@@ -209,7 +210,7 @@ async def test_fuzzed_router_keeps_serving_its_real_peer_and_counts_drops() -> N
                 # Oversize: libzmq drops the connection (MAXMSGSIZE); the agent never sees it.
                 with raw_dealer(ctx, endpoint, b"huge\x00" + os.urandom(6)) as huge:
                     for _ in range(5):
-                        huge.send(b"\x00" * (default_codec().max_size + 1024), zmq.NOBLOCK)
+                        huge.send(b"\x00" * (wire_codec().max_size + 1024), zmq.NOBLOCK)
 
                 def counted() -> dict[str, int]:
                     return {
@@ -293,7 +294,7 @@ async def test_curve_agents_link_and_refuse_strangers_and_impersonators() -> Non
         assert isinstance(transport, ZmqTransport)
         before_agent = dict(a.counters)
         before_core = dict(a.core.counters)
-        codec = default_codec()
+        codec = wire_codec()
         claim_b = codec.encode(Neighbor(sender=b.myself, incarnation=1, priority=Priority.HIGH))
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
@@ -413,9 +414,9 @@ async def test_clean_shutdown_leaves_no_task_socket_or_thread(secure: bool) -> N
 
 _EXHAUSTION_SCENARIO = """
 import asyncio, contextlib, zmq, zmq.asyncio
-from ray_hyparview.agent import Agent
+from ray_hyparview.agent.node import Agent
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.strategy import Strategy
+from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.transport.zmq import ZmqTransport
 
 async def main():

@@ -18,8 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ray_hyparview import __version__
-from ray_hyparview.cli import _parser, main
-from tests.conditions import wait_sync
+from ray_hyparview.cli.main import _parser, main
+from ray_hyparview.testing.conditions import wait_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = [sys.executable, "-m", "ray_hyparview.agent"]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from ray_hyparview.cluster_keys import (
+from ray_hyparview.cluster.keys import (
     INSECURE_WARNING,
     KEY_SOURCE,
     GcsKeyring,
@@ -23,9 +23,9 @@ from ray_hyparview.cluster_keys import (
     published_keys,
     sidecar_policy,
 )
-from ray_hyparview.keys import generate_keypair, write_keypair
+from ray_hyparview.config.keys import generate_keypair, write_keypair
+from ray_hyparview.config.strategy import Security, StrategyError
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.strategy import Security, StrategyError
 from ray_hyparview.transport import LinkFailure
 from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
 from tests.test_transport_zmq import collect, recv_n, until
@@ -259,7 +259,7 @@ async def test_a_dial_with_a_stale_key_makes_the_next_one_use_the_new_key(
 
 
 def test_insecure_is_refused_without_ray_address(capsys: pytest.CaptureFixture[str]) -> None:
-    from ray_hyparview.cli import main
+    from ray_hyparview.cli.main import main
 
     assert main(["run", "--insecure", "--id", "n1", "--bind", "tcp://127.0.0.1:0"]) == 1
     assert "--insecure needs --ray-address" in capsys.readouterr().err

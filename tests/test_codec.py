@@ -11,8 +11,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ray_hyparview import codec
-from ray_hyparview.codec import (
+from ray_hyparview.protocol.messages import (
+    Disconnect,
+    ForwardJoin,
+    Join,
+    KeepAlive,
+    Message,
+    Neighbor,
+    NeighborReply,
+    Priority,
+    Shuffle,
+    ShuffleReply,
+)
+from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.wire import codec, table
+from ray_hyparview.wire.codec import (
     DECODE_CAUSES,
     HEADER,
     INCARNATION,
@@ -28,21 +41,8 @@ from ray_hyparview.codec import (
     RegistryError,
     SeqField,
     StrField,
-    hyparview_registry,
 )
-from ray_hyparview.protocol.messages import (
-    Disconnect,
-    ForwardJoin,
-    Join,
-    KeepAlive,
-    Message,
-    Neighbor,
-    NeighborReply,
-    Priority,
-    Shuffle,
-    ShuffleReply,
-)
-from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.wire.table import hyparview_registry
 
 # -- strategies ---------------------------------------------------------------------------------
 
@@ -107,28 +107,28 @@ def assert_equal_messages(a: object, b: object) -> None:
 @given(messages)
 @settings(max_examples=400)
 def test_every_message_round_trips(message: Message) -> None:
-    data = codec.encode(message)
+    data = table.encode(message)
     assert data[:3] == HEADER
-    assert_equal_messages(codec.decode(data), message)
+    assert_equal_messages(table.decode(data), message)
 
 
 @given(messages)
 @settings(max_examples=100)
 def test_decode_accepts_bytearray_and_memoryview(message: Message) -> None:
-    data = codec.encode(message)
-    assert codec.decode(bytearray(data)) == message
-    assert codec.decode(memoryview(data)) == message
+    data = table.encode(message)
+    assert table.decode(bytearray(data)) == message
+    assert table.decode(memoryview(data)) == message
 
 
 def test_all_eight_hyparview_messages_are_registered() -> None:
-    registered = set(codec.REGISTRY.types.values())
+    registered = set(table.REGISTRY.types.values())
     expected = {Join, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle, ShuffleReply}
     assert expected | {KeepAlive} <= registered
-    assert [codec.REGISTRY.tag_of(t) for t in (Join, KeepAlive)] == [1, 8]
+    assert [table.REGISTRY.tag_of(t) for t in (Join, KeepAlive)] == [1, 8]
 
 
 def test_keepalive_frame_is_small() -> None:
-    data = codec.encode(KeepAlive(sender=ME, incarnation=1_700_000_000_000_000))
+    data = table.encode(KeepAlive(sender=ME, incarnation=1_700_000_000_000_000))
     assert len(data) < 48
 
 
@@ -137,7 +137,7 @@ def test_keepalive_frame_is_small() -> None:
 
 def test_encode_rejects_unregistered_type() -> None:
     with pytest.raises(EncodeError, match="unregistered"):
-        codec.encode(ME)
+        table.encode(ME)
 
 
 @pytest.mark.parametrize(
@@ -156,15 +156,15 @@ def test_encode_rejects_unregistered_type() -> None:
 )
 def test_encode_rejects_invalid_fields(message: object) -> None:
     with pytest.raises(EncodeError):
-        codec.encode(message)
+        table.encode(message)
 
 
 def test_encode_rejects_oversized_frame() -> None:
-    small = Codec(max_size=100)
+    small = Codec(table.REGISTRY, max_size=100)
     msg = ShuffleReply(sender=ME, incarnation=1, peers=(ME,) * 10)
     with pytest.raises(EncodeError, match="limit 100"):
         small.encode(msg)
-    assert isinstance(codec.encode(msg), bytes)
+    assert isinstance(table.encode(msg), bytes)
 
 
 # -- remote garbage returns DecodeError with a known cause -------------------------------------
@@ -176,7 +176,7 @@ def cause_of(result: object) -> str:
 
 
 def good() -> bytes:
-    return codec.encode(Neighbor(sender=ME, incarnation=7, priority=Priority.HIGH))
+    return table.encode(Neighbor(sender=ME, incarnation=7, priority=Priority.HIGH))
 
 
 BAD_FRAMES: list[tuple[bytes, str]] = [
@@ -235,22 +235,22 @@ def test_bad_frames_give_the_right_cause(data: bytes, cause: str) -> None:
 
 
 def test_too_large_is_checked_before_parsing() -> None:
-    small = Codec(max_size=64)
-    data = codec.encode(ShuffleReply(sender=ME, incarnation=1, peers=(ME,) * 5))
+    small = Codec(table.REGISTRY, max_size=64)
+    data = table.encode(ShuffleReply(sender=ME, incarnation=1, peers=(ME,) * 5))
     assert len(data) > 64
     assert small.decode(data) == DecodeError("too_large", f"{len(data)} bytes")
-    assert cause_of(codec.decode(b"\x00" * (codec.DEFAULT_MAX_SIZE + 1))) == "too_large"
+    assert cause_of(table.decode(b"\x00" * (codec.DEFAULT_MAX_SIZE + 1))) == "too_large"
 
 
 def test_non_buffer_input_is_an_error_value() -> None:
-    assert cause_of(codec.decode(None)) == "malformed"  # type: ignore[arg-type]
-    assert cause_of(codec.decode("text")) == "malformed"  # type: ignore[arg-type]
+    assert cause_of(table.decode(None)) == "malformed"  # type: ignore[arg-type]
+    assert cause_of(table.decode("text")) == "malformed"  # type: ignore[arg-type]
 
 
 def _mean_decode_seconds(data: bytes) -> float:
     start = time.perf_counter()
     for _ in range(50):
-        result = codec.decode(data)
+        result = table.decode(data)
     assert isinstance(result, DecodeError)
     return (time.perf_counter() - start) / 50
 
@@ -277,12 +277,12 @@ def test_array_bomb_is_bounded() -> None:
 
 
 def _check_never_raises(data: bytes) -> None:
-    result = codec.decode(data)
+    result = table.decode(data)
     if isinstance(result, DecodeError):
         assert result.cause in DECODE_CAUSES
     else:
         # Anything that decodes must re-encode to an equal message: the schema held.
-        assert codec.decode(codec.encode(result)) == result
+        assert table.decode(table.encode(result)) == result
 
 
 @given(st.binary(max_size=512))
@@ -300,9 +300,9 @@ def test_random_bytes_behind_a_valid_header_never_raise(data: bytes) -> None:
 @given(messages, st.data())
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 def test_truncations_and_bit_flips_never_raise(message: Message, data: st.DataObject) -> None:
-    encoded = codec.encode(message)
+    encoded = table.encode(message)
     cut = data.draw(st.integers(0, len(encoded) - 1))
-    truncated = codec.decode(encoded[:cut])
+    truncated = table.decode(encoded[:cut])
     assert isinstance(truncated, DecodeError)
     flipped = bytearray(encoded)
     for _ in range(data.draw(st.integers(1, 8))):
@@ -334,7 +334,7 @@ def test_wrong_shapes_under_real_tags_never_raise(tag: int, fields: list[Any]) -
 @given(messages, st.data())
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 def test_one_field_replaced_by_junk_never_raises(message: Message, data: st.DataObject) -> None:
-    raw = msgpack.unpackb(codec.encode(message)[3:])
+    raw = msgpack.unpackb(table.encode(message)[3:])
     i = data.draw(st.integers(1, len(raw) - 1))
     raw[i] = data.draw(msgpack_values)
     _check_never_raises(frame(raw))
@@ -425,5 +425,15 @@ def test_registry_refuses_bad_registrations() -> None:
         registry.register(19, int, {})
     with pytest.raises(RegistryError, match="tag must be"):
         registry.register(-1, Join, {"sender": PEER, "incarnation": INCARNATION})
-    with pytest.raises(RegistryError):
-        codec.register(1, Gossip, GOSSIP_FIELDS)  # the default registry's tag 1 is Join
+    with pytest.raises(RegistryError, match="frozen"):
+        table.REGISTRY.register(64, Gossip, GOSSIP_FIELDS)  # the package's table is built once
+
+
+def test_the_table_is_the_whole_wire_whatever_was_imported() -> None:
+    # Every class of the table is registered under its row's tag, tags are unique and in their
+    # ranges, and the codec the agent uses is the table's.
+    tags = [tag for tag, _, _ in table.TABLE]
+    assert len(tags) == len(set(tags))
+    assert table.REGISTRY.types == {tag: cls for tag, cls, _ in table.TABLE}
+    assert table.wire_codec().registry is table.REGISTRY
+    assert all(1 <= tag <= 63 for tag in tags)

@@ -73,13 +73,13 @@ def test_settings_the_wire_cannot_carry_are_refused(field: str, value: int) -> N
 
 
 def test_the_largest_walk_and_shuffle_the_config_accepts_encode() -> None:
-    from ray_hyparview.codec import default_codec
     from ray_hyparview.protocol.messages import ForwardJoin, Shuffle
+    from ray_hyparview.wire.table import wire_codec
 
     config = HyParViewConfig(
         arwl=255, shuffle_ttl=255, shuffle_active=30, shuffle_passive=33, passive_view_size=100
     )
-    codec = default_codec()
+    codec = wire_codec()
     peers = tuple(Peer(f"n{i}", f"tcp://127.0.0.1:{7000 + i}") for i in range(64))
     walk = ForwardJoin(sender=peers[1], incarnation=1, new_peer=peers[0], ttl=config.arwl)
     shuffle = Shuffle(

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ray_hyparview.codec import HEADER, DecodeError
 from ray_hyparview.protocol import delivery as dl
 from ray_hyparview.protocol.delivery import (
     Completed,
@@ -27,7 +26,8 @@ from ray_hyparview.protocol.delivery import (
     Missed,
     Route,
 )
-from ray_hyparview.wire import wire_codec
+from ray_hyparview.wire.codec import HEADER, DecodeError
+from ray_hyparview.wire.table import wire_codec
 
 CODEC = wire_codec()
 

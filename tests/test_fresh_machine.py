@@ -9,6 +9,7 @@ same mistake fail in the default suite on any machine, before it reaches a user.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.metadata
 import importlib.util
 import re
@@ -135,7 +136,7 @@ def test_package_reads_no_environment_variable_the_agent_loader_refuses() -> Non
     """The agent refuses every unknown ``RAY_HYPARVIEW_*`` variable (a typo must not pass
     silently). So no other part of the package may read a name in that namespace: exporting it
     would stop every agent started with environment overrides."""
-    from ray_hyparview.strategy import ENV_PREFIX, ENV_VARS, PROCESS_ENV_VARS, Strategy
+    from ray_hyparview.config.strategy import ENV_PREFIX, ENV_VARS, PROCESS_ENV_VARS, Strategy
 
     known = {ENV_PREFIX + suffix for suffix in (*ENV_VARS, *PROCESS_ENV_VARS)}
     pattern = re.compile(r"""["'](RAY_HYPARVIEW_[A-Z0-9_]+)["']""")
@@ -158,3 +159,14 @@ def test_simulator_writes_no_file_unless_asked(
     assert sim_main(["--nodes", "60", "--fail", "0.3", "--quiet"]) == 0
     assert "reliability" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_console_script_points_at_a_callable() -> None:
+    # A console script is resolved only when someone types its name after `pip install`; a
+    # module that moved leaves it pointing at nothing, and no import in the suite notices.
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts
+    for name, target in scripts.items():
+        module_name, _, attr = target.partition(":")
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, attr, None)), f"{name} = {target!r} names no callable"

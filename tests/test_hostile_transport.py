@@ -17,12 +17,12 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from ray_hyparview.keys import generate_keypair
+from ray_hyparview.config.keys import generate_keypair
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.ratelimit import LogRate, RateLimitFilter
+from ray_hyparview.testing.conditions import until, wait_sync
+from ray_hyparview.transport.ratelimit import LogRate, RateLimitFilter
 from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
 from tests import hostile
-from tests.conditions import until, wait_sync
 
 RSS_LIMIT_MIB = 200.0
 

@@ -26,7 +26,7 @@ from ray_hyparview.protocol.messages import (
     ShuffleReply,
 )
 from ray_hyparview.protocol.peer import Peer
-from tests.wiring import Wiring, peer
+from ray_hyparview.testing.wiring import Wiring, peer
 
 QUIET = HyParViewConfig(keepalive_interval=None, shuffle_interval=1000.0, min_active_size=1)
 A, B, C, D, E = (peer(n) for n in "abcde")

@@ -28,7 +28,7 @@ from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.sim import metrics
 from ray_hyparview.sim.engine import Simulation
 from ray_hyparview.sim.scenario import Experiment, live_adjacency, prepare
-from tests.wiring import peer
+from ray_hyparview.testing.wiring import peer
 
 X, A = peer("x"), peer("a")
 PASSIVE = [peer(f"p{i}") for i in range(7)]

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ray_hyparview.protocol.config import HyParViewConfig
-from tests.wiring import Wiring
+from ray_hyparview.testing.wiring import Wiring
 
 CONFIG = HyParViewConfig(
     active_view_size=3,

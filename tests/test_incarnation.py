@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ray_hyparview.agent import INCARNATION_FILE_ENV, Agent, next_incarnation
+from ray_hyparview.agent.node import INCARNATION_FILE_ENV, Agent, next_incarnation
+from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.strategy import Strategy
 
 
 def test_without_a_file_the_clock_decides() -> None:

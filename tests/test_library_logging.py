@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ray_hyparview.cluster import _actor_logging
-from ray_hyparview.ratelimit import RateLimitFilter
+from ray_hyparview.cluster.node_actor import _actor_logging
+from ray_hyparview.transport.ratelimit import RateLimitFilter
 
 
 @pytest.fixture

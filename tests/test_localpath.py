@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from ray_hyparview.agent import Agent
+from ray_hyparview.agent.meshnode import DeliveryError, MemoryDirectory, MeshNode
+from ray_hyparview.agent.node import Agent
+from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.localpath import LinkClosed, LocalLink, LocalServer
 from ray_hyparview.mesh import Mesh, _link_error
-from ray_hyparview.meshnode import DeliveryError, MemoryDirectory, MeshNode
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.strategy import Strategy
+from ray_hyparview.testing.conditions import until
 from ray_hyparview.transport.memory import MemoryNetwork
-from tests.conditions import until
 
 
 class Node:

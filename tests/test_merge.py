@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ray_hyparview.protocol.merge import ComponentMarker, Marker
-from tests.wiring import peer
+from ray_hyparview.testing.wiring import peer
 
 INTERVAL = 10.0
 

@@ -13,15 +13,15 @@ from typing import Any, TypeVar
 import pytest
 import pytest_asyncio
 
-from ray_hyparview.agent import Agent
-from ray_hyparview.meshnode import DeliveryError, DuplicateName, MemoryDirectory, MeshNode
+from ray_hyparview.agent.meshnode import DeliveryError, DuplicateName, MemoryDirectory, MeshNode
+from ray_hyparview.agent.node import Agent
+from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.protocol.routing import RoutingConfig
-from ray_hyparview.strategy import Strategy
+from ray_hyparview.testing.conditions import until
 from ray_hyparview.transport.memory import MemoryNetwork
-from ray_hyparview.wire import MeshAck, MeshReply, MeshSend, wire_codec
-from tests.conditions import until
+from ray_hyparview.wire.table import MeshAck, MeshReply, MeshSend, wire_codec
 
 T = TypeVar("T")
 

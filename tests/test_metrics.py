@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ray_hyparview.control import metrics_server, prometheus_text
-from ray_hyparview.metrics import MetricsUnavailable, RayMetricsExporter, families
+from ray_hyparview.agent.control import metrics_server, prometheus_text
+from ray_hyparview.agent.metrics import MetricsUnavailable, RayMetricsExporter, families
 
 STATS: dict[str, Any] = {
     "id": "n1",
@@ -203,7 +203,7 @@ def test_ray_mode_names_are_not_doubled_and_carry_labels() -> None:
 
 
 def test_the_metrics_address_is_a_setting_with_a_loopback_default() -> None:
-    from ray_hyparview.strategy import Strategy, StrategyError, apply_env
+    from ray_hyparview.config.strategy import Strategy, StrategyError, apply_env
 
     base = {"node": {"id": "n1", "endpoint": "tcp://127.0.0.1:7101"}}
     assert Strategy.from_mapping(base).metrics_host == "127.0.0.1"

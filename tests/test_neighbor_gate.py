@@ -19,8 +19,8 @@ from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
 from ray_hyparview.protocol.delivery_values import MeshPublish, MeshSend
 from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.testing.conditions import until
 from ray_hyparview.transport.memory import MemoryTransport
-from tests.conditions import until
 from tests.test_agent_containment import CODEC, Nodes, counter
 
 

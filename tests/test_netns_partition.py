@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from ray_hyparview.control import query_status
-from tests.conditions import wait_sync
+from ray_hyparview.agent.control import query_status
+from ray_hyparview.testing.conditions import wait_sync
 
 pytestmark = pytest.mark.slow
 

@@ -42,7 +42,7 @@ from ray_hyparview.protocol.plumtree import (
 from ray_hyparview.sim.engine import Simulation
 from ray_hyparview.sim.scenario import build_overlay
 from ray_hyparview.sim.stacked import broadcast, broadcast_node_factory
-from ray_hyparview.wire import wire_codec
+from ray_hyparview.wire.table import wire_codec
 
 QUICK = PlumtreeConfig(ihave_timeout=1.0, graft_timeout=0.5, lazy_flush_interval=0.0)
 

@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noq
 from ray_hyparview import cluster as plugin  # noqa: E402
 from ray_hyparview import mesh  # noqa: E402
 from ray_hyparview.protocol.config import HyParViewConfig  # noqa: E402
-from tests.conditions import wait_sync  # noqa: E402
+from ray_hyparview.testing.conditions import wait_sync  # noqa: E402
 
 RAY_WORKERS = 3
 """Worker nodes of the module's cluster (``ray_cluster`` in conftest.py), besides the head."""
@@ -207,7 +207,7 @@ def test_sidecar_finds_its_node_and_peers_through_the_gcs(ray_cluster: Cluster) 
     import subprocess
     import sys
 
-    from ray_hyparview.control import query_status
+    from ray_hyparview.agent.control import query_status
 
     command = [
         sys.executable, "-m", "ray_hyparview.agent", "run", "--json",

@@ -23,13 +23,14 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from ray_hyparview import cluster as plugin  # noqa: E402
-from ray_hyparview.agent import Agent  # noqa: E402
-from ray_hyparview.keys import generate_keypair, is_z85_key, write_keypair  # noqa: E402
+from ray_hyparview.agent.node import Agent  # noqa: E402
+from ray_hyparview.cluster import gcs  # noqa: E402
+from ray_hyparview.config.keys import generate_keypair, is_z85_key, write_keypair  # noqa: E402
+from ray_hyparview.config.strategy import Security, Strategy  # noqa: E402
 from ray_hyparview.protocol.config import HyParViewConfig  # noqa: E402
 from ray_hyparview.protocol.peer import Peer  # noqa: E402
-from ray_hyparview.strategy import Security, Strategy  # noqa: E402
+from ray_hyparview.testing.conditions import wait_sync  # noqa: E402
 from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport  # noqa: E402
-from tests.conditions import wait_sync  # noqa: E402
 
 CONFIG = HyParViewConfig(
     active_view_size=2,
@@ -171,7 +172,7 @@ async def knock(
 def publish(node_id: str, public_key: str) -> None:
     """Publish a key as an agent does (the endpoint is never dialled by the test)."""
     entry = {"endpoint": "tcp://127.0.0.1:9", "incarnation": 1, "public_key": public_key}
-    plugin._kv_put("agent/" + node_id, json.dumps(entry).encode())
+    gcs._kv_put("agent/" + node_id, json.dumps(entry).encode())
 
 
 def test_a_published_key_speaks_only_for_its_own_node_id_and_only_while_published(
@@ -221,7 +222,7 @@ def test_a_published_key_speaks_only_for_its_own_node_id_and_only_while_publishe
         heard = garbage()
         assert asyncio.run(knock(target, node_b, new, lambda: garbage() > heard))
     finally:
-        plugin._kv_del("agent/" + node_b)
+        gcs._kv_del("agent/" + node_b)
 
 
 def test_a_plain_text_client_is_refused(secure: plugin.HyParViewCluster) -> None:

@@ -20,8 +20,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noq
 
 from ray_hyparview import cluster as plugin  # noqa: E402
 from ray_hyparview import mesh  # noqa: E402
+from ray_hyparview.cluster.plugin import RECONCILER_NAME  # noqa: E402
 from ray_hyparview.protocol.config import HyParViewConfig  # noqa: E402
-from tests.conditions import wait_sync  # noqa: E402
+from ray_hyparview.testing.conditions import wait_sync  # noqa: E402
 
 REPLACED_WITHIN = 30.0
 """Deadline for a killed agent's replacement to serve (it takes a few seconds; the slack is
@@ -39,7 +40,7 @@ def hv(ray_cluster: Cluster) -> Iterator[plugin.HyParViewCluster]:
 
 
 def reconciler() -> Any:
-    return ray.get_actor(plugin.RECONCILER_NAME, namespace=plugin.NAMESPACE)
+    return ray.get_actor(RECONCILER_NAME, namespace=plugin.NAMESPACE)
 
 
 def alive() -> set[str]:

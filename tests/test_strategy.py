@@ -16,7 +16,7 @@ import zmq.auth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ray_hyparview.keys import (
+from ray_hyparview.config.keys import (
     KeyFileError,
     cmd_keygen,
     generate_keypair,
@@ -24,10 +24,7 @@ from ray_hyparview.keys import (
     load_keypair,
     write_keypair,
 )
-from ray_hyparview.protocol.config import HyParViewConfig
-from ray_hyparview.protocol.errors import ConfigError, HyParViewError
-from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.strategy import (
+from ray_hyparview.config.strategy import (
     ENV_VARS,
     NodeSpec,
     Security,
@@ -38,6 +35,9 @@ from ray_hyparview.strategy import (
     cmd_check,
     validate_endpoint,
 )
+from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.errors import ConfigError, HyParViewError
+from ray_hyparview.protocol.peer import Peer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -969,7 +969,7 @@ def test_written_keys_work_with_zap_and_curve(tmp_path: Path) -> None:
 def test_the_agent_builds_its_transport_with_the_strategy_limits() -> None:
     """The [transport] limits reach the sockets: a setting that loads but is not applied would
     leave the agent unbounded under attack."""
-    from ray_hyparview.agent import make_transport
+    from ray_hyparview.agent.node import make_transport
     from ray_hyparview.transport.zmq import ZmqTransport
 
     data = base()

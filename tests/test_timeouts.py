@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ray_hyparview import cluster
+from ray_hyparview.cluster import plugin as cluster
 
 
 @pytest.fixture

@@ -21,7 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ray_hyparview.codec import (
+from ray_hyparview.protocol import limits
+from ray_hyparview.protocol import messages as hv
+from ray_hyparview.protocol import plumtree as pt
+from ray_hyparview.protocol import routing as rt
+from ray_hyparview.protocol.hyparview import HyParView
+from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.wire.codec import (
     DECODE_CAUSES,
     HEADER,
     BoolField,
@@ -37,13 +43,7 @@ from ray_hyparview.codec import (
     SeqField,
     StrField,
 )
-from ray_hyparview.protocol import limits
-from ray_hyparview.protocol import messages as hv
-from ray_hyparview.protocol import plumtree as pt
-from ray_hyparview.protocol import routing as rt
-from ray_hyparview.protocol.hyparview import HyParView
-from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.wire import TupleField, wire_codec
+from ray_hyparview.wire.table import TupleField, wire_codec
 from tests.test_routing import FAST, Net, check_routes
 
 CODEC = wire_codec()

@@ -11,7 +11,7 @@ of the first two, since the last message of any exchange can always be lost (the
 problem); what this module does is make the first two true and give the caller a safe way to
 retry the third (an idempotency key). It sits on top of routing: it hands frames to route as
 :class:`Route` actions and takes what routing delivered (``Arrived``) through :meth:`receive`;
-it never looks at links. The asyncio shell (:mod:`ray_hyparview.meshnode`) and the simulator
+it never looks at links. The asyncio shell (:mod:`ray_hyparview.agent.meshnode`) and the simulator
 drive the same object.
 
 The rules this file keeps:
@@ -76,7 +76,7 @@ a receiver whose clock jumps forward by more than ``dedup_slack`` forgets ids ea
 drives this core with a monotonic clock); a sender flooding a node can fill its id memory, and
 then everyone's new messages to that node are refused ``busy`` until ids expire.
 
-Driving it (the agent's :class:`~ray_hyparview.meshnode.MeshNode` does exactly this; a
+Driving it (the agent's :class:`~ray_hyparview.agent.meshnode.MeshNode` does exactly this; a
 simulator does the same without asyncio):
 
 * ``ref, actions = send(src, dst, node, payload, now=, timeout=, kind=, key=)`` after resolving

@@ -3,7 +3,7 @@ bounds, inbox items, and the actions the core (:mod:`ray_hyparview.protocol.deli
 re-exports all of them) asks of its driver.
 
 Envelope fields are str / int / bytes, so any msgpack codec can carry them;
-:mod:`ray_hyparview.wire` registers them (tags 43-46) with exactly the bounds below, so that
+:mod:`ray_hyparview.wire.table` registers them (tags 43-46) with exactly the bounds below, so that
 whatever its decoder accepts the core handles and the encoder encodes again.
 """
 

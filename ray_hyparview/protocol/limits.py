@@ -3,7 +3,7 @@
 A decoder that accepts a value the encoder refuses, or a core that derives from a received value
 one the encoder refuses (a seqno + 1 past the u64 field, a round + 1 past the byte), turns one
 remote frame into an ``EncodeError`` inside the agent. So every width is named here once: the
-codec (:mod:`ray_hyparview.codec`, :mod:`ray_hyparview.wire`) builds its fields from these
+codec (:mod:`ray_hyparview.wire`) builds its fields from these
 constants, and the cores check received values and bound derived ones against the same names.
 Change a width here and both sides move together.
 

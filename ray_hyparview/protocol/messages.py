@@ -4,7 +4,7 @@ Every message names its sender and the sender's *incarnation*: a number that a n
 picks anew each time it starts (the agent uses its start time in microseconds), so that
 a message from an earlier life of a node is told apart from one from the current life.
 
-Messages are plain frozen values; :mod:`ray_hyparview.codec` turns them into bytes.
+Messages are plain frozen values; :mod:`ray_hyparview.wire.codec` turns them into bytes.
 """
 
 from __future__ import annotations

@@ -34,8 +34,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import ray_hyparview
-
 __all__ = [
     "COMPILED_MODULES",
     "CompileError",
@@ -76,7 +74,7 @@ def cache_root() -> Path:
 
 
 def _package_dir() -> Path:
-    return Path(ray_hyparview.__file__).resolve().parent
+    return Path(__file__).resolve().parents[1]
 
 
 def _mypy_version() -> str:

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 :class:`DeliveryService` drives one :class:`~ray_hyparview.protocol.delivery.Delivery` per node
-life exactly as :class:`~ray_hyparview.meshnode.MeshNode` does over routing, and tells the
+life exactly as :class:`~ray_hyparview.agent.meshnode.MeshNode` does over routing, and tells the
 history what happened in the note kinds :func:`ray_hyparview.sim.history.check_delivery` reads:
 
 * one actor (:data:`ACTOR`) is registered on every node; ``send(destination, payload)`` sends
@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import random
 
-from ray_hyparview.codec import DecodeError, EncodeError
 from ray_hyparview.protocol import delivery as dl
 from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.sim.nodestack import FrameEncodeError, Note, RouteTo, ServiceAction
-from ray_hyparview.wire import wire_codec
+from ray_hyparview.wire.codec import DecodeError, EncodeError
+from ray_hyparview.wire.table import wire_codec
 
 __all__ = ["ACTOR", "POLL_DELAY", "TIMEOUT", "DeliveryService", "delivery_service"]
 

@@ -74,7 +74,7 @@ from ray_hyparview.sim.faults import (
     is_known,
 )
 from ray_hyparview.sim.nodestack import FrameEncodeError, NodeStack
-from ray_hyparview.wire import wire_codec
+from ray_hyparview.wire.table import wire_codec
 
 __all__ = [
     "DEFAULT_KNOWN",

@@ -4,10 +4,10 @@ Theory of operation
 -------------------
 :class:`NodeStack` holds the same three core objects an agent with a mesh holds (HyParView,
 :class:`~ray_hyparview.protocol.routing.Router`, :class:`~ray_hyparview.protocol.plumtree.Plumtree`)
-and wires them exactly as ``agent.py`` and ``meshnode.py`` do; it decides nothing itself:
+and wires them exactly as ``agent/node.py`` and ``agent/meshnode.py`` do; it decides nothing itself:
 
 * every frame in and out goes through the real codec (``wire_codec``), so a value a core derives
-  that the wire cannot carry raises :class:`~ray_hyparview.codec.EncodeError` here, where the
+  that the wire cannot carry raises :class:`~ray_hyparview.wire.codec.EncodeError` here, where the
   agent's task would die of it; a frame that does not decode is counted and dropped;
 * HyParView's ``PeerUp`` / ``PeerDown`` become ``router.link_up`` / ``link_down`` and
   ``tree.neighbor_up`` / ``neighbor_down``, in that order (``MeshNode._on_membership``);
@@ -29,14 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ray_hyparview.codec import DecodeError, EncodeError
 from ray_hyparview.protocol import messages as hv
 from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.wire import wire_codec
+from ray_hyparview.wire.codec import DecodeError, EncodeError
+from ray_hyparview.wire.table import wire_codec
 
 __all__ = [
     "FrameEncodeError",

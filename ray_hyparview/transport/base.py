@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A transport moves opaque frames (already encoded by :mod:`ray_hyparview.codec`) between node
+A transport moves opaque frames (already encoded by :mod:`ray_hyparview.wire.codec`) between node
 ids and reports links that fail. It makes no protocol decisions: it never retries a message,
 never reorders, never decodes. The agent owns the protocol core and decides everything.
 

@@ -88,9 +88,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from ray_hyparview.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.ratelimit import DEFAULT_LOG_INTERVAL, DEFAULT_LOG_LINES, LogRate
 from ray_hyparview.transport.base import (
     LinkEventBox,
     LinkFailed,
@@ -98,6 +96,8 @@ from ray_hyparview.transport.base import (
     Quarantine,
     TransportClosed,
 )
+from ray_hyparview.transport.ratelimit import DEFAULT_LOG_INTERVAL, DEFAULT_LOG_LINES, LogRate
+from ray_hyparview.wire.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 
 __all__ = ["CurveConfig", "ZmqOptions", "ZmqTransport"]
 

@@ -176,7 +176,7 @@ def registry(stats: Callable[[], Mapping[str, Any]]) -> Any:
 
 
 class RayMetricsExporter:
-    """An agent's metric families (:func:`ray_hyparview.metrics.families`) pushed through
+    """An agent's metric families (:func:`ray_hyparview.agent.metrics.families`) pushed through
     ``ray.util.metrics``, with the same names and labels as the standalone ``/metrics`` page.
 
     Ray prefixes every application metric with ``ray_``, so the names given to Ray start at

@@ -6,11 +6,11 @@ Multi-process tests and benchmarks need agents that live in *other* processes, s
 SIGSTOP and SIGCONT hit real sockets, libzmq I/O threads and event loops, as on a cluster. This
 module is both halves of that arrangement:
 
-* ``python -m tests.agent_host --count K --prefix p0 [--contact ID=ENDPOINT ...]`` starts K
-  agents on 127.0.0.1 (ephemeral ports) in one asyncio loop. Agent 0 joins the given contacts;
-  agents 1..K-1 join agent 0 and the given contacts, so one process is enough to start an
-  overlay and later processes join it through any listed agent. When every agent is bound it
-  prints one JSON line per agent (``id``, ``endpoint``, ``pid``), then answers line commands
+* ``python -m ray_hyparview.testing.agent_host --count K --prefix p0 [--contact ID=ENDPOINT
+  ...]`` starts K agents on 127.0.0.1 (ephemeral ports) in one asyncio loop. Agent 0 joins the
+  given contacts; agents 1..K-1 join agent 0 and the given contacts, so one process is enough to
+  start an overlay and later processes join it through any listed agent. When every agent is bound
+  it prints one JSON line per agent (``id``, ``endpoint``, ``pid``), then answers line commands
   on stdin, one JSON line per command:
 
   ``views``    ``{id: {"active": [...], "passive": [...]}}``
@@ -60,11 +60,11 @@ from typing import IO, Any
 import zmq.asyncio
 
 from ray_hyparview import agent as agent_module
-from ray_hyparview.agent import Agent
+from ray_hyparview.agent.node import Agent
+from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import PeerDown, PeerUp
 from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.base import LinkFailed, Transport
 
 __all__ = [
@@ -272,7 +272,9 @@ _failures: list[str] = []
 
 def _failed(node_id: NodeId, what: str, exc: BaseException | None = None) -> None:
     _failures.append(f"{node_id}: {what}")
-    logging.getLogger("tests.agent_host").error("agent %s: %s", node_id, what, exc_info=exc)
+    logging.getLogger("ray_hyparview.testing.agent_host").error(
+        "agent %s: %s", node_id, what, exc_info=exc
+    )
 
 
 async def _command_loop(
@@ -394,7 +396,7 @@ class Host:
         cmd = [
             sys.executable,
             "-m",
-            "tests.agent_host",
+            "ray_hyparview.testing.agent_host",
             "--count",
             str(count),
             "--prefix",

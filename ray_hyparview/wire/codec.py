@@ -25,11 +25,13 @@ The rules this module keeps:
   ``bool`` is not an ``int``), integer ranges (TTLs in 0..255), bounded sequences, enum values,
   peer ids that are non-empty printable strings of at most 240 UTF-8 bytes (they become ZeroMQ
   routing ids, which libzmq limits to 255 bytes and whose leading zero byte is reserved).
-* **Extensible registry.** Other layers (Plumtree, the routed mesh) add their own message
-  dataclasses with :func:`register` (or :meth:`Registry.register`); the registry checks that the
-  field spec covers the dataclass's fields exactly. Tag ranges by convention:
-  1-15 HyParView, 16-31 Plumtree, 32-63 routing and mesh, 64-127 applications. Tags 0..127
-  encode as a single msgpack byte.
+* **One table, built once.** Every message of the package, with its tag and field kinds, is a
+  row of :data:`ray_hyparview.wire.table.TABLE`; :meth:`Registry.from_table` builds a frozen
+  registry from it and checks that each field spec covers its dataclass's fields exactly.
+  Nothing registers at import time, so what a codec decodes never depends on which modules
+  happen to be imported. Tag ranges: 1-15 HyParView, 16-31 Plumtree, 32-63 routing and mesh,
+  64-127 applications (a test may build its own :class:`Registry`). Tags 0..127 encode as a
+  single msgpack byte.
 * **Versioned from the first frame.** A frame with another version byte is rejected as
   ``bad_version`` rather than misparsed; a future version can be accepted side by side.
 """
@@ -39,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
@@ -47,19 +49,6 @@ import msgpack
 
 from ray_hyparview.protocol import limits
 from ray_hyparview.protocol.errors import HyParViewError
-from ray_hyparview.protocol.messages import (
-    ComponentMark,
-    Disconnect,
-    ForwardJoin,
-    Join,
-    KeepAlive,
-    MergeProbe,
-    Neighbor,
-    NeighborReply,
-    Priority,
-    Shuffle,
-    ShuffleReply,
-)
 from ray_hyparview.protocol.peer import Peer
 
 __all__ = [
@@ -88,18 +77,12 @@ __all__ = [
     "OptionalField",
     "PEER",
     "PeerField",
-    "REGISTRY",
     "Registry",
     "RegistryError",
     "SeqField",
     "StrField",
     "TTL",
     "VERSION",
-    "decode",
-    "default_codec",
-    "encode",
-    "hyparview_registry",
-    "register",
 ]
 
 MAGIC: Final = b"\xc1\x68"
@@ -460,23 +443,32 @@ class _Entry:
 class Registry:
     """Message types known to a codec, by tag and by class.
 
-    A registry only grows; a tag or class is registered once. Layers above the core register
-    their own messages at import time, e.g.::
-
-        register(16, Gossip, {"sender": PEER, "incarnation": INCARNATION,
-                              "msg_id": BytesField(32), "round": TTL,
-                              "payload": BytesField(60_000)})
+    A tag or class is registered once. The package's messages come from one table
+    (:data:`ray_hyparview.wire.table.TABLE`) through :meth:`from_table`, which freezes the
+    result; an empty ``Registry()`` is open for a test's own messages.
     """
 
     def __init__(self) -> None:
         self._by_tag: dict[int, _Entry] = {}
         self._by_cls: dict[type[Any], _Entry] = {}
         self._max_array_len = 1
+        self._frozen = False
+
+    @classmethod
+    def from_table(cls, table: Iterable[tuple[int, type[Any], Mapping[str, Field]]]) -> Registry:
+        """A frozen registry holding every row ``(tag, class, fields)`` of ``table``."""
+        registry = cls()
+        for tag, message_cls, fields in table:
+            registry.register(tag, message_cls, fields)
+        registry._frozen = True
+        return registry
 
     def register(self, tag: int, cls: type[Any], fields: Mapping[str, Field]) -> None:
         """Add ``cls`` under ``tag``; ``fields`` maps every dataclass field to its kind, in wire
         order. Raises :class:`RegistryError` if the tag or class is taken or the field names do
         not match the dataclass's init fields exactly."""
+        if self._frozen:
+            raise RegistryError("this registry was built from a table and is frozen")
         if type(tag) is not int or not 0 <= tag <= 0xFFFF:
             raise RegistryError(f"tag must be an int in 0..65535, got {tag!r}")
         if tag in self._by_tag:
@@ -531,10 +523,10 @@ class Codec:
 
     __slots__ = ("_max_size", "_registry")
 
-    def __init__(self, registry: Registry | None = None, *, max_size: int = DEFAULT_MAX_SIZE):
+    def __init__(self, registry: Registry, *, max_size: int = DEFAULT_MAX_SIZE):
         if type(max_size) is not int or max_size < len(HEADER) + 1:
             raise ValueError(f"max_size must be an int > {len(HEADER)}, got {max_size!r}")
-        self._registry = REGISTRY if registry is None else registry
+        self._registry = registry
         self._max_size = max_size
 
     @property
@@ -615,84 +607,3 @@ class Codec:
         except Exception as exc:  # a dataclass's own __post_init__ check
             return DecodeError("bad_schema", f"{entry.cls.__name__}: {type(exc).__name__}")
         return message
-
-
-# --------------------------------------------------------------------------------------------
-# The default registry with the ten HyParView messages
-# --------------------------------------------------------------------------------------------
-
-_SHUFFLE_PEERS = SeqField(PEER, MAX_SHUFFLE_PEERS)
-_NONCE = IntField(0, limits.U64_MAX)
-_AGE = FloatField(0.0, 1e9)
-"""A component marker's age in seconds: a marker older than a few ``merge_interval`` is
-dropped, so anything near the bound is garbage."""
-
-
-def hyparview_registry() -> Registry:
-    """A fresh registry holding just the ten HyParView messages (tags 1-10): for codecs that
-    must not see what other modules added to :data:`REGISTRY`, e.g. to pin limits in tests."""
-    registry = Registry()
-    hv = registry.register
-    hv(1, Join, {"sender": PEER, "incarnation": INCARNATION})
-    hv(2, ForwardJoin, {"sender": PEER, "incarnation": INCARNATION, "new_peer": PEER, "ttl": TTL})
-    hv(3, Neighbor, {"sender": PEER, "incarnation": INCARNATION, "priority": EnumField(Priority)})
-    hv(4, NeighborReply, {"sender": PEER, "incarnation": INCARNATION, "accepted": BOOL})
-    hv(5, Disconnect, {"sender": PEER, "incarnation": INCARNATION, "leaving": BOOL})
-    hv(
-        6,
-        Shuffle,
-        {
-            "sender": PEER,
-            "incarnation": INCARNATION,
-            "origin": PEER,
-            "peers": _SHUFFLE_PEERS,
-            "ttl": TTL,
-            "nonce": _NONCE,
-        },
-    )
-    hv(
-        7,
-        ShuffleReply,
-        {"sender": PEER, "incarnation": INCARNATION, "peers": _SHUFFLE_PEERS, "nonce": _NONCE},
-    )
-    hv(8, KeepAlive, {"sender": PEER, "incarnation": INCARNATION})
-    mark: dict[str, Field] = {
-        "sender": PEER,
-        "incarnation": INCARNATION,
-        "root": PEER,
-        "root_incarnation": INCARNATION,
-        "seq": INCARNATION,
-        "age": _AGE,
-        "settled": BOOL,
-    }
-    hv(9, ComponentMark, mark)
-    hv(10, MergeProbe, {**mark, "reply": BOOL})
-    return registry
-
-
-REGISTRY: Final = hyparview_registry()
-"""The process-wide registry that :func:`encode`, :func:`decode` and new codecs use; other
-layers register their messages here at import time (see ``ray_hyparview.wire``)."""
-
-
-def register(tag: int, cls: type[Any], fields: Mapping[str, Field]) -> None:
-    """Register a message type in the default :data:`REGISTRY`."""
-    REGISTRY.register(tag, cls, fields)
-
-
-_DEFAULT_CODEC: Final = Codec(REGISTRY)
-
-
-def default_codec() -> Codec:
-    """The codec over :data:`REGISTRY` with the default 64 KiB limit."""
-    return _DEFAULT_CODEC
-
-
-def encode(message: object) -> bytes:
-    """Encode with the default codec; see :meth:`Codec.encode`."""
-    return _DEFAULT_CODEC.encode(message)
-
-
-def decode(data: bytes | bytearray | memoryview) -> object | DecodeError:
-    """Decode with the default codec; see :meth:`Codec.decode`."""
-    return _DEFAULT_CODEC.decode(data)

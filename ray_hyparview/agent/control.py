@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
-from ray_hyparview.metrics import registry
+from ray_hyparview.agent.metrics import registry
 
 __all__ = [
     "DEFAULT_METRICS_HOST",
@@ -150,7 +150,7 @@ async def query_status(endpoint: str, *, deadline: float = 3.0) -> dict[str, Any
 
 def prometheus_text(stats: Mapping[str, Any]) -> str:
     """Render an agent's ``stats()`` in the Prometheus text exposition format, as the
-    ``/metrics`` page does (see :mod:`ray_hyparview.metrics` for the names and labels)."""
+    ``/metrics`` page does (see :mod:`ray_hyparview.agent.metrics` for the names and labels)."""
     from prometheus_client import generate_latest
 
     return generate_latest(registry(lambda: stats)).decode()
@@ -164,7 +164,7 @@ async def metrics_server(
     one collector over ``stats()``; yields the bound port (None when off).
 
     ``host`` defaults to loopback; ``0.0.0.0`` (or a pod's address) lets a Prometheus on
-    another host scrape it. Raises :class:`~ray_hyparview.metrics.MetricsUnavailable` before
+    another host scrape it. Raises :class:`~ray_hyparview.agent.metrics.MetricsUnavailable` before
     binding anything when ``prometheus_client`` is not installed. The page is served from the
     agent's own event loop (no thread reads the agent's state), and only ``GET /metrics`` with
     a short request is answered."""

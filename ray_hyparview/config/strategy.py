@@ -50,8 +50,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO
 
-from ray_hyparview.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
-from ray_hyparview.keys import (
+from ray_hyparview.config.keys import (
     KeyFileError,
     is_z85_key,
     load_keypair,
@@ -61,6 +60,7 @@ from ray_hyparview.keys import (
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import ConfigError
 from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.wire.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 
 __all__ = [
     "ENV_PREFIX",
@@ -1444,7 +1444,7 @@ _EnvParser = Callable[[str, str], Any]
 PROCESS_ENV_VARS: Final = frozenset({"INCARNATION_FILE"})
 """``RAY_HYPARVIEW_<NAME>`` suffixes that the agent process reads itself, outside the strategy
 (``INCARNATION_FILE``: where the agent keeps its last incarnation, see
-:func:`ray_hyparview.agent.next_incarnation`). The loader lets them pass."""
+:func:`ray_hyparview.agent.node.next_incarnation`). The loader lets them pass."""
 
 ENV_VARS: Final[Mapping[str, tuple[str, _EnvParser]]] = types.MappingProxyType(
     {

@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ray_hyparview.keys import KeyFileError, generate_keypair, is_z85_key, load_keypair
+from ray_hyparview.config.keys import KeyFileError, generate_keypair, is_z85_key, load_keypair
+from ray_hyparview.config.strategy import Security, StrategyError, _parse_security, apply_env
 from ray_hyparview.protocol.peer import NodeId
-from ray_hyparview.strategy import Security, StrategyError, _parse_security, apply_env
 from ray_hyparview.transport.zmq import ZmqTransport
 
 __all__ = [

@@ -18,7 +18,7 @@ import logging
 import ray
 from ray.cluster_utils import Cluster
 
-from ray_hyparview.cluster import HyParViewCluster
+from ray_hyparview.cluster.plugin import HyParViewCluster
 from ray_hyparview.protocol.config import HyParViewConfig
 
 __all__ = ["connect", "demo_config", "embedded_cluster", "stop"]

@@ -47,7 +47,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from typing import Any, Protocol
 
-from ray_hyparview.codec import Codec, DecodeError, EncodeError, default_codec
+from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol import limits
 from ray_hyparview.protocol.errors import HyParViewError, StateError
 from ray_hyparview.protocol.hyparview import HyParView
@@ -60,9 +60,10 @@ from ray_hyparview.protocol.messages import (
     Send,
 )
 from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.ratelimit import LogRate
-from ray_hyparview.strategy import Strategy
 from ray_hyparview.transport.base import LinkFailed, Transport, TransportClosed
+from ray_hyparview.transport.ratelimit import LogRate
+from ray_hyparview.wire.codec import Codec, DecodeError, EncodeError
+from ray_hyparview.wire.table import wire_codec
 
 __all__ = [
     "Agent",
@@ -70,7 +71,6 @@ __all__ = [
     "Event",
     "EventsOverflow",
     "Gate",
-    "main",
     "make_transport",
     "next_incarnation",
 ]
@@ -234,7 +234,7 @@ class Agent:
                 incarnation_file = os.environ.get(INCARNATION_FILE_ENV) or None
             incarnation = next_incarnation(time.time_ns() // 1000, incarnation_file)
         self._incarnation = incarnation
-        self._codec = codec if codec is not None else default_codec()
+        self._codec = codec if codec is not None else wire_codec()
         self._core: HyParView | None = None
         self._handlers: dict[type, Handler] = {}
         self._subscribers: list[_Subscriber] = []
@@ -782,14 +782,3 @@ def make_transport(strategy: Strategy, *, context: Any = None) -> Transport:
     return ZmqTransport(
         strategy.local_peer.id, strategy.bind, options=options, curve=curve, context=context
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ray_hyparview.agent``: see ``--help``."""
-    from ray_hyparview.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

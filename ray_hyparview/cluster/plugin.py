@@ -35,7 +35,7 @@ and stays empty, it looks in the GCS again (``_rediscover``).
 
 By default each agent also makes its own CURVE key pair, publishes the public key in the same
 entry (``public_key``) and admits only keys published there, each for its own node id: the GCS
-is the trust root (:mod:`ray_hyparview.cluster_keys`). ``insecure=True`` runs in plain text.
+is the trust root (:mod:`ray_hyparview.cluster.keys`). ``insecure=True`` runs in plain text.
 
 The same agent runs as a sidecar next to ``ray start`` with ``python -m ray_hyparview.agent run
 --ray-address auto`` (see :func:`run_sidecar`): it connects as a driver only to learn its node
@@ -43,49 +43,52 @@ id and its peers, then runs exactly as above, in its own process.
 
 In Ray mode the agent's counters and gauges are also exported with ``ray.util.metrics``, so
 they reach Ray's own Prometheus endpoint, under the names and labels of the standalone
-``/metrics`` page (:class:`~ray_hyparview.metrics.RayMetricsExporter`).
+``/metrics`` page (:class:`~ray_hyparview.agent.metrics.RayMetricsExporter`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import random
-import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from tenacity import retry, stop_after_delay, wait_exponential_jitter
 
-from ray_hyparview.agent import Agent
-from ray_hyparview.cluster_keys import (
-    KEY_SOURCE,
-    GcsKeyring,
-    KeyPolicy,
-    NodeKeys,
-    key_policy,
-    node_security,
-    read_published,
-    sidecar_policy,
+from ray_hyparview.cluster.gcs import (
+    _INCARNATION_PREFIX,
+    _KV_PREFIX,
+    NAMESPACE,
+    GcsDirectory,
+    _alive_nodes,
+    _kv_del,
+    agent_actor_name,
+    published_agents,
 )
-from ray_hyparview.localpath import LocalServer, socket_dir
-from ray_hyparview.meshnode import MeshNode
-from ray_hyparview.protocol import limits
+from ray_hyparview.cluster.keys import (
+    KeyPolicy,
+    key_policy,
+)
+from ray_hyparview.cluster.node_actor import NodeAgent
+from ray_hyparview.config.strategy import Security
 from ray_hyparview.protocol.config import HyParViewConfig
-from ray_hyparview.protocol.errors import ConfigError
-from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.protocol.routing import RoutingConfig
-from ray_hyparview.ratelimit import RateLimitFilter
-from ray_hyparview.strategy import Security, Strategy
+from ray_hyparview.protocol.peer import NodeId
+
+log = logging.getLogger("ray_hyparview.cluster")
+
+RECONCILER_NAME = "hyparview-reconciler"
+
+# An agent that does not answer a ping within this many seconds, this many rounds in a row, is
+# taken for hung: killed and replaced. A dead one is replaced at the first failed ping.
+_PING_TIMEOUT = 5.0
+_PING_MISSES = 3
+
 
 __all__ = [
     "NAMESPACE",
@@ -93,401 +96,9 @@ __all__ = [
     "NodeAgent",
     "agent_actor_name",
     "get_agent",
-    "run_sidecar",
+    "views_summary",
     "start",
 ]
-
-log = logging.getLogger("ray_hyparview.cluster")
-
-NAMESPACE = "ray_hyparview"
-"""Ray namespace of the plugin's named actors and of its GCS key-value entries."""
-
-RECONCILER_NAME = "hyparview-reconciler"
-_KV_PREFIX = "agent/"
-_INCARNATION_PREFIX = "incarnation/"
-_CONTACTS = 3
-_METRICS_INTERVAL = 5.0
-# An agent that does not answer a ping within this many seconds, this many rounds in a row, is
-# taken for hung: killed and replaced. A dead one is replaced at the first failed ping.
-_PING_TIMEOUT = 5.0
-_PING_MISSES = 3
-
-
-def agent_actor_name(node_id: NodeId) -> str:
-    """The name of the agent actor of Ray node ``node_id``."""
-    return f"hyparview-agent-{node_id}"
-
-
-@retry(
-    stop=stop_after_delay(10.0),
-    wait=wait_exponential_jitter(initial=0.1, max=1.0),
-    reraise=True,
-)
-def _kv_put(key: str, value: bytes) -> None:
-    """Publish in the GCS, retrying for a while: a GCS that is restarting or briefly
-    overloaded must not leave an agent unpublished (and so never a contact)."""
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_put(key.encode(), value, overwrite=True, namespace=NAMESPACE)
-
-
-def _kv_exists(key: str) -> bool:
-    """Whether ``key`` is published: one GCS round trip, not a listing of every agent."""
-    from ray.experimental import internal_kv
-
-    return bool(internal_kv._internal_kv_exists(key.encode(), namespace=NAMESPACE))
-
-
-def _kv_del(key: str) -> None:
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_del(key.encode(), namespace=NAMESPACE)
-
-
-def next_incarnation(node_id: NodeId, *, clock: Callable[[], int] = time.time_ns) -> int:
-    """The incarnation of a new agent on ``node_id``: microseconds since the epoch, but always
-    above the last one this node published, so that it grows across restarts even when the
-    clock stepped back. Read-then-write is enough: the named agent actor keeps one agent per
-    node at a time."""
-    from ray.experimental import internal_kv
-
-    key = _INCARNATION_PREFIX + node_id
-    raw: bytes | None = internal_kv._internal_kv_get(key.encode(), namespace=NAMESPACE)
-    last = 0
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
-        last = int(raw.decode()) if raw else 0
-    incarnation = limits.next_incarnation(clock() // 1000, last)
-    _kv_put(key, str(incarnation).encode())
-    return incarnation
-
-
-def published_agents() -> dict[NodeId, dict[str, Any]]:
-    """Every agent published in the GCS: node id -> ``{endpoint, incarnation}``."""
-    from ray.experimental import internal_kv
-
-    found: dict[NodeId, dict[str, Any]] = {}
-    for key in internal_kv._internal_kv_list(_KV_PREFIX.encode(), namespace=NAMESPACE):
-        raw: bytes | None = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
-        if not raw:
-            continue  # deleted between the listing and the read
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            found[key.decode()[len(_KV_PREFIX) :]] = json.loads(raw)
-    return found
-
-
-def _read_agents() -> dict[NodeId, dict[str, Any]]:
-    """``published_agents()`` in two GCS round trips, for the keyring's refreshes."""
-    return read_published(NAMESPACE, _KV_PREFIX, published_agents)
-
-
-def _node_ip() -> str:
-    ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-    return ip
-
-
-def _alive_nodes() -> dict[NodeId, str]:
-    """Alive Ray nodes: node id -> node address."""
-    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
-
-
-class GcsDirectory:
-    """Mesh names in the GCS key-value store: ``name/<name>`` -> node id. ``claim`` is atomic:
-    the GCS refuses to overwrite a key that exists."""
-
-    def claim(self, name: str, node_id: NodeId) -> bool:
-        from ray.experimental import internal_kv
-
-        key = f"name/{name}".encode()
-        existed = internal_kv._internal_kv_put(
-            key, node_id.encode(), overwrite=False, namespace=NAMESPACE
-        )
-        if not existed:
-            return True
-        owner: bytes | None = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
-        return owner is not None and owner.decode() == node_id
-
-    def lookup(self, name: str) -> NodeId | None:
-        from ray.experimental import internal_kv
-
-        owner: bytes | None = internal_kv._internal_kv_get(
-            f"name/{name}".encode(), namespace=NAMESPACE
-        )
-        return owner.decode() if owner else None
-
-    def release(self, name: str, node_id: NodeId) -> None:
-        if self.lookup(name) == node_id:
-            _kv_del(f"name/{name}")
-
-    @staticmethod
-    def forget_node(node_id: NodeId) -> int:
-        """Drop every name of a dead node; returns how many."""
-        from ray.experimental import internal_kv
-
-        dropped = 0
-        for key in internal_kv._internal_kv_list(b"name/", namespace=NAMESPACE):
-            if internal_kv._internal_kv_get(key, namespace=NAMESPACE) == node_id.encode():
-                internal_kv._internal_kv_del(key, namespace=NAMESPACE)
-                dropped += 1
-        return dropped
-
-
-class _Service:
-    """One node's agent plus its discovery and metrics, shared by the actor and the sidecar."""
-
-    def __init__(
-        self,
-        node_id: NodeId,
-        host: str,
-        config: HyParViewConfig,
-        security: KeyPolicy,
-        *,
-        export_metrics: bool,
-    ) -> None:
-        self.node_id = node_id
-        own = node_security(security) if isinstance(security, NodeKeys) else security
-        strategy = Strategy(
-            local_peer=Peer(node_id, f"tcp://{host}:0"),
-            hyparview_config=config,
-            security=own,
-        )
-        self.agent = Agent(strategy, incarnation=next_incarnation(node_id))
-        self.keyring: GcsKeyring | None = None
-        if own is not None and own.key_source == KEY_SOURCE:
-            self.keyring = GcsKeyring(node_id, own, _read_agents, self.agent.counters)
-        self._export_metrics = export_metrics
-        self.mesh: MeshNode | None = None
-        self.local: LocalServer | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
-        self.failed = False
-        """One of the agent's tasks ended with an error: the agent no longer does all it
-        should, and the reconciler replaces it."""
-        self._rng = random.Random()
-
-    async def start(self) -> str:
-        agent = self.agent
-        await agent.start()
-        me = agent.myself
-        # An earlier life of this node that did not stop cleanly (its entry is still
-        # published: it was killed, and this agent replaces it) may still be routed through by
-        # neighbours that have not noticed: hold routes down until its announcements expired
-        # (routing.py, rule 6). A clean stop deletes the entry, so a fresh start does not hold.
-        replacing = _kv_exists(_KV_PREFIX + self.node_id)
-        entry: dict[str, Any] = {"endpoint": me.endpoint, "incarnation": agent.incarnation}
-        if self.keyring is not None:
-            # Admit only published keys, and publish ours beside the endpoint.
-            self.keyring.attach(agent.transport)
-            self._tasks.append(asyncio.create_task(self.keyring.run(), name="hyparview-keys"))
-            entry["public_key"] = self.keyring.public_key
-        _kv_put(_KV_PREFIX + self.node_id, json.dumps(entry).encode())
-        holddown = RoutingConfig(start_holddown=None) if replacing else None
-        self.mesh = MeshNode(agent, GcsDirectory(), routing=holddown)
-        local = LocalServer(self.mesh, directory=socket_dir())
-        await local.start()
-        self.local = local
-        self._watch_tasks()
-        self._discover()
-        self._tasks.append(asyncio.create_task(self._rediscover(), name="hyparview-discovery"))
-        if self._export_metrics:
-            self._tasks.append(asyncio.create_task(self._export(), name="hyparview-metrics"))
-        return me.endpoint
-
-    def _watch_tasks(self) -> None:
-        """Mark the agent failed when one of its tasks ends with an error.
-
-        The agent's TaskGroup was entered by the call that started it, long finished in an
-        actor; so a failing task does not end the group (asyncio only reports it to the loop's
-        exception handler) and the agent goes on with one loop missing. The loop belongs to
-        this agent's process alone: watch that handler for the agent's tasks (named
-        ``hyparview-*`` and ``mesh-*``)."""
-        loop = asyncio.get_running_loop()
-        previous = loop.get_exception_handler()
-
-        def on_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-            task = context.get("task") or context.get("future")
-            name = task.get_name() if isinstance(task, asyncio.Task) else ""
-            if (
-                context.get("exception") is not None
-                and name.startswith(("hyparview-", "mesh-"))
-                and not self._stopping
-            ):
-                self.failed = True
-                log.error("%s: task %s failed; the agent must be replaced", self.node_id, name)
-            if previous is not None:
-                previous(loop, context)
-            else:
-                loop.default_exception_handler(context)
-
-        loop.set_exception_handler(on_error)
-
-    @property
-    def serving(self) -> bool:
-        agent = self.agent
-        return agent.started and not agent.closed and not self.failed and not agent.lost_services
-
-    def _discover(self) -> None:
-        published = published_agents()
-        if self.keyring is not None:
-            self.keyring.update(published)
-            keyed = self.keyring.keys  # a peer without a published key cannot be dialled
-            published = {n: i for n, i in published.items() if n in keyed}
-        others = [
-            Peer(node_id, info["endpoint"])
-            for node_id, info in sorted(published.items())
-            if node_id != self.node_id and isinstance(info.get("endpoint"), str)
-        ]
-        if not others:
-            return
-        self.agent.add_passive(others)
-        picks = self._rng.sample(others, min(_CONTACTS, len(others)))
-        self.agent.join_contacts(picks)
-
-    async def _rediscover(self) -> None:
-        # A node that lost every link and every passive peer knows nobody alive: the GCS does.
-        while True:
-            await asyncio.sleep(2.0)
-            if not self.agent.active_view:
-                self._discover()
-
-    async def _export(self) -> None:
-        from ray_hyparview.metrics import RayMetricsExporter
-
-        exporter = RayMetricsExporter()
-        while True:
-            exporter.export(self.agent.stats())
-            self.agent.counters["metrics.exported"] += 1
-            await asyncio.sleep(_METRICS_INTERVAL)
-
-    def views(self) -> dict[str, Any]:
-        agent = self.agent
-        if not agent.started:
-            return {"endpoint": "", "active": [], "passive": []}
-        return {
-            "endpoint": agent.myself.endpoint,
-            "active": [p.id for p in agent.active_view],
-            "passive": [p.id for p in agent.passive_view],
-        }
-
-    async def stop(self) -> None:
-        self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        if self.local is not None:
-            await self.local.aclose()
-        if self.mesh is not None:
-            await self.mesh.aclose()
-        with contextlib.suppress(Exception):
-            _kv_del(_KV_PREFIX + self.node_id)
-        await self.agent.aclose()
-
-
-class _NodeAgent:
-    """The detached actor that hosts one node's agent (and, later, its mesh service)."""
-
-    def __init__(
-        self,
-        node_id: NodeId,
-        config: dict[str, Any],
-        security: KeyPolicy,
-        bind_host: str | None,
-        log_level: str = "WARNING",
-    ) -> None:
-        # Membership changes are logged at INFO: one line each, which Ray forwards to every
-        # driver. WARNING by default keeps drivers readable; start(log_level="INFO") shows them.
-        _actor_logging(log_level)
-        host = bind_host or _node_ip()
-        self._service = _Service(
-            node_id, host, HyParViewConfig(**config), security, export_metrics=True
-        )
-        self._starting: asyncio.Future[str] | None = None
-
-    async def start(self) -> str:
-        """Start the agent; idempotent, and a call during a start waits for that start (a
-        restarted reconciler may ask while its predecessor's call is still running)."""
-        if self._starting is None:
-            self._starting = asyncio.ensure_future(self._service.start())
-        return await asyncio.shield(self._starting)
-
-    async def views(self) -> dict[str, Any]:
-        return self._service.views()
-
-    async def ping(self) -> int:
-        """The reconciler's health check: this agent's incarnation while it serves, else 0."""
-        service = self._service
-        return service.agent.incarnation if service.serving else 0
-
-    async def stats(self) -> dict[str, Any]:
-        return self._service.agent.stats()
-
-    async def wait_for_active(self, n: int, timeout: float) -> int:
-        await self._service.agent.wait_for_active(n, timeout=timeout)
-        return len(self._service.agent.active_view)
-
-    async def stop(self) -> None:
-        await self._service.stop()
-
-    # The mesh API, called by actors on this node through ray_hyparview.mesh.
-
-    def _mesh(self) -> MeshNode:
-        mesh = self._service.mesh
-        if mesh is None:
-            raise RuntimeError("the agent on this node is not started")
-        return mesh
-
-    async def mesh_register(self, name: str) -> list[NodeId]:
-        self._mesh().register(name)
-        return await self.mesh_view()
-
-    async def mesh_join_local(self, name: str) -> dict[str, Any]:
-        """Register ``name`` and open the direct local path for it: the active view, the
-        agent's local endpoint and the member's token (see :mod:`ray_hyparview.localpath`)."""
-        mesh = self._mesh()
-        local = self._service.local
-        mesh.register(name)
-        token = local.admit(name) if local is not None else b""
-        endpoint = local.endpoint if local is not None else ""
-        return {"view": await self.mesh_view(), "endpoint": endpoint, "token": token}
-
-    async def mesh_unregister(self, name: str, ack: int | None = None) -> list[Any]:
-        if self._service.local is not None:
-            self._service.local.forget(name)
-        return self._mesh().unregister(name, ack=ack)
-
-    async def mesh_view(self) -> list[NodeId]:
-        return [p.id for p in self._service.agent.active_view]
-
-    async def mesh_send(
-        self, src: str, dst: str, payload: bytes, timeout: float, key: str = ""
-    ) -> str:
-        return await self._mesh().send(src, dst, payload, timeout=timeout, key=key)
-
-    async def mesh_request(self, src: str, dst: str, payload: bytes, timeout: float) -> bytes:
-        return await self._mesh().request(src, dst, payload, timeout=timeout)
-
-    async def mesh_reply(self, request: tuple[NodeId, int, int], payload: bytes) -> None:
-        await self._mesh().reply(tuple(request), payload)  # type: ignore[arg-type]
-
-    async def mesh_poll(self, name: str, wait: float, ack: int | None = None) -> list[Any]:
-        return await self._mesh().poll(name, wait=wait, ack=ack)
-
-    async def mesh_subscribe(self, name: str, topic: str) -> None:
-        self._mesh().subscribe(name, topic)
-
-    async def mesh_unsubscribe(self, name: str, topic: str) -> None:
-        self._mesh().unsubscribe(name, topic)
-
-    async def mesh_publish(self, name: str, topic: str, payload: bytes) -> None:
-        self._mesh().publish(name, topic, payload)
-
-    async def mesh_stats(self) -> dict[str, Any]:
-        stats = self._mesh().stats()
-        if self._service.local is not None:
-            stats["local"] = self._service.local.stats()
-        return stats
 
 
 class _Reconciler:
@@ -676,7 +287,6 @@ def _resume() -> None:
 
 
 # The actor classes; typed as Any because ray.remote's wrapper types are not generic.
-NodeAgent: Any = ray.remote(num_cpus=0, max_restarts=0)(_NodeAgent)
 # The reconciler is restarted by Ray whenever it dies (it rebuilds its state from the GCS); a
 # ray.kill() with the default no_restart=True still stops it for good, as stop() means to.
 Reconciler: Any = ray.remote(num_cpus=0, max_restarts=-1)(_Reconciler)
@@ -798,7 +408,7 @@ class HyParViewCluster:
 
     def draw(self, path: str) -> str:
         """Write a PNG of the overlay: nodes on a circle, active links, dead nodes marked."""
-        from ray_hyparview.drawing import draw_overlay
+        from ray_hyparview.cluster.drawing import draw_overlay
 
         views = self.views()
         dead = set(self._call("dead"))
@@ -896,7 +506,7 @@ def start(
 
     Links are CURVE-authenticated by default: each agent makes its own key pair (or loads
     ``key_file`` on its node), publishes the public key in the GCS and admits only published
-    keys (see :mod:`ray_hyparview.cluster_keys`). ``security`` instead uses the keys given, as
+    keys (see :mod:`ray_hyparview.cluster.keys`). ``security`` instead uses the keys given, as
     they are; ``insecure=True`` runs in plain text, with a warning.
     """
     timeout = _timeout(timeout, limit, 60.0, "ray_hyparview.cluster.start")
@@ -910,74 +520,6 @@ def start(
     if wait:
         handle.wait_converged(timeout=timeout)
     return handle
-
-
-def _actor_logging(level: str) -> None:
-    """Logging for an agent inside a Ray actor: the package's own logger only (the root logger
-    belongs to Ray and to the user's code), one stderr handler that Ray forwards to the
-    drivers, with warnings rate-limited so that a flood of bad frames cannot flood the logs."""
-    logger = logging.getLogger("ray_hyparview")
-    logger.setLevel(getattr(logging, level.upper(), logging.WARNING))
-    if not any(getattr(h, "_ray_hyparview", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler.addFilter(RateLimitFilter())
-        handler._ray_hyparview = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
-def run_sidecar(address: str, args: argparse.Namespace) -> int:
-    """``python -m ray_hyparview.agent run --ray-address ADDR``: the agent as a process next to
-    ``ray start``, finding its node id and peers through the GCS."""
-    logging.basicConfig(level=getattr(logging, (args.log_level or "INFO").upper(), logging.INFO))
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RateLimitFilter())
-    try:
-        security = sidecar_policy(args.config, insecure=getattr(args, "insecure", False))
-    except ConfigError as exc:
-        print(f"run: invalid strategy: {exc}", file=sys.stderr)
-        return 1
-    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
-    try:
-        node_id = ray.get_runtime_context().get_node_id()
-        host = args.bind.removeprefix("tcp://").rsplit(":", 1)[0] if args.bind else None
-        service = _Service(
-            node_id,
-            host or _node_ip(),
-            HyParViewConfig(),
-            security,
-            export_metrics=False,
-        )
-        return asyncio.run(_run_service(service, args))
-    finally:
-        ray.shutdown()
-
-
-async def _run_service(service: _Service, args: argparse.Namespace) -> int:
-    import signal
-
-    from ray_hyparview.control import control_server
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    endpoint = await service.start()
-    try:
-        async with control_server(args.control, service.agent.stats) as control:
-            if getattr(args, "json", True):
-                print(
-                    json.dumps({"id": service.node_id, "endpoint": endpoint, "control": control}),
-                    flush=True,
-                )
-            else:
-                print(f"{service.node_id}: running at {endpoint} (control {control or 'off'})")
-            await stop.wait()
-    finally:
-        await service.stop()
-    return 0
 
 
 def views_summary(views: Mapping[NodeId, Any], names: Sequence[NodeId] | None = None) -> str:

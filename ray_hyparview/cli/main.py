@@ -34,12 +34,12 @@ from typing import Any
 import zmq
 
 from ray_hyparview import __version__
-from ray_hyparview.control import control_server, metrics_server, query_status
-from ray_hyparview.metrics import MetricsUnavailable
+from ray_hyparview.agent.control import control_server, metrics_server, query_status
+from ray_hyparview.agent.metrics import MetricsUnavailable
+from ray_hyparview.config.strategy import Strategy, StrategyError, apply_env
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import Peer
-from ray_hyparview.ratelimit import LogRate, RateLimitFilter
-from ray_hyparview.strategy import Strategy, StrategyError, apply_env
+from ray_hyparview.transport.ratelimit import LogRate, RateLimitFilter
 
 __all__ = ["main"]
 
@@ -207,7 +207,7 @@ def _strategy_from_args(args: argparse.Namespace) -> Strategy:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.ray_address:
-        from ray_hyparview.cluster import run_sidecar
+        from ray_hyparview.cluster.sidecar import run_sidecar
 
         return run_sidecar(args.ray_address, args)
     if args.insecure:
@@ -261,7 +261,7 @@ async def run_agent(
     Once all are up it prints one line to stdout: JSON (id, endpoint, control, metrics_port,
     pid) with ``json_line``, else a sentence. Raises :class:`CannotStart` when one of them
     cannot bind."""
-    from ray_hyparview.agent import Agent
+    from ray_hyparview.agent.node import Agent
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -360,7 +360,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from ray_hyparview.strategy import cmd_check, describe
+    from ray_hyparview.config.strategy import cmd_check, describe
 
     if not args.json:
         return cmd_check(args.config, environ=os.environ)
@@ -381,7 +381,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from ray_hyparview.keys import KeyFileError, cmd_keygen, write_keypair
+    from ray_hyparview.config.keys import KeyFileError, cmd_keygen, write_keypair
 
     if not args.json:
         return cmd_keygen(args.out, args.name, overwrite=args.force)
@@ -468,7 +468,7 @@ async def _demo(
 ) -> int:
     """The demo; progress goes to ``say``, the figures into ``report`` (``demo --json``)."""
     report = {} if report is None else report
-    from ray_hyparview.agent import Agent
+    from ray_hyparview.agent.node import Agent
 
     rng = random.Random(seed)
     size = max(2, min(5, round(math.log10(n)) + 2))

@@ -44,8 +44,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from ray_hyparview.agent import Agent, Event
-from ray_hyparview.codec import DecodeError
+from ray_hyparview.agent.node import Agent, Event
 from ray_hyparview.protocol import delivery as dl
 from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
@@ -53,7 +52,8 @@ from ray_hyparview.protocol.delivery import DeliveryConfig, DeliveryUsageError, 
 from ray_hyparview.protocol.errors import HyParViewError
 from ray_hyparview.protocol.messages import PeerDown, PeerUp
 from ray_hyparview.protocol.peer import NodeId
-from ray_hyparview.wire import MeshAck, MeshPublish, MeshReply, MeshSend, wire_codec
+from ray_hyparview.wire.codec import DecodeError
+from ray_hyparview.wire.table import MeshAck, MeshPublish, MeshReply, MeshSend, wire_codec
 
 __all__ = [
     "DeliveryConfig",
