@@ -23,6 +23,7 @@ frames on a node-local socket, deliveries pushed to the receiving actor.
     python benchmarks/ray_latency.py               # 6 nodes, 1000 samples per method
     python benchmarks/ray_latency.py --quick       # 4 nodes, 100 samples: a smoke run
     python benchmarks/ray_latency.py --json out.json
+    python benchmarks/ray_latency.py --plot benchmarks/ray_latency.png
 """
 
 from __future__ import annotations
@@ -192,6 +193,39 @@ def summarise(samples: Mapping[str, list[float]]) -> dict[str, dict[str, float]]
     return out
 
 
+def plot(raw: Mapping[str, Mapping[str, list[float]]], hops: Mapping[str, int], path: str) -> None:
+    """The distribution (share of calls at or under each latency) of every method, one panel
+    per target, mesh against the plain Ray call."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {
+        "send": ("m.send (local path)", "tab:blue", "-"),
+        "request": ("m.request (local path)", "tab:green", "-"),
+        "ray": ("plain Ray actor call", "black", "-"),
+        "send_polled": ("m.send (Ray-call path)", "tab:blue", ":"),
+        "request_polled": ("m.request (Ray-call path)", "tab:green", ":"),
+    }
+    figure, axes = plt.subplots(1, len(raw), figsize=(6 * len(raw), 4), squeeze=False)
+    for ax, (target, samples) in zip(axes[0], raw.items(), strict=True):
+        for method, values in samples.items():
+            label, colour, line = styles[method]
+            ordered = sorted(v * 1e3 for v in values)
+            shares = [(i + 1) / len(ordered) for i in range(len(ordered))]
+            ax.step(ordered, shares, where="post", label=label, color=colour, linestyle=line)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency from inside the sending actor, ms (log)")
+        ax.set_ylabel("share of calls")
+        ax.set_title(f"{target}: {_hops(hops[target])} away")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=6)
@@ -200,6 +234,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="4 nodes, 100 samples")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the latency distributions")
     args = parser.parse_args()
     if args.quick:
         args.nodes, args.samples, args.warmup = 4, 100, 10
@@ -303,6 +338,9 @@ def main() -> int:
                     indent=2,
                 )
             say(f"wrote {args.json}")
+        if args.plot:
+            plot(raw, hops, args.plot)
+            say(f"wrote {args.plot}")
         return 0
     finally:
         for actor in actors:

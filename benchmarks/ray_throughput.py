@@ -6,7 +6,10 @@ the mesh. Two patterns, each timed for the mesh and for plain Ray in the same ru
 
 * **one-to-one**: actor 0 sends ``--messages`` messages to actor 1 (on another node);
 * **all-to-all**: every actor sends ``--messages / actors`` messages, round-robin over every
-  other actor, all at once.
+  other actor, all at once;
+* **publish fan-out**: actor 0 publishes on a topic every actor subscribed to, against one
+  plain call to each actor gathered; the time from the start until the last actor has it
+  (wall clock of one machine), median and p99 over the rounds.
 
 A mesh sender keeps up to ``--batch`` sends in flight (``asyncio.gather`` over a batch of
 ``m.send``: each returns when the target node has the message in the receiver's inbox); a Ray
@@ -49,6 +52,7 @@ class _Peer:
         self.m: Any = None
         self.mesh_received = 0
         self.ray_received = 0
+        self.arrivals: dict[str, dict[int, float]] = {"mesh": {}, "ray": {}}
         self._server: asyncio.Task[None] | None = None
 
     async def join(self, name: str) -> str:
@@ -57,11 +61,36 @@ class _Peer:
         return str(self.m.node_id)
 
     async def _serve(self) -> None:
-        async for _ in self.m.inbox():
-            self.mesh_received += 1
+        async for message in self.m.inbox():
+            if message.kind == "publish":
+                self.arrivals["mesh"][message.payload] = time.time()
+            else:
+                self.mesh_received += 1
 
     async def deliver(self, item: Any) -> None:
         self.ray_received += 1
+
+    async def deliver_at(self, item: int) -> None:
+        self.arrivals["ray"][item] = time.time()
+
+    async def subscribe(self, topic: str) -> None:
+        self.m.subscribe(topic)
+
+    async def arrived(self) -> dict[str, dict[int, float]]:
+        return self.arrivals
+
+    async def fan_out(self, way: str, handles: list[Any], rounds: int, gap: float) -> list[float]:
+        """Publish ``rounds`` items (or call every handle for each), ``gap`` seconds apart;
+        returns when each started (wall clock: the receivers note theirs on the same one)."""
+        began: list[float] = []
+        for i in range(rounds):
+            began.append(time.time())
+            if way == "mesh":
+                await self.m.publish("fan-out", i)
+            else:
+                await asyncio.gather(*(h.deliver_at.remote(i) for h in handles))
+            await asyncio.sleep(gap)
+        return began
 
     async def counts(self) -> tuple[int, int]:
         return self.mesh_received, self.ray_received
@@ -206,6 +235,33 @@ def main() -> int:
                         f"{row['cpu_per_10k']:6.2f} CPU s per 10k"
                     )
 
+        # Publish fan-out: one publication to every actor (all subscribed), against one plain
+        # call to each; the time until the last one received it.
+        ray.get([p.subscribe.remote("fan-out") for p in peers])
+        time.sleep(1.0)  # subscriptions are applied before the next frame; the tree settles
+        fan_rounds = max(20, args.rounds * 50)
+        fan: dict[str, dict[str, float]] = {}
+        for way in ("mesh", "ray"):
+            began = ray.get(peers[0].fan_out.remote(way, peers, fan_rounds, 0.02), timeout=300)
+            time.sleep(0.5)
+            arrived = [a[way] for a in ray.get([p.arrived.remote() for p in peers])]
+            spans = [
+                max(a.get(i, float("inf")) for a in arrived) - t0 for i, t0 in enumerate(began)
+            ]
+            complete = sorted(x for x in spans if x != float("inf"))
+            fan[way] = {
+                "median_ms": complete[len(complete) // 2] * 1e3 if complete else float("nan"),
+                "p99_ms": complete[min(len(complete) - 1, int(len(complete) * 0.99))] * 1e3
+                if complete
+                else float("nan"),
+                "complete_rounds": len(complete),
+                "rounds": len(spans),
+            }
+            say(
+                f"fan-out to {len(peers)} {way:4}: median {fan[way]['median_ms']:.2f} ms, "
+                f"p99 {fan[way]['p99_ms']:.2f} ms ({len(complete)}/{len(spans)} reached all)"
+            )
+
         print()
         print(
             f"throughput, {args.nodes} nodes, {len(peers)} actors, batches of {args.batch}, "
@@ -247,6 +303,7 @@ def main() -> int:
                         "cpus": os.cpu_count(),
                         "results": results,
                         "summary": summary,
+                        "fan_out": fan,
                     },
                     handle,
                     indent=2,
