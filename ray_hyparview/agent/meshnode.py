@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import sys
 from collections import Counter
@@ -175,6 +176,7 @@ class MeshNode:
         self._frames: dict[int, tuple[int, int]] = {}  # router frame id -> (ref, attempt)
         self._ready: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
+        self._armed = -math.inf  # the deadline the timer loop sleeps until (-inf: awake)
         self._closed = False
         self.on_inbox: Callable[[str], None] | None = None
         """Called with an actor's name when an item arrives in its inbox (the local path
@@ -354,7 +356,17 @@ class MeshNode:
                         topic,
                         origin,
                     )
-        self._wake.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the timer loop only if a core's next deadline moved before the one it sleeps
+        until: waking it for every message cost more than the message itself."""
+        if self._armed == -math.inf:
+            return  # awake: it reads the deadlines before it sleeps again
+        cores = (self.router.next_deadline(), self.tree.next_deadline(), self.core.next_deadline())
+        due = min((d for d in cores if d is not None), default=math.inf)
+        if due < self._armed:
+            self._wake.set()
 
     # ------------------------------------------------------------------ receiving
 
@@ -480,7 +492,7 @@ class MeshNode:
                         # The core keeps retrying until the deadline: routes may come back.
                         ref, attempt = copy
                         self._apply(self.core.route_failed(ref, attempt, reason, now=self._now()))
-        self._wake.set()
+        self._poke()
 
     def _apply_plumtree(self, actions: list[pt.Action]) -> None:
         for action in actions:
@@ -491,7 +503,7 @@ class MeshNode:
                         self.agent.send_raw(peer, message)
                 case pt.Deliver(topic=topic, payload=payload, origin=origin):
                     self._deliver_topic(origin, topic, payload)
-        self._wake.set()
+        self._poke()
 
     async def _timer_loop(self) -> None:
         while not self._closed:
@@ -508,9 +520,13 @@ class MeshNode:
         deadlines = [d for d in cores if d is not None]
         self._wake.clear()
         timeout = max(0.0, min(deadlines) - self._now()) if deadlines else None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
+        self._armed = min(deadlines) if deadlines else math.inf
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+        finally:
+            self._armed = -math.inf
         now = self._now()
         due = self.router.next_deadline()
         if due is not None and due <= now:
