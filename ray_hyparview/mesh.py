@@ -250,6 +250,7 @@ class Mesh:
         self._life = 0  # the agent life those seqs count in (they restart with the agent)
         self._link = link  # the direct local path; None: Ray calls and polls
         self._acked = 0  # the last seq acknowledged over the link
+        self._probed = -_VIEW_REFRESH  # when _probe last asked the agent (monotonic)
 
     # --------------------------------------------------------------- the gate
 
@@ -369,6 +370,8 @@ class Mesh:
                     if link is not None:
                         self._ack_link()
                         items = await link.take(_POLL_WAIT)
+                        if not items:
+                            await self._probe()
                     else:
                         items = await self._call("mesh_poll", self.name, _POLL_WAIT, self._consumed)
                     if items and items[0].life != self._life:  # a restarted agent's inbox
@@ -457,6 +460,7 @@ class Mesh:
         """One operation over the local link: the agent's answer, or the DeliveryError (or
         ValueError) it gave; a link closed under it (the agent was replaced) makes the outcome
         unknown."""
+        await self._probe()
         link = self._link
         assert link is not None
         try:
@@ -467,6 +471,20 @@ class Mesh:
             raise _agent_restarted(target, f"the local link closed holding it ({exc})") from None
         except TimeoutError:
             raise DeliveryError("timeout", target, "no outcome from the agent", "unknown") from None
+
+    async def _probe(self) -> None:
+        """Refresh the view (and re-attach if the agent died) at most every half second, for
+        a handle whose refresher is gone: a sync actor's, whose every call runs on a loop of
+        its own (``asyncio.run``). Over the local path nothing else would tell it that its
+        agent was replaced: the socket stays quiet."""
+        if self._refresher is not None and not self._refresher.done():
+            return
+        now = time.monotonic()
+        if now - self._probed < _VIEW_REFRESH or self._left:
+            return
+        self._probed = now
+        with contextlib.suppress(Exception):
+            self._view = frozenset(await self._call("mesh_view"))
 
     async def _reply(self, request: tuple[NodeId, int, int], data: bytes) -> None:
         if self._link is not None:

@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noq
 from ray_hyparview import cluster as plugin  # noqa: E402
 from ray_hyparview import mesh  # noqa: E402
 from ray_hyparview.protocol.config import HyParViewConfig  # noqa: E402
+from ray_hyparview.testing.conditions import wait_sync  # noqa: E402
 
 RAY_WORKERS = 1
 """Worker nodes besides the head: two nodes, so a message crosses one link between agents."""
@@ -70,8 +71,15 @@ class _Sync:
         return str(self.m.node_id), self.m._link is not None
 
     def send(self, to: str, payload: Any) -> str:
-        asyncio.run(self.m.send(to, payload, timeout=8.0))
+        try:
+            asyncio.run(self.m.send(to, payload, timeout=8.0))
+        except mesh.DeliveryError as exc:
+            return exc.reason
         return "ok"
+
+    def reattached(self) -> int:
+        count: int = self.m.reattached
+        return count
 
     def request(self, to: str, payload: Any) -> Any:
         return asyncio.run(self.m.request(to, payload, timeout=8.0))
@@ -189,3 +197,33 @@ def test_a_payload_over_the_mesh_limit_goes_through_the_object_store(
     echoed = ray.get(actors["sync-a"].request.remote("async-b", payload), timeout=60)
     assert _digest(echoed) == expected
     assert ray.get(waiting, timeout=60) == [expected]
+
+
+def _incarnation(node_id: str) -> int:
+    try:
+        found: int = ray.get(plugin.get_agent(node_id).stats.remote(), timeout=5)["incarnation"]
+    except Exception:
+        return 0
+    return found
+
+
+@pytest.mark.slow
+def test_a_sync_actor_follows_its_agents_replacement(
+    hv: plugin.HyParViewCluster, actors: dict[str, Any]
+) -> None:
+    """A sync actor has no refresher between its calls, and its local socket says nothing
+    when the agent dies: its next calls must still find the replacement (and re-attach)."""
+    _, b = sorted(hv.views())
+    old = _incarnation(b)
+    assert old > 0
+    ray.kill(plugin.get_agent(b))
+    wait_sync(lambda: _incarnation(b) > old, limit=60, poll=0.2)
+
+    def sends() -> bool:
+        return bool(ray.get(actors["sync-b"].send.remote("async-a", "after"), timeout=30) == "ok")
+
+    wait_sync(sends, limit=60, poll=0.5)
+    assert ray.get(actors["sync-b"].reattached.remote()) == 1
+    assert ray.get(actors["async-a"].receive.remote(1), timeout=30) == ["after"]
+    assert ray.get(actors["async-a"].send.remote("sync-b", "back"), timeout=30) == "ok"
+    assert ray.get(actors["sync-b"].receive.remote(1), timeout=30) == ["back"]
