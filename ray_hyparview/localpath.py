@@ -186,11 +186,10 @@ class LocalServer:
         name = f"hv-{self.mesh.node_id[:12]}-{os.getpid()}-{secrets.token_hex(3)}.sock"
         path = os.path.join(self._directory, name) if self._directory else ""
         if path and len(path) <= _IPC_MAX and zmq.has("ipc"):
-            old = os.umask(0o177)  # the socket file: owner only
-            try:
-                sock.bind(f"ipc://{path}")
-            finally:
-                os.umask(old)
+            sock.bind(f"ipc://{path}")
+            # Owner only. Not by umask: that is the whole process's, and Ray's threads create
+            # files too. The token guards the moment in between.
+            os.chmod(path, 0o600)
             self._ipc_path = path
             self.endpoint = f"ipc://{path}"
         else:
