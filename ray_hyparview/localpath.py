@@ -4,10 +4,11 @@ Theory of operation
 ===================
 
 Without it every mesh message crosses two same-node Ray actor calls: the sending actor's call
-into its agent actor, and the receiving actor's long poll. A Ray actor call costs a few hundred
-microseconds of scheduling and serialisation each way; a ZeroMQ frame over a Unix socket costs
-tens. So the agent (:class:`LocalServer`, in the node actor) binds one ROUTER socket on the node
-and each joined actor (:class:`LocalLink`) keeps one DEALER connected to it:
+into its agent actor, and the receiving actor's long poll. On the loaded 2-core machine of
+the benchmarks a plain Ray actor call takes 1.5-3 ms, a ZeroMQ round trip between two Ray
+actors 0.3 ms (0.1 ms between plain processes). So the agent (:class:`LocalServer`, in the
+node actor) binds one ROUTER socket on the node and each joined actor (:class:`LocalLink`)
+keeps one DEALER connected to it:
 
 * the endpoint is ``ipc://`` in the Ray session's ``sockets`` directory (mode 0600), or
   ``tcp://127.0.0.1`` where a Unix socket path would be too long;
