@@ -37,7 +37,6 @@ peer it must dial; the wildcard hosts ``*``, ``0.0.0.0`` and ``[::]`` only for `
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import logging
 import math
 import os
@@ -48,7 +47,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Final, Literal, TextIO
+from typing import Any, Final, TextIO
 
 from ray_hyparview.config.keys import (
     KeyFileError,
@@ -60,6 +59,17 @@ from ray_hyparview.config.keys import (
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import ConfigError
 from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.transport.endpoints import (
+    WILDCARD_HOSTS,
+    EndpointError,
+    EndpointUse,
+    check_endpoint,
+    format_host,
+    is_host,
+    is_loopback_host,
+    split_host_port,
+    tcp_host,
+)
 from ray_hyparview.wire.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 
 __all__ = [
@@ -100,10 +110,6 @@ _HYPARVIEW_FLOORS: Final = (
     "probe_interval_min",
     "probe_interval_max",
 )
-_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
-_LOOPBACK_NAMES = frozenset({"localhost"})
-_WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::"})
 
 
 class _Missing:
@@ -187,124 +193,15 @@ def _rebuild_error(
 # Endpoints
 
 
-EndpointUse = Literal["dial", "advertise", "bind", "control"]
-
-
 def validate_endpoint(
     endpoint: object, key: str, use: EndpointUse, *, transport: str = "zmq"
 ) -> str:
-    """Check an endpoint for one use and return it, or raise :class:`StrategyError`.
-
-    ``dial``: a peer's endpoint (port 1-65535, no wildcard host). ``advertise``: this node's
-    own endpoint (port 0 allowed, meaning the agent advertises the port it gets). ``bind``:
-    wildcard hosts allowed. ``control``: ``ipc://``, ``inproc://`` or TCP on loopback only,
-    since the control socket answers anyone who can reach it. With ``transport="memory"`` the
-    node endpoints are the in-process switchboard's ``mem://name`` instead.
-    """
-    if transport == "memory" and use != "control":
-        if isinstance(endpoint, str) and endpoint.startswith("mem://") and len(endpoint) > 6:
-            return endpoint
-        raise StrategyError(key, endpoint, "an in-memory endpoint mem://name")
-    expected = {
-        "dial": "an endpoint tcp://host:port (port 1-65535), ipc://path or inproc://name",
-        "advertise": "an endpoint tcp://host:port (port 0-65535, not a wildcard host), "
-        "ipc://path or inproc://name",
-        "bind": "an endpoint tcp://host:port (port 0-65535, host may be * or 0.0.0.0), "
-        "ipc://path or inproc://name",
-        "control": "a local endpoint: ipc://path, inproc://name or tcp://127.0.0.1:port",
-    }[use]
-    if not isinstance(endpoint, str):
-        raise StrategyError(key, endpoint, expected)
-    scheme, sep, rest = endpoint.partition("://")
-    if not sep or not rest:
-        raise StrategyError(key, endpoint, expected)
-    match scheme:
-        case "ipc":
-            if "\0" in rest or len(rest.encode()) > _IPC_PATH_MAX:
-                raise StrategyError(
-                    key, endpoint, expected, hint=f"ipc paths are limited to {_IPC_PATH_MAX} bytes"
-                )
-            return endpoint
-        case "inproc":
-            return endpoint
-        case "tcp":
-            pass
-        case "mem":
-            raise StrategyError(
-                key, endpoint, expected, hint="mem:// needs transport.kind = 'memory'"
-            )
-        case _:
-            raise StrategyError(key, endpoint, expected, hint=f"unknown scheme {scheme!r}")
-    host, port_text = _split_host_port(rest)
-    if host is None or not port_text.isdigit() or not port_text.isascii():
-        raise StrategyError(key, endpoint, expected)
-    port = int(port_text)
-    # Port 0 (any free port) makes sense wherever we listen: the bind, the control endpoint
-    # (the agent prints where it listens), and an advertised endpoint filled in after binding.
-    lowest = 1 if use == "dial" else 0
-    if not lowest <= port <= 65535:
-        raise StrategyError(key, endpoint, expected, hint=f"port {port} is out of range")
-    if host in _WILDCARD_HOSTS:
-        if use != "bind":
-            raise StrategyError(
-                key,
-                endpoint,
-                expected,
-                hint=f"{host} is a wildcard, which other nodes cannot dial; set it as bind",
-            )
-        return endpoint
-    if not _valid_host(host):
-        raise StrategyError(key, endpoint, expected, hint=f"{host!r} is not a valid host")
-    if use == "control" and not _is_loopback(host):
-        raise StrategyError(
-            key, endpoint, expected, hint="the control endpoint must not be reachable remotely"
-        )
-    return endpoint
-
-
-def _split_host_port(rest: str) -> tuple[str | None, str]:
-    if rest.startswith("["):
-        host, bracket, tail = rest[1:].partition("]")
-        if not bracket or not tail.startswith(":"):
-            return None, ""
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return None, ""
-        return host, tail[1:]
-    host, colon, port = rest.rpartition(":")
-    if not colon or not host or ":" in host:
-        return None, ""
-    return host, port
-
-
-def _valid_host(host: str) -> bool:
+    """Check an endpoint for one use (see :func:`~ray_hyparview.transport.endpoints.
+    check_endpoint`) and return it, or raise :class:`StrategyError` naming ``key``."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return True
-    if re.fullmatch(r"[0-9.]+", host):
-        return False  # looks like IPv4 but is not one (e.g. 10.0.0.256)
-    labels = host.rstrip(".").split(".")
-    return len(host) <= 253 and all(_HOST_LABEL_RE.match(label) for label in labels)
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _tcp_host(endpoint: str) -> str | None:
-    if not endpoint.startswith("tcp://"):
-        return None
-    host, _ = _split_host_port(endpoint[len("tcp://") :])
-    return host
+        return check_endpoint(endpoint, use, transport=transport)
+    except EndpointError as exc:
+        raise StrategyError(key, endpoint, exc.expected, hint=exc.hint) from None
 
 
 def _validate_node_id(node_id: object, key: str) -> NodeId:
@@ -649,7 +546,7 @@ class Strategy:
             or not 0 <= self.metrics_port <= 65535
         ):
             raise StrategyError("agent.metrics_port", self.metrics_port, "a port 0-65535")
-        if not isinstance(self.metrics_host, str) or not _is_host(self.metrics_host):
+        if not isinstance(self.metrics_host, str) or not is_host(self.metrics_host):
             raise StrategyError(
                 "agent.metrics_host", self.metrics_host, "an IP address or a host name"
             )
@@ -694,7 +591,7 @@ class Strategy:
         if not endpoint:
             if listed is not None:
                 return Peer(node_id, listed.endpoint)
-            if self.bind and _tcp_host(self.bind) not in _WILDCARD_HOSTS:
+            if self.bind and tcp_host(self.bind) not in WILDCARD_HOSTS:
                 # `run --id a --bind tcp://127.0.0.1:0`: a bind others can dial doubles as
                 # the advertised endpoint (with its port filled in by advertised_peer).
                 validate_endpoint(self.bind, "node.bind", "advertise", transport=self.transport)
@@ -853,12 +750,11 @@ class Strategy:
         local = self.local_peer
         if not local.endpoint.startswith("tcp://") or not bound_endpoint.startswith("tcp://"):
             return local
-        host, port = _split_host_port(local.endpoint[len("tcp://") :])
-        _, bound_port = _split_host_port(bound_endpoint[len("tcp://") :])
+        host, port = split_host_port(local.endpoint[len("tcp://") :])
+        _, bound_port = split_host_port(bound_endpoint[len("tcp://") :])
         if host is None or port != "0" or not bound_port.isdigit():
             return local
-        shown = f"[{host}]" if ":" in host else host
-        return Peer(local.id, f"tcp://{shown}:{bound_port}")
+        return Peer(local.id, f"tcp://{format_host(host)}:{bound_port}")
 
     def endpoint_of(self, node_id: NodeId) -> str | None:
         """The endpoint ``nodes`` lists for ``node_id`` (or this node's own), else None."""
@@ -870,8 +766,8 @@ class Strategy:
     @property
     def binds_loopback_only(self) -> bool:
         """True if the bind endpoint cannot be reached from another host."""
-        host = _tcp_host(self.bind)
-        return host is None or _is_loopback(host)
+        host = tcp_host(self.bind)
+        return host is None or is_loopback_host(host)
 
     def warnings(self) -> tuple[str, ...]:
         """Legal but risky settings, one sentence each, for ``check`` and the agent's log."""
@@ -1120,20 +1016,6 @@ def _table(value: object, path: str, known: Sequence[str]) -> dict[str, Any]:
         if item is not None:
             out[key] = item
     return out
-
-
-_HOST_NAME: Final = re.compile(
-    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
-
-
-def _is_host(text: str) -> bool:
-    """An IP address (v4 or v6) or a DNS host name, as a bind address."""
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return len(text) <= 253 and _HOST_NAME.fullmatch(text) is not None
-    return True
 
 
 def _string(value: object, path: str, what: str = "a string") -> str:
@@ -1561,8 +1443,7 @@ def apply_env(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
 
 
 def _metrics_at(strategy: Strategy) -> str:
-    host = strategy.metrics_host
-    return f"[{host}]:{strategy.metrics_port}" if ":" in host else f"{host}:{strategy.metrics_port}"
+    return f"{format_host(strategy.metrics_host)}:{strategy.metrics_port}"
 
 
 def describe(strategy: Strategy) -> list[str]:

@@ -74,7 +74,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import ipaddress
 import logging
 import os
 from collections import Counter, OrderedDict, deque
@@ -96,6 +95,7 @@ from ray_hyparview.transport.base import (
     Quarantine,
     TransportClosed,
 )
+from ray_hyparview.transport.endpoints import SCHEMES, is_loopback_endpoint
 from ray_hyparview.transport.ratelimit import DEFAULT_LOG_INTERVAL, DEFAULT_LOG_LINES, LogRate
 from ray_hyparview.wire.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 
@@ -126,7 +126,6 @@ _ROUTER_EVENTS: Final[dict[int, str]] = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed_auth",
 }
-_SCHEMES: Final = ("tcp://", "ipc://", "inproc://")
 _STALE_KEY: Final = frozenset(
     {LinkFailure.HANDSHAKE_FAILED, LinkFailure.DIAL_TIMEOUT, LinkFailure.DISCONNECTED}
 )
@@ -426,18 +425,6 @@ class _Link:
         self.task: asyncio.Task[None] | None = None
 
 
-def _is_loopback(endpoint: str) -> bool:
-    if not endpoint.startswith("tcp://"):
-        return True  # ipc:// and inproc:// never leave the host
-    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # '*', an interface or a host name
-
-
 class ZmqTransport:
     """The production transport; see the module docstring and :mod:`.base` for the contract."""
 
@@ -459,8 +446,8 @@ class ZmqTransport:
                 f"node id must be a printable string of 1..{MAX_PEER_ID_BYTES} UTF-8 bytes,"
                 f" got {node_id!r}"
             )
-        if not bind.startswith(_SCHEMES):
-            raise ValueError(f"bind endpoint must start with one of {_SCHEMES}, got {bind!r}")
+        if not bind.startswith(SCHEMES):
+            raise ValueError(f"bind endpoint must start with one of {SCHEMES}, got {bind!r}")
         self._node_id = node_id
         self._raw_id = raw_id
         self._bind_addr = bind
@@ -575,7 +562,7 @@ class ZmqTransport:
                 self._authenticator = _Gate(ctx, self._admit_plain)
                 self._authenticator.start()
                 router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
-            if not _is_loopback(self._bind_addr):
+            if not is_loopback_endpoint(self._bind_addr):
                 log.warning(
                     "binding %s in plain text: any host that reaches it can join and read the"
                     " overlay; configure CURVE keys for anything but loopback",
@@ -729,7 +716,7 @@ class ZmqTransport:
     def _dial(self, peer: Peer) -> _Link | None:
         """Create, monitor and connect a DEALER to ``peer``; report UNREACHABLE on failure."""
         endpoint = peer.endpoint
-        if not endpoint.startswith(_SCHEMES):
+        if not endpoint.startswith(SCHEMES):
             self._report(LinkFailed(peer.id, LinkFailure.UNREACHABLE, f"bad endpoint {endpoint!r}"))
             return None
         server_key = None
