@@ -59,6 +59,7 @@ from ray_hyparview.config.keys import (
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import ConfigError
 from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.transport.admission import KeyRule
 from ray_hyparview.transport.endpoints import (
     WILDCARD_HOSTS,
     EndpointError,
@@ -346,7 +347,9 @@ class Security:
     A peer is admitted (ZAP) if its key is in :attr:`allowed_keys` or :attr:`allow_list`, and
     may speak for a node id only as :meth:`may_claim` says: an id bound to a key takes that key
     alone, and a bound key speaks for its own id alone (so one compromised node cannot pose as
-    another). ``Strategy`` merges the keys of its ``nodes`` table into :attr:`allowed_keys`.
+    another). The rule is the transport's (:class:`~ray_hyparview.transport.admission.KeyRule`,
+    where :attr:`allowed_keys` is called ``node_keys``: ``CurveConfig.node_keys``).
+    ``Strategy`` merges the keys of its ``nodes`` table into :attr:`allowed_keys`.
     """
 
     public_key: str
@@ -437,20 +440,21 @@ class Security:
         """:attr:`secret_key` as bytes, for ``zmq.CURVE_SECRETKEY``."""
         return self.secret_key.encode("ascii")
 
+    @property
+    def rule(self) -> KeyRule:
+        """The transport's admission rule over these keys: the code the ZAP handler runs."""
+        return KeyRule(self.allowed_keys, self.allow_list)
+
     def is_allowed(self, public_key: str | bytes) -> bool:
         """Whether a client presenting ``public_key`` may connect at all (the ZAP decision)."""
         key = public_key.decode("ascii") if isinstance(public_key, bytes) else public_key
-        return key in self.allow_list or key in self.allowed_keys.values()
+        return self.rule.admits(key)
 
     def may_claim(self, node_id: NodeId, public_key: str | bytes) -> bool:
-        """Whether the holder of ``public_key`` may speak as ``node_id``."""
+        """Whether the holder of ``public_key`` may speak as ``node_id``
+        (:meth:`ray_hyparview.transport.admission.KeyRule.may_claim`)."""
         key = public_key.decode("ascii") if isinstance(public_key, bytes) else public_key
-        bound = self.allowed_keys.get(node_id)
-        if bound is not None:
-            return key == bound
-        if key in self.allowed_keys.values():
-            return False
-        return key in self.allow_list
+        return self.rule.may_claim(node_id, key)
 
 
 _DEFAULT_HEARTBEAT_INTERVAL: Final = 0.5

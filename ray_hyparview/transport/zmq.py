@@ -88,6 +88,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.transport.admission import KeyRule
 from ray_hyparview.transport.base import (
     LinkEventBox,
     LinkFailed,
@@ -281,9 +282,10 @@ class CurveConfig:
     """Node id -> that node's public key. A listed key may speak only as its node id, a listed
     id only with its key; dials to a listed id use its key as the server key."""
 
-    allowed_keys: frozenset[str | bytes] = frozenset()
+    allow_list: frozenset[str | bytes] = frozenset()
     """Extra client keys admitted without an id binding (e.g. one key shared by a cluster).
-    Such a client may claim any id that is not bound in ``node_keys``."""
+    Such a client may claim any id that is not bound in ``node_keys``. The same name, and
+    meaning, as ``Security.allow_list`` (see :mod:`~ray_hyparview.transport.admission`)."""
 
     default_server_key: str | bytes | None = None
     """Server key for dialling ids absent from ``node_keys`` (e.g. a shared cluster key);
@@ -294,8 +296,8 @@ class CurveConfig:
         _z85_key(self.secret_key, "secret_key")
         for node_id, key in self.node_keys.items():
             _z85_key(key, f"node_keys[{node_id!r}]")
-        for key in self.allowed_keys:
-            _z85_key(key, "allowed_keys entry")
+        for key in self.allow_list:
+            _z85_key(key, "allow_list entry")
         if self.default_server_key is not None:
             _z85_key(self.default_server_key, "default_server_key")
 
@@ -308,11 +310,11 @@ class _Auth:
     ) -> None:
         self.public = _z85_key(curve.public_key, "public_key").encode()
         self.secret = _z85_key(curve.secret_key, "secret_key").encode()
-        self.id_to_key: dict[NodeId, str] = {}
-        self.key_to_id: dict[str, NodeId] = {}
+        self._allow_list = frozenset(_z85_key(k, "key") for k in curve.allow_list)
+        self.rule = KeyRule({}, self._allow_list)
+        """The admission rule over the current binding (:meth:`bind` replaces it)."""
         self.bind(curve.node_keys)
         self.refresh: Callable[[], Awaitable[None]] | None = None
-        self.unbound = frozenset(_z85_key(k, "key") for k in curve.allowed_keys)
         default = curve.default_server_key
         self.default_server = None if default is None else _z85_key(default, "key").encode()
         self._counters = counters
@@ -324,19 +326,19 @@ class _Auth:
     def bind(self, node_keys: Mapping[NodeId, str | bytes]) -> None:
         """Replace the id <-> key binding (and so the allow-list of bound keys)."""
         id_to_key = {i: _z85_key(k, "key") for i, k in node_keys.items()}
-        key_to_id = {k: i for i, k in id_to_key.items()}
-        if len(key_to_id) != len(id_to_key):
-            raise ValueError("CurveConfig.node_keys binds one key to two node ids")
-        self.id_to_key, self.key_to_id = id_to_key, key_to_id
+        try:
+            self.rule = KeyRule(id_to_key, self._allow_list)
+        except ValueError:
+            raise ValueError("CurveConfig.node_keys binds one key to two node ids") from None
 
     def _admits(self, domain: str, text: str) -> bool:
         """Allowed, and within the connection cap: keys bound to a node id always pass; others
         only while fewer than ``max_connections`` inbound connections are open."""
-        if domain != ZAP_DOMAIN or (text not in self.key_to_id and text not in self.unbound):
+        if domain != ZAP_DOMAIN or not self.rule.admits(text):
             return False
         # The asking connection is usually counted already (the monitor reported it accepted),
         # hence ">": at most one more slips in when the handshake overtakes that report.
-        if text not in self.key_to_id and self.connections() > self._max_connections:
+        if not self.rule.is_bound(text) and self.connections() > self._max_connections:
             self._counters["zap.refused.connections"] += 1
             self._rate.warning(
                 log,
@@ -355,7 +357,7 @@ class _Auth:
         if self._admits(domain, text):
             self._counters["zap.allowed"] += 1
             return True
-        if self.refresh is not None and domain == ZAP_DOMAIN and text not in self.key_to_id:
+        if self.refresh is not None and domain == ZAP_DOMAIN and not self.rule.is_bound(text):
             return self._after_refresh(domain, text)
         return self._deny(text)
 
@@ -377,16 +379,13 @@ class _Auth:
         return False
 
     def server_key_for(self, peer_id: NodeId) -> bytes | None:
-        key = self.id_to_key.get(peer_id)
+        key = self.rule.node_keys.get(peer_id)
         return key.encode() if key is not None else self.default_server
 
     def may_claim(self, node_id: NodeId, user_id: str | None) -> bool:
-        if user_id is None:
-            return False
-        bound = self.key_to_id.get(user_id)
-        if bound is not None:
-            return bound == node_id
-        return user_id in self.unbound and node_id not in self.id_to_key
+        """Whether frames of the CURVE key ``user_id`` may claim ``node_id``
+        (:meth:`KeyRule.may_claim`)."""
+        return self.rule.may_claim(node_id, user_id)
 
 
 class _Gate(AsyncioAuthenticator):
@@ -967,7 +966,7 @@ class ZmqTransport:
         """Take frames from an id we hold no link to while fewer than ``max_strangers`` such
         ids spoke within ``stranger_timeout``. With CURVE, ids bound to a key are no
         strangers (their frames are checked against the key just after)."""
-        if self._auth is not None and node_id in self._auth.id_to_key:
+        if self._auth is not None and node_id in self._auth.rule.node_keys:
             return True
         strangers = self._strangers
         now = self._now()
