@@ -17,7 +17,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -123,7 +123,11 @@ def _doc(key: str, info: FieldInfo, fallback: str = "") -> KeyDoc:
 
 
 def _section_model(info: FieldInfo) -> type[BaseModel] | None:
-    for candidate in (info.annotation, *getattr(info.annotation, "__args__", ())):
+    """The model of a section (``[node]``, or ``[security]`` which may be absent), or None
+    for a table of entries (``[nodes]``)."""
+    if get_origin(info.annotation) in (dict, list):
+        return None
+    for candidate in (info.annotation, *get_args(info.annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     return None
