@@ -8,14 +8,10 @@ documentation, so that the reference cannot drift from what the loader accepts.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import itertools
 import logging
 import os
 import sys
-import textwrap
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TextIO, get_args, get_origin
 
@@ -55,21 +51,34 @@ class KeyDoc:
 REQUIRED: Any = "required"
 
 
-def _protocol_docs() -> dict[str, str]:
-    """The attribute docstrings of :class:`HyParViewConfig` (a plain dataclass, whose
-    ``[hyparview]`` model is generated and so carries no documentation of its own)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(HyParViewConfig)))
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of ``cls`` and its bases (the string under each field), read
+    from the source when a reference is asked for: the models do not extract them at import,
+    which would cost every agent's start a parse of their source."""
+    import ast
+    import inspect
+    import itertools
+    import textwrap
+
     docs: dict[str, str] = {}
-    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
-    for node, after in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    for klass in reversed(cls.__mro__):
+        if klass.__module__ in ("builtins", "pydantic.main") or klass.__name__.startswith("_"):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        tree = ast.parse(textwrap.dedent(source))
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
     return docs
 
 
@@ -139,9 +148,10 @@ def reference() -> list[KeyDoc]:
     for section, info in StrategyFile.model_fields.items():
         model = _section_model(info)
         if model is None:  # a table of its own kind, e.g. [nodes]
-            keys.append(_doc(section, info))
+            keys.append(_doc(section, info, _attribute_docs(StrategyFile).get(section, "")))
             continue
-        fallback = _protocol_docs() if section == "hyparview" else {}
+        # [hyparview] is generated from the protocol's dataclass, which holds its documentation.
+        fallback = _attribute_docs(HyParViewConfig if section == "hyparview" else model)
         keys += [
             _doc(f"{section}.{name}", field, fallback.get(name, ""))
             for name, field in model.model_fields.items()

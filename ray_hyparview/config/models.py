@@ -169,7 +169,6 @@ _STRICT = ConfigDict(
     strict=True,
     extra="forbid",
     frozen=True,
-    use_attribute_docstrings=True,
     regex_engine="python-re",
 )
 
