@@ -19,6 +19,7 @@ from ray_hyparview.cluster.keys import (
 from ray_hyparview.cluster.node_actor import _Service
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import ConfigError
+from ray_hyparview.transport.endpoints import format_host, tcp_host
 from ray_hyparview.transport.ratelimit import RateLimitFilter
 
 log = logging.getLogger("ray_hyparview.cluster")
@@ -38,7 +39,9 @@ def run_sidecar(address: str, args: argparse.Namespace) -> int:
     ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
     try:
         node_id = ray.get_runtime_context().get_node_id()
-        host = args.bind.removeprefix("tcp://").rsplit(":", 1)[0] if args.bind else None
+        bind = args.bind if not args.bind or "://" in args.bind else f"tcp://{args.bind}"
+        bound_host = tcp_host(bind) if bind else None
+        host = format_host(bound_host) if bound_host else None
         service = _Service(
             node_id,
             host or _node_ip(),
