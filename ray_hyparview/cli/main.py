@@ -39,6 +39,7 @@ from ray_hyparview.agent.metrics import MetricsUnavailable
 from ray_hyparview.agent.node import Agent
 from ray_hyparview.config.strategy import Strategy, StrategyError, apply_env
 from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.overlay import overlay_problems
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.transport.ratelimit import LogRate, RateLimitFilter
 
@@ -461,22 +462,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
-def overlay_report(agents: Sequence[Any]) -> tuple[bool, bool, int]:
-    """(connected, symmetric, links) over the agents' active views."""
-    views = {a.myself.id: {p.id for p in a.active_view} for a in agents}
-    symmetric = all(x in views.get(y, {x}) for x, peers in views.items() for y in peers)
+def overlay_report(agents: Sequence[Any], *, min_active: int = 0) -> tuple[list[str], int]:
+    """(what keeps the agents' active views from being a connected, symmetric overlay of
+    exactly these agents, links) -- :func:`ray_hyparview.protocol.overlay.overlay_problems`."""
+    views = {a.myself.id: [p.id for p in a.active_view] for a in agents}
     links = sum(len(v) for v in views.values()) // 2
-    if not views:
-        return True, symmetric, links
-    start = next(iter(views))
-    seen = {start}
-    todo = [start]
-    while todo:
-        for nxt in views[todo.pop()]:
-            if nxt in views and nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return len(seen) == len(views), symmetric, links
+    return overlay_problems(views, min_active=min_active), links
 
 
 async def _demo(
@@ -521,8 +512,8 @@ async def _demo(
             agents.append(agent)
         async with asyncio.timeout(limit):
             while True:
-                connected, symmetric, links = overlay_report(agents)
-                if connected and symmetric and all(a.active_view for a in agents):
+                problems, links = overlay_report(agents, min_active=1)
+                if not problems:
                     break
                 await asyncio.sleep(0.2)
         took = time.monotonic() - started
@@ -546,12 +537,11 @@ async def _demo(
         for victim in victims:
             await victim.aclose(graceful=False)
         survivors = [a for a in agents if a not in victims]
-        dead = {a.myself.id for a in victims}
         async with asyncio.timeout(limit):
             while True:
-                connected, symmetric, links = overlay_report(survivors)
-                stale = any(p.id in dead for a in survivors for p in a.active_view)
-                if connected and symmetric and not stale:
+                # A dead agent still in a survivor's view is a problem too.
+                problems, links = overlay_report(survivors)
+                if not problems:
                     break
                 await asyncio.sleep(0.05)
         say(
