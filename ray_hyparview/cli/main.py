@@ -1,7 +1,8 @@
 """``python -m ray_hyparview.agent``: run, status, check, keygen and demo.
 
-``run`` is the standalone agent an operator starts on each node (or as a sidecar next to
-``ray start``); ``status`` asks a running agent over its local control endpoint; ``check``
+``run`` is the standalone agent an operator starts on each node (or, with ``--ray-address``, as
+a sidecar next to ``ray start``, with the same configuration: :mod:`ray_hyparview.cli.sidecar`);
+``status`` asks a running agent over its local control endpoint; ``check``
 validates a strategy file without starting anything; ``keygen`` writes a CURVE key pair;
 ``demo`` starts a small overlay on loopback, kills part of it and shows the repair.
 

@@ -38,8 +38,10 @@ entry (``public_key``) and admits only keys published there, each for its own no
 is the trust root (:mod:`ray_hyparview.cluster.keys`). ``insecure=True`` runs in plain text.
 
 The same agent runs as a sidecar next to ``ray start`` with ``python -m ray_hyparview.agent run
---ray-address auto`` (see :func:`run_sidecar`): it connects as a driver only to learn its node
-id and its peers, then runs exactly as above, in its own process.
+--ray-address auto`` (:mod:`ray_hyparview.cli.sidecar`, :mod:`ray_hyparview.cluster.sidecar`):
+it takes ``run``'s configuration, connects as a driver only to learn its node id, address and
+peers, then runs exactly as above, in its own process, with ``run``'s control endpoint and
+``/metrics`` page.
 
 In Ray mode the agent's counters and gauges are also exported with ``ray.util.metrics``, so
 they reach Ray's own Prometheus endpoint, under the names and labels of the standalone
