@@ -9,6 +9,7 @@ same mistake fail in the default suite on any machine, before it reaches a user.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.metadata
 import importlib.util
 import re
@@ -158,3 +159,14 @@ def test_simulator_writes_no_file_unless_asked(
     assert sim_main(["--nodes", "60", "--fail", "0.3", "--quiet"]) == 0
     assert "reliability" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_console_script_points_at_a_callable() -> None:
+    # A console script is resolved only when someone types its name after `pip install`; a
+    # module that moved leaves it pointing at nothing, and no import in the suite notices.
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts
+    for name, target in scripts.items():
+        module_name, _, attr = target.partition(":")
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, attr, None)), f"{name} = {target!r} names no callable"

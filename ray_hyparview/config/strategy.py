@@ -387,7 +387,7 @@ class NodeSpec:
 class TransportLimits:
     """What peers can make one agent hold, and how much it logs about them ([transport], same
     names). The ZeroMQ transport's options of the same names; defaults bound an agent under a
-    flood of 50 connections to about 100 MB (``tests/test_hostile_transport.py``)."""
+    flood of 50 connections to about 100 MB (``tests/test_hostile_suite.py``)."""
 
     recv_hwm: int = 16
     """Frames libzmq queues per inbound connection (RCVHWM). Times ``max_msg_size``, the bytes
