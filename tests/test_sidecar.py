@@ -62,21 +62,19 @@ def wait_for(check: Any, limit: float, what: str) -> Any:
     raise AssertionError(f"timed out after {limit}s waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
-    """``ray start --head --block`` on 127.0.0.1 with a private temp dir and ports; yields the
-    GCS address. Stopped by signalling its own process group."""
-    pytest.importorskip("ray")
-    if not RAY.exists():
-        pytest.skip("no ray executable next to this Python")
-    temp = tempfile.mkdtemp(prefix="rhv-", dir="/tmp")
+def _start_head(temp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """One try at ``ray start --head --block`` on fresh ports; returns the process (in a new
+    process group) and the GCS address, or raises ``RuntimeError`` with the end of its log
+    when it exits before saying the runtime started (a port taken meanwhile)."""
     gcs, manager, objects, client, agent_grpc, agent_http, metrics, runtime_env = free_ports(8)
-    low = 20000 + os.getpid() % 20000
+    # Workers' ports: above Ray's defaults (10002-19999, other clusters' workers) and below
+    # the kernel's ephemeral range (32768-), where free_ports' picks come from.
+    low = 20000 + (os.getpid() * 7 + gcs) % 12000
     command = [
         str(RAY), "start", "--head", "--block",
         "--node-ip-address", "127.0.0.1",
         "--port", str(gcs),
-        "--temp-dir", temp,
+        "--temp-dir", str(temp),
         "--num-cpus", "1",
         "--include-dashboard", "false",
         "--node-manager-port", str(manager),
@@ -90,43 +88,67 @@ def ray_head() -> Iterator[str]:
         "--max-worker-port", str(low + 200),
         "--disable-usage-stats",
     ]  # fmt: skip
-    log = open(Path(temp) / "ray-start.log", "wb")  # noqa: SIM115
-    head = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=temp,
-        env={**os.environ, **PLAIN},
-    )
+    temp.mkdir(parents=True, exist_ok=True)
+    log_path = temp / "ray-start.log"
+    with log_path.open("wb") as log:
+        head = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=temp,
+            env={**os.environ, **PLAIN},
+        )
+
+    def started() -> bool:
+        return head.poll() is not None or "Ray runtime started" in log_path.read_text()
+
+    try:
+        wait_for(started, 90, "the Ray head")
+    except AssertionError:
+        _stop_group(head)
+        raise
+    if head.poll() is not None:
+        raise RuntimeError(log_path.read_text()[-2000:])
+    return head, f"127.0.0.1:{gcs}"
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    """``ray start --head --block`` on 127.0.0.1 with a private temp dir and ports; yields the
+    GCS address, this process connected to it as a driver. Stopped by signalling its own
+    process group."""
+    pytest.importorskip("ray")
+    if not RAY.exists():
+        pytest.skip("no ray executable next to this Python")
+    import ray
+
+    temp = Path(tempfile.mkdtemp(prefix="rhv-", dir="/tmp"))
     saved = {name: os.environ.get(name) for name in PLAIN}
     os.environ.update(PLAIN)
-    address = f"127.0.0.1:{gcs}"
+    head: subprocess.Popen[bytes] | None = None
     try:
-        wait_for(lambda: _reachable(gcs) or head.poll() is not None, 60, "the Ray head")
-        if head.poll() is not None:
-            pytest.fail(f"ray start exited: {(Path(temp) / 'ray-start.log').read_text()[-2000:]}")
-        import ray
-
+        failures = []
+        for attempt in range(3):
+            try:
+                head, address = _start_head(temp / str(attempt))
+                break
+            except RuntimeError as exc:
+                failures.append(str(exc))
+        else:
+            pytest.fail(f"ray start exited three times; last: {failures[-1]}")
         ray.init(address=address, namespace="ray_hyparview", logging_level=logging.WARNING)
         yield address
     finally:
-        import ray
-
         ray.shutdown()
-        _stop_group(head)
-        log.close()
+        if head is not None:
+            _stop_group(head)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _reachable(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _stop_group(proc: subprocess.Popen[Any]) -> None:
