@@ -30,6 +30,8 @@ from ray_hyparview.agent.control import query_status
 from ray_hyparview.cli.main import main
 from ray_hyparview.cli.sidecar import PLACEHOLDER_ID, sidecar_mapping
 from ray_hyparview.config.keys import write_keypair
+from ray_hyparview.config.strategy import Strategy
+from ray_hyparview.protocol.peer import Peer
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = {"RAY_AUTH_MODE": "disabled"}
@@ -259,6 +261,64 @@ def test_a_bad_configuration_fails_in_one_line_before_ray_is_touched(
     assert err.startswith("run: "), err
     assert expected in err, err
     assert started == []
+
+
+def test_the_strategy_the_sidecar_runs_is_runs_with_rays_node_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything but the node id and address comes from file, environment and flags; Ray is
+    stood in for by the node it would report."""
+    from ray_hyparview.cli import sidecar as cli_sidecar
+    from ray_hyparview.cluster import sidecar as ray_side
+    from ray_hyparview.cluster.keys import KEY_SOURCE
+
+    files = write_keypair(tmp_path, "node")
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[node]\nid = "from-the-file"\n'
+        "[hyparview]\nactive_view_size = 3\npassive_view_size = 9\n"
+        "[transport]\nheartbeat_interval = 0.5\nheartbeat_timeout = 2.0\n"
+        '[agent]\nmetrics_port = 0\nmetrics_host = "0.0.0.0"\n'
+        '[security]\nsecret_key_file = "node.key_secret"\n'
+    )
+    monkeypatch.setenv("RAY_HYPARVIEW_SHUFFLE_INTERVAL", "7.5")
+    ran: list[Strategy] = []
+
+    @contextlib.contextmanager
+    def fake_node(address: str) -> Iterator[tuple[str, str]]:
+        assert address == "ray-head:6379"
+        yield "a" * 56, "10.1.2.3"
+
+    async def fake_run(strategy: Strategy, **_: Any) -> int:
+        ran.append(strategy)
+        return 0
+
+    monkeypatch.setattr(ray_side, "ray_node", fake_node)
+    monkeypatch.setattr(cli_sidecar, "run_agent", fake_run)
+    monkeypatch.setattr(cli_sidecar, "setup_logging", lambda strategy: None)  # the process's
+    argv = ["run", "--ray-address", "ray-head:6379", "--config", str(config)]
+    assert main([*argv, "--bind", "tcp://0.0.0.0:7947", "--control", "tcp://127.0.0.1:7946"]) == 0
+    (strategy,) = ran
+    assert strategy.local_peer == Peer("a" * 56, "tcp://10.1.2.3:7947")
+    assert strategy.local_peer.endpoint == "tcp://10.1.2.3:7947"
+    assert strategy.bind == "tcp://0.0.0.0:7947"
+    assert strategy.control == "tcp://127.0.0.1:7946"
+    assert (strategy.metrics_port, strategy.metrics_host) == (0, "0.0.0.0")
+    hv = strategy.hyparview_config
+    assert (hv.active_view_size, hv.passive_view_size, hv.shuffle_interval) == (3, 9, 7.5)
+    assert (strategy.heartbeat_interval, strategy.heartbeat_timeout) == (0.5, 2.0)
+    assert strategy.security is not None
+    assert strategy.security.public_key == files.public_key
+    assert strategy.security.key_source == KEY_SOURCE  # peers' keys come from the GCS
+    # Without [security] a fresh pair, published the same way; --insecure: plain text.
+    config.write_text("")
+    assert main(argv) == 0
+    fresh = ran[-1].security
+    assert fresh is not None
+    assert fresh.key_source == KEY_SOURCE
+    assert fresh.public_key != files.public_key
+    assert main([*argv, "--insecure"]) == 0
+    assert ran[-1].security is None
 
 
 def test_a_placeholder_id_checks_like_a_ray_node_id() -> None:
