@@ -4,11 +4,17 @@ the demo, the plugin, the harnesses and the benchmarks share."""
 from __future__ import annotations
 
 import random
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ray_hyparview.protocol.overlay import components, is_healthy, overlay_problems, problems
+from ray_hyparview.protocol.overlay import components, overlay_problems, problems
+
+
+def is_healthy(views: Mapping[str, Collection[str]], **options: Any) -> bool:
+    return not problems(views, **options)
 
 
 def test_a_connected_symmetric_overlay_has_no_problem() -> None:

@@ -80,7 +80,7 @@ from ray_hyparview.cluster.keys import (
 from ray_hyparview.cluster.node_actor import NodeAgent
 from ray_hyparview.config.strategy import Security
 from ray_hyparview.protocol.config import HyParViewConfig
-from ray_hyparview.protocol.overlay import is_healthy
+from ray_hyparview.protocol.overlay import problems
 from ray_hyparview.protocol.peer import NodeId
 
 log = logging.getLogger("ray_hyparview.cluster")
@@ -450,7 +450,7 @@ def _converged(views: Mapping[NodeId, Any], alive: set[NodeId], min_active: int)
     """Every alive node's view is in, and they form a connected, symmetric overlay of the
     alive nodes, each with at least ``min_active`` peers."""
     active = {n: v["active"] for n, v in views.items() if n in alive and "active" in v}
-    return is_healthy(active, alive=alive, min_active=min_active)
+    return not problems(active, alive=alive, min_active=min_active)
 
 
 def _reconciler(*args: Any) -> Any:

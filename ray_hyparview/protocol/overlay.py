@@ -24,7 +24,7 @@ from typing import Literal
 
 from ray_hyparview.protocol.peer import NodeId
 
-__all__ = ["OverlayProblem", "components", "is_healthy", "overlay_problems", "problems"]
+__all__ = ["OverlayProblem", "components", "overlay_problems", "problems"]
 
 Check = Literal["missing", "dead", "symmetric", "connected", "isolated"]
 
@@ -132,14 +132,3 @@ def overlay_problems(
     """:func:`problems` as sentences; empty when the overlay is connected and symmetric."""
     found = problems(views, alive=alive, dead_peers=dead_peers, min_active=min_active)
     return [str(p) for p in found]
-
-
-def is_healthy(
-    views: Mapping[NodeId, Collection[NodeId]],
-    *,
-    alive: Collection[NodeId] | None = None,
-    dead_peers: bool = True,
-    min_active: int = 0,
-) -> bool:
-    """The overlay is connected and symmetric (see :func:`problems`)."""
-    return not problems(views, alive=alive, dead_peers=dead_peers, min_active=min_active)
