@@ -45,29 +45,29 @@ _CONTACTS = 3
 _METRICS_INTERVAL = 5.0
 
 
+def service_strategy(
+    node_id: NodeId, host: str, config: HyParViewConfig, security: KeyPolicy
+) -> Strategy:
+    """The plugin's agent on ``node_id``: any port on ``host``, the keys ``security`` gives."""
+    own = node_security(security) if isinstance(security, NodeKeys) else security
+    return Strategy(
+        local_peer=Peer(node_id, f"tcp://{host}:0"), hyparview_config=config, security=own
+    )
+
+
 class _Service:
     """One node's agent plus its discovery and metrics, shared by the actor and the sidecar."""
 
-    def __init__(
-        self,
-        node_id: NodeId,
-        host: str,
-        config: HyParViewConfig,
-        security: KeyPolicy,
-        *,
-        export_metrics: bool,
-    ) -> None:
-        self.node_id = node_id
-        own = node_security(security) if isinstance(security, NodeKeys) else security
-        strategy = Strategy(
-            local_peer=Peer(node_id, f"tcp://{host}:0"),
-            hyparview_config=config,
-            security=own,
-        )
-        self.agent = Agent(strategy, incarnation=next_incarnation(node_id))
+    def __init__(self, strategy: Strategy, *, export_metrics: bool) -> None:
+        """``strategy`` is the agent's, its security already resolved (see
+        :func:`service_strategy`): a ``key_source`` of :data:`KEY_SOURCE` takes the peers'
+        keys from the GCS."""
+        self.node_id = strategy.local_peer.id
+        own = strategy.security
+        self.agent = Agent(strategy, incarnation=next_incarnation(self.node_id))
         self.keyring: GcsKeyring | None = None
         if own is not None and own.key_source == KEY_SOURCE:
-            self.keyring = GcsKeyring(node_id, own, _read_agents, self.agent.counters)
+            self.keyring = GcsKeyring(self.node_id, own, _read_agents, self.agent.counters)
         self._export_metrics = export_metrics
         self.mesh: MeshNode | None = None
         self.local: LocalServer | None = None
@@ -214,9 +214,8 @@ class _NodeAgent:
         # driver. WARNING by default keeps drivers readable; start(log_level="INFO") shows them.
         _actor_logging(log_level)
         host = bind_host or _node_ip()
-        self._service = _Service(
-            node_id, host, HyParViewConfig(**config), security, export_metrics=True
-        )
+        strategy = service_strategy(node_id, host, HyParViewConfig(**config), security)
+        self._service = _Service(strategy, export_metrics=True)
         self._starting: asyncio.Future[str] | None = None
 
     async def start(self) -> str:

@@ -73,6 +73,16 @@ Rules this file keeps, beyond RFC 8966 (each departure is marked ``DEPARTURE`` b
    route longer than one hop for the whole hold-down. The shell that knows it restarts a node
    under its old id (a supervisor) turns it on.
 
+7. The source named in a routed frame (a DATA frame or a ROUTE_ERROR) is checked against the
+   link it came by, as a reverse-path check (unicast RPF, RFC 3704, in its "feasible path"
+   form): a frame whose source is ``s`` is taken from neighbour ``n`` only if ``n`` is ``s`` or
+   ``n`` announces a route to ``s`` here (any entry held for it, selected or not, so that
+   equal-cost and alternative paths pass). Anything else is dropped as
+   ``dropped.source_route``: a relay cannot forge the source of frames for a node it does not
+   announce. A drop is a lost frame, which the layer above retries. What still holds against a
+   neighbour that lies in its announcements is stated in the README (it can forge the sources
+   it announces; the hop limit bounds the loops its lies make).
+
 Counters (``counters``): ``sent.<Type>`` / ``received.<Type>``, ``route.changed``,
 ``route.starved``, ``route.improvable``, ``seqno.raised``, ``early.held``, ``forward.direct``,
 ``forward.routed``, ``forward.alternate``, ``forward.failed``, ``arrived``,
@@ -145,6 +155,9 @@ _EARLY_PEERS = 32
 
 _EARLY_UPDATES = 16
 """Updates held per such peer (a full table may take several)."""
+
+_VOUCH_PEERS = 8
+"""Former announcers remembered per destination for the source check (rule 7)."""
 
 
 class RoutingError(HyParViewError, ValueError):
@@ -396,6 +409,10 @@ class Router:
         self._asked: dict[NodeId, tuple[int, float]] = {}  # forwarded requests: seqno, expiry
         self._next_update: float | None = None
         self._early: dict[NodeId, tuple[float, list[RouteUpdate]]] = {}  # peer -> (when, held)
+        # Rule 7: neighbours that named a destination here lately without a route entry for it
+        # now (their link went down, or they retracted or poisoned it): destination -> peer ->
+        # until when a frame of that source is still taken from it.
+        self._vouched: dict[NodeId, dict[NodeId, float]] = {}
         self._flush_at: float | None = None  # when the pending triggered update goes out
         self._holddown_until: float | None = None  # set at the first input; None once over
         self._holding = True
@@ -474,7 +491,10 @@ class Router:
         self._seqno = seqno_add(self._seqno)
         self._pending[self.myself] = None
         for dest, advs in list(self._rib.items()):
-            if advs.pop(peer_id, None) is not None or dest == peer_id:
+            adv = advs.pop(peer_id, None)
+            if adv is not None:
+                self._vouch(dest, peer_id, adv.expires)
+            if adv is not None or dest == peer_id:
                 self._reselect(dest, now)
         self._reselect(peer_id, now)
         return self._finish(now, [])
@@ -653,8 +673,12 @@ class Router:
                 continue
             advs = self._rib.get(dest)
             if metric >= INFINITY:
-                if advs is not None and advs.pop(sender, None) is not None:
-                    touched[dest] = None
+                if advs is not None:
+                    # Retracted, or poisoned because its route runs through us: its frames of
+                    # that source may still come (an asymmetric path), so it stays vouched.
+                    self._vouch(dest, sender, expires)
+                    if advs.pop(sender, None) is not None:
+                        touched[dest] = None
                 continue
             if advs is None:
                 if len(self._rib) >= self.config.max_routes:
@@ -669,6 +693,19 @@ class Router:
             touched[dest] = None
         for dest in touched:
             self._reselect(dest, now)
+
+    def _vouch(self, dest: NodeId, peer: NodeId, until: float) -> None:
+        """Remember that ``peer`` named ``dest`` here until ``until`` (rule 7), in bounded
+        space: only destinations in the table, at most ``_VOUCH_PEERS`` peers each."""
+        vouched = self._vouched.get(dest)
+        if vouched is None:
+            if len(self._vouched) >= self.config.max_routes:
+                return
+            vouched = self._vouched[dest] = {}
+        vouched.pop(peer, None)  # re-inserted last: the oldest goes first
+        vouched[peer] = until
+        if len(vouched) > _VOUCH_PEERS:
+            del vouched[next(iter(vouched))]
 
     def _hold_early(self, sender: NodeId, update: RouteUpdate, now: float) -> None:
         """Keep an update from a node that is not (yet) a neighbour, in bounded space."""
@@ -788,7 +825,54 @@ class Router:
             return
         if sender not in self._links:
             self.counters["received.from_not_neighbor"] += 1
+        if not self._source_matches(sender, frame):
+            self._drop("source_route")
+            return
         self._forward(frame, sender, actions)
+
+    def _source_matches(self, sender: NodeId, frame: _Routed) -> bool:
+        """Rule 7: may ``sender`` relay a frame that names ``frame.source`` as its origin?
+
+        Yes when the sender is the source, or announces a route to it here: every entry held
+        for it (selected, an equal-cost tie or an unfeasible alternative alike), so a frame on
+        any path a neighbour may take is not mistaken for a forgery. A neighbour also stays
+        vouched for a source for ``route_expiry`` after it last named it without an entry
+        here: its link went down (a frame still in flight, or the link back before its next
+        full table) or it announced the source at metric infinity (a retraction, or a poisoned
+        reverse: its route runs through us, and frames of that source reach us from it on an
+        asymmetric path).
+        A frame that names us as its source is never taken from a neighbour: passed on, it
+        would reach the next hop from us, under our name (one of ours that loops back is lost,
+        and retried)."""
+        source = frame.source
+        if source == sender:
+            return True
+        if source == self.myself:
+            return False
+        advs = self._rib.get(source)
+        if advs is not None and sender in advs:
+            return True
+        vouched = self._vouched.get(source)
+        if vouched is not None and vouched.get(sender, -math.inf) > self._now:
+            return True
+        if sender in self._links:
+            return False
+        # Not a neighbour here yet (the shell's own gate let it through): its table may be
+        # among the updates held until its link comes up (rule 4).
+        held = self._early.get(sender)
+        if held is None:
+            return False
+        for update in held[1]:
+            entries: object = update.entries
+            if not isinstance(entries, tuple | list):
+                continue
+            for item in entries[:_MAX_ENTRIES]:
+                match item:
+                    case (str() as dest, _seqno, int() as metric) if (
+                        dest == source and 0 <= metric < INFINITY
+                    ):
+                        return True
+        return False
 
     def _forward(self, frame: _Routed, avoid: NodeId | None, actions: list[Action]) -> None:
         """Deliver ``frame`` here, send it one hop on, or report why it cannot go on."""
@@ -972,6 +1056,12 @@ class Router:
         self._asked = {d: a for d, a in self._asked.items() if a[1] > now}
         horizon = now - self.config.route_expiry
         self._early = {p: held for p, held in self._early.items() if held[0] > horizon}
+        for dest, vouched in list(self._vouched.items()):
+            kept = {p: until for p, until in vouched.items() if until > now}
+            if kept:
+                self._vouched[dest] = kept
+            else:
+                del self._vouched[dest]
 
     # --- helpers ---------------------------------------------------------------------------------
 
