@@ -33,6 +33,7 @@ from ray_hyparview.cluster.keys import (
     node_security,
 )
 from ray_hyparview.config.strategy import Strategy
+from ray_hyparview.localpath import LocalServer, socket_dir
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.protocol.routing import RoutingConfig
@@ -69,6 +70,7 @@ class _Service:
             self.keyring = GcsKeyring(self.node_id, own, _read_agents, self.agent.counters)
         self._export_metrics = export_metrics
         self.mesh: MeshNode | None = None
+        self.local: LocalServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.failed = False
@@ -94,6 +96,9 @@ class _Service:
         _kv_put(_KV_PREFIX + self.node_id, json.dumps(entry).encode())
         holddown = RoutingConfig(start_holddown=None) if replacing else None
         self.mesh = MeshNode(agent, GcsDirectory(), routing=holddown)
+        local = LocalServer(self.mesh, directory=socket_dir())
+        await local.start()
+        self.local = local
         self._watch_tasks()
         self._discover()
         self._tasks.append(asyncio.create_task(self._rediscover(), name="hyparview-discovery"))
@@ -185,6 +190,8 @@ class _Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.local is not None:
+            await self.local.aclose()
         if self.mesh is not None:
             await self.mesh.aclose()
         with contextlib.suppress(Exception):
@@ -248,7 +255,19 @@ class _NodeAgent:
         self._mesh().register(name)
         return await self.mesh_view()
 
+    async def mesh_join_local(self, name: str) -> dict[str, Any]:
+        """Register ``name`` and open the direct local path for it: the active view, the
+        agent's local endpoint and the member's token (see :mod:`ray_hyparview.localpath`)."""
+        mesh = self._mesh()
+        local = self._service.local
+        mesh.register(name)
+        token = local.admit(name) if local is not None else b""
+        endpoint = local.endpoint if local is not None else ""
+        return {"view": await self.mesh_view(), "endpoint": endpoint, "token": token}
+
     async def mesh_unregister(self, name: str, ack: int | None = None) -> list[Any]:
+        if self._service.local is not None:
+            self._service.local.forget(name)
         return self._mesh().unregister(name, ack=ack)
 
     async def mesh_view(self) -> list[NodeId]:
@@ -278,7 +297,10 @@ class _NodeAgent:
         self._mesh().publish(name, topic, payload)
 
     async def mesh_stats(self) -> dict[str, Any]:
-        return self._mesh().stats()
+        stats = self._mesh().stats()
+        if self._service.local is not None:
+            stats["local"] = self._service.local.stats()
+        return stats
 
 
 def _actor_logging(level: str) -> None:
