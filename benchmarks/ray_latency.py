@@ -17,7 +17,7 @@ each receiver, in interleaved order so that all three share the same background 
 
 Reported per target: median and 99th percentile of each, and their ratios to the plain Ray
 call. The route's hop count comes from the sender node's router. ``send`` and ``request`` use
-the direct local path between an actor and its node's agent (:mod:`ray_hyparview.localpath`):
+the direct local path between an actor and its node's agent (:mod:`ray_hyparview.agent.localpath`):
 frames on a node-local socket, deliveries pushed to the receiving actor.
 
     python benchmarks/ray_latency.py               # 6 nodes, 1000 samples per method

@@ -12,7 +12,7 @@ From inside any Ray actor (sync or async methods; the calls are coroutines)::
 
 Everything goes through the agent of the caller's own node; agents carry it over their
 active-view links only. Between an actor and its agent, messages take the direct local path
-(:mod:`ray_hyparview.localpath`): frames on a node-local socket, authenticated by a token the
+(:mod:`ray_hyparview.agent.localpath`): frames on a node-local socket, authenticated by a token the
 agent hands out at join, and deliveries pushed to the actor. Ray actor calls remain for
 setup: join, leave and the half-second view refresh. ``join(name, local=False)`` keeps the
 older path, where every operation is a Ray call into the agent and the inbox polls it.
@@ -69,9 +69,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from ray_hyparview.agent.localpath import LinkClosed, LocalLink
 from ray_hyparview.agent.meshnode import DeliveryError, DuplicateName, InboxItem, PathKind
 from ray_hyparview.cluster.plugin import NAMESPACE, agent_actor_name
-from ray_hyparview.localpath import LinkClosed, LocalLink
 from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.wire.table import MAX_PAYLOAD
 
@@ -562,7 +562,7 @@ async def join(name: str, *, agent_wait: float = 30.0, local: bool = True) -> Me
     """Register the calling actor under ``name`` with its node's agent.
 
     ``local``: carry messages over the direct local path to the agent
-    (:mod:`ray_hyparview.localpath`: frames on a node-local socket, deliveries pushed). With
+    (:mod:`ray_hyparview.agent.localpath`: frames on a node-local socket, deliveries pushed). With
     ``local=False``, or an agent that offers no local endpoint, every operation is a Ray call
     to the agent and the inbox polls it (the slower path, kept as the fallback).
 

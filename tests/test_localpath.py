@@ -1,4 +1,4 @@
-"""The direct local path (issue 12): :class:`~ray_hyparview.localpath.LocalServer` on a real
+"""The direct local path (issue 12): :class:`~ray_hyparview.agent.localpath.LocalServer` on a real
 :class:`MeshNode`, and :class:`~ray_hyparview.mesh.Mesh` handles talking to it over a ZeroMQ
 socket, from this loop (as an async actor does) and from a thread of their own (as a sync actor
 does). No Ray: the Ray side is in ``tests/test_ray_localpath.py``."""
@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from ray_hyparview.agent.localpath import LinkClosed, LocalLink, LocalServer
 from ray_hyparview.agent.meshnode import DeliveryError, MemoryDirectory, MeshNode
 from ray_hyparview.agent.node import Agent
 from ray_hyparview.config.strategy import Strategy
-from ray_hyparview.localpath import LinkClosed, LocalLink, LocalServer
 from ray_hyparview.mesh import Mesh, _link_error
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.testing.conditions import until

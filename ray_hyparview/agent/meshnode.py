@@ -180,7 +180,7 @@ class MeshNode:
         self._closed = False
         self.on_inbox: Callable[[str], None] | None = None
         """Called with an actor's name when an item arrives in its inbox (the local path
-        pushes it from there, :mod:`ray_hyparview.localpath`)."""
+        pushes it from there, :mod:`ray_hyparview.agent.localpath`)."""
         for routing_type in (rt.RouteUpdate, rt.SeqnoRequest, rt.DataFrame, rt.RouteError):
             agent.add_handler(routing_type, self._on_routing)
         for tree_type in (pt.Gossip, pt.IHave, pt.Graft, pt.Prune):
@@ -297,7 +297,7 @@ class MeshNode:
     ) -> asyncio.Future[bytes | None]:
         """Start a send (``kind="send"``) or request and return the future of its outcome
         (the reply, None for a send, or :class:`DeliveryError`), without a task per message:
-        the local path (:mod:`ray_hyparview.localpath`) answers from its done callback.
+        the local path (:mod:`ray_hyparview.agent.localpath`) answers from its done callback.
         Cancelling the future stops waiting for the outcome, not the delivery."""
         if self._closed:
             raise DeliveryError("closed", dst)

@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from ray_hyparview.agent.localpath import LocalServer, socket_dir
 from ray_hyparview.agent.meshnode import MeshNode
 from ray_hyparview.agent.node import Agent
 from ray_hyparview.cluster.gcs import (
@@ -33,7 +34,6 @@ from ray_hyparview.cluster.keys import (
     node_security,
 )
 from ray_hyparview.config.strategy import Strategy
-from ray_hyparview.localpath import LocalServer, socket_dir
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.protocol.routing import RoutingConfig
@@ -257,7 +257,7 @@ class _NodeAgent:
 
     async def mesh_join_local(self, name: str) -> dict[str, Any]:
         """Register ``name`` and open the direct local path for it: the active view, the
-        agent's local endpoint and the member's token (see :mod:`ray_hyparview.localpath`)."""
+        agent's local endpoint and the member's token (see :mod:`ray_hyparview.agent.localpath`)."""
         mesh = self._mesh()
         local = self._service.local
         mesh.register(name)

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalLink", "LocalServer", "LinkClosed", "socket_dir"]
 
-log = logging.getLogger("ray_hyparview.localpath")
+log = logging.getLogger("ray_hyparview.agent.localpath")
 
 WINDOW = 256
 """Pushed items per member waiting for the actor's ACK."""
