@@ -42,7 +42,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_hyparview.protocol.config import HyParViewConfig
-from ray_hyparview.testing.agent_host import Host, collect_views, overlay_problems
+from ray_hyparview.protocol.overlay import overlay_problems
+from ray_hyparview.testing.agent_host import Host, collect_views
 
 _ESTABLISHED = "01"
 _LISTEN = "0A"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ray_hyparview.protocol import overlay
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.sim import metrics
@@ -67,24 +68,13 @@ class Row:
 
 
 def largest_component(adjacency: dict[NodeId, list[NodeId]]) -> list[NodeId]:
-    """The live nodes of the largest connected component of the active views, in id order."""
-    graph = metrics.undirected(adjacency)
-    best: set[NodeId] = set()
-    seen: set[NodeId] = set()
-    for start in sorted(graph):
-        if start in seen:
-            continue
-        component = {start}
-        stack = [start]
-        while stack:
-            for peer in graph[stack.pop()]:
-                if peer not in component:
-                    component.add(peer)
-                    stack.append(peer)
-        seen |= component
-        if len(component) > len(best):
-            best = component
-    return sorted(best)
+    """The live nodes of the largest connected component of the active views, in id order
+    (of two as large, the one with the smallest id)."""
+    groups: dict[int, list[NodeId]] = {}
+    for node, label in sorted(overlay.components(adjacency).items()):
+        groups.setdefault(label, []).append(node)
+    best = max(sorted(groups.items()), key=lambda item: len(item[1]), default=(0, []))
+    return best[1]
 
 
 def measure(sim: Simulation, rng: random.Random, phase: str, index: int, settle: float) -> Row:

@@ -10,16 +10,20 @@ each receiver, in interleaved order so that all three share the same background 
   target node's agent has put the message in the receiver's inbox and its ACK came back);
 * ``m.request(name, i)``: a round trip to the receiver actor itself and back (the receiver's
   inbox loop answers it);
-* ``handle.echo.remote(i)``: a plain Ray actor call to the same receiver actor.
+* ``handle.echo.remote(i)``: a plain Ray actor call to the same receiver actor;
+* ``send_polled`` and ``request_polled``: the same two over handles joined with
+  ``local=False``, the Ray-call path (each message crosses two more same-node Ray calls: the
+  actor's call into its agent, and the receiving actor's long poll).
 
 Reported per target: median and 99th percentile of each, and their ratios to the plain Ray
-call. The route's hop count comes from the sender node's router. Every mesh message crosses two
-extra same-node Ray calls (actor to its agent, and agent to the receiving actor's poll) on top
-of the hops between agents, so a ratio above 1 is expected; the figures say by how much.
+call. The route's hop count comes from the sender node's router. ``send`` and ``request`` use
+the direct local path between an actor and its node's agent (:mod:`ray_hyparview.agent.localpath`):
+frames on a node-local socket, deliveries pushed to the receiving actor.
 
     python benchmarks/ray_latency.py               # 6 nodes, 1000 samples per method
     python benchmarks/ray_latency.py --quick       # 4 nodes, 100 samples: a smoke run
     python benchmarks/ray_latency.py --json out.json
+    python benchmarks/ray_latency.py --plot benchmarks/ray_latency.png
 """
 
 from __future__ import annotations
@@ -42,24 +46,28 @@ from ray_hyparview import cluster as plugin
 from ray_hyparview import mesh
 from ray_hyparview.cluster.local import connect, demo_config, embedded_cluster, stop
 
-METHODS = ("send", "request", "ray")
+METHODS = ("send", "request", "ray", "send_polled", "request_polled")
+_POLLED = "-polled"  # the name suffix of the handles that use Ray calls and polls
 
 
 class _Receiver:
     """Answers mesh requests from its inbox and plain Ray calls."""
 
     def __init__(self) -> None:
-        self.m: Any = None
+        self.handles: list[Any] = []
         self.received = 0
-        self._server: asyncio.Task[None] | None = None
+        self._servers: list[asyncio.Task[None]] = []
 
     async def join(self, name: str) -> str:
-        self.m = await mesh.join(name)
-        self._server = asyncio.get_running_loop().create_task(self._serve())
-        return str(self.m.node_id)
+        # One handle on the direct local path, one on the Ray-call path (local=False).
+        for handle_name, local in ((name, True), (name + _POLLED, False)):
+            m = await mesh.join(handle_name, local=local)
+            self.handles.append(m)
+            self._servers.append(asyncio.get_running_loop().create_task(self._serve(m)))
+        return str(self.handles[0].node_id)
 
-    async def _serve(self) -> None:
-        async for message in self.m.inbox():
+    async def _serve(self, m: Any) -> None:
+        async for message in m.inbox():
             self.received += 1
             if message.kind == "request":
                 await message.reply(message.payload)
@@ -68,9 +76,10 @@ class _Receiver:
         return item
 
     async def leave(self) -> int:
-        if self._server is not None:
-            self._server.cancel()
-        await self.m.leave()
+        for server in self._servers:
+            server.cancel()
+        for m in self.handles:
+            await m.leave()
         return self.received
 
 
@@ -79,9 +88,11 @@ class _Sender:
 
     def __init__(self) -> None:
         self.m: Any = None
+        self.polled: Any = None
 
     async def join(self, name: str) -> str:
         self.m = await mesh.join(name)
+        self.polled = await mesh.join(name + _POLLED, local=False)
         return str(self.m.node_id)
 
     async def measure(
@@ -98,6 +109,10 @@ class _Sender:
                         await self.m.send(name, i, timeout=10.0)
                     elif method == "request":
                         await self.m.request(name, i, timeout=10.0)
+                    elif method == "send_polled":
+                        await self.polled.send(name + _POLLED, i, timeout=10.0)
+                    elif method == "request_polled":
+                        await self.polled.request(name + _POLLED, i, timeout=10.0)
                     else:
                         await handle.echo.remote(i)
                     if i >= warmup:
@@ -109,6 +124,7 @@ class _Sender:
 
     async def leave(self) -> None:
         await self.m.leave()
+        await self.polled.leave()
 
 
 Receiver: Any = ray.remote(num_cpus=0)(_Receiver)
@@ -177,6 +193,39 @@ def summarise(samples: Mapping[str, list[float]]) -> dict[str, dict[str, float]]
     return out
 
 
+def plot(raw: Mapping[str, Mapping[str, list[float]]], hops: Mapping[str, int], path: str) -> None:
+    """The distribution (share of calls at or under each latency) of every method, one panel
+    per target, mesh against the plain Ray call."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {
+        "send": ("m.send (local path)", "tab:blue", "-"),
+        "request": ("m.request (local path)", "tab:green", "-"),
+        "ray": ("plain Ray actor call", "black", "-"),
+        "send_polled": ("m.send (Ray-call path)", "tab:blue", ":"),
+        "request_polled": ("m.request (Ray-call path)", "tab:green", ":"),
+    }
+    figure, axes = plt.subplots(1, len(raw), figsize=(6 * len(raw), 4), squeeze=False)
+    for ax, (target, samples) in zip(axes[0], raw.items(), strict=True):
+        for method, values in samples.items():
+            label, colour, line = styles[method]
+            ordered = sorted(v * 1e3 for v in values)
+            shares = [(i + 1) / len(ordered) for i in range(len(ordered))]
+            ax.step(ordered, shares, where="post", label=label, color=colour, linestyle=line)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency from inside the sending actor, ms (log)")
+        ax.set_ylabel("share of calls")
+        ax.set_title(f"{target}: {_hops(hops[target])} away")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=6)
@@ -185,6 +234,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="4 nodes, 100 samples")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the latency distributions")
     args = parser.parse_args()
     if args.quick:
         args.nodes, args.samples, args.warmup = 4, 100, 10
@@ -244,26 +294,33 @@ def main() -> int:
         print()
         print(f"latency from inside an actor, {args.nodes} nodes, active_view_size={args.active}")
         print(
-            f"  {'target':12}  {'method':10}  {'median ms':>9}  {'p99 ms':>8}  "
+            f"  {'target':12}  {'method':23}  {'median ms':>9}  {'p99 ms':>8}  "
             f"{'median/ray':>10}  {'p99/ray':>8}"
         )
-        labels = {"send": "m.send", "request": "m.request", "ray": "ray call"}
+        labels = {
+            "send": "m.send",
+            "request": "m.request",
+            "ray": "ray call",
+            "send_polled": "send (Ray-call path)",
+            "request_polled": "request (Ray-call path)",
+        }
         for target, table in results.items():
             for method in METHODS:
                 row = table[method]
                 print(
-                    f"  {f'{target} ({_hops(hops[target])})':12}  {labels[method]:10}  "
+                    f"  {f'{target} ({_hops(hops[target])})':12}  {labels[method]:23}  "
                     f"{row['median_ms']:9.3f}  {row['p99_ms']:8.3f}  "
                     f"{row['median_ratio']:10.2f}  {row['p99_ratio']:8.2f}"
                 )
         print()
         for target, table in results.items():
-            say(
-                f"summary {target} ({_hops(hops[target])}): m.send median "
-                f"{table['send']['median_ms']:.2f} ms = {table['send']['median_ratio']:.2f}x "
-                f"the Ray call ({table['ray']['median_ms']:.2f} ms); p99 "
-                f"{table['send']['p99_ms']:.2f} ms = {table['send']['p99_ratio']:.2f}x"
-            )
+            for method in ("send", "request"):
+                say(
+                    f"summary {target} ({_hops(hops[target])}): m.{method} median "
+                    f"{table[method]['median_ms']:.2f} ms = {table[method]['median_ratio']:.2f}x "
+                    f"the Ray call ({table['ray']['median_ms']:.2f} ms); p99 "
+                    f"{table[method]['p99_ms']:.2f} ms = {table[method]['p99_ratio']:.2f}x"
+                )
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump(
@@ -281,6 +338,9 @@ def main() -> int:
                     indent=2,
                 )
             say(f"wrote {args.json}")
+        if args.plot:
+            plot(raw, hops, args.plot)
+            say(f"wrote {args.plot}")
         return 0
     finally:
         for actor in actors:

@@ -33,44 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_hyparview import cluster as plugin
-from ray_hyparview import mesh
 from ray_hyparview.cluster.local import connect, demo_config, embedded_cluster, stop
+from ray_hyparview.testing.ray_actors import incarnation, on, reattached
 
 TIMES = ("serving", "reattached", "first_ack", "converged")
-
-
-class _Member:
-    def __init__(self) -> None:
-        self.m: Any = None
-
-    async def join(self, name: str) -> str:
-        self.m = await mesh.join(name)
-        return str(self.m.node_id)
-
-    async def send(self, to: str, payload: Any) -> str:
-        try:
-            await self.m.send(to, payload, timeout=2.0)
-        except mesh.DeliveryError as exc:
-            return exc.reason
-        return "ok"
-
-    async def receive_until(self, payload: Any) -> list[Any]:
-        got: list[Any] = []
-        async for message in self.m.inbox():
-            got.append(message.payload)
-            if message.payload == payload:
-                break
-        return got
-
-    async def reattached(self) -> int:
-        count: int = self.m.reattached
-        return count
-
-
-Member: Any = ray.remote(num_cpus=0)(_Member)
 
 
 def _wait(predicate: Callable[[], bool], limit: float = 60.0) -> None:
@@ -81,21 +49,8 @@ def _wait(predicate: Callable[[], bool], limit: float = 60.0) -> None:
         time.sleep(0.02)
 
 
-def _incarnation(node_id: str) -> int:
-    try:
-        found: int = ray.get(plugin.get_agent(node_id).ping.remote(), timeout=5)
-    except Exception:
-        return 0
-    return found
-
-
 def _newer(node_id: str, old: int) -> bool:
-    return _incarnation(node_id) > old
-
-
-def _reattached(member: Any, times: int) -> bool:
-    count: int = ray.get(member.reattached.remote())
-    return count >= times
+    return incarnation(node_id) > old
 
 
 def run(nodes: int, rounds: int) -> dict[str, Any]:
@@ -106,23 +61,22 @@ def run(nodes: int, rounds: int) -> dict[str, Any]:
         hv = plugin.start(demo_config(active_view_size=2), bind_host="127.0.0.1")
         head = ray.get_runtime_context().get_node_id()
         victim = sorted(n for n in hv.views() if n != head)[0]
-        place = NodeAffinitySchedulingStrategy
-        a = Member.options(scheduling_strategy=place(victim, soft=False)).remote()
-        b = Member.options(scheduling_strategy=place(head, soft=False)).remote()
+        a = on(victim)
+        b = on(head)
         ray.get([a.join.remote("bench-a"), b.join.remote("bench-b")], timeout=60)
         samples: dict[str, list[float]] = {name: [] for name in TIMES}
         lost = 0
         for r in range(rounds):
             hv.wait_converged(timeout=60)
-            old = _incarnation(victim)
+            old = incarnation(victim)
             ray.kill(plugin.get_agent(victim))
             killed = time.monotonic()
             _wait(functools.partial(_newer, victim, old))
             samples["serving"].append(time.monotonic() - killed)
-            _wait(functools.partial(_reattached, a, r + 1))
+            _wait(functools.partial(reattached, a, r + 1))
             samples["reattached"].append(time.monotonic() - killed)
             i = 0
-            while ray.get(b.send.remote("bench-a", (r, i))) != "ok":
+            while ray.get(b.send.remote("bench-a", (r, i), 2.0)) != "ok":
                 i += 1
             samples["first_ack"].append(time.monotonic() - killed)
             try:

@@ -31,7 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ray_hyparview.testing.agent_host import Host, collect_views, overlay_problems, start_hosts
+from ray_hyparview.protocol.overlay import overlay_problems
+from ray_hyparview.testing.agent_host import Host, collect_views, start_hosts
 
 
 def start_burners(count: int) -> list[subprocess.Popen[bytes]]:

@@ -10,14 +10,22 @@ From inside any Ray actor (sync or async methods; the calls are coroutines)::
     m.allowed(node_id); m.channel("worker-7").kind      # the gate: local, direct or routed
     left = await m.leave()                              # what the inbox still held
 
-Everything goes through the agent actor of the caller's own node (a same-node call); agents
-carry it over their active-view links only. See :mod:`ray_hyparview.agent.meshnode` for how
-delivery, acknowledgement and routing work, and why this keeps a node's cross-node connections
-at its active-view size, and :mod:`ray_hyparview.protocol.delivery` for the delivery rules; the
-README's "Delivery contract" states what is promised under which faults.
+Everything goes through the agent of the caller's own node; agents carry it over their
+active-view links only. Between an actor and its agent, messages take the direct local path
+(:mod:`ray_hyparview.agent.localpath`): frames on a node-local socket, authenticated by a token the
+agent hands out at join, and deliveries pushed to the actor. Ray actor calls remain for
+setup: join, leave and the half-second view refresh. ``join(name, local=False)`` keeps the
+older path, where every operation is a Ray call into the agent and the inbox polls it.
 
-Hand-over to this actor loses nothing: the agent lends inbox items (numbered) and removes them
-only when a later poll acknowledges the last one this handle actually yielded. Items fetched but
+See :mod:`ray_hyparview.agent.meshnode` for how delivery, acknowledgement and routing work, and why
+this keeps a node's cross-node connections at its active-view size, and
+:mod:`ray_hyparview.protocol.delivery` for the delivery rules; the README's
+"Delivery contract" states what is promised under which faults.
+
+Hand-over to this actor loses nothing: the agent lends inbox items (numbered: pushed over the
+link, or returned by a poll) and removes them only when this handle acknowledges the last one
+it actually yielded (over the link: every 64 items, whenever it waits for more, and when the
+loop is left; by polling: with the next poll). Items fetched but
 not yet yielded (a consumer that ``break``s out of :meth:`Mesh.inbox`) stay in the handle, where
 the next ``inbox()`` yields them first; :meth:`Mesh.leave` returns whatever is still undelivered.
 One consumer per handle: two concurrent ``inbox()`` loops would each see the same items.
@@ -34,8 +42,10 @@ agent. Items that the dead agent had queued for this actor and not yet handed ov
 Payloads are pickled here and unpickled only at the receiving actor, never in an agent; agents
 hand over frames only from admitted neighbours, so what reaches ``pickle.loads`` came from an
 admitted node (which can therefore run code in the actors it sends to: see the README's trust
-model). A pickled payload may be at most :data:`~ray_hyparview.wire.table.MAX_PAYLOAD` bytes
-(48 KiB): for bulk data pass a Ray object reference instead.
+model). A payload that pickles to more than :data:`LARGE_PAYLOAD` bytes (32 KiB) goes through
+Ray's object store instead, and only its reference travels on the mesh; the receiver resolves
+it before :meth:`Mesh.inbox` yields it (cost model: :class:`ByReference`). So ``send``,
+``request``, replies and ``publish`` take any picklable value.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import asyncio
 import contextlib
 import logging
 import pickle
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -58,28 +69,103 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from ray_hyparview.agent.localpath import LinkClosed, LocalLink
 from ray_hyparview.agent.meshnode import DeliveryError, DuplicateName, InboxItem, PathKind
 from ray_hyparview.cluster.plugin import NAMESPACE, agent_actor_name
 from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.wire.table import MAX_PAYLOAD
 
-__all__ = ["Channel", "DeliveryError", "DuplicateName", "Mesh", "Message", "join"]
+__all__ = [
+    "LARGE_PAYLOAD",
+    "ByReference",
+    "Channel",
+    "DeliveryError",
+    "DuplicateName",
+    "Mesh",
+    "Message",
+    "join",
+]
 
 log = logging.getLogger("ray_hyparview.mesh")
 
 _VIEW_REFRESH = 0.5
 _POLL_WAIT = 1.0
 _REATTACH_WAIT = 30.0
+_LINK_GRACE = 5.0  # beyond an operation's own deadline, for the agent's answer to come back
+_ACK_EVERY = 64  # yielded items acknowledged together over the link
+
+LARGE_PAYLOAD = 32 * 1024
+"""Pickled payloads larger than this go through Ray's object store (see :class:`ByReference`)."""
+LARGE_HOLD = 600.0
+"""Seconds the sender keeps a large payload in the object store for its receiver."""
 
 
 def _dump(payload: Any) -> bytes:
+    """Pickle ``payload``; one that pickles to more than :data:`LARGE_PAYLOAD` bytes goes into
+    Ray's object store and only its reference travels (:class:`ByReference`)."""
     data = pickle.dumps(payload, protocol=5)
-    if len(data) > MAX_PAYLOAD:
-        raise ValueError(
-            f"payload pickles to {len(data)} bytes, over the mesh limit of {MAX_PAYLOAD};"
-            " send a ray.put() reference instead"
-        )
-    return data
+    if len(data) <= LARGE_PAYLOAD:
+        return data
+    ref = ray.put(payload)
+    # Ray's pickler, so that the reference carries its owner's address (a plain pickle of
+    # an ObjectRef cannot be resolved elsewhere); it also pins the object in this process.
+    dumps: Any = ray.cloudpickle.dumps
+    small: bytes = dumps(ByReference(ref), protocol=5)
+    _hold(ref)
+    if len(small) > MAX_PAYLOAD:  # pragma: no cover - a reference pickles to a few hundred bytes
+        raise ValueError(f"a reference pickles to {len(small)} bytes, over {MAX_PAYLOAD}")
+    return small
+
+
+_HELD: deque[tuple[float, Any]] = deque()
+
+
+def _hold(ref: Any) -> None:
+    """Keep a reference that left through pickle for :data:`LARGE_HOLD` seconds, then let
+    Ray free the object (released lazily, at the next large payload of this process)."""
+    now = time.monotonic()
+    while _HELD and _HELD[0][0] <= now:
+        _, old = _HELD.popleft()
+        worker: Any = ray._private.worker.global_worker
+        with contextlib.suppress(Exception):
+            worker.core_worker.remove_object_ref_reference(old)
+    _HELD.append((now + LARGE_HOLD, ref))
+
+
+async def _load(data: bytes) -> Any:
+    payload = pickle.loads(data)
+    if isinstance(payload, ByReference):
+        return await payload.resolve()
+    return payload
+
+
+class ByReference:
+    """A payload too large for the mesh: it went through Ray's object store (``ray.put`` by
+    the sender) and the receiver resolves it.
+
+    The cost model: at most :data:`LARGE_PAYLOAD` bytes pickled, a payload rides the mesh
+    (copied through the sender's agent, the agents on the way and the receiver's agent). Above
+    it, the mesh carries only the reference (about 200 bytes) and the receiver fetches the
+    object from the store of the sender's node: one ``ray.put`` (a copy into shared memory),
+    one transfer between object stores when the nodes differ, and one ``ray.get``. That is a
+    direct connection between the two nodes' object managers, outside the active view: Ray
+    holds those anyway. The object is owned by the sending actor: it is lost if that actor
+    dies before the receiver resolved it, and the sender keeps it for :data:`LARGE_HOLD`
+    seconds (10 minutes) after sending, the time a receiver has to take it from its inbox;
+    a receiver that takes longer gets Ray's ``ObjectLostError`` from :meth:`Mesh.inbox`.
+    So a sender that streams large payloads holds up to ``LARGE_HOLD`` seconds' worth of them
+    in its node's object store (spilled to disk beyond its size, as Ray does)."""
+
+    __slots__ = ("ref", "shared")
+
+    def __init__(self, ref: Any, shared: bool = False) -> None:
+        self.ref = ref
+        self.shared = shared
+
+    async def resolve(self) -> Any:
+        # ref.future(), not ``await ref``: the latter needs the loop of an async actor, and a
+        # sync actor's inbox runs on a loop of its own (asyncio.run).
+        return await asyncio.wrap_future(self.ref.future())
 
 
 def _clean(exc: DeliveryError) -> DeliveryError:
@@ -108,7 +194,7 @@ class Message:
         a timeout)."""
         if self.kind != "request" or self._request is None or self._mesh is None:
             raise ValueError(f"only requests can be answered, this is a {self.kind!r}")
-        await self._mesh._call("mesh_reply", self._request, _dump(payload))
+        await self._mesh._reply(self._request, _dump(payload))
 
 
 class Channel:
@@ -141,7 +227,14 @@ class Channel:
 class Mesh:
     """This actor's membership of the mesh; made by :func:`join`."""
 
-    def __init__(self, name: str, node_id: NodeId, agent: Any, view: list[NodeId]) -> None:
+    def __init__(
+        self,
+        name: str,
+        node_id: NodeId,
+        agent: Any,
+        view: list[NodeId],
+        link: LocalLink | None = None,
+    ) -> None:
         self.name = name
         self.node_id = node_id
         self._agent = agent
@@ -155,6 +248,9 @@ class Mesh:
         self._buffer: deque[InboxItem] = deque()  # fetched, not yet yielded
         self._consumed = 0  # seq of the last item yielded: what the next poll acknowledges
         self._life = 0  # the agent life those seqs count in (they restart with the agent)
+        self._link = link  # the direct local path; None: Ray calls and polls
+        self._acked = 0  # the last seq acknowledged over the link
+        self._probed = -_VIEW_REFRESH  # when _probe last asked the agent (monotonic)
 
     # --------------------------------------------------------------- the gate
 
@@ -202,10 +298,12 @@ class Mesh:
         default) and answers every later send with that key the same way, never delivering it
         twice; a key that was refused stays refused (use a new key to try again)."""
         self._check()
+        data = _dump(payload)
+        if self._link is not None:
+            await self._via_link(["S", name, timeout, key or ""], data, timeout, name)
+            return
         try:
-            await self._call(
-                "mesh_send", self.name, name, _dump(payload), timeout, key or "", carries=name
-            )
+            await self._call("mesh_send", self.name, name, data, timeout, key or "", carries=name)
         except DeliveryError as exc:
             raise _clean(exc) from None
 
@@ -215,25 +313,34 @@ class Mesh:
         ``no_reply`` when it was delivered but the reply did not come back in time) may mean
         the target has handled it."""
         self._check()
+        if self._link is not None:
+            data = await self._via_link(["R", name, timeout], _dump(payload), timeout, name)
+            return await _load(data)
         try:
             data = await self._call(
                 "mesh_request", self.name, name, _dump(payload), timeout, carries=name
             )
         except DeliveryError as exc:
             raise _clean(exc) from None
-        return pickle.loads(data)
+        return await _load(data)
 
     def subscribe(self, topic: str) -> None:
         """Receive publications on ``topic`` in :meth:`inbox` (applied before any later call
         of this actor reaches the agent: Ray keeps one caller's actor calls in order)."""
         self._check()
         self._topics.add(topic)  # subscribed again on a replacement agent
-        self._agent.mesh_subscribe.remote(self.name, topic)
+        if self._link is not None:
+            self._link.post(["T", topic, 1])  # ordered with this handle's later frames
+        else:
+            self._agent.mesh_subscribe.remote(self.name, topic)
 
     def unsubscribe(self, topic: str) -> None:
         self._check()
         self._topics.discard(topic)
-        self._agent.mesh_unsubscribe.remote(self.name, topic)
+        if self._link is not None:
+            self._link.post(["T", topic, 0])
+        else:
+            self._agent.mesh_unsubscribe.remote(self.name, topic)
 
     async def publish(self, topic: str, payload: Any) -> None:
         """Broadcast to every subscriber of ``topic`` in the cluster, at most once each. Not
@@ -241,28 +348,69 @@ class Mesh:
         misses it with a count (``delivery.publish.inbox_full``, ``missed_publications`` in the
         agent's mesh stats) and a logged warning."""
         self._check()
-        await self._call("mesh_publish", self.name, topic, _dump(payload), carries=topic)
+        data = _dump(payload)
+        if self._link is not None:
+            await self._via_link(["B", topic], data, 10.0, topic)
+            return
+        await self._call("mesh_publish", self.name, topic, data, carries=topic)
 
     async def inbox(self) -> AsyncIterator[Message]:
         """Everything that arrives for this actor, in arrival order, until :meth:`leave`.
 
-        Leaving the loop early loses nothing: the rest of a fetched batch stays in this handle
-        and the next ``inbox()`` yields it first; the agent forgets an item only when a later
-        poll acknowledges it as yielded. A failed poll is raised here and its items come again
-        with the next poll."""
-        while not self._left:
-            if not self._buffer:
-                items: list[InboxItem] = await self._call(
-                    "mesh_poll", self.name, _POLL_WAIT, self._consumed
-                )
-                if items and items[0].life != self._life:  # a restarted agent's inbox
-                    self._life, self._consumed = items[0].life, 0
-                self._buffer.extend(i for i in items if i.seq > self._consumed)
-            while self._buffer and not self._left:
-                item = self._buffer.popleft()
-                if item.life == self._life:  # not an item fetched from a dead agent
-                    self._consumed = item.seq
-                yield self._message(item)
+        Leaving the loop early loses nothing: the rest of a fetched (or pushed) batch stays in
+        this handle and the next ``inbox()`` yields it first; the agent forgets an item only
+        when this handle acknowledges it as yielded. A failed poll is raised here and its items
+        come again with the next poll. A payload that came through the object store is
+        resolved before it is yielded."""
+        try:
+            while not self._left:
+                if not self._buffer:
+                    items: list[InboxItem]
+                    link = self._link
+                    if link is not None:
+                        self._ack_link()
+                        items = await link.take(_POLL_WAIT)
+                        if not items:
+                            await self._probe()
+                    else:
+                        items = await self._call("mesh_poll", self.name, _POLL_WAIT, self._consumed)
+                    if items and items[0].life != self._life:  # a restarted agent's inbox
+                        self._life, self._consumed = items[0].life, 0
+                    # A link pushes lent items again after a reconnection: drop those consumed.
+                    self._buffer.extend(i for i in items if i.seq > self._consumed)
+                while self._buffer and not self._left:
+                    item = self._buffer.popleft()
+                    if item.life == self._life:  # not an item fetched from a dead agent
+                        self._consumed = item.seq
+                    message = await self._resolved(item)
+                    if self._consumed - self._acked >= _ACK_EVERY:
+                        self._ack_link()
+                    yield message
+        finally:
+            self._ack_link()  # what was yielded before the loop was left
+
+    def _ack_link(self) -> None:
+        """Acknowledge over the link what this handle has yielded (the agent then removes it
+        from the inbox and pushes more)."""
+        link = self._link
+        if link is not None and self._consumed > self._acked and self._life == link.life:
+            link.ack(self._consumed)
+            self._acked = self._consumed
+
+    async def _resolved(self, item: InboxItem) -> Message:
+        message = self._message(item)
+        if isinstance(message.payload, ByReference):
+            payload = await message.payload.resolve()
+            message = Message(
+                kind=message.kind,
+                sender=message.sender,
+                payload=payload,
+                topic=message.topic,
+                sender_node=message.sender_node,
+                _mesh=self,
+                _request=message._request,
+            )
+        return message
 
     def _message(self, item: InboxItem) -> Message:
         return Message(
@@ -283,6 +431,8 @@ class Mesh:
         if self._left:
             return []
         self._left = True
+        if self._link is not None:
+            self._link.wake()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -294,6 +444,8 @@ class Mesh:
         except Exception:
             log.warning("mesh member %s: could not give its name back", self.name, exc_info=True)
             rest = []
+        if self._link is not None:
+            self._link.close()
         seen = {(i.life, i.seq) for i in left}
         left += [
             i
@@ -303,6 +455,42 @@ class Mesh:
         return [self._message(i) for i in left]
 
     # --------------------------------------------------------------- the agent and its successors
+
+    async def _via_link(self, header: list[Any], data: bytes, timeout: float, target: str) -> bytes:
+        """One operation over the local link: the agent's answer, or the DeliveryError (or
+        ValueError) it gave; a link closed under it (the agent was replaced) makes the outcome
+        unknown."""
+        await self._probe()
+        link = self._link
+        assert link is not None
+        try:
+            return await link.call(header, data, timeout=timeout + _LINK_GRACE)
+        except LinkClosed as exc:
+            if self._left:
+                raise DeliveryError("closed", target, "the handle left") from None
+            raise _agent_restarted(target, f"the local link closed holding it ({exc})") from None
+        except TimeoutError:
+            raise DeliveryError("timeout", target, "no outcome from the agent", "unknown") from None
+
+    async def _probe(self) -> None:
+        """Refresh the view (and re-attach if the agent died) at most every half second, for
+        a handle whose refresher is gone: a sync actor's, whose every call runs on a loop of
+        its own (``asyncio.run``). Over the local path nothing else would tell it that its
+        agent was replaced: the socket stays quiet."""
+        if self._refresher is not None and not self._refresher.done():
+            return
+        now = time.monotonic()
+        if now - self._probed < _VIEW_REFRESH or self._left:
+            return
+        self._probed = now
+        with contextlib.suppress(Exception):
+            self._view = frozenset(await self._call("mesh_view"))
+
+    async def _reply(self, request: tuple[NodeId, int, int], data: bytes) -> None:
+        if self._link is not None:
+            self._link.post(["P", *request], data)
+        else:
+            await self._call("mesh_reply", request, data)
 
     async def _call(self, method: str, *args: Any, carries: str = "") -> Any:
         """Call ``method`` of this node's agent. If the agent is dead, attach to the one the
@@ -336,14 +524,24 @@ class Mesh:
                 return  # another call has re-attached already
             loop = asyncio.get_running_loop()
             began = loop.time()
-            agent, view = await _attach(self.node_id, self.name, _REATTACH_WAIT, dead)
+            old = self._link
+            agent, view, link = await _attach(
+                self.node_id, self.name, _REATTACH_WAIT, dead, local=old is not None
+            )
+            if old is not None:
+                old.close(LinkClosed("the agent was replaced"))
             self._agent = agent
             self._view = frozenset(view)
+            self._link = link
+            self._acked = 0
             # The new agent numbers its inbox from 1 again: acknowledge nothing of it yet
             # (items still buffered from the dead one are yielded all the same).
             self._life, self._consumed = 0, 0
             for topic in sorted(self._topics):
-                agent.mesh_subscribe.remote(self.name, topic)
+                if link is not None:
+                    link.post(["T", topic, 1])
+                else:
+                    agent.mesh_subscribe.remote(self.name, topic)
             self.reattached += 1
             log.warning(
                 "%s: the agent of node %s was replaced; re-attached in %.2f s",
@@ -360,25 +558,59 @@ class Mesh:
         return f"Mesh({self.name!r}, node={self.node_id[:8]}, view={len(self._view)})"
 
 
-async def join(name: str, *, agent_wait: float = 30.0) -> Mesh:
+async def join(name: str, *, agent_wait: float = 30.0, local: bool = True) -> Mesh:
     """Register the calling actor under ``name`` with its node's agent.
+
+    ``local``: carry messages over the direct local path to the agent
+    (:mod:`ray_hyparview.agent.localpath`: frames on a node-local socket, deliveries pushed). With
+    ``local=False``, or an agent that offers no local endpoint, every operation is a Ray call
+    to the agent and the inbox polls it (the slower path, kept as the fallback).
 
     Raises :class:`DuplicateName` if another actor holds the name, and ``RuntimeError`` if no
     agent runs on this node within ``agent_wait`` seconds (call
     ``ray_hyparview.cluster.start()`` first).
     """
     node_id = ray.get_runtime_context().get_node_id()
-    agent, view = await _attach(node_id, name, agent_wait)
-    mesh = Mesh(name, node_id, agent, view)
+    agent, view, link = await _attach(node_id, name, agent_wait, local=local)
+    mesh = Mesh(name, node_id, agent, view, link)
     mesh._refresher = asyncio.get_running_loop().create_task(mesh._refresh())
     return mesh
 
 
+def _async_actor() -> bool:
+    """Is this an async actor (whose event loop outlives each call)?"""
+    try:
+        worker: Any = ray._private.worker.global_worker
+        return bool(worker.core_worker.current_actor_is_asyncio())
+    except Exception:
+        return False
+
+
+async def _open_link(info: dict[str, Any]) -> LocalLink | None:
+    endpoint, token = info.get("endpoint"), info.get("token")
+    if not endpoint or not isinstance(token, bytes):
+        return None
+    # An async actor's loop owns the socket; a sync actor's calls run on short-lived loops
+    # (asyncio.run), so its socket lives on a loop in a thread of its own.
+    loop = asyncio.get_running_loop() if _async_actor() else None
+    link = LocalLink(endpoint, token, loop=loop, error=_link_error)
+    await link.open()
+    return link
+
+
+def _link_error(header: list[Any]) -> Exception:
+    _, _, reason, target, detail, outcome = header
+    if outcome == "usage":
+        return ValueError(detail)
+    return DeliveryError(reason, target, detail, outcome)
+
+
 async def _attach(
-    node_id: NodeId, name: str, wait: float, dead: Any = None
-) -> tuple[Any, list[NodeId]]:
+    node_id: NodeId, name: str, wait: float, dead: Any = None, *, local: bool = True
+) -> tuple[Any, list[NodeId], LocalLink | None]:
     """Find the agent of ``node_id`` (not ``dead``) and register ``name`` with it; returns the
-    agent and its active view. ``RuntimeError`` if no agent serves within ``wait`` seconds."""
+    agent, its active view and the local link (None: use Ray calls). ``RuntimeError`` if no
+    agent serves within ``wait`` seconds."""
     dead_id = None if dead is None else dead._actor_id
     # An actor may start on a node that joined a moment ago, before the reconciler has put an
     # agent there, or its agent may be being replaced: wait for one a while, backing off.
@@ -398,6 +630,10 @@ async def _attach(
                 if agent._actor_id == dead_id:
                     raise _NoAgent  # the name still points at the dead one
                 try:
+                    if local:
+                        info = await agent.mesh_join_local.remote(name)
+                        link = await _open_link(info)
+                        return agent, list(info["view"]), link
                     view: list[NodeId] = await agent.mesh_register.remote(name)
                 except DuplicateName as exc:
                     raise DuplicateName(str(exc).splitlines()[-1]) from None
@@ -405,7 +641,7 @@ async def _attach(
                     raise
                 except RuntimeError:  # not started yet
                     raise _NoAgent from None
-                return agent, view
+                return agent, view, None
     except (_NoAgent, RayActorError):
         pass
     raise RuntimeError(

@@ -10,7 +10,6 @@ contains what a service still gets wrong: every failing step costs one count und
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from ray_hyparview.protocol import routing as rt
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.testing.conditions import until
+from ray_hyparview.testing.memory_mesh import MemoryMesh
 from ray_hyparview.transport.memory import MemoryNetwork
 from ray_hyparview.wire.codec import Codec, EncodeError
 from ray_hyparview.wire.table import wire_codec
@@ -46,47 +46,11 @@ TOP = limits.MAX_SEQNO
 CODEC = wire_codec()
 
 
-class Nodes:
+class Nodes(MemoryMesh):
+    """Agents and meshes on one in-memory network, with this module's timings."""
+
     def __init__(self) -> None:
-        self.net = MemoryNetwork()
-        self.directory = MemoryDirectory()
-        self.agents: dict[str, Agent] = {}
-        self.meshes: dict[str, MeshNode] = {}
-        self._names = itertools.count(1)
-
-    async def add(self, name: str, *contacts: str, mesh: bool = True) -> Agent:
-        strategy = Strategy(
-            local_peer=Peer(name, f"mem://{name}"),
-            contacts=tuple(Peer(c, f"mem://{c}") for c in contacts),
-            transport="memory",
-            hyparview_config=CONFIG,
-        )
-        agent = Agent(
-            strategy,
-            transport=self.net.transport(name, bind=f"mem://{name}"),
-            rng=random.Random(name),
-        )
-        await agent.start()
-        self.agents[name] = agent
-        if mesh:
-            self.meshes[name] = MeshNode(
-                agent, self.directory, routing=ROUTING, rng=random.Random(name + "/mesh")
-            )
-        return agent
-
-    async def answers(self, name: str) -> None:
-        """A new node joins through ``name`` and the two become neighbours: its receive loop,
-        its membership core and its timers all still run."""
-        target = self.agents[name]
-        assert not target.closed
-        newcomer = await self.add(f"probe{next(self._names)}", name, mesh=False)
-        await until(lambda: target.active_peer(newcomer.myself.id) is not None, limit=5)
-
-    async def aclose(self) -> None:
-        for mesh in self.meshes.values():
-            await mesh.aclose()
-        for agent in self.agents.values():
-            await agent.aclose()
+        super().__init__(CONFIG, routing=ROUTING)
 
 
 @pytest_asyncio.fixture

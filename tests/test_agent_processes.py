@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from ray_hyparview.testing.agent_host import Host, collect_views, overlay_problems, start_hosts
+from ray_hyparview.protocol.overlay import overlay_problems
+from ray_hyparview.testing.agent_host import Host, collect_views, start_hosts
 from ray_hyparview.testing.conditions import wait_sync
 
 # Fast enough for a test, slow enough that a loaded 2-core machine raises no false alarms:

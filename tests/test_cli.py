@@ -221,6 +221,10 @@ def test_operator_mistakes_end_in_one_line_and_status_1(tmp_path: Path) -> None:
         "--bind", "tcp://127.0.0.1:0", "--metrics-port", "0", "--metrics-host", "a b"
     )
     assert "agent.metrics_host" in bad_host.stderr
+    bad_bind = run_fails("--bind", "tcp://127.0.0.1:port")
+    assert bad_bind.stderr.startswith("run: invalid strategy: ")
+    assert "tcp://127.0.0.1:port" in bad_bind.stderr
+    assert len(bad_bind.stderr.strip().splitlines()) == 1
     config = tmp_path / "n1.toml"
     config.write_text(f'[security]\nsecret_key_file = "{tmp_path / "missing.key_secret"}"\n')
     key = run_fails("--config", str(config), "--bind", "tcp://127.0.0.1:0")

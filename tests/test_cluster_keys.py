@@ -24,7 +24,7 @@ from ray_hyparview.cluster.keys import (
     sidecar_policy,
 )
 from ray_hyparview.config.keys import generate_keypair, write_keypair
-from ray_hyparview.config.strategy import Security, StrategyError
+from ray_hyparview.config.strategy import Security, Strategy, StrategyError
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.transport import LinkFailure
 from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
@@ -213,10 +213,13 @@ def test_policies(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     files = write_keypair(tmp_path, "n1")
     loaded = node_security(NodeKeys(str(files.secret_file)))
     assert (loaded.public_key, loaded.key_source) == (files.public_key, KEY_SOURCE)
-    # The sidecar takes run's [security] table; without one it makes a pair.
+    # The sidecar takes run's [security] table (as the strategy parsed it); without one it
+    # makes a pair; --insecure with a key pair is a contradiction.
     config = tmp_path / "node.toml"
-    config.write_text('[security]\nsecret_key_file = "n1.key_secret"\n')
-    side = sidecar_policy(str(config), insecure=False)
+    config.write_text('[node]\nid = "n1"\nendpoint = "tcp://127.0.0.1:0"\n'
+                      '[security]\nsecret_key_file = "n1.key_secret"\n')  # fmt: skip
+    parsed = Strategy.from_file(config).security
+    side = sidecar_policy(parsed, insecure=False)
     assert side is not None
     assert side.public_key == files.public_key
     assert side.key_source == KEY_SOURCE
@@ -224,9 +227,8 @@ def test_policies(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert fresh is not None
     assert fresh.public_key != files.public_key
     assert sidecar_policy(None, insecure=True) is None
-    config.write_text('[security]\nsecret_key_file = "missing.key_secret"\n')
-    with pytest.raises(StrategyError, match="secret_key_file"):
-        sidecar_policy(str(config), insecure=False)
+    with pytest.raises(StrategyError, match="insecure"):
+        sidecar_policy(parsed, insecure=True)
 
 
 @pytest.mark.asyncio

@@ -178,6 +178,19 @@ def test_the_command_prints_a_summary_and_writes_json(
     assert data["known"] == {}  # every check is on by default
 
 
+def test_json_alone_prints_json_in_place_of_the_report(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["fuzz", "--seeds", "2", "--seed", "5", "--json"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(printed)  # nothing but the JSON on stdout
+    assert set(data["digests"]) == {"5", "6"}
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["fuzz", "--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("ray_hyparview ")
+
+
 def test_hostile_frames_go_through_the_codec() -> None:
     config = FuzzConfig(known=frozenset())
     seed = next(

@@ -83,7 +83,7 @@ async def test_curve_connections_beyond_the_cap_are_refused_at_the_handshake() -
     server_pub, server_sec = generate_keypair()
     shared_pub, shared_sec = generate_keypair()
     curve = CurveConfig(
-        public_key=server_pub, secret_key=server_sec, allowed_keys=frozenset({shared_pub})
+        public_key=server_pub, secret_key=server_sec, allow_list=frozenset({shared_pub})
     )
     t = ZmqTransport("victim", options=ZmqOptions(max_connections=4), curve=curve)
     await t.start()

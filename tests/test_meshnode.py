@@ -6,21 +6,17 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import random
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
 
-from ray_hyparview.agent.meshnode import DeliveryError, DuplicateName, MemoryDirectory, MeshNode
-from ray_hyparview.agent.node import Agent
-from ray_hyparview.config.strategy import Strategy
+from ray_hyparview.agent.meshnode import DeliveryError, DuplicateName
 from ray_hyparview.protocol.config import HyParViewConfig
-from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.protocol.routing import RoutingConfig
 from ray_hyparview.testing.conditions import until
-from ray_hyparview.transport.memory import MemoryNetwork
+from ray_hyparview.testing.memory_mesh import MemoryMesh
 from ray_hyparview.wire.table import MeshAck, MeshReply, MeshSend, wire_codec
 
 T = TypeVar("T")
@@ -38,45 +34,11 @@ ROUTING = RoutingConfig(update_interval=0.5, route_expiry=2.0, request_interval=
 N = 6
 
 
-class Overlay:
+class Overlay(MemoryMesh):
+    """Agents and meshes on one in-memory network, with this module's timings."""
+
     def __init__(self, config: HyParViewConfig = CONFIG) -> None:
-        self.config = config
-        self.net = MemoryNetwork()
-        self.directory = MemoryDirectory()
-        self.agents: dict[str, Agent] = {}
-        self.meshes: dict[str, MeshNode] = {}
-
-    async def add(self, name: str, *contacts: str) -> None:
-        strategy = Strategy(
-            local_peer=Peer(name, f"mem://{name}"),
-            contacts=tuple(Peer(c, f"mem://{c}") for c in contacts),
-            transport="memory",
-            hyparview_config=self.config,
-        )
-        agent = Agent(
-            strategy,
-            transport=self.net.transport(name, bind=f"mem://{name}"),
-            rng=random.Random(name),
-        )
-        await agent.start()
-        self.agents[name] = agent
-        self.meshes[name] = MeshNode(
-            agent, self.directory, routing=ROUTING, rng=random.Random(name + "/mesh")
-        )
-
-    async def kill(self, name: str) -> None:
-        await self.meshes.pop(name).aclose()
-        await self.agents.pop(name).aclose(graceful=False)
-        self.net.kill(name)
-
-    def routes_complete(self) -> bool:
-        return all(set(m.router.routes()) >= set(self.meshes) - {n} for n, m in self.meshes.items())
-
-    async def aclose(self) -> None:
-        for mesh in self.meshes.values():
-            await mesh.aclose()
-        for agent in self.agents.values():
-            await agent.aclose()
+        super().__init__(config, routing=ROUTING)
 
 
 @pytest_asyncio.fixture

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from ray_hyparview.agent.control import query_status
+from ray_hyparview.protocol import overlay
 from ray_hyparview.testing.conditions import wait_sync
 
 pytestmark = pytest.mark.slow
@@ -182,22 +183,10 @@ class Lab:
 def components(views: dict[str, list[str]]) -> list[set[str]]:
     """Connected components of the graph of active views (a link counts if either side has
     it), over every node."""
-    seen: set[str] = set()
-    found: list[set[str]] = []
-    for start in sorted(views):
-        if start in seen:
-            continue
-        part = {start}
-        todo = [start]
-        while todo:
-            node = todo.pop()
-            near = set(views.get(node, ())) | {n for n, peers in views.items() if node in peers}
-            for other in near - part:
-                part.add(other)
-                todo.append(other)
-        seen |= part
-        found.append(part)
-    return found
+    groups: dict[int, set[str]] = {}
+    for node, label in overlay.components(views).items():
+        groups.setdefault(label, set()).add(node)
+    return [groups[label] for label in sorted(groups)]
 
 
 @pytest.fixture

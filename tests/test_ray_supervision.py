@@ -16,13 +16,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from ray_hyparview import cluster as plugin  # noqa: E402
-from ray_hyparview import mesh  # noqa: E402
 from ray_hyparview.cluster.plugin import RECONCILER_NAME  # noqa: E402
 from ray_hyparview.protocol.config import HyParViewConfig  # noqa: E402
 from ray_hyparview.testing.conditions import wait_sync  # noqa: E402
+from ray_hyparview.testing.ray_actors import incarnation, on, reattached  # noqa: E402
 
 REPLACED_WITHIN = 30.0
 """Deadline for a killed agent's replacement to serve (it takes a few seconds; the slack is
@@ -55,15 +54,6 @@ def head_node() -> str:
 
 def other_nodes() -> list[str]:
     return sorted(alive() - {head_node()})
-
-
-def incarnation(node_id: str) -> int:
-    """The incarnation of the agent serving ``node_id`` now, 0 if none answers."""
-    try:
-        found: int = ray.get(plugin.get_agent(node_id).stats.remote(), timeout=5)["incarnation"]
-    except Exception:
-        return 0
-    return found
 
 
 def all_views_answer(hv: plugin.HyParViewCluster) -> bool:
@@ -107,72 +97,6 @@ def test_incarnation_grows_when_the_clock_steps_back(monkeypatch: pytest.MonkeyP
     wall[0] += 7200 * 10**9
     assert plugin.next_incarnation("n1", clock=lambda: wall[0]) == wall[0] // 1000
     assert plugin.next_incarnation("n2", clock=lambda: wall[0]) == wall[0] // 1000  # per node
-
-
-class _Worker:
-    """A user actor on the mesh; it never joins twice."""
-
-    def __init__(self) -> None:
-        self.m: Any = None
-
-    async def join(self, name: str, topic: str) -> str:
-        self.m = await mesh.join(name)
-        self.m.subscribe(topic)
-        return str(self.m.node_id)
-
-    async def send(self, to: str, payload: Any, timeout: float = 5.0) -> str:
-        try:
-            await self.m.send(to, payload, timeout=timeout)
-        except mesh.DeliveryError as exc:
-            return exc.reason
-        return "ok"
-
-    async def request(self, to: str, payload: Any) -> tuple[str, str]:
-        try:
-            await self.m.request(to, payload, timeout=60.0)
-        except mesh.DeliveryError as exc:
-            return exc.reason, str(getattr(exc, "outcome", ""))
-        return "ok", ""
-
-    async def publish(self, topic: str, payload: Any) -> None:
-        await self.m.publish(topic, payload)
-
-    async def receive(self, count: int) -> list[tuple[str, str, Any]]:
-        got: list[tuple[str, str, Any]] = []
-        async for message in self.m.inbox():
-            got.append((message.kind, message.sender, message.payload))
-            if len(got) >= count:
-                break
-        return got
-
-    async def receive_until(self, payload: Any) -> list[Any]:
-        got: list[Any] = []
-        async for message in self.m.inbox():
-            got.append(message.payload)
-            if message.payload == payload:
-                break
-        return got
-
-    async def reattached(self) -> int:
-        count: int = self.m.reattached
-        return count
-
-    async def leave(self) -> None:
-        await self.m.leave()
-
-
-Worker: Any = ray.remote(num_cpus=0)(_Worker)
-
-
-def on(node_id: str) -> Any:
-    return Worker.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
-    ).remote()
-
-
-def reattached(worker: Any, times: int) -> bool:
-    count: int = ray.get(worker.reattached.remote())
-    return count >= times
 
 
 def until_ok(attempt: Callable[[int], str], *, limit: float) -> int:

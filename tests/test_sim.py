@@ -616,6 +616,30 @@ def test_cli_writes_json_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "events per CPU second" in text
 
 
+def test_cli_json_alone_prints_json_in_place_of_the_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--nodes", "60", "--seed", "2", "--fail", "0.3", "--cycles", "2", "--quiet"]
+    assert main([*argv, "--json"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)  # nothing but the JSON on stdout
+    assert result["nodes"] == 60
+    assert result["alive"] == 42
+    assert "first broadcast" not in out.out
+    # `--json -` says the same; a PATH still writes the file (the documented form).
+    assert main([*argv, "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["nodes"] == 60
+
+
+def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from ray_hyparview import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ray_hyparview {__version__}"
+
+
 def test_cli_sweep_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sweep.json"
     png = tmp_path / "sweep.png"

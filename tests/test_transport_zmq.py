@@ -583,7 +583,7 @@ async def test_curve_refuses_unlisted_and_plain_clients(
 @pytest.mark.asyncio
 async def test_curve_drops_impersonation(keys: dict[str, tuple[bytes, bytes]]) -> None:
     shared_public = keys["shared"][0]
-    b = ZmqTransport("b", curve=curve_for("b", keys, allowed_keys=frozenset({shared_public})))
+    b = ZmqTransport("b", curve=curve_for("b", keys, allow_list=frozenset({shared_public})))
     await b.start()
     # A valid key bound to "a" claims to be "c".
     liar = ZmqTransport("c", curve=curve_for("a", keys))

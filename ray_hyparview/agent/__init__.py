@@ -2,7 +2,8 @@
 
 :mod:`~ray_hyparview.agent.node` is the HyParView agent itself, :mod:`~ray_hyparview.agent.meshnode`
 the mesh, Plumtree and routing services it hosts, :mod:`~ray_hyparview.agent.control` its
-read-only control and metrics endpoints, :mod:`~ray_hyparview.agent.metrics` its Prometheus
+read-only control and metrics endpoints, :mod:`~ray_hyparview.agent.localpath` the node-local
+socket its actors use, :mod:`~ray_hyparview.agent.metrics` its Prometheus
 collector. Nothing here imports Ray. ``python -m ray_hyparview.agent`` runs the command line
 (:mod:`ray_hyparview.cli`).
 """

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
 from ray_hyparview.agent.metrics import registry
+from ray_hyparview.transport.endpoints import EndpointError, format_host, parse_endpoint
 
 __all__ = [
     "DEFAULT_METRICS_HOST",
@@ -45,14 +46,17 @@ StatsSource = Callable[[], Mapping[str, Any]]
 
 def _parse(endpoint: str) -> tuple[str, str, int]:
     """``tcp://host:port`` -> ("tcp", host, port); ``ipc:///path`` -> ("ipc", path, 0)."""
-    if endpoint.startswith("ipc://"):
-        return "ipc", endpoint[len("ipc://") :], 0
-    match = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)", endpoint)
-    if match is None:
+    try:
+        parsed = parse_endpoint(endpoint)
+    except EndpointError:
+        parsed = None
+    if parsed is not None and parsed.scheme == "ipc" and parsed.path is not None:
+        return "ipc", parsed.path, 0
+    if parsed is None or parsed.host is None or parsed.port is None:
         raise ValueError(
             f"control endpoint must be tcp://host:port or ipc://path, got {endpoint!r}"
         )
-    return "tcp", match.group(1), int(match.group(2))
+    return "tcp", parsed.host, parsed.port
 
 
 async def _serve(
@@ -67,8 +71,7 @@ async def _serve(
         return server, endpoint
     server = await asyncio.start_server(handle, host=where, port=port, limit=limit)
     bound_port = server.sockets[0].getsockname()[1]
-    host = f"[{where}]" if ":" in where else where
-    return server, f"tcp://{host}:{bound_port}"
+    return server, f"tcp://{format_host(where)}:{bound_port}"
 
 
 @contextlib.asynccontextmanager

@@ -38,9 +38,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import sys
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from ray_hyparview.agent.node import Agent, Event
@@ -174,7 +176,11 @@ class MeshNode:
         self._frames: dict[int, tuple[int, int]] = {}  # router frame id -> (ref, attempt)
         self._ready: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
+        self._armed = -math.inf  # the deadline the timer loop sleeps until (-inf: awake)
         self._closed = False
+        self.on_inbox: Callable[[str], None] | None = None
+        """Called with an actor's name when an item arrives in its inbox (the local path
+        pushes it from there, :mod:`ray_hyparview.agent.localpath`)."""
         for routing_type in (rt.RouteUpdate, rt.SeqnoRequest, rt.DataFrame, rt.RouteError):
             agent.add_handler(routing_type, self._on_routing)
         for tree_type in (pt.Gossip, pt.IHave, pt.Graft, pt.Prune):
@@ -264,6 +270,10 @@ class MeshNode:
 
     async def reply(self, request: tuple[NodeId, int, int], payload: bytes) -> None:
         """Answer a request (routed back to the requester's node; not acknowledged)."""
+        self.reply_nowait(request, payload)
+
+    def reply_nowait(self, request: tuple[NodeId, int, int], payload: bytes) -> None:
+        """:meth:`reply`, from synchronous code."""
         try:
             actions = self.core.reply(tuple(request), payload, now=self._now())  # type: ignore[arg-type]
         except DeliveryUsageError as exc:
@@ -273,6 +283,22 @@ class MeshNode:
     async def _operate(
         self, src: str, dst: str, payload: bytes, *, timeout: float, kind: str, key: str
     ) -> bytes | None:
+        return await self.begin(src, dst, payload, timeout=timeout, kind=kind, key=key)
+
+    def begin(
+        self,
+        src: str,
+        dst: str,
+        payload: bytes,
+        *,
+        timeout: float,
+        kind: str = "send",
+        key: str = "",
+    ) -> asyncio.Future[bytes | None]:
+        """Start a send (``kind="send"``) or request and return the future of its outcome
+        (the reply, None for a send, or :class:`DeliveryError`), without a task per message:
+        the local path (:mod:`ray_hyparview.agent.localpath`) answers from its done callback.
+        Cancelling the future stops waiting for the outcome, not the delivery."""
         if self._closed:
             raise DeliveryError("closed", dst)
         now = self._now()
@@ -285,11 +311,9 @@ class MeshNode:
             raise ValueError(str(exc)) from None
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._waiting[ref] = (future, dst)
-        try:
-            self._apply(actions)
-            return await future
-        finally:
-            self._waiting.pop(ref, None)
+        future.add_done_callback(lambda _: self._waiting.pop(ref, None))
+        self._apply(actions)
+        return future
 
     def _route(self, node: NodeId, data: bytes, ref: int = 0, attempt: int = 0) -> None:
         frame_id, actions = self.router.route(node, data, now=self._now())
@@ -322,6 +346,8 @@ class MeshNode:
                     ready = self._ready.get(name)
                     if ready is not None:
                         ready.set()
+                    if self.on_inbox is not None:
+                        self.on_inbox(name)
                 case dl.Missed(name=name, topic=topic, origin=origin):
                     log.warning(
                         "%s: inbox of %s full, publication on %r from %s missed",
@@ -330,7 +356,17 @@ class MeshNode:
                         topic,
                         origin,
                     )
-        self._wake.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the timer loop only if a core's next deadline moved before the one it sleeps
+        until: waking it for every message cost more than the message itself."""
+        if self._armed == -math.inf:
+            return  # awake: it reads the deadlines before it sleeps again
+        cores = (self.router.next_deadline(), self.tree.next_deadline(), self.core.next_deadline())
+        due = min((d for d in cores if d is not None), default=math.inf)
+        if due < self._armed:
+            self._wake.set()
 
     # ------------------------------------------------------------------ receiving
 
@@ -456,7 +492,7 @@ class MeshNode:
                         # The core keeps retrying until the deadline: routes may come back.
                         ref, attempt = copy
                         self._apply(self.core.route_failed(ref, attempt, reason, now=self._now()))
-        self._wake.set()
+        self._poke()
 
     def _apply_plumtree(self, actions: list[pt.Action]) -> None:
         for action in actions:
@@ -467,7 +503,7 @@ class MeshNode:
                         self.agent.send_raw(peer, message)
                 case pt.Deliver(topic=topic, payload=payload, origin=origin):
                     self._deliver_topic(origin, topic, payload)
-        self._wake.set()
+        self._poke()
 
     async def _timer_loop(self) -> None:
         while not self._closed:
@@ -484,9 +520,13 @@ class MeshNode:
         deadlines = [d for d in cores if d is not None]
         self._wake.clear()
         timeout = max(0.0, min(deadlines) - self._now()) if deadlines else None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
+        self._armed = min(deadlines) if deadlines else math.inf
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+        finally:
+            self._armed = -math.inf
         now = self._now()
         due = self.router.next_deadline()
         if due is not None and due <= now:

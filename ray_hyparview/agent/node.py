@@ -776,7 +776,7 @@ def make_transport(strategy: Strategy, *, context: Any = None) -> Transport:
             public_key=security.public_key,
             secret_key=security.secret_key,
             node_keys=dict(security.allowed_keys),
-            allowed_keys=frozenset(security.allow_list),
+            allow_list=frozenset(security.allow_list),
             default_server_key=security.default_server_key,
         )
     return ZmqTransport(

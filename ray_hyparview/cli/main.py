@@ -1,7 +1,8 @@
 """``python -m ray_hyparview.agent``: run, status, check, keygen and demo.
 
-``run`` is the standalone agent an operator starts on each node (or as a sidecar next to
-``ray start``); ``status`` asks a running agent over its local control endpoint; ``check``
+``run`` is the standalone agent an operator starts on each node (or, with ``--ray-address``, as
+a sidecar next to ``ray start``, with the same configuration: :mod:`ray_hyparview.cli.sidecar`);
+``status`` asks a running agent over its local control endpoint; ``check``
 validates a strategy file without starting anything; ``keygen`` writes a CURVE key pair;
 ``demo`` starts a small overlay on loopback, kills part of it and shows the repair.
 
@@ -36,8 +37,10 @@ import zmq
 from ray_hyparview import __version__
 from ray_hyparview.agent.control import control_server, metrics_server, query_status
 from ray_hyparview.agent.metrics import MetricsUnavailable
+from ray_hyparview.agent.node import Agent
 from ray_hyparview.config.strategy import Strategy, StrategyError, apply_env
 from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.overlay import overlay_problems
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.transport.ratelimit import LogRate, RateLimitFilter
 
@@ -165,8 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------ run
 
 
-def _strategy_from_args(args: argparse.Namespace) -> Strategy:
-    """Flags override RAY_HYPARVIEW_* variables, which override the file."""
+def strategy_data(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, str]:
+    """The strategy as a mapping, before it is checked: the ``--config`` file, then
+    ``RAY_HYPARVIEW_*`` variables over it, then the flags over both. Also the directory that
+    relative key paths are taken from and the name errors give as the source. ``run`` and the
+    sidecar (``run --ray-address``) both start from this."""
     data: dict[str, Any] = {}
     base_dir: Path | None = None
     if args.config:
@@ -187,7 +193,8 @@ def _strategy_from_args(args: argparse.Namespace) -> Strategy:
         node["endpoint"] = args.endpoint
     if args.bind:
         node["bind"] = args.bind
-        node.setdefault("endpoint", args.bind)
+        if not args.ray_address:
+            node.setdefault("endpoint", args.bind)
     if args.contact:
         node["contacts"] = list(args.contact)
     data["node"] = node
@@ -202,14 +209,20 @@ def _strategy_from_args(args: argparse.Namespace) -> Strategy:
         agent_section["log_level"] = args.log_level
     if agent_section:
         data["agent"] = agent_section
-    return Strategy.from_mapping(data, base_dir=base_dir, source=args.config or "command line")
+    return data, base_dir, args.config or "command line"
+
+
+def _strategy_from_args(args: argparse.Namespace) -> Strategy:
+    """Flags override RAY_HYPARVIEW_* variables, which override the file."""
+    data, base_dir, source = strategy_data(args)
+    return Strategy.from_mapping(data, base_dir=base_dir, source=source)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.ray_address:
-        from ray_hyparview.cluster.sidecar import run_sidecar
+        from ray_hyparview.cli.sidecar import cmd_sidecar
 
-        return run_sidecar(args.ray_address, args)
+        return cmd_sidecar(args)
     if args.insecure:
         print("run: --insecure needs --ray-address (without it, omit [security])", file=sys.stderr)
         return 1
@@ -218,6 +231,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except StrategyError as exc:
         print(f"run: invalid strategy: {exc}", file=sys.stderr)
         return 1
+    setup_logging(strategy)
+    try:
+        return asyncio.run(run_agent(strategy, json_line=args.json))
+    except CannotStart as exc:
+        print(f"run: {exc}", file=sys.stderr)
+        return 1
+
+
+def setup_logging(strategy: Strategy) -> None:
+    """The process's logging, for ``run`` and the sidecar (programs, not library code): the
+    strategy's level on the root logger, warnings rate-limited."""
     logging.basicConfig(
         level=getattr(logging, strategy.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -226,11 +250,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # interval, the rest counted (``process.log.suppressed`` in the agent's status).
     for handler in logging.getLogger().handlers:
         handler.addFilter(RateLimitFilter(_LOG_RATE))
-    try:
-        return asyncio.run(run_agent(strategy, json_line=args.json))
-    except CannotStart as exc:
-        print(f"run: {exc}", file=sys.stderr)
-        return 1
 
 
 class CannotStart(Exception):
@@ -254,15 +273,20 @@ _LOG_RATE = LogRate()
 
 
 async def run_agent(
-    strategy: Strategy, *, ready: asyncio.Event | None = None, json_line: bool = True
+    strategy: Strategy,
+    *,
+    ready: asyncio.Event | None = None,
+    json_line: bool = True,
+    open_agent: Callable[[], contextlib.AbstractAsyncContextManager[Agent]] | None = None,
 ) -> int:
     """Run one agent with its control and metrics servers until SIGINT or SIGTERM.
+
+    ``open_agent`` starts the agent and stops it on exit; by default ``Agent(strategy)``
+    (the sidecar passes one that also publishes it in the GCS and discovers its peers there).
 
     Once all are up it prints one line to stdout: JSON (id, endpoint, control, metrics_port,
     pid) with ``json_line``, else a sentence. Raises :class:`CannotStart` when one of them
     cannot bind."""
-    from ray_hyparview.agent.node import Agent
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -281,10 +305,10 @@ async def run_agent(
         }
         return result
 
-    agent = Agent(strategy)
+    opening = open_agent() if open_agent is not None else Agent(strategy)
     async with contextlib.AsyncExitStack() as stack:
         async with _starting("the agent at", strategy.bind or strategy.local_peer.endpoint):
-            await stack.enter_async_context(agent)
+            agent = await stack.enter_async_context(opening)
         async with _starting("the control endpoint", strategy.control):
             control = await stack.enter_async_context(
                 control_server(strategy.control, stats, counters=process)
@@ -439,22 +463,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
-def overlay_report(agents: Sequence[Any]) -> tuple[bool, bool, int]:
-    """(connected, symmetric, links) over the agents' active views."""
-    views = {a.myself.id: {p.id for p in a.active_view} for a in agents}
-    symmetric = all(x in views.get(y, {x}) for x, peers in views.items() for y in peers)
+def overlay_report(agents: Sequence[Any], *, min_active: int = 0) -> tuple[list[str], int]:
+    """(what keeps the agents' active views from being a connected, symmetric overlay of
+    exactly these agents, links) -- :func:`ray_hyparview.protocol.overlay.overlay_problems`."""
+    views = {a.myself.id: [p.id for p in a.active_view] for a in agents}
     links = sum(len(v) for v in views.values()) // 2
-    if not views:
-        return True, symmetric, links
-    start = next(iter(views))
-    seen = {start}
-    todo = [start]
-    while todo:
-        for nxt in views[todo.pop()]:
-            if nxt in views and nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return len(seen) == len(views), symmetric, links
+    return overlay_problems(views, min_active=min_active), links
 
 
 async def _demo(
@@ -468,7 +482,6 @@ async def _demo(
 ) -> int:
     """The demo; progress goes to ``say``, the figures into ``report`` (``demo --json``)."""
     report = {} if report is None else report
-    from ray_hyparview.agent.node import Agent
 
     rng = random.Random(seed)
     size = max(2, min(5, round(math.log10(n)) + 2))
@@ -500,8 +513,8 @@ async def _demo(
             agents.append(agent)
         async with asyncio.timeout(limit):
             while True:
-                connected, symmetric, links = overlay_report(agents)
-                if connected and symmetric and all(a.active_view for a in agents):
+                problems, links = overlay_report(agents, min_active=1)
+                if not problems:
                     break
                 await asyncio.sleep(0.2)
         took = time.monotonic() - started
@@ -525,12 +538,11 @@ async def _demo(
         for victim in victims:
             await victim.aclose(graceful=False)
         survivors = [a for a in agents if a not in victims]
-        dead = {a.myself.id for a in victims}
         async with asyncio.timeout(limit):
             while True:
-                connected, symmetric, links = overlay_report(survivors)
-                stale = any(p.id in dead for a in survivors for p in a.active_view)
-                if connected and symmetric and not stale:
+                # A dead agent still in a survivor's view is a problem too.
+                problems, links = overlay_report(survivors)
+                if not problems:
                     break
                 await asyncio.sleep(0.05)
         say(

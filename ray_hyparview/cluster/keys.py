@@ -40,18 +40,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from ray_hyparview.config.keys import KeyFileError, generate_keypair, is_z85_key, load_keypair
-from ray_hyparview.config.strategy import Security, StrategyError, _parse_security, apply_env
+from ray_hyparview.config.strategy import Security, StrategyError
 from ray_hyparview.protocol.peer import NodeId
 from ray_hyparview.transport.zmq import ZmqTransport
 
@@ -126,37 +123,32 @@ def node_security(policy: NodeKeys) -> Security:
     )
 
 
-def sidecar_policy(config: str | None, *, insecure: bool) -> Security | None:
-    """The sidecar's keys: the ``[security]`` table of ``config`` (with ``RAY_HYPARVIEW_*``
-    overrides) if it has one, else a fresh pair; ``None`` if ``insecure``."""
+def sidecar_policy(security: Security | None, *, insecure: bool) -> Security | None:
+    """The sidecar's keys, from the ``[security]`` table of its strategy as ``run`` parsed it
+    (``security``): that key pair if there is one, else a fresh pair; either way marked as
+    taking the peers' keys from the GCS. ``None`` (plain text, with a warning) if ``insecure``;
+    ``insecure`` with a key pair is a contradiction (:class:`StrategyError`)."""
     if insecure:
+        if security is not None:
+            raise StrategyError(
+                "security",
+                "[security]",
+                "no key pair with --insecure",
+                hint="drop --insecure or the [security] table",
+            )
         log.warning(INSECURE_WARNING)
         return None
-    data: dict[str, Any] = {}
-    base_dir: Path | None = None
-    if config:
-        path = Path(config)
-        try:
-            with path.open("rb") as handle:
-                data = tomllib.load(handle)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise StrategyError(
-                "", str(path), "a readable TOML strategy file", hint=str(exc)
-            ) from None
-        base_dir = path.resolve().parent
-    data = apply_env(data, os.environ)
-    if "security" not in data:
+    if security is None:
         return node_security(NodeKeys())
-    given = _parse_security(data["security"], base_dir)
-    if given.allowed_keys or given.allow_list or given.default_server_key:
+    if security.allowed_keys or security.allow_list or security.default_server_key:
         log.warning(
             "security.allowed_keys, allow_list and default_server_key are ignored with"
             " --ray-address: peers' keys come from the GCS"
         )
     return Security(
-        public_key=given.public_key,
-        secret_key=given.secret_key,
-        secret_key_file=given.secret_key_file,
+        public_key=security.public_key,
+        secret_key=security.secret_key,
+        secret_key_file=security.secret_key_file,
         key_source=KEY_SOURCE,
     )
 

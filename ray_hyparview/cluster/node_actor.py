@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from ray_hyparview.agent.localpath import LocalServer, socket_dir
 from ray_hyparview.agent.meshnode import MeshNode
 from ray_hyparview.agent.node import Agent
 from ray_hyparview.cluster.gcs import (
@@ -44,31 +45,32 @@ _CONTACTS = 3
 _METRICS_INTERVAL = 5.0
 
 
+def service_strategy(
+    node_id: NodeId, host: str, config: HyParViewConfig, security: KeyPolicy
+) -> Strategy:
+    """The plugin's agent on ``node_id``: any port on ``host``, the keys ``security`` gives."""
+    own = node_security(security) if isinstance(security, NodeKeys) else security
+    return Strategy(
+        local_peer=Peer(node_id, f"tcp://{host}:0"), hyparview_config=config, security=own
+    )
+
+
 class _Service:
     """One node's agent plus its discovery and metrics, shared by the actor and the sidecar."""
 
-    def __init__(
-        self,
-        node_id: NodeId,
-        host: str,
-        config: HyParViewConfig,
-        security: KeyPolicy,
-        *,
-        export_metrics: bool,
-    ) -> None:
-        self.node_id = node_id
-        own = node_security(security) if isinstance(security, NodeKeys) else security
-        strategy = Strategy(
-            local_peer=Peer(node_id, f"tcp://{host}:0"),
-            hyparview_config=config,
-            security=own,
-        )
-        self.agent = Agent(strategy, incarnation=next_incarnation(node_id))
+    def __init__(self, strategy: Strategy, *, export_metrics: bool) -> None:
+        """``strategy`` is the agent's, its security already resolved (see
+        :func:`service_strategy`): a ``key_source`` of :data:`KEY_SOURCE` takes the peers'
+        keys from the GCS."""
+        self.node_id = strategy.local_peer.id
+        own = strategy.security
+        self.agent = Agent(strategy, incarnation=next_incarnation(self.node_id))
         self.keyring: GcsKeyring | None = None
         if own is not None and own.key_source == KEY_SOURCE:
-            self.keyring = GcsKeyring(node_id, own, _read_agents, self.agent.counters)
+            self.keyring = GcsKeyring(self.node_id, own, _read_agents, self.agent.counters)
         self._export_metrics = export_metrics
         self.mesh: MeshNode | None = None
+        self.local: LocalServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.failed = False
@@ -94,6 +96,9 @@ class _Service:
         _kv_put(_KV_PREFIX + self.node_id, json.dumps(entry).encode())
         holddown = RoutingConfig(start_holddown=None) if replacing else None
         self.mesh = MeshNode(agent, GcsDirectory(), routing=holddown)
+        local = LocalServer(self.mesh, directory=socket_dir())
+        await local.start()
+        self.local = local
         self._watch_tasks()
         self._discover()
         self._tasks.append(asyncio.create_task(self._rediscover(), name="hyparview-discovery"))
@@ -185,6 +190,8 @@ class _Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.local is not None:
+            await self.local.aclose()
         if self.mesh is not None:
             await self.mesh.aclose()
         with contextlib.suppress(Exception):
@@ -207,9 +214,8 @@ class _NodeAgent:
         # driver. WARNING by default keeps drivers readable; start(log_level="INFO") shows them.
         _actor_logging(log_level)
         host = bind_host or _node_ip()
-        self._service = _Service(
-            node_id, host, HyParViewConfig(**config), security, export_metrics=True
-        )
+        strategy = service_strategy(node_id, host, HyParViewConfig(**config), security)
+        self._service = _Service(strategy, export_metrics=True)
         self._starting: asyncio.Future[str] | None = None
 
     async def start(self) -> str:
@@ -249,7 +255,19 @@ class _NodeAgent:
         self._mesh().register(name)
         return await self.mesh_view()
 
+    async def mesh_join_local(self, name: str) -> dict[str, Any]:
+        """Register ``name`` and open the direct local path for it: the active view, the
+        agent's local endpoint and the member's token (see :mod:`ray_hyparview.agent.localpath`)."""
+        mesh = self._mesh()
+        local = self._service.local
+        mesh.register(name)
+        token = local.admit(name) if local is not None else b""
+        endpoint = local.endpoint if local is not None else ""
+        return {"view": await self.mesh_view(), "endpoint": endpoint, "token": token}
+
     async def mesh_unregister(self, name: str, ack: int | None = None) -> list[Any]:
+        if self._service.local is not None:
+            self._service.local.forget(name)
         return self._mesh().unregister(name, ack=ack)
 
     async def mesh_view(self) -> list[NodeId]:
@@ -279,7 +297,10 @@ class _NodeAgent:
         self._mesh().publish(name, topic, payload)
 
     async def mesh_stats(self) -> dict[str, Any]:
-        return self._mesh().stats()
+        stats = self._mesh().stats()
+        if self._service.local is not None:
+            stats["local"] = self._service.local.stats()
+        return stats
 
 
 def _actor_logging(level: str) -> None:

@@ -38,8 +38,10 @@ entry (``public_key``) and admits only keys published there, each for its own no
 is the trust root (:mod:`ray_hyparview.cluster.keys`). ``insecure=True`` runs in plain text.
 
 The same agent runs as a sidecar next to ``ray start`` with ``python -m ray_hyparview.agent run
---ray-address auto`` (see :func:`run_sidecar`): it connects as a driver only to learn its node
-id and its peers, then runs exactly as above, in its own process.
+--ray-address auto`` (:mod:`ray_hyparview.cli.sidecar`, :mod:`ray_hyparview.cluster.sidecar`):
+it takes ``run``'s configuration, connects as a driver only to learn its node id, address and
+peers, then runs exactly as above, in its own process, with ``run``'s control endpoint and
+``/metrics`` page.
 
 In Ray mode the agent's counters and gauges are also exported with ``ray.util.metrics``, so
 they reach Ray's own Prometheus endpoint, under the names and labels of the standalone
@@ -78,6 +80,7 @@ from ray_hyparview.cluster.keys import (
 from ray_hyparview.cluster.node_actor import NodeAgent
 from ray_hyparview.config.strategy import Security
 from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.overlay import problems
 from ray_hyparview.protocol.peer import NodeId
 
 log = logging.getLogger("ray_hyparview.cluster")
@@ -444,24 +447,10 @@ def _timeout(timeout: float | None, limit: float | None, default: float, where: 
 
 
 def _converged(views: Mapping[NodeId, Any], alive: set[NodeId], min_active: int) -> bool:
-    live = {n: set(v.get("active", [])) for n, v in views.items() if n in alive and "active" in v}
-    if set(live) != alive:
-        return False
-    if len(live) > 1 and any(len(a) < min_active for a in live.values()):
-        return False
-    if any(p not in live or n not in live[p] for n, peers in live.items() for p in peers):
-        return False
-    start_node = next(iter(live), None)
-    if start_node is None:
-        return True
-    seen = {start_node}
-    todo = [start_node]
-    while todo:
-        for p in live[todo.pop()]:
-            if p not in seen:
-                seen.add(p)
-                todo.append(p)
-    return seen == set(live)
+    """Every alive node's view is in, and they form a connected, symmetric overlay of the
+    alive nodes, each with at least ``min_active`` peers."""
+    active = {n: v["active"] for n, v in views.items() if n in alive and "active" in v}
+    return not problems(active, alive=alive, min_active=min_active)
 
 
 def _reconciler(*args: Any) -> Any:

@@ -1,77 +1,53 @@
-"""The sidecar: ``python -m ray_hyparview.agent run --ray-address ADDR`` runs one node's agent as
-a process next to ``ray start``, finding its node id and peers through the GCS."""
+"""The sidecar's Ray half: ``python -m ray_hyparview.agent run --ray-address ADDR`` runs one
+node's agent as a process next to ``ray start``.
+
+The command line (:mod:`ray_hyparview.cli.sidecar`) builds and checks the strategy exactly as
+``run`` does, before this module is imported. From Ray the sidecar takes only what Ray knows:
+the node id and address (:func:`ray_node`) and the peers and their keys through the GCS
+(:func:`serving`, the same :class:`_Service` as the plugin's agent actors).
+"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
-import json
 import logging
-import sys
+from collections.abc import AsyncIterator, Iterator
 
 import ray
 
+from ray_hyparview.agent.node import Agent
 from ray_hyparview.cluster.gcs import NAMESPACE, _node_ip
-from ray_hyparview.cluster.keys import (
-    sidecar_policy,
-)
+from ray_hyparview.cluster.keys import sidecar_policy
 from ray_hyparview.cluster.node_actor import _Service
-from ray_hyparview.protocol.config import HyParViewConfig
-from ray_hyparview.protocol.errors import ConfigError
-from ray_hyparview.transport.ratelimit import RateLimitFilter
+from ray_hyparview.config.strategy import Strategy
+from ray_hyparview.protocol.peer import NodeId
 
-log = logging.getLogger("ray_hyparview.cluster")
+__all__ = ["ray_node", "serving", "sidecar_policy"]
 
 
-def run_sidecar(address: str, args: argparse.Namespace) -> int:
-    """``python -m ray_hyparview.agent run --ray-address ADDR``: the agent as a process next to
-    ``ray start``, finding its node id and peers through the GCS."""
-    logging.basicConfig(level=getattr(logging, (args.log_level or "INFO").upper(), logging.INFO))
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RateLimitFilter())
-    try:
-        security = sidecar_policy(args.config, insecure=getattr(args, "insecure", False))
-    except ConfigError as exc:
-        print(f"run: invalid strategy: {exc}", file=sys.stderr)
-        return 1
+@contextlib.contextmanager
+def ray_node(address: str) -> Iterator[tuple[NodeId, str]]:
+    """Connect to the Ray cluster at ``address`` (``auto``: this node's) as a driver and yield
+    this node's (id, IP address as Ray knows it: ``ray start --node-ip-address``); disconnect
+    on exit. Raises :class:`ConnectionError` when no Ray answers there."""
     ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
     try:
         node_id = ray.get_runtime_context().get_node_id()
-        host = args.bind.removeprefix("tcp://").rsplit(":", 1)[0] if args.bind else None
-        service = _Service(
-            node_id,
-            host or _node_ip(),
-            HyParViewConfig(),
-            security,
-            export_metrics=False,
-        )
-        return asyncio.run(_run_service(service, args))
+        known = [n for n in ray.nodes() if n.get("NodeID") == node_id]  # type: ignore[no-untyped-call]
+        address_of = known[0].get("NodeManagerAddress") if known else None
+        yield node_id, address_of if isinstance(address_of, str) and address_of else _node_ip()
     finally:
         ray.shutdown()
 
 
-async def _run_service(service: _Service, args: argparse.Namespace) -> int:
-    import signal
-
-    from ray_hyparview.agent.control import control_server
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    endpoint = await service.start()
+@contextlib.asynccontextmanager
+async def serving(strategy: Strategy) -> AsyncIterator[Agent]:
+    """Start ``strategy``'s agent, publish it in the GCS and join the peers published there
+    (with their keys, when ``strategy.security`` comes from :func:`sidecar_policy`); on exit
+    leave and withdraw the entry."""
+    service = _Service(strategy, export_metrics=False)
     try:
-        async with control_server(args.control, service.agent.stats) as control:
-            if getattr(args, "json", True):
-                print(
-                    json.dumps({"id": service.node_id, "endpoint": endpoint, "control": control}),
-                    flush=True,
-                )
-            else:
-                print(f"{service.node_id}: running at {endpoint} (control {control or 'off'})")
-            await stop.wait()
+        await service.start()
+        yield service.agent
     finally:
         await service.stop()
-    return 0

@@ -125,9 +125,9 @@ class HyParViewConfig:
             if f.name == "keepalive_interval" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{f.name} must be a number, got {value!r}")
+                raise _invalid(f.name, "a number", value)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{f.name} must be finite, got {value!r}")
+                raise _invalid(f.name, "finite", value)
         ints = (
             "active_view_size",
             "passive_view_size",
@@ -140,12 +140,11 @@ class HyParViewConfig:
             "min_active_size",
         )
         for name in ints:
-            value = getattr(self, name)
-            if not isinstance(value, int):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if not isinstance(getattr(self, name), int):
+                raise _invalid(name, "an integer", getattr(self, name))
         for name in ("active_view_size", "passive_view_size", "arwl", "shuffle_ttl"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+                raise _invalid(name, "at least 1", getattr(self, name))
         for name in (
             "prwl",
             "shuffle_active",
@@ -154,28 +153,31 @@ class HyParViewConfig:
             "reserve_size",
         ):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)!r}")
+                raise _invalid(name, "at least 0", getattr(self, name))
         # What the wire carries (protocol/limits.py): a walk's TTL is one byte, a SHUFFLE holds
         # at most MAX_SHUFFLE_PEERS ids (ours included). A larger setting would make every
         # JOIN or SHUFFLE fail to encode.
         for name in ("arwl", "shuffle_ttl"):
             if getattr(self, name) > limits.MAX_TTL:
-                raise ConfigError(
-                    f"{name} must be at most {limits.MAX_TTL} (one byte on the wire),"
-                    f" got {getattr(self, name)!r}"
+                raise _invalid(
+                    name, f"at most {limits.MAX_TTL} (one byte on the wire)", getattr(self, name)
                 )
         if self.shuffle_active + self.shuffle_passive + 1 > limits.MAX_SHUFFLE_PEERS:
             raise ConfigError(
                 f"shuffle_active + shuffle_passive must be at most"
                 f" {limits.MAX_SHUFFLE_PEERS - 1} (one SHUFFLE on the wire), got"
-                f" {self.shuffle_active} + {self.shuffle_passive}"
+                f" {self.shuffle_active} + {self.shuffle_passive}",
+                field="shuffle_passive",
+                expected=f"at most {limits.MAX_SHUFFLE_PEERS - 1} - shuffle_active"
+                f" ({self.shuffle_active}) (one SHUFFLE on the wire)",
             )
         if self.prwl > self.arwl:
-            raise ConfigError(f"prwl must be at most arwl ({self.arwl}), got {self.prwl!r}")
+            raise _invalid("prwl", f"at most arwl ({self.arwl})", self.prwl)
         if self.min_active_size > self.active_view_size:
-            raise ConfigError(
-                f"min_active_size must be at most active_view_size ({self.active_view_size}),"
-                f" got {self.min_active_size!r}"
+            raise _invalid(
+                "min_active_size",
+                f"at most active_view_size ({self.active_view_size})",
+                self.min_active_size,
             )
         positive = (
             "shuffle_interval",
@@ -190,25 +192,33 @@ class HyParViewConfig:
         )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+                raise _invalid(name, "greater than 0", getattr(self, name))
         if self.keepalive_interval is not None:
             if self.keepalive_interval <= 0:
-                raise ConfigError(
-                    f"keepalive_interval must be greater than 0 or None, got "
-                    f"{self.keepalive_interval!r}"
+                raise _invalid(
+                    "keepalive_interval", "greater than 0 or None", self.keepalive_interval
                 )
             if self.keepalive_timeout <= self.keepalive_interval:
-                raise ConfigError(
-                    f"keepalive_timeout must be greater than keepalive_interval "
-                    f"({self.keepalive_interval}), got {self.keepalive_timeout!r}"
+                raise _invalid(
+                    "keepalive_timeout",
+                    f"greater than keepalive_interval ({self.keepalive_interval})",
+                    self.keepalive_timeout,
                 )
         if self.rejoin_backoff_max < self.rejoin_backoff_initial:
-            raise ConfigError(
-                f"rejoin_backoff_max must be at least rejoin_backoff_initial "
-                f"({self.rejoin_backoff_initial}), got {self.rejoin_backoff_max!r}"
+            raise _invalid(
+                "rejoin_backoff_max",
+                f"at least rejoin_backoff_initial ({self.rejoin_backoff_initial})",
+                self.rejoin_backoff_max,
             )
         if self.probe_interval_max < self.probe_interval_min:
-            raise ConfigError(
-                f"probe_interval_max must be at least probe_interval_min "
-                f"({self.probe_interval_min}), got {self.probe_interval_max!r}"
+            raise _invalid(
+                "probe_interval_max",
+                f"at least probe_interval_min ({self.probe_interval_min})",
+                self.probe_interval_max,
             )
+
+
+def _invalid(name: str, expected: str, value: object) -> ConfigError:
+    """The error for one refused field: ``<name> must be <expected>, got <value>``, with the
+    name and the expectation attached for callers that report it in their own terms."""
+    return ConfigError(f"{name} must be {expected}, got {value!r}", field=name, expected=expected)

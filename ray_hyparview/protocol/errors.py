@@ -16,8 +16,17 @@ class HyParViewError(Exception):
 class ConfigError(HyParViewError, ValueError):
     """A configuration value is out of range or of the wrong type.
 
-    Subclasses :class:`ValueError` so that plain ``except ValueError`` also works.
+    Subclasses :class:`ValueError` so that plain ``except ValueError`` also works. ``field``
+    and ``expected``, when given, say which setting was refused and what it should have been,
+    so that a caller can name the setting in its own terms (the strategy file's key).
     """
+
+    def __init__(self, *args: object, field: str | None = None, expected: str | None = None):
+        super().__init__(*args)
+        self.field = field
+        """The name of the refused setting, if one is to blame."""
+        self.expected = expected
+        """What that setting should have been, e.g. ``at least 1``."""
 
 
 class StateError(HyParViewError, RuntimeError):

@@ -2,11 +2,13 @@
 
 With no arguments it builds a 1,000-node overlay, crashes half of it and prints the figures: a
 quick look at what the protocol does, in a few seconds. It writes files only where asked:
-``--plot PNG`` draws the run, ``--json PATH`` saves its figures.
+``--plot PNG`` draws the run, ``--json PATH`` saves its figures. ``--json`` alone prints them to
+stdout as JSON instead of the text summary (as ``--json`` does on every command), and
+``--version`` prints the version.
 ``--sweep`` repeats the crash for every failure level from 10% to 95% on one overlay and prints
 a markdown table (the one in the README's "How it behaves").
 
-``python -m ray_hyparview.sim fuzz --seeds N [--seed S] [--json PATH]`` runs the fault-injection
+``python -m ray_hyparview.sim fuzz --seeds N [--seed S] [--json [PATH]]`` runs the fault-injection
 fuzzer instead (:mod:`ray_hyparview.sim.fuzz_cli`).
 """
 
@@ -104,6 +106,48 @@ def _fraction(text: str) -> float:
     return value
 
 
+def version() -> str:
+    """``ray_hyparview X.Y.Z``, as every command's ``--version`` prints it."""
+    # The package root (which holds __version__) sits above the simulator's layer, and is
+    # always imported before any of its modules: read it, do not import it.
+    return f"ray_hyparview {getattr(sys.modules.get('ray_hyparview'), '__version__', '?')}"
+
+
+STDOUT = "-"
+"""``--json`` with no PATH (or ``--json -``): the JSON goes to stdout, in place of the text."""
+
+
+def add_json(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
+    """``--json [PATH]``: print ``what`` as JSON to stdout, or with PATH write it there."""
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const=STDOUT,
+        default=None,
+        metavar="PATH",
+        help=f"print {what} as JSON to stdout instead of text; with PATH, write them there",
+    )
+
+
+def emit_json(data: object, target: str | None, *, indent: int = 2) -> None:
+    """Print ``data`` as JSON (``target`` is :data:`STDOUT`) or write it to the file
+    ``target`` and say so; nothing when ``target`` is None."""
+    if target is None:
+        return
+    text = json.dumps(data, indent=indent) + "\n"
+    if target == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    Path(target).write_text(text)
+    print(f"wrote {target}")
+
+
+def say(args: argparse.Namespace) -> TextIO:
+    """Where the human-readable lines go: stderr while stdout carries the JSON."""
+    return sys.stderr if args.json == STDOUT else sys.stdout
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line (``--help`` lists every option with its default)."""
     parser = argparse.ArgumentParser(
@@ -116,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=version())
     run = parser.add_argument_group("experiment")
     run.add_argument("--nodes", type=int, default=1000, help="overlay size")
     run.add_argument("--seed", type=int, default=0, help="seed: same seed, same run")
@@ -171,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per cycle",
     )
     out = parser.add_argument_group("output")
-    out.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
+    add_json(out, "the results")
     out.add_argument(
         "--plot",
         type=Path,
@@ -359,10 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if isinstance(bar, ProgressBar):
             bar.close()
-    print(_sweep_summary(result) if args.sweep else summary(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
-        print(f"wrote {args.json}")
+    if args.json != STDOUT:
+        print(_sweep_summary(result) if args.sweep else summary(result))
+    emit_json(result, args.json)
     if plot_path is not None:
         from ray_hyparview.sim.plot import PlotUnavailable, plot_run, plot_sweep
 
@@ -371,5 +415,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         except PlotUnavailable as exc:
             print(f"note: no plot drawn: {exc}", file=sys.stderr)
         else:
-            print(f"wrote {written}")
+            print(f"wrote {written}", file=say(args))
     return 0

@@ -2,23 +2,23 @@
 
 ``--seeds N --seed S`` runs the worlds S .. S+N-1 (in ``--workers`` processes); every failing
 seed is shrunk to its shortest fault list and printed with the trace tail before its first
-finding, and with the command that replays it. ``--json PATH`` writes every figure and finding.
+finding, and with the command that replays it. ``--json PATH`` writes every figure and finding;
+``--json`` alone prints them to stdout instead of the text report.
 The exit status is 1 when a seed failed a check that is on.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from ray_hyparview.sim import history as hs
+from ray_hyparview.sim.cli import STDOUT, add_json, emit_json, version
 from ray_hyparview.sim.fuzz import DEFAULT_KNOWN, FuzzConfig, SeedResult, run_seed, shrink
 
 __all__ = ["Failure", "Summary", "explain", "main", "run_seeds"]
@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int, default=100, help="how many worlds")
     parser.add_argument("--seed", type=int, default=0, help="the first seed")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--version", action="version", version=version())
+    add_json(parser, "the results")
     parser.add_argument("--workers", type=int, default=1, help="processes")
     parser.add_argument(
         "--all-checks", action="store_true", help="turn the known findings' checks on too"
@@ -187,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         explain(seed, findings[0], config)
         for seed, findings in list(summary.failed.items())[: args.explain]
     ]
-    print(report(summary, failures, config))
+    if args.json != STDOUT:
+        print(report(summary, failures, config))
     if args.json is not None:
         data = {
             "seeds": summary.seeds,
@@ -213,6 +215,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
             "digests": {str(s): d for s, d in summary.digests.items()},
         }
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        emit_json(data, args.json)
     return 1 if summary.failed else 0

@@ -29,6 +29,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ray_hyparview.protocol import overlay
 from ray_hyparview.protocol import plumtree as pt
 from ray_hyparview.protocol import routing as rt
 from ray_hyparview.protocol.hyparview import HyParView
@@ -205,55 +206,19 @@ def find_loop(
 
 
 def check_overlay(views: Mapping[NodeId, Collection[NodeId]], now: float) -> list[Finding]:
-    """Symmetric active views and one connected component over the live nodes ``views``."""
+    """Symmetric active views and one connected component over the live nodes ``views``
+    (:func:`ray_hyparview.protocol.overlay.problems`); a dead peer in a view breaks symmetry."""
     out: list[Finding] = []
-    for node in sorted(views):
-        for peer in sorted(views[node]):
-            if peer not in views:
-                out.append(Finding("symmetric", now, node, f"dead peer {peer} in active view"))
-            elif node not in views[peer]:
-                out.append(Finding("symmetric", now, node, f"{peer} does not hold it"))
-    if views:
-        links: dict[NodeId, set[NodeId]] = {node: set() for node in views}
-        for node, peers in views.items():
-            for peer in peers:
-                if peer in links:
-                    links[node].add(peer)
-                    links[peer].add(node)
-        first = min(views)
-        seen = {first}
-        todo = [first]
-        while todo:
-            for peer in links[todo.pop()]:
-                if peer not in seen:
-                    seen.add(peer)
-                    todo.append(peer)
-        if len(seen) < len(views):
-            apart = sorted(set(views) - seen)
-            out.append(Finding("connected", now, "", f"not reachable from {first}: {apart}"))
+    for problem in overlay.problems(views):
+        if problem.check == "connected":
+            out.append(Finding("connected", now, "", problem.detail))
+        else:
+            out.append(Finding("symmetric", now, problem.node, problem.detail))
     return out[:3]
 
 
-def components(views: Mapping[NodeId, Collection[NodeId]]) -> dict[NodeId, int]:
-    """The connected component of each live node over the active links (either direction)."""
-    links: dict[NodeId, set[NodeId]] = {node: set() for node in views}
-    for node, peers in views.items():
-        for peer in peers:
-            if peer in links:
-                links[node].add(peer)
-                links[peer].add(node)
-    label: dict[NodeId, int] = {}
-    for index, node in enumerate(sorted(views)):
-        if node in label:
-            continue
-        label[node] = index
-        todo = [node]
-        while todo:
-            for peer in links[todo.pop()]:
-                if peer not in label:
-                    label[peer] = index
-                    todo.append(peer)
-    return label
+components = overlay.components
+"""The connected component of each live node over the active links (either direction)."""
 
 
 def unrouted(

@@ -64,6 +64,7 @@ from ray_hyparview.agent.node import Agent
 from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import PeerDown, PeerUp
+from ray_hyparview.protocol.overlay import overlay_problems
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.transport.base import LinkFailed, Transport
 
@@ -72,7 +73,6 @@ __all__ = [
     "Host",
     "collect_views",
     "main",
-    "overlay_problems",
     "percentile",
     "start_hosts",
     "wait_healthy",
@@ -517,30 +517,6 @@ def collect_views(hosts: Iterable[Host], timeout: float = 10.0) -> dict[NodeId, 
         for node_id, view in host.views(timeout).items():
             views[node_id] = view["active"]
     return views
-
-
-def overlay_problems(views: Mapping[NodeId, Sequence[NodeId]]) -> list[str]:
-    """Why ``views`` (node -> active ids) is not a connected, symmetric overlay of exactly these
-    nodes; empty when it is."""
-    problems: list[str] = []
-    for node, peers in views.items():
-        for peer in peers:
-            if peer not in views:
-                problems.append(f"{node} holds unknown or dead peer {peer}")
-            elif node not in views[peer]:
-                problems.append(f"{node} -> {peer} is one-sided")
-    if views:
-        start = next(iter(views))
-        seen = {start}
-        todo = [start]
-        while todo:
-            for nxt in views[todo.pop()]:
-                if nxt in views and nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        if len(seen) != len(views):
-            problems.append(f"not connected: {len(seen)} of {len(views)} reachable from {start}")
-    return problems
 
 
 def start_hosts(

@@ -14,6 +14,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from ray_hyparview.protocol import overlay
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.messages import Action, Message, PeerDown, PeerUp, Send
@@ -124,25 +125,17 @@ class Wiring:
     def live(self) -> dict[NodeId, HyParView]:
         return {n: node for n, node in self.nodes.items() if n not in self.crashed}
 
+    def views(self) -> dict[NodeId, list[NodeId]]:
+        """The live nodes' active views."""
+        return {name: list(node.active_ids) for name, node in self.live().items()}
+
     def symmetric(self) -> bool:
-        live = self.live()
-        return all(
-            name in live[p].active_ids
-            for name, node in live.items()
-            for p in node.active_ids
-            if p in live
-        )
+        """Every active link among live nodes is held by both ends (a crashed peer not yet
+        detected does not count)."""
+        found = overlay.problems(self.views(), dead_peers=False)
+        return not any(p.check == "symmetric" for p in found)
 
     def connected(self) -> bool:
-        live = self.live()
-        if not live:
-            return True
-        start = next(iter(live))
-        seen = {start}
-        todo = [start]
-        while todo:
-            for p in live[todo.pop()].active_ids:
-                if p in live and p not in seen:
-                    seen.add(p)
-                    todo.append(p)
-        return len(seen) == len(live)
+        """The live nodes' active views form one component."""
+        found = overlay.problems(self.views(), dead_peers=False)
+        return not any(p.check == "connected" for p in found)

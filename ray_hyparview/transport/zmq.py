@@ -74,7 +74,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import ipaddress
 import logging
 import os
 from collections import Counter, OrderedDict, deque
@@ -89,6 +88,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from ray_hyparview.protocol.peer import NodeId, Peer
+from ray_hyparview.transport.admission import KeyRule
 from ray_hyparview.transport.base import (
     LinkEventBox,
     LinkFailed,
@@ -96,6 +96,7 @@ from ray_hyparview.transport.base import (
     Quarantine,
     TransportClosed,
 )
+from ray_hyparview.transport.endpoints import SCHEMES, is_loopback_endpoint
 from ray_hyparview.transport.ratelimit import DEFAULT_LOG_INTERVAL, DEFAULT_LOG_LINES, LogRate
 from ray_hyparview.wire.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 
@@ -126,7 +127,6 @@ _ROUTER_EVENTS: Final[dict[int, str]] = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed_auth",
 }
-_SCHEMES: Final = ("tcp://", "ipc://", "inproc://")
 _STALE_KEY: Final = frozenset(
     {LinkFailure.HANDSHAKE_FAILED, LinkFailure.DIAL_TIMEOUT, LinkFailure.DISCONNECTED}
 )
@@ -282,9 +282,10 @@ class CurveConfig:
     """Node id -> that node's public key. A listed key may speak only as its node id, a listed
     id only with its key; dials to a listed id use its key as the server key."""
 
-    allowed_keys: frozenset[str | bytes] = frozenset()
+    allow_list: frozenset[str | bytes] = frozenset()
     """Extra client keys admitted without an id binding (e.g. one key shared by a cluster).
-    Such a client may claim any id that is not bound in ``node_keys``."""
+    Such a client may claim any id that is not bound in ``node_keys``. The same name, and
+    meaning, as ``Security.allow_list`` (see :mod:`~ray_hyparview.transport.admission`)."""
 
     default_server_key: str | bytes | None = None
     """Server key for dialling ids absent from ``node_keys`` (e.g. a shared cluster key);
@@ -295,8 +296,8 @@ class CurveConfig:
         _z85_key(self.secret_key, "secret_key")
         for node_id, key in self.node_keys.items():
             _z85_key(key, f"node_keys[{node_id!r}]")
-        for key in self.allowed_keys:
-            _z85_key(key, "allowed_keys entry")
+        for key in self.allow_list:
+            _z85_key(key, "allow_list entry")
         if self.default_server_key is not None:
             _z85_key(self.default_server_key, "default_server_key")
 
@@ -309,11 +310,11 @@ class _Auth:
     ) -> None:
         self.public = _z85_key(curve.public_key, "public_key").encode()
         self.secret = _z85_key(curve.secret_key, "secret_key").encode()
-        self.id_to_key: dict[NodeId, str] = {}
-        self.key_to_id: dict[str, NodeId] = {}
+        self._allow_list = frozenset(_z85_key(k, "key") for k in curve.allow_list)
+        self.rule = KeyRule({}, self._allow_list)
+        """The admission rule over the current binding (:meth:`bind` replaces it)."""
         self.bind(curve.node_keys)
         self.refresh: Callable[[], Awaitable[None]] | None = None
-        self.unbound = frozenset(_z85_key(k, "key") for k in curve.allowed_keys)
         default = curve.default_server_key
         self.default_server = None if default is None else _z85_key(default, "key").encode()
         self._counters = counters
@@ -325,19 +326,19 @@ class _Auth:
     def bind(self, node_keys: Mapping[NodeId, str | bytes]) -> None:
         """Replace the id <-> key binding (and so the allow-list of bound keys)."""
         id_to_key = {i: _z85_key(k, "key") for i, k in node_keys.items()}
-        key_to_id = {k: i for i, k in id_to_key.items()}
-        if len(key_to_id) != len(id_to_key):
-            raise ValueError("CurveConfig.node_keys binds one key to two node ids")
-        self.id_to_key, self.key_to_id = id_to_key, key_to_id
+        try:
+            self.rule = KeyRule(id_to_key, self._allow_list)
+        except ValueError:
+            raise ValueError("CurveConfig.node_keys binds one key to two node ids") from None
 
     def _admits(self, domain: str, text: str) -> bool:
         """Allowed, and within the connection cap: keys bound to a node id always pass; others
         only while fewer than ``max_connections`` inbound connections are open."""
-        if domain != ZAP_DOMAIN or (text not in self.key_to_id and text not in self.unbound):
+        if domain != ZAP_DOMAIN or not self.rule.admits(text):
             return False
         # The asking connection is usually counted already (the monitor reported it accepted),
         # hence ">": at most one more slips in when the handshake overtakes that report.
-        if text not in self.key_to_id and self.connections() > self._max_connections:
+        if not self.rule.is_bound(text) and self.connections() > self._max_connections:
             self._counters["zap.refused.connections"] += 1
             self._rate.warning(
                 log,
@@ -356,7 +357,7 @@ class _Auth:
         if self._admits(domain, text):
             self._counters["zap.allowed"] += 1
             return True
-        if self.refresh is not None and domain == ZAP_DOMAIN and text not in self.key_to_id:
+        if self.refresh is not None and domain == ZAP_DOMAIN and not self.rule.is_bound(text):
             return self._after_refresh(domain, text)
         return self._deny(text)
 
@@ -378,16 +379,13 @@ class _Auth:
         return False
 
     def server_key_for(self, peer_id: NodeId) -> bytes | None:
-        key = self.id_to_key.get(peer_id)
+        key = self.rule.node_keys.get(peer_id)
         return key.encode() if key is not None else self.default_server
 
     def may_claim(self, node_id: NodeId, user_id: str | None) -> bool:
-        if user_id is None:
-            return False
-        bound = self.key_to_id.get(user_id)
-        if bound is not None:
-            return bound == node_id
-        return user_id in self.unbound and node_id not in self.id_to_key
+        """Whether frames of the CURVE key ``user_id`` may claim ``node_id``
+        (:meth:`KeyRule.may_claim`)."""
+        return self.rule.may_claim(node_id, user_id)
 
 
 class _Gate(AsyncioAuthenticator):
@@ -426,18 +424,6 @@ class _Link:
         self.task: asyncio.Task[None] | None = None
 
 
-def _is_loopback(endpoint: str) -> bool:
-    if not endpoint.startswith("tcp://"):
-        return True  # ipc:// and inproc:// never leave the host
-    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # '*', an interface or a host name
-
-
 class ZmqTransport:
     """The production transport; see the module docstring and :mod:`.base` for the contract."""
 
@@ -459,8 +445,8 @@ class ZmqTransport:
                 f"node id must be a printable string of 1..{MAX_PEER_ID_BYTES} UTF-8 bytes,"
                 f" got {node_id!r}"
             )
-        if not bind.startswith(_SCHEMES):
-            raise ValueError(f"bind endpoint must start with one of {_SCHEMES}, got {bind!r}")
+        if not bind.startswith(SCHEMES):
+            raise ValueError(f"bind endpoint must start with one of {SCHEMES}, got {bind!r}")
         self._node_id = node_id
         self._raw_id = raw_id
         self._bind_addr = bind
@@ -575,7 +561,7 @@ class ZmqTransport:
                 self._authenticator = _Gate(ctx, self._admit_plain)
                 self._authenticator.start()
                 router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
-            if not _is_loopback(self._bind_addr):
+            if not is_loopback_endpoint(self._bind_addr):
                 log.warning(
                     "binding %s in plain text: any host that reaches it can join and read the"
                     " overlay; configure CURVE keys for anything but loopback",
@@ -729,7 +715,7 @@ class ZmqTransport:
     def _dial(self, peer: Peer) -> _Link | None:
         """Create, monitor and connect a DEALER to ``peer``; report UNREACHABLE on failure."""
         endpoint = peer.endpoint
-        if not endpoint.startswith(_SCHEMES):
+        if not endpoint.startswith(SCHEMES):
             self._report(LinkFailed(peer.id, LinkFailure.UNREACHABLE, f"bad endpoint {endpoint!r}"))
             return None
         server_key = None
@@ -980,7 +966,7 @@ class ZmqTransport:
         """Take frames from an id we hold no link to while fewer than ``max_strangers`` such
         ids spoke within ``stranger_timeout``. With CURVE, ids bound to a key are no
         strangers (their frames are checked against the key just after)."""
-        if self._auth is not None and node_id in self._auth.id_to_key:
+        if self._auth is not None and node_id in self._auth.rule.node_keys:
             return True
         strangers = self._strangers
         now = self._now()

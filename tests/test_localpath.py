@@ -1,0 +1,227 @@
+"""The direct local path (issue 12): :class:`~ray_hyparview.agent.localpath.LocalServer` on a real
+:class:`MeshNode`, and :class:`~ray_hyparview.mesh.Mesh` handles talking to it over a ZeroMQ
+socket, from this loop (as an async actor does) and from a thread of their own (as a sync actor
+does). No Ray: the Ray side is in ``tests/test_ray_localpath.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from ray_hyparview.agent.localpath import LinkClosed, LocalLink, LocalServer
+from ray_hyparview.agent.meshnode import DeliveryError, MemoryDirectory, MeshNode
+from ray_hyparview.agent.node import Agent
+from ray_hyparview.config.strategy import Strategy
+from ray_hyparview.mesh import Mesh, _link_error
+from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.testing.conditions import until
+from ray_hyparview.transport.memory import MemoryNetwork
+
+
+class Node:
+    def __init__(self, agent: Agent, mesh: MeshNode, server: LocalServer) -> None:
+        self.agent = agent
+        self.mesh = mesh
+        self.server = server
+        self.handles: list[Mesh] = []
+
+    async def join(self, name: str, *, thread: bool = False, window: int = 1024) -> Mesh:
+        self.mesh.register(name)
+        token = self.server.admit(name)
+        link = await self.link(token, thread=thread, window=window)
+        handle = Mesh(name, self.agent.myself.id, _NoRay(self), [], link)
+        self.handles.append(handle)
+        return handle
+
+    async def link(self, token: bytes, *, thread: bool = False, window: int = 1024) -> LocalLink:
+        loop = None if thread else asyncio.get_running_loop()
+        link = LocalLink(self.server.endpoint, token, loop=loop, window=window, error=_link_error)
+        await link.open(timeout=3)
+        return link
+
+    async def send(self, *values: int) -> None:
+        for value in values:
+            await self.mesh.send("writer", "reader", pickle.dumps(value), timeout=2)
+
+
+class _NoRay:
+    """The agent actor handle: the local path must not call it (only leave does)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "mesh_unregister":
+            return _Unregister(self._node)
+        raise AssertionError(f"{name} went through a Ray call, not the local path")
+
+
+class _Unregister:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def remote(self, name: str, ack: int | None = None) -> Any:
+        async def unregister() -> list[Any]:
+            self._node.server.forget(name)
+            return self._node.mesh.unregister(name, ack=ack)
+
+        return unregister()
+
+
+@pytest_asyncio.fixture
+async def node(tmp_path: Any) -> AsyncIterator[Node]:
+    net = MemoryNetwork()
+    strategy = Strategy(local_peer=Peer("n0", "mem://n0"), transport="memory")
+    agent = Agent(strategy, transport=net.transport("n0", bind="mem://n0"), rng=random.Random(0))
+    await agent.start()
+    mesh = MeshNode(agent, MemoryDirectory(), rng=random.Random(1))
+    server = LocalServer(mesh, directory=str(tmp_path))
+    await server.start()
+    made = Node(agent, mesh, server)
+    try:
+        yield made
+    finally:
+        for handle in made.handles:
+            if handle._link is not None:
+                handle._link.close()
+        await server.aclose()
+        await mesh.aclose()
+        await agent.aclose()
+
+
+async def _take(handle: Mesh, count: int) -> list[Any]:
+    got: list[Any] = []
+    async with asyncio.timeout(5):
+        async for message in handle.inbox():
+            got.append(message.payload)
+            if len(got) == count:
+                break
+    return got
+
+
+@pytest.mark.asyncio
+async def test_the_socket_is_a_unix_socket_for_the_owner_only(node: Node, tmp_path: Any) -> None:
+    assert node.server.endpoint.startswith(f"ipc://{tmp_path}")
+    path = node.server.endpoint.removeprefix("ipc://")
+    import os
+    import stat
+
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
+
+
+@pytest.mark.asyncio
+async def test_a_wrong_token_is_refused_counted_and_delivers_nothing(node: Node) -> None:
+    reader = await node.join("reader")
+    link = LocalLink(node.server.endpoint, b"x" * 32, loop=asyncio.get_running_loop())
+    with pytest.raises(LinkClosed, match="refused"):
+        await link.open(timeout=3)
+    # A forged send that skips the hello: dropped, counted, never in the inbox.
+    forger = LocalLink(node.server.endpoint, b"y" * 32, loop=asyncio.get_running_loop())
+    with pytest.raises(LinkClosed):
+        await forger.open(timeout=3)
+    sneaky = LocalLink(node.server.endpoint, b"z" * 32, loop=asyncio.get_running_loop())
+    sneaky._connect()
+    sneaky.post(["S", 1, "reader", 2.0, ""], pickle.dumps("injected"))
+    await until(lambda: node.server.counters["local.refused"] >= 3)
+    sneaky.close()
+    assert node.mesh.core.pending("reader") == 0
+    assert node.mesh.stats()["delivery"]["in_flight"] == 0
+    assert reader._link is not None
+    assert not reader._link.closed
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("thread", [False, True], ids=["own-loop", "thread"])
+async def test_sends_and_requests_go_over_the_link_and_deliveries_are_pushed(
+    node: Node, thread: bool
+) -> None:
+    reader = await node.join("reader", thread=thread)
+    writer = await node.join("writer", thread=thread)
+
+    async def serve() -> None:
+        async for message in reader.inbox():
+            if message.kind == "request":
+                await message.reply(("echo", message.payload))
+
+    server = asyncio.create_task(serve())
+    try:
+        await writer.send("reader", "hello", timeout=2)
+        assert await writer.request("reader", 7, timeout=2) == ("echo", 7)
+    finally:
+        server.cancel()
+    # Pushed, not polled: the agent was never asked for a poll.
+    assert node.server.counters["local.pushed"] >= 2
+    assert node.server.counters["local.op.send"] == 1
+    with pytest.raises(DeliveryError) as refused:
+        await writer.send("nobody", 1, timeout=1)
+    assert refused.value.reason == "unknown_name"
+    assert refused.value.outcome == "not_delivered"
+
+
+@pytest.mark.asyncio
+async def test_leaving_the_inbox_loop_early_loses_nothing(node: Node) -> None:
+    reader = await node.join("reader")
+    await node.send(0, 1, 2, 3, 4)
+    assert await _take(reader, 2) == [0, 1]
+    assert await _take(reader, 3) == [2, 3, 4]
+    await until(lambda: node.mesh.core.pending("reader") == 0)
+
+
+@pytest.mark.asyncio
+async def test_lent_items_not_acknowledged_are_pushed_again_on_the_next_link(node: Node) -> None:
+    node.mesh.register("reader")
+    token = node.server.admit("reader")
+    first = await node.link(token)
+    await node.send(0, 1, 2)
+    items: list[Any] = []
+    async with asyncio.timeout(5):
+        while len(items) < 3:
+            items += await first.take(1.0)
+    first.ack(items[0].seq)  # the actor had consumed one, then its link broke
+    await until(lambda: node.mesh.core.pending("reader") == 2)
+    first.close()
+    second = await node.link(token)
+    again: list[Any] = []
+    async with asyncio.timeout(5):
+        while len(again) < 2:
+            again += await second.take(1.0)
+    second.close()
+    assert [pickle.loads(i.payload) for i in again] == [1, 2]
+    assert [i.seq for i in again] == [i.seq for i in items[1:]]
+
+
+@pytest.mark.asyncio
+async def test_a_consumer_that_stops_reading_stops_the_pushes(node: Node) -> None:
+    node.server.window = 4
+    reader = await node.join("reader")
+    await node.send(*range(10))
+    assert reader._link is not None
+    await until(lambda: node.server.counters["local.pushed"] == 4)
+    await asyncio.sleep(0.05)
+    assert node.server.counters["local.pushed"] == 4
+    assert await _take(reader, 10) == list(range(10))
+
+
+@pytest.mark.asyncio
+async def test_a_sender_beyond_its_window_waits_instead_of_failing(node: Node) -> None:
+    reader = await node.join("reader")
+    writer = await node.join("writer", window=2)
+    await asyncio.gather(*(writer.send("reader", i, timeout=5) for i in range(20)))
+    assert writer._link is not None
+    assert writer._link.counters["window.waits"] > 0
+    assert sorted(await _take(reader, 20)) == list(range(20))
+
+
+@pytest.mark.asyncio
+async def test_leave_hands_back_what_was_pushed_but_never_yielded(node: Node) -> None:
+    reader = await node.join("reader")
+    await node.send(0, 1, 2)
+    assert await _take(reader, 1) == [0]
+    left = await reader.leave()
+    assert [m.payload for m in left] == [1, 2]
