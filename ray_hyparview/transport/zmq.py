@@ -1,4 +1,4 @@
-"""The ZeroMQ transport: one ROUTER in, one DEALER out per peer, over asyncio pyzmq.
+"""The ZeroMQ transport: one ROUTER in, one DEALER out per peer, driven from the asyncio loop.
 
 Theory of operation
 -------------------
@@ -19,6 +19,33 @@ socket per peer it sends to. We never send on the ROUTER. The reasons for this a
 * The cost is two TCP connections per active link (one each way): still O(active view).
 * ``ROUTER_MANDATORY`` (which turns a send to a vanished routing id into ``EHOSTUNREACH``) is
   not needed: the ROUTER never sends, and a DEALER's monitor reports a vanished peer itself.
+
+**The hot path.** Sends are plain non-blocking sends on each DEALER (a shadow of the
+``zmq.asyncio`` socket, which only the link's monitor is awaited through). Inbound, the
+ROUTER's file descriptor is watched with ``loop.add_reader``: the callback reads ``EVENTS``
+(which clears libzmq's edge-triggered signal, so the level-triggered reader does not spin) and
+completes the future ``recv_batch`` waits on; ``recv_batch`` drains with ``NOBLOCK`` until
+``EVENTS`` shows nothing more or the batch is full. zmq.asyncio's receive (a future, pyzmq
+enum flag arithmetic and extra loop turns per message) cost more per message than the socket
+calls themselves. Flags are plain ints for the same reason.
+
+**Batches.** Frames sent to one peer within one loop turn after the first are held on the
+link and leave at the end of the turn as one *batch frame* (:mod:`.batch` describes the wire
+format: ``0xC1 0x42 0x01`` then length-prefixed frames), so a burst costs one ZeroMQ message
+instead of one per frame while a lone send goes out at once. A batch is one ZeroMQ frame of at
+most ``batch_bytes`` (at most the peers' ``max_msg_size``) and ``max_batch`` frames, so
+``RCVHWM x MAXMSGSIZE`` still bounds what one connection queues at the receiver; a frame too
+large to share a batch goes alone, in order. The receiver unpacks a batch into its frames
+(counted one by one in ``recv.msgs``/``recv.bytes``, and once in ``recv.batches``), drops a
+malformed one whole as ``recv.dropped.bad_batch``, and never returns more than ``max_batch``
+frames from one ``recv_batch`` (the rest of an overrunning batch comes first next time).
+``send`` returns ``True`` for a frame it holds for a batch; if the batch then meets a full
+queue (``SNDHWM``) its frames are dropped and counted as ``send.dropped.hwm`` (like any frame
+lost after ``send``, the protocol's end-to-end checks cover it), and frames held for a link
+that closes count as ``send.dropped.link_closed``. ``aclose`` sends what the closing turn
+holds first (goodbyes). Receivers older than the batch format count batches as undecodable
+frames: run a mixed-version cluster with ``batch_bytes=0``. Multipart ZeroMQ messages stay
+refused (``recv.dropped.multipart``): libzmq bounds the size of each part, not of a message.
 
 **Who sent this?** The routing id is only a claim. Without CURVE it is trusted, as is the
 network (the transport warns when it binds a non-loopback address in plain text). With CURVE
