@@ -203,6 +203,13 @@ def main() -> int:
         names = [f"peer-{i}" for i in range(len(peers))]
         ray.get([p.join.remote(n) for p, n in zip(peers, names, strict=True)], timeout=120)
         say(f"{len(peers)} actors joined on {len(nodes)} nodes")
+        # One-to-one figures depend on how far apart the overlay put actors 0 and 1.
+        routes = ray.get(plugin.get_agent(nodes[0]).mesh_stats.remote())["routes"]
+        one_to_one_hops = int(routes.get(nodes[1], [None, 0])[1])
+        say(
+            f"one-to-one: actor 0 on {nodes[0][:8]}, actor 1 on {nodes[1][:8]}, "
+            f"{one_to_one_hops} hop(s) apart"
+        )
 
         def plan(way: str, pattern: str) -> list[tuple[Any, list[Any], int]]:
             def target(i: int) -> Any:
@@ -296,6 +303,7 @@ def main() -> int:
                     {
                         "benchmark": "ray_throughput",
                         "nodes": args.nodes,
+                        "one_to_one_hops": one_to_one_hops,
                         "actors": len(peers),
                         "active_view_size": args.active,
                         "batch": args.batch,

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -424,25 +423,34 @@ async def test_aclose_is_idempotent_wakes_waiters_and_leaks_nothing() -> None:
 
 
 @pytest.mark.asyncio
-async def test_aclose_while_the_receiver_holds_frames_hands_them_over(
-    pair: tuple[ZmqTransport, ZmqTransport], monkeypatch: pytest.MonkeyPatch
+async def test_aclose_between_wake_up_and_read_raises_transport_closed(
+    pair: tuple[ZmqTransport, ZmqTransport],
 ) -> None:
     # The race the agent demo hit about once in fifteen runs: the ROUTER's frames arrive, and
     # before the receiving task runs again another task closes the transport. The receiver
-    # then drained a closed socket (ZMQError "Socket operation on non-socket").
+    # then drained a closed socket (ZMQError "Socket operation on non-socket"). Here the
+    # reader callback wakes the receiver and a close is scheduled ahead of it: the receiver
+    # must see TransportClosed, not read the closed socket.
     a, b = pair
-    router = a._router
-    assert router is not None
-    real_recv = router.recv_multipart
+    loop = asyncio.get_running_loop()
+    fd = a._router_fd
+    assert fd is not None
+    closing: list[asyncio.Task[None]] = []
 
-    async def recv_then_close(**kwargs: Any) -> Any:
-        frames = await real_recv(**kwargs)
-        await a.aclose()
-        return frames
+    def close_then_wake() -> None:
+        if not closing:
+            closing.append(loop.create_task(a.aclose()))
+        a._on_readable()
 
-    monkeypatch.setattr(router, "recv_multipart", recv_then_close)
+    loop.remove_reader(fd)
+    loop.add_reader(fd, close_then_wake)
+    receiver = asyncio.create_task(a.recv_batch())
+    await asyncio.sleep(0)  # the receiver waits on its future
     assert b.send(peer(a), b"last words")
-    assert await a.recv_batch() == [("b", b"last words")]
+    with pytest.raises(TransportClosed):
+        async with asyncio.timeout(DEADLINE):
+            await receiver
+    await closing[0]
     with pytest.raises(TransportClosed):
         await a.recv_batch()
 

@@ -14,7 +14,9 @@ The contract, which both :mod:`.zmq` and :mod:`.memory` keep:
   it returns ``False`` when the frame was dropped locally (queue full, link failed, transport
   closed) and counts the drop. A ``True`` is no delivery promise (ZeroMQ gives none either);
   the protocol's replies and keepalives are the end-to-end check. If there is no link to the
-  peer yet, one is dialled; frames sent while it dials wait in a small bounded queue.
+  peer yet, one is dialled; frames sent while it dials wait in a small bounded queue. A
+  transport may hold frames sent to one peer in the same loop turn and send them together at
+  its end (ZeroMQ batches), in order; what it holds is bounded and counted if dropped.
 * ``open_link(peer)`` pins a link (an active-view peer): it is dialled now, monitored, never
   expired. ``close_link(peer_id)`` drops it (no event). Links opened implicitly by ``send`` to a
   non-active peer (a SHUFFLE_REPLY, a NEIGHBOR to a passive peer) are cached, bounded in number
