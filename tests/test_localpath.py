@@ -21,6 +21,7 @@ from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.mesh import Mesh, _link_error
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.testing.conditions import until
+from ray_hyparview.testing.memory_mesh import take
 from ray_hyparview.transport.memory import MemoryNetwork
 
 
@@ -95,16 +96,6 @@ async def node(tmp_path: Any) -> AsyncIterator[Node]:
         await agent.aclose()
 
 
-async def _take(handle: Mesh, count: int) -> list[Any]:
-    got: list[Any] = []
-    async with asyncio.timeout(5):
-        async for message in handle.inbox():
-            got.append(message.payload)
-            if len(got) == count:
-                break
-    return got
-
-
 @pytest.mark.asyncio
 async def test_the_socket_is_a_unix_socket_for_the_owner_only(node: Node, tmp_path: Any) -> None:
     assert node.server.endpoint.startswith(f"ipc://{tmp_path}")
@@ -168,8 +159,8 @@ async def test_sends_and_requests_go_over_the_link_and_deliveries_are_pushed(
 async def test_leaving_the_inbox_loop_early_loses_nothing(node: Node) -> None:
     reader = await node.join("reader")
     await node.send(0, 1, 2, 3, 4)
-    assert await _take(reader, 2) == [0, 1]
-    assert await _take(reader, 3) == [2, 3, 4]
+    assert await take(reader, 2) == [0, 1]
+    assert await take(reader, 3) == [2, 3, 4]
     await until(lambda: node.mesh.core.pending("reader") == 0)
 
 
@@ -205,7 +196,7 @@ async def test_a_consumer_that_stops_reading_stops_the_pushes(node: Node) -> Non
     await until(lambda: node.server.counters["local.pushed"] == 4)
     await asyncio.sleep(0.05)
     assert node.server.counters["local.pushed"] == 4
-    assert await _take(reader, 10) == list(range(10))
+    assert await take(reader, 10) == list(range(10))
 
 
 @pytest.mark.asyncio
@@ -215,13 +206,13 @@ async def test_a_sender_beyond_its_window_waits_instead_of_failing(node: Node) -
     await asyncio.gather(*(writer.send("reader", i, timeout=5) for i in range(20)))
     assert writer._link is not None
     assert writer._link.counters["window.waits"] > 0
-    assert sorted(await _take(reader, 20)) == list(range(20))
+    assert sorted(await take(reader, 20)) == list(range(20))
 
 
 @pytest.mark.asyncio
 async def test_leave_hands_back_what_was_pushed_but_never_yielded(node: Node) -> None:
     reader = await node.join("reader")
     await node.send(0, 1, 2)
-    assert await _take(reader, 1) == [0]
+    assert await take(reader, 1) == [0]
     left = await reader.leave()
     assert [m.payload for m in left] == [1, 2]

@@ -4,7 +4,6 @@ actor handle of the node's agent (same calls, awaited in this process)."""
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +17,7 @@ from ray_hyparview.agent.node import Agent
 from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.mesh import Mesh
 from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.testing.memory_mesh import take
 from ray_hyparview.transport.memory import MemoryNetwork
 
 
@@ -85,21 +85,11 @@ async def node() -> AsyncIterator[Node]:
         await agent.aclose()
 
 
-async def _take(handle: Mesh, count: int) -> list[Any]:
-    got: list[Any] = []
-    async with asyncio.timeout(3):
-        async for message in handle.inbox():
-            got.append(message.payload)
-            if len(got) == count:
-                break
-    return got
-
-
 @pytest.mark.asyncio
 async def test_leaving_the_inbox_loop_early_loses_nothing(node: Node) -> None:
     await node.send(0, 1, 2, 3, 4)
-    assert await _take(node.handle, 2) == [0, 1]  # one batch fetched all five
-    assert await _take(node.handle, 3) == [2, 3, 4]
+    assert await take(node.handle, 2, limit=3) == [0, 1]  # one batch fetched all five
+    assert await take(node.handle, 3, limit=3) == [2, 3, 4]
 
 
 @pytest.mark.asyncio
@@ -107,14 +97,14 @@ async def test_a_lost_poll_reply_loses_nothing(node: Node) -> None:
     await node.send(0, 1, 2)
     node.fake.lose_next_poll_reply = True
     with pytest.raises(ConnectionError):
-        await _take(node.handle, 3)
-    assert await _take(node.handle, 3) == [0, 1, 2]
+        await take(node.handle, 3, limit=3)
+    assert await take(node.handle, 3, limit=3) == [0, 1, 2]
 
 
 @pytest.mark.asyncio
 async def test_leave_hands_back_what_was_never_yielded(node: Node) -> None:
     await node.send(0, 1, 2)
-    assert await _take(node.handle, 1) == [0]
+    assert await take(node.handle, 1, limit=3) == [0]
     await node.send(3, 4)  # still in the agent's inbox, never fetched
     left = await node.handle.leave()
     assert [m.payload for m in left] == [1, 2, 3, 4]
@@ -125,10 +115,10 @@ async def test_leave_hands_back_what_was_never_yielded(node: Node) -> None:
 @pytest.mark.asyncio
 async def test_the_agent_forgets_items_only_once_the_actor_has_taken_them(node: Node) -> None:
     await node.send(0, 1, 2)
-    assert await _take(node.handle, 3) == [0, 1, 2]
+    assert await take(node.handle, 3, limit=3) == [0, 1, 2]
     assert node.mesh.core.pending("reader") == 3  # lent, not yet acknowledged
     await node.send(3)
-    assert await _take(node.handle, 1) == [3]  # this poll acknowledged 0..2
+    assert await take(node.handle, 1, limit=3) == [3]  # this poll acknowledged 0..2
     assert node.mesh.core.pending("reader") == 1
     assert node.mesh.stats()["delivery"]["inbox_items"] == {"reader": 1}
 
@@ -136,7 +126,7 @@ async def test_the_agent_forgets_items_only_once_the_actor_has_taken_them(node: 
 @pytest.mark.asyncio
 async def test_a_handle_follows_its_agents_next_life(node: Node) -> None:
     await node.send(0, 1)
-    assert await _take(node.handle, 2) == [0, 1]
+    assert await take(node.handle, 2, limit=3) == [0, 1]
     # The agent restarts (a new incarnation: seqs count from 1 again) and the handle is
     # pointed at it, as supervision does.
     net = MemoryNetwork()
@@ -149,7 +139,7 @@ async def test_a_handle_follows_its_agents_next_life(node: Node) -> None:
         node.fake.node = mesh
         for value in (2, 3):
             await mesh.send("writer", "reader", pickle.dumps(value), timeout=2)
-        assert await _take(node.handle, 2) == [2, 3]
+        assert await take(node.handle, 2, limit=3) == [2, 3]
     finally:
         await mesh.aclose()
         await agent.aclose()

@@ -4,9 +4,11 @@ that drive agents and meshes back to back without sockets (``test_meshnode``,
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from ray_hyparview.agent.meshnode import MemoryDirectory, MeshNode
 from ray_hyparview.agent.node import Agent
@@ -17,7 +19,10 @@ from ray_hyparview.protocol.routing import RoutingConfig
 from ray_hyparview.testing.conditions import until
 from ray_hyparview.transport.memory import MemoryNetwork
 
-__all__ = ["MemoryMesh"]
+if TYPE_CHECKING:
+    from ray_hyparview.mesh import Mesh
+
+__all__ = ["MemoryMesh", "take"]
 
 
 class MemoryMesh:
@@ -91,3 +96,15 @@ class MemoryMesh:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+async def take(handle: Mesh, count: int, *, limit: float = 5.0) -> list[Any]:
+    """The payloads of the next ``count`` messages from ``handle.inbox()``, leaving the loop
+    early as a consumer would; ``TimeoutError`` after ``limit`` seconds."""
+    got: list[Any] = []
+    async with asyncio.timeout(limit):
+        async for message in handle.inbox():
+            got.append(message.payload)
+            if len(got) == count:
+                break
+    return got
