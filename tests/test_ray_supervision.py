@@ -7,6 +7,7 @@ mesh working again are printed (``-s``), not asserted: speed figures belong in b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Iterator
@@ -140,7 +141,10 @@ def test_agent_with_a_failed_task_is_replaced(hv: plugin.HyParViewCluster) -> No
     hv.wait_converged(timeout=60)
     victim = other_nodes()[0]
     old = incarnation(victim)
-    ray.get(plugin.get_agent(victim).__ray_call__.remote(_fail_a_task), timeout=10)
+    # The reconciler may see the failure and kill the actor before this call's reply is out
+    # (it did under a load average of 20): the replacement below is what counts.
+    with contextlib.suppress(ray.exceptions.ActorDiedError):
+        ray.get(plugin.get_agent(victim).__ray_call__.remote(_fail_a_task), timeout=10)
     new = wait_replaced(victim, old, time.monotonic(), "agent with a failed task")
     assert new > old
     hv.wait_converged(timeout=60)
