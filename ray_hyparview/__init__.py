@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ray_hyparview.config.strategy import Security, Strategy, StrategyError
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import ConfigError, HyParViewError, StateError
 from ray_hyparview.protocol.hyparview import HyParView
@@ -30,6 +29,7 @@ from ray_hyparview.protocol.peer import Peer
 
 if TYPE_CHECKING:
     from ray_hyparview.agent.node import Agent, AgentClosed, EventsOverflow
+    from ray_hyparview.config.strategy import Security, Strategy, StrategyError
 
 __version__ = "0.1.0"
 
@@ -62,4 +62,10 @@ def __getattr__(name: str) -> Any:
         from ray_hyparview.agent import node
 
         return getattr(node, name)
+    # The operator's configuration too: it loads pydantic and ZeroMQ (0.13 s more per import,
+    # paid twice by the simulator, which never reads it).
+    if name in {"Security", "Strategy", "StrategyError"}:
+        from ray_hyparview.config import strategy
+
+        return getattr(strategy, name)
     raise AttributeError(f"module 'ray_hyparview' has no attribute {name!r}")
