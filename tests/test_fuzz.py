@@ -293,3 +293,13 @@ def test_hostile_walk_ttls_do_not_storm(seed: int) -> None:
     result = run_seed(seed, FuzzConfig())
     assert result.findings == []
     assert result.events < 20_000
+
+
+def test_two_markers_in_one_component_do_not_split_a_quiet_overlay() -> None:
+    """Seed 2705 failed on a trimmed merge rule (probes only once the marker settled, and only
+    settled nodes answering a worse marker): after every fault had ended, two component markers
+    lived on in one connected overlay, merge probes between their halves replaced links, and
+    a publication 30 s after the last fault missed four of ten nodes. The trim was withdrawn;
+    this world must stay clean."""
+    result = run_seed(2705, FuzzConfig())
+    assert result.findings == []

@@ -41,13 +41,13 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
 5. Partitions (the paper has no answer). Each node holds a component marker
    (:mod:`~ray_hyparview.protocol.merge`): the least id of its component, flooded along
    active links and kept alive by its root's beats. Now and then (lost peers first and soon
-   after a failure, else once a ``merge_interval`` once its own marker has settled) a node
-   sends MERGE_PROBE to one known id that is not an active peer; the answer carries that
-   node's marker. When the markers say another component, or a peer whose link failed
-   answers, the node opens exactly one link (NEIGHBOR with priority MERGE: a free slot, or
-   one eviction per ``2 * merge_interval`` at most on either side, no FORWARD_JOIN walk); the
-   markers then meet and flood, and the other nodes see one component again. Splits of any
-   length merge, and a heal costs a few links instead of rewiring the overlay.
+   after a failure, else once a ``merge_interval``) a node sends MERGE_PROBE to one known id
+   that is not an active peer; the answer carries that node's marker. When the markers say
+   another component, or a peer whose link failed answers, the node opens exactly one link
+   (NEIGHBOR with priority MERGE: a free slot, or one eviction per ``2 * merge_interval`` at
+   most on either side, no FORWARD_JOIN walk); the markers then meet and flood, and the
+   other nodes see one component again. Splits of any length merge, and a heal costs a few
+   links instead of rewiring the overlay.
 6. Remote garbage never raises: messages that fail a check are dropped and counted in
    ``counters`` under ``dropped.<cause>``.
 """
@@ -99,7 +99,6 @@ _TYPES = MESSAGE_TYPES
 _KIND: dict[type, int] = {cls: index for index, cls in enumerate(_TYPES)}
 _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
-_SHUFFLE = _KIND[Shuffle]
 
 # Refused periodic refills before a short node escalates to HIGH, doubling up to the cap.
 _STARVE_MIN = 3
@@ -202,10 +201,8 @@ class HyParView:
         self._next_rejoin: float | None = None
         self._rejoin_attempts = 0
         self._next_probe: float | None = None
-        # min(_next_probe, the marker's next beat), and the earliest of that, the keepalive,
-        # re-join and round timers: kept by _retime(), so that next_deadline compares two.
+        # min(_next_probe, the marker's next beat): one comparison in next_deadline for both.
         self._next_merge: float | None = None
-        self._next_other: float | None = None
         self._probe_delay = self.config.probe_interval_min
         self._starved = 0
         self._starve_limit = _STARVE_MIN
@@ -304,11 +301,9 @@ class HyParView:
             self._next_keepalive = now + self.config.keepalive_interval
         self._component.start(now)
         if self._next_probe is None:
-            # A healthy node probes once a merge_interval from when its marker settles (see
-            # _probe_tick); a failed link speeds it up.
-            interval = self.config.merge_interval
-            self._next_probe = self._healthy_probe(now, interval, self._rng.uniform(0.5, 1.0))
-        self._retime()
+            # A healthy node probes once a merge_interval; a failed link speeds it up.
+            self._next_probe = now + self.config.merge_interval * self._rng.uniform(0.5, 1.0)
+            self._merge_timer()
         out: list[Action] = []
         contact = self._pick_contact()
         if contact is not None:
@@ -439,10 +434,9 @@ class HyParView:
         if self._left:
             return []
         out: list[Action] = []
-        if self._pending:  # empty at most wake-ups: no list built (about 1% of a 10,000-node run)
-            for peer_id in [p for p, pend in self._pending.items() if pend.deadline <= now]:
-                self._events["request.timeout"] += 1
-                self._pending_failed(out, self._pending.pop(peer_id), now)
+        for peer_id in [p for p, pend in self._pending.items() if pend.deadline <= now]:
+            self._events["request.timeout"] += 1
+            self._pending_failed(out, self._pending.pop(peer_id), now)
         if self._next_keepalive is not None and now >= self._next_keepalive:
             self._keepalive_tick(out, now)
         if self._next_shuffle is not None and now >= self._next_shuffle:
@@ -450,7 +444,6 @@ class HyParView:
             self._shuffle_tick(out, now)
         if self._next_rejoin is not None and now >= self._next_rejoin:
             self._next_rejoin = None
-            self._retime()
             self._rejoin_tick(out, now)
         if self._next_merge is not None and now >= self._next_merge:
             if self._next_probe is not None and now >= self._next_probe:
@@ -458,7 +451,7 @@ class HyParView:
             beat = self._component.next_beat
             if beat is not None and now >= beat and self._component.tick(now):
                 self._flood_mark(out, None, now)
-            self._retime()
+            self._merge_timer()
         if self._round_deadline is not None and now >= self._round_deadline:
             # A round whose answers never all came (lost, or taken by other paths) ends here.
             self._events["repair.round_expired"] += 1
@@ -473,7 +466,16 @@ class HyParView:
         # Called after every input by both drivers: the common case (a shuffle timer, nothing
         # else) is kept to a few comparisons.
         best = self._next_shuffle
-        t = self._next_other
+        t = self._next_merge
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self._next_keepalive
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self._next_rejoin
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self._round_deadline
         if t is not None and (best is None or t < best):
             best = t
         if self._pending:
@@ -667,7 +669,6 @@ class HyParView:
                 theirs.settled,
             )
             if self._component.offer(aged, now):
-                self._retime()
                 self._flood_mark(out, peer.id, now)
         self._send(out, peer, self._mark_message(now), now)
 
@@ -696,16 +697,11 @@ class HyParView:
             self._one_sided(out, msg.sender, now)
             return
         # DEPARTURE: as for FORWARD_JOIN, a shuffle walk is never longer than our own TTL.
-        ttl = msg.ttl - 1
-        if ttl >= self.config.shuffle_ttl:  # compared, not min(): this runs on every hop
-            ttl = self.config.shuffle_ttl - 1
+        ttl = min(msg.ttl, self.config.shuffle_ttl) - 1
         if ttl > 0 and len(self._active) > 1:
             # A uniform pick among the active peers other than the sender, without building a
-            # list per hop (this is the most frequent message of all, so _pick, the active
-            # tuple's cache and _send are inlined).
-            active = self._active_cache
-            if active is None:
-                active = self._active_tuple()
+            # list per hop (this is the most frequent message of all, so _pick is inlined).
+            active = self._active_tuple()
             rand = self._rand
             n = len(active)
             nxt = active[int(rand() * n)]
@@ -719,10 +715,7 @@ class HyParView:
                 ttl=ttl,
                 nonce=msg.nonce,
             )
-            self._sent[_SHUFFLE] += 1
-            if self._keepalives and nxt.id in self._last_sent:
-                self._last_sent[nxt.id] = now
-            out.append(Send(nxt, walk))
+            self._send(out, nxt, walk, now)
             return
         if msg.origin.id == self.myself.id:
             return
@@ -784,21 +777,18 @@ class HyParView:
                 self._send(out, peer, mark, now)
 
     def _on_mark(self, out: list[Action], msg: ComponentMark, now: float) -> None:
+        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
         component = self._component
-        if component.offer(msg, now):
-            self._retime()
+        if component.offer(theirs, now):
             self._flood_mark(out, msg.sender.id, now)
         elif (
             msg.sender.id in self._active
             and msg.root.id != component.root.id
             and component.fresh(now)
-            and component.settled(now)
         ):
             # A neighbour with a worse root (a link across two former components): tell it
             # ours, it floods it on. Only a fresh marker is told, so two stale ones never
-            # bounce between two nodes; and only a settled one: an unsettled marker was just
-            # adopted (an election, a merge), and the wave that brought it reaches the
-            # neighbour anyway. Merge links join settled nodes only (elsewhere()).
+            # bounce between two nodes.
             self._send(out, msg.sender, self._mark_message(now), now)
 
     def _on_merge_probe(
@@ -820,7 +810,8 @@ class HyParView:
         # It answered: alive. A lost entry of an earlier life was dropped by receive(); the
         # new life becomes a repair candidate again.
         self._merge_passive((peer,), ())
-        if self._component.elsewhere(msg, now):
+        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
+        if self._component.elsewhere(theirs, now):
             self._events["merge.found"] += 1
         elif was_lost:
             # A peer whose link failed answers: a partition healed before the markers could
@@ -836,7 +827,6 @@ class HyParView:
         if len(self._active) >= self.config.active_view_size and now < self._merge_budget:
             self._events["merge.deferred"] += 1
             return
-        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
         self._ask(out, peer, _Ask.MERGE, Priority.MERGE, now, marker=theirs)
 
     # ----------------------------------------------------------------- timers
@@ -845,7 +835,6 @@ class HyParView:
         interval = self.config.keepalive_interval
         assert interval is not None
         self._next_keepalive = now + interval
-        self._retime()
         timeout = self.config.keepalive_timeout
         for peer in self._active_tuple():
             if now - self._last_heard[peer.id] > timeout:
@@ -926,9 +915,7 @@ class HyParView:
         each probe up to ``probe_interval_max`` and falls back to ``probe_interval_min`` when a
         link fails or another component is found. With nothing lost, one probe per
         ``merge_interval`` (jittered): a healthy overlay costs a probe and its answer per node
-        and interval. Not while our own marker is unsettled: markers tell another component
-        only once both sides are settled (:meth:`ComponentMarker.elsewhere`), so such a probe
-        could find nothing; the first one follows within half an interval of settling."""
+        and interval."""
         lost = self._lost
         if lost:
             for peer_id in [p for p, entry in lost.items() if entry.expires <= now]:
@@ -942,21 +929,8 @@ class HyParView:
             # Nothing lost: a split shows in the markers 1.5 merge_interval after it began at
             # the earliest, so probing faster than once an interval finds nothing sooner.
             delay = self.config.merge_interval
-        draw = self._rng.uniform(0.5, 1.0)
-        self._next_probe = now + delay * draw
-        if lost:
-            # Every entry expires on time, however far the probes have backed off.
-            first = min(entry.expires for entry in lost.values())
-            self._next_probe = min(self._next_probe, first)
+        self._next_probe = now + delay * self._rng.uniform(0.5, 1.0)
         target = _pick(self._rand, candidates) if candidates else None
-        if target is None and not lost and not self._component.settled(now):
-            # Until then every node that took the same beat would probe for nothing (a 10,000
-            # node overlay: 9,000 probes and as many answers in its first 170 s). With lost
-            # entries (all being probed) it goes on: a known id it picks may be a lost peer
-            # too, and one that answers relinks a healed split (heal_cost.py: up to 19 s
-            # instead of 11 to merge 40 nodes after 60 s apart without them).
-            self._next_probe = self._healthy_probe(now, delay, draw)
-            return
         if target is None:
             # Half of the probes go to the passive view, a quarter each to the reserve and to
             # the contacts (a standalone agent's contacts may be all it knows of the other
@@ -984,27 +958,12 @@ class HyParView:
             self._events["merge.probe"] += 1
             self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
 
-    def _healthy_probe(self, now: float, delay: float, draw: float) -> float:
-        """When to probe next with nothing lost: ``delay * draw`` from now, but not before the
-        marker settles (then within half a ``delay`` of it, by the same draw)."""
-        due = now + delay * draw
-        settles = self._component.settles_at()
-        if settles is not None and settles + delay * (draw - 0.5) > due:
-            due = settles + delay * (draw - 0.5)
-        return due
-
-    def _retime(self) -> None:
-        """Recompute ``_next_merge`` and ``_next_other``; called wherever the probe, beat,
-        keepalive, re-join or round timer changes (rarely, against next_deadline's every
-        input)."""
-        best, beat = self._next_probe, self._component.next_beat
-        if best is None or (beat is not None and beat < best):
-            best = beat
-        self._next_merge = best
-        for t in (self._next_keepalive, self._next_rejoin, self._round_deadline):
-            if t is not None and (best is None or t < best):
-                best = t
-        self._next_other = best
+    def _merge_timer(self) -> None:
+        probe, beat = self._next_probe, self._component.next_beat
+        if probe is None or (beat is not None and beat < probe):
+            self._next_merge = beat
+        else:
+            self._next_merge = probe
 
     def _schedule_rejoin(self, now: float) -> None:
         if (
@@ -1018,7 +977,6 @@ class HyParView:
         cfg = self.config
         delay = min(cfg.rejoin_backoff_max, cfg.rejoin_backoff_initial * 2.0**self._rejoin_attempts)
         self._next_rejoin = now + delay * self._rng.uniform(0.5, 1.0)
-        self._retime()
 
     # ----------------------------------------------------------------- repair
 
@@ -1038,7 +996,6 @@ class HyParView:
         # Every round ends: on its last answer of any kind (see _round_answered) or, at the
         # latest, here. An open round blocks the periodic refill and the re-join.
         self._round_deadline = now + 2 * self.config.neighbor_timeout
-        self._retime()
         self._repair(out, now)
 
     def _repair(
@@ -1073,9 +1030,7 @@ class HyParView:
 
     def _end_round(self) -> None:
         self._repairing = False
-        if self._round_deadline is not None:
-            self._round_deadline = None
-            self._retime()
+        self._round_deadline = None
 
     def _round_answered(self, now: float) -> None:
         """A request of the round was answered (accepted, or overtaken by the peer's own
@@ -1214,9 +1169,7 @@ class HyParView:
         out.append(PeerUp(peer))
         if len(self._active) >= self.config.min_active_size:
             self._rejoin_attempts = 0
-            if self._next_rejoin is not None:
-                self._next_rejoin = None
-                self._retime()
+            self._next_rejoin = None
         if len(self._active) >= self.config.active_view_size:
             self._end_round()
             self._starved = 0
@@ -1250,15 +1203,11 @@ class HyParView:
             soon = now + cfg.probe_interval_min * self._rng.uniform(0.5, 1.0)
             if self._next_probe is None or soon < self._next_probe:
                 self._next_probe = soon
-                self._retime()
-        else:
-            # A departed peer is probed within a merge_interval, as it was when every node
-            # probed that often from the start (a new life of it answers: finding 8); and
-            # every entry expires (the timer runs the expiry).
-            later = now + self.config.merge_interval * self._rng.uniform(0.5, 1.0)
-            if self._next_probe is None or later < self._next_probe:
-                self._next_probe = later
-                self._retime()
+                self._merge_timer()
+        elif self._next_probe is None:
+            # Every entry expires, a departed peer's too (the timer runs the expiry).
+            self._next_probe = now + self.config.lost_retention
+            self._merge_timer()
 
     def _merge_passive(self, peers: tuple[Peer, ...], evict_first: tuple[Peer, ...]) -> None:
         """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the
@@ -1266,12 +1215,11 @@ class HyParView:
         ids go to the reserve. Called for every shuffle answer: kept tight."""
         passive, active, lost = self._passive, self._active, self._lost
         me = self.myself.id
-        # A loop, not a comprehension: one attribute read per id, and no function call.
-        fresh: dict[NodeId, Peer] = {}
-        for p in peers:
-            pid = p.id
-            if pid != me and pid not in active and pid not in passive and pid not in lost:
-                fresh[pid] = p
+        fresh = {
+            p.id: p
+            for p in peers
+            if p.id != me and p.id not in active and p.id not in passive and p.id not in lost
+        }
         if not fresh:
             return
         size = self.config.passive_view_size
@@ -1294,7 +1242,7 @@ class HyParView:
                 if need == 1:
                     victims.append(_pick(self._rand, keys))
                 else:
-                    victims += _sample_in_place(self._rand, keys, need)
+                    victims += _sample(self._rand, keys, need)
             reserve_size = self.config.reserve_size
             if reserve_size:
                 reserve = self._reserve
@@ -1324,12 +1272,7 @@ def _pick(rand: Callable[[], float], items: Sequence[_T]) -> _T:
 def _sample(rand: Callable[[], float], items: Iterable[_T], k: int) -> list[_T]:
     """``k`` distinct picks from ``items`` (``k <= len(items)``), uniformly: a partial
     Fisher-Yates shuffle of a copy, cheaper than ``random.sample`` for the small ``k`` here."""
-    return _sample_in_place(rand, list(items), k)
-
-
-def _sample_in_place(rand: Callable[[], float], pool: list[_T], k: int) -> list[_T]:
-    """:func:`_sample` on a list the caller built for it and gives up (its order is lost): the
-    passive view's eviction already holds a fresh copy, so it skips a second one."""
+    pool = list(items)
     n = len(pool)
     for i in range(k):
         j = i + int(rand() * (n - i))

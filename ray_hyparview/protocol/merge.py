@@ -37,11 +37,10 @@ it, probes with it and decides when to link. Pure: no clock, no randomness, no I
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from ray_hyparview.protocol.peer import Peer
 
-__all__ = ["Marker", "MarkerFields", "ComponentMarker"]
+__all__ = ["Marker", "ComponentMarker"]
 
 STALE_AFTER = 1.5
 """A marker older than this many ``merge_interval`` has missed a beat of its root."""
@@ -69,26 +68,6 @@ class Marker:
         object.__setattr__(self, "seq", seq)
         object.__setattr__(self, "age", age)
         object.__setattr__(self, "settled", settled)
-
-
-class MarkerFields(Protocol):
-    """Anything that carries a marker's fields: a :class:`Marker`, or the ComponentMark and
-    MergeProbe messages themselves, read as they arrive without a copy per message."""
-
-    @property
-    def root(self) -> Peer: ...
-
-    @property
-    def root_incarnation(self) -> int: ...
-
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def age(self) -> float: ...
-
-    @property
-    def settled(self) -> bool: ...
 
 
 class ComponentMarker:
@@ -131,10 +110,6 @@ class ComponentMarker:
     def settled(self, now: float) -> bool:
         return self.since is not None and now - self.since >= STALE_AFTER * self.interval
 
-    def settles_at(self) -> float | None:
-        """When :meth:`settled` turns true if the root does not change before then."""
-        return None if self.since is None else self.since + STALE_AFTER * self.interval
-
     def fresh(self, now: float) -> bool:
         return self.age(now) <= STALE_AFTER * self.interval
 
@@ -171,7 +146,7 @@ class ComponentMarker:
         if changed:
             self.since = now
 
-    def better(self, marker: MarkerFields) -> bool:
+    def better(self, marker: Marker) -> bool:
         """Is ``marker`` better than ours (smaller root, newer root life, newer beat)?"""
         if marker.root.id != self.root.id:
             return marker.root.id < self.root.id
@@ -179,10 +154,9 @@ class ComponentMarker:
             return marker.root_incarnation > self.root_incarnation
         return marker.seq > self.seq
 
-    def offer(self, marker: MarkerFields, now: float) -> bool:
+    def offer(self, marker: Marker, now: float) -> bool:
         """Adopt ``marker`` if it is better and its root not given up; True when adopted (then
-        flood it on). A node that is not the root wakes next when the adopted beat's root could
-        have been silent too long (rather than at a beat of its own that it would skip)."""
+        flood it on)."""
         if marker.age > ROOT_TIMEOUT * self.interval or not self.better(marker):
             return False
         if marker.root.id == self.me.id and marker.root_incarnation <= self.incarnation:
@@ -192,12 +166,10 @@ class ComponentMarker:
         self.root = marker.root
         self.root_incarnation = marker.root_incarnation
         self.seq = marker.seq
-        self.origin = origin = now - marker.age
-        if self.next_beat is not None:
-            self.next_beat = origin + ROOT_TIMEOUT * self.interval
+        self.origin = now - marker.age
         return True
 
-    def elsewhere(self, theirs: MarkerFields, now: float) -> bool:
+    def elsewhere(self, theirs: Marker, now: float) -> bool:
         """Does ``theirs`` (from a node we just heard from) say that node is in another
         component than ours? False whenever either side is unsure."""
         if not theirs.settled or not self.settled(now):
