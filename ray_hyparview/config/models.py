@@ -32,7 +32,17 @@ import os
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Final, Literal, Union, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    ClassVar,
+    Final,
+    Literal,
+    Union,
+    get_args,
+    get_origin,
+)
 
 from pydantic import (
     AfterValidator,
@@ -419,12 +429,17 @@ class _HyParViewBase(_Section):
     _prefix: ClassVar[str] = "hyparview"
 
 
-HyParViewSection: type[_Section] = create_model(
-    "HyParViewSection",
-    __base__=_HyParViewBase,
-    __doc__="``[hyparview]``: the protocol's parameters, one key per field of HyParViewConfig.",
-    **_HYPARVIEW_FIELDS,
-)
+if TYPE_CHECKING:
+    # A class to type checkers: mypy without the pydantic plugin (mypyc compiling the
+    # simulator's core follows imports here) refuses a variable as a type.
+    HyParViewSection = _HyParViewBase
+else:
+    HyParViewSection = create_model(
+        "HyParViewSection",
+        __base__=_HyParViewBase,
+        __doc__="``[hyparview]``: the protocol's parameters, one key per field of HyParViewConfig.",
+        **_HYPARVIEW_FIELDS,
+    )
 
 
 def _entries(value: object) -> object:
