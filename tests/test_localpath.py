@@ -128,6 +128,21 @@ async def test_a_wrong_token_is_refused_counted_and_delivers_nothing(node: Node)
 
 
 @pytest.mark.asyncio
+async def test_a_malformed_header_from_a_member_costs_only_its_own_operation(node: Node) -> None:
+    reader = await node.join("reader")
+    writer = await node.join("writer")
+    assert writer._link is not None
+    # Too few fields for a send, then a request with a key it must not have: each raised out of
+    # the agent's reader callback and took the rest of the batch with it.
+    writer._link.post(["S", 90, "reader"], pickle.dumps("short"))
+    writer._link.post(["R", 91, "reader", 2.0, "key"], pickle.dumps("long"))
+    await writer.send("reader", "after", timeout=2)
+    assert await take(reader, 1) == ["after"]
+    assert node.server.counters["local.dropped"] == 2
+    assert not writer._link.closed
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("thread", [False, True], ids=["own-loop", "thread"])
 async def test_sends_and_requests_go_over_the_link_and_deliveries_are_pushed(
     node: Node, thread: bool

@@ -243,7 +243,12 @@ class LocalServer:
                 self.counters["local.dropped"] += 1
                 continue
             self.counters["local.op." + _OPS.get(op, "unknown")] += 1
-            self._operate(member, identity, op, header, frames[i + 1])
+            try:
+                self._operate(member, identity, op, header, frames[i + 1])
+            except (ValueError, TypeError, IndexError):
+                # A header of the wrong shape from a member that holds its token: its own
+                # operation is lost (counted), the frames after it in the batch are not.
+                self.counters["local.dropped"] += 1
 
     def _operate(
         self, member: _Member, identity: bytes, op: str, header: list[Any], data: bytes
@@ -254,8 +259,12 @@ class LocalServer:
             member.pushed = member.acked  # lend every unacknowledged item again
             self._queue(identity, ["W", mesh.core.incarnation], b"")
             self._pump(member.name)
-        elif op == "S":
-            _, op_id, dst, timeout, key = header
+        elif op in ("S", "R"):
+            # A send carries its idempotency key; a request has none.
+            _, op_id, dst, timeout, *key = header
+            kind = "send" if op == "S" else "request"
+            if len(key) != (1 if op == "S" else 0):
+                raise ValueError(f"{kind} header of {len(header)} fields")
             self._begin(
                 identity,
                 op_id,
@@ -263,20 +272,8 @@ class LocalServer:
                 dst,
                 data,
                 timeout=float(timeout),
-                kind="send",
-                key=key,
-            )
-        elif op == "R":
-            _, op_id, dst, timeout = header
-            self._begin(
-                identity,
-                op_id,
-                member.name,
-                dst,
-                data,
-                timeout=float(timeout),
-                kind="request",
-                key="",
+                kind=kind,
+                key=key[0] if key else "",
             )
         elif op == "B":
             _, op_id, topic = header
