@@ -483,3 +483,30 @@ def test_socket_exhaustion_while_dialling_drops_the_send_not_the_agent() -> None
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+@pytest.mark.asyncio
+async def test_frames_are_dispatched_from_the_reader_callback_and_its_failures_are_contained() -> (
+    None
+):
+    async with linked_pair(strategy("a"), lambda p: strategy("b", p)) as (a, b, _):
+        # No receive task: the transport hands each batch over in the turn it arrives.
+        names = [task.get_name() for task in asyncio.all_tasks()]
+        assert not [n for n in names if n.startswith("hyparview-recv")], names
+        real = a._dispatch
+        calls = 0
+
+        def failing_once(batch: list[tuple[str, bytes]]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug outside every handler")
+            real(batch)
+
+        a._dispatch = failing_once  # type: ignore[method-assign]
+        before = a.counters["received.KeepAlive"]
+        assert b.send_raw(a.myself, KeepAlive(sender=b.myself, incarnation=b.incarnation))
+        await until(lambda: a.counters["errors.receive"] == 1)
+        assert b.send_raw(a.myself, KeepAlive(sender=b.myself, incarnation=b.incarnation))
+        await until(lambda: a.counters["received.KeepAlive"] > before)
+        assert [p.id for p in a.active_view] == ["b"]

@@ -125,6 +125,33 @@ async def test_order_kept_and_batches_bounded() -> None:
     await b.aclose()
 
 
+@pytest.mark.asyncio
+async def test_a_receiver_gets_every_frame_in_order_in_bounded_batches() -> None:
+    # The agent's fast path: batches handed over from the reader callback, no task woken.
+    a = ZmqTransport("a", options=ZmqOptions(max_batch=50))
+    b = ZmqTransport("b", options=ZmqOptions(max_batch=50))
+    await a.start()
+    await b.start()
+    early = b"before the receiver"
+    assert b.send(peer(a), early)
+    await until(lambda: b.counters["sent.msgs"] >= 1)  # it left b; nobody reads a yet
+    batches: list[list[tuple[str, bytes]]] = []
+    assert a.set_receiver(batches.append)
+    for i in range(1000):
+        frame = i.to_bytes(2, "big")
+        if not b.send(peer(a), frame):
+            await until(lambda frame=frame: b.send(peer(a), frame))
+        if i % 100 == 0:
+            await asyncio.sleep(0)
+    await until(lambda: sum(map(len, batches)) == 1001)
+    assert all(1 <= len(batch) <= 50 for batch in batches)
+    got = [data for batch in batches for _, data in batch]
+    assert got[0] == early  # what waited before the receiver came is not lost
+    assert [int.from_bytes(d, "big") for d in got[1:]] == list(range(1000))
+    await a.aclose()
+    await b.aclose()
+
+
 # -- failure detection --------------------------------------------------------------------------
 
 

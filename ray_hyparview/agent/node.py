@@ -60,7 +60,7 @@ from ray_hyparview.protocol.messages import (
     Send,
 )
 from ray_hyparview.protocol.peer import NodeId, Peer
-from ray_hyparview.transport.base import LinkFailed, Transport, TransportClosed
+from ray_hyparview.transport.base import LinkFailed, Transport, TransportClosed, attach_receiver
 from ray_hyparview.transport.ratelimit import LogRate
 from ray_hyparview.wire.codec import Codec, DecodeError, EncodeError
 from ray_hyparview.wire.table import wire_codec
@@ -284,7 +284,8 @@ class Agent:
             for note in strategy.warnings():
                 log.warning("%s: %s", myself.id, note)
             self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
-            self._group.create_task(self._receive_loop(), name=f"hyparview-recv-{myself.id}")
+            if not attach_receiver(self._transport, self._receive):
+                self._group.create_task(self._receive_loop(), name=f"hyparview-recv-{myself.id}")
             self._group.create_task(self._link_loop(), name=f"hyparview-links-{myself.id}")
             self._group.create_task(self._timer_loop(), name=f"hyparview-timer-{myself.id}")
             log.info("%s: listening on %s", myself.id, bound)
@@ -521,35 +522,47 @@ class Agent:
         return asyncio.get_running_loop().time()
 
     async def _receive_loop(self) -> None:
+        """For a transport that cannot push its batches to :meth:`_receive` (the in-memory one)."""
         transport = self.transport
-        core = self.core
         while True:
             try:
                 batch = await transport.recv_batch()
             except TransportClosed:
                 return
-            for sender, data in batch:
-                message = self._codec.decode(data)
-                if isinstance(message, DecodeError):
-                    self._offence(sender, message.cause)
-                    continue
-                self._offences.pop(sender, None)
-                name = type(message).__name__
-                self.counters["received." + name] += 1
-                self.counters["received.bytes"] += len(data)
-                handler = self._handlers.get(type(message))
-                if handler is not None:
-                    if sender not in core.active_ids:
-                        self._hold_early(sender, len(data), message)
-                        continue
-                    with self.contained("handler", f"handler for {name} from {sender}"):
-                        handler(sender, message)
-                elif isinstance(message, _HYPARVIEW_TYPES):
-                    with self.contained("core", f"membership {name} from {sender}"):
-                        self._apply(core.receive(sender, message, now=self._now()))
-                else:
-                    self.counters["dropped.unhandled_type"] += 1
+            self._receive(batch)
             await asyncio.sleep(0)
+
+    def _receive(self, batch: list[tuple[NodeId, bytes]]) -> None:
+        """Decode and dispatch one inbound batch. Never raises: it runs in the transport's
+        reader callback, where an exception would only be logged by the loop."""
+        try:
+            self._dispatch(batch)
+        except Exception as exc:  # a bug outside every handler's containment
+            self.report_error("receive", f"a batch of {len(batch)} frames", exc)
+
+    def _dispatch(self, batch: list[tuple[NodeId, bytes]]) -> None:
+        core = self.core
+        for sender, data in batch:
+            message = self._codec.decode(data)
+            if isinstance(message, DecodeError):
+                self._offence(sender, message.cause)
+                continue
+            self._offences.pop(sender, None)
+            name = type(message).__name__
+            self.counters["received." + name] += 1
+            self.counters["received.bytes"] += len(data)
+            handler = self._handlers.get(type(message))
+            if handler is not None:
+                if sender not in core.active_ids:
+                    self._hold_early(sender, len(data), message)
+                    continue
+                with self.contained("handler", f"handler for {name} from {sender}"):
+                    handler(sender, message)
+            elif isinstance(message, _HYPARVIEW_TYPES):
+                with self.contained("core", f"membership {name} from {sender}"):
+                    self._apply(core.receive(sender, message, now=self._now()))
+            else:
+                self.counters["dropped.unhandled_type"] += 1
 
     def _hold_early(self, sender: NodeId, size: int, message: object) -> None:
         """Routing, Plumtree and the mesh inside them take frames only from admitted active

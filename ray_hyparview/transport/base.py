@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +56,8 @@ from ray_hyparview.protocol.peer import NodeId, Peer
 __all__ = [
     "LinkEventBox",
     "LinkFailed",
+    "Receiver",
+    "attach_receiver",
     "LinkFailure",
     "Quarantine",
     "Transport",
@@ -151,6 +154,18 @@ class Transport(Protocol):
         on up links get that many seconds to leave (e.g. DISCONNECTs when leaving); frames
         still waiting for a dial are dropped."""
         ...
+
+
+Receiver = Callable[[list[tuple[NodeId, bytes]]], None]
+"""Takes one inbound batch, as :meth:`Transport.recv_batch` would return it; must not raise."""
+
+
+def attach_receiver(transport: object, receiver: Receiver) -> bool:
+    """Have ``transport`` push inbound batches to ``receiver`` from its descriptor's callback,
+    if it can (``set_receiver``, an optional capability: the ZeroMQ transport has it, the
+    in-memory one and wrappers need not). False: keep calling ``recv_batch``."""
+    setter = getattr(transport, "set_receiver", None)
+    return bool(setter(receiver)) if callable(setter) else False
 
 
 class LinkEventBox:

@@ -24,8 +24,11 @@ socket per peer it sends to. We never send on the ROUTER. The reasons for this a
 ``zmq.asyncio`` socket, which only the link's monitor is awaited through). Inbound, the
 ROUTER's file descriptor is watched with ``loop.add_reader``: the callback reads ``EVENTS``
 (which clears libzmq's edge-triggered signal, so the level-triggered reader does not spin) and
-completes the future ``recv_batch`` waits on; ``recv_batch`` drains with ``NOBLOCK`` until
-``EVENTS`` shows nothing more or the batch is full. zmq.asyncio's receive (a future, pyzmq
+drains with ``NOBLOCK`` until ``EVENTS`` shows nothing more or the batch is full. The agent
+registers a receiver (``set_receiver``), and the callback hands it the batch in the same loop
+turn; without one, the callback completes the future ``recv_batch`` waits on, which costs the
+waiting task's wake-up, one more loop turn per hop (about 50-120 us inside a Ray actor on the
+benchmark machine). zmq.asyncio's receive (a future, pyzmq
 enum flag arithmetic and extra loop turns per message) cost more per message than the socket
 calls themselves. Flags are plain ints for the same reason.
 
@@ -122,6 +125,7 @@ from ray_hyparview.transport.base import (
     LinkFailed,
     LinkFailure,
     Quarantine,
+    Receiver,
     TransportClosed,
 )
 from ray_hyparview.transport.endpoints import SCHEMES, is_loopback_endpoint
@@ -544,6 +548,7 @@ class ZmqTransport:
         self._waiter: asyncio.Future[None] | None = None
         """The future ``recv_batch`` waits on; the router's reader callback completes it."""
         self._carry: list[tuple[NodeId, bytes]] = []
+        self._receiver: Receiver | None = None
         """Frames of a batch frame that did not fit in the last ``recv_batch`` (fewer than
         ``max_batch``): the next call returns them first."""
         self._touched: list[_Link] = []
@@ -767,29 +772,46 @@ class ZmqTransport:
     def linked(self) -> frozenset[NodeId]:
         return frozenset(self._links)
 
-    async def recv_batch(self) -> list[tuple[NodeId, bytes]]:
+    def set_receiver(self, receiver: Receiver | None) -> bool:
+        """Hand every inbound batch to ``receiver`` from the ROUTER's reader callback, in
+        the loop turn the descriptor fires, instead of waking a task that waits in
+        :meth:`recv_batch` (which must not be used meanwhile). Saves the task's wake-up, a
+        loop turn, on every hop. ``receiver`` must not raise. Returns True: this transport
+        supports it (see :func:`attach_receiver`)."""
+        self._receiver = receiver
+        if receiver is not None and self._loop is not None and not self._closed:
+            self._loop.call_soon(self._on_readable)  # what arrived before now
+        return True
+
+    def _drain(self) -> tuple[list[tuple[NodeId, bytes]], bool]:
+        """Up to ``max_batch`` frames that wait, without awaiting; and whether more may wait."""
         shadow = self._router_shadow
-        if self._closed or shadow is None or self._loop is None:
-            raise TransportClosed("transport closed")
+        assert shadow is not None
         copy = self._auth is None
         limit = self._opts.max_batch
         batch, self._carry = self._carry, []
+        # Ask EVENTS first: a failed NOBLOCK recv raises zmq.Again, and building that
+        # exception costs several times the check. Reading EVENTS also re-arms the ROUTER's
+        # edge-triggered descriptor, so that the reader callback fires again when the next
+        # message arrives.
+        while len(batch) < limit:
+            if not cast(int, shadow.get(_EVENTS)) & _POLLIN:
+                return batch, False
+            try:
+                frames: list[Any] = shadow.recv_multipart(_NOBLOCK, copy=copy)
+            except zmq.Again:
+                return batch, False
+            self._accept(frames, batch)
+        if len(batch) > limit:  # the last batch frame overran: the rest comes next time
+            self._carry = batch[limit:]
+            return batch[:limit], True
+        return batch, True
+
+    async def recv_batch(self) -> list[tuple[NodeId, bytes]]:
+        if self._closed or self._router_shadow is None or self._loop is None:
+            raise TransportClosed("transport closed")
         while True:
-            # Drain what is queued without awaiting. Ask EVENTS first: a failed NOBLOCK recv
-            # raises zmq.Again, and building that exception costs several times the check.
-            # Reading EVENTS also re-arms the ROUTER's edge-triggered descriptor, so that the
-            # reader callback fires again when the next message arrives.
-            while len(batch) < limit:
-                if not cast(int, shadow.get(_EVENTS)) & _POLLIN:
-                    break
-                try:
-                    frames: list[Any] = shadow.recv_multipart(_NOBLOCK, copy=copy)
-                except zmq.Again:
-                    break
-                self._accept(frames, batch)
-            if len(batch) > limit:  # the last batch frame overran: the rest comes next time
-                self._carry = batch[limit:]
-                return batch[:limit]
+            batch, _ = self._drain()
             if batch:
                 return batch
             waiter = self._loop.create_future()
@@ -805,7 +827,17 @@ class ZmqTransport:
         """The ROUTER's descriptor fired: read ``EVENTS`` (which clears the signal, so the
         level-triggered reader does not spin) and wake ``recv_batch`` if a message waits."""
         shadow = self._router_shadow
-        if shadow is None or shadow.closed:
+        if shadow is None or shadow.closed or self._closed:
+            return
+        receiver = self._receiver
+        if receiver is not None:
+            batch, more = self._drain()
+            if more and self._loop is not None:
+                # A full batch: the rest waits a turn, so that timers and other sockets get
+                # theirs (the descriptor may not fire again for what is already queued).
+                self._loop.call_soon(self._on_readable)
+            if batch:
+                receiver(batch)
             return
         if cast(int, shadow.get(_EVENTS)) & _POLLIN:
             waiter = self._waiter
