@@ -171,6 +171,24 @@ async def test_sends_and_requests_go_over_the_link_and_deliveries_are_pushed(
 
 
 @pytest.mark.asyncio
+async def test_a_lone_operation_leaves_at_once_and_a_burst_after_it_leaves_as_one_message(
+    node: Node,
+) -> None:
+    reader = await node.join("reader")
+    writer = await node.join("writer")
+    link = writer._link
+    assert link is not None
+    before = link.counters["sends"]
+    sends = [asyncio.ensure_future(writer.send("reader", i, timeout=2)) for i in range(20)]
+    await asyncio.sleep(0)  # every send posts its frame in this turn
+    # The first frame went to the socket as it was posted, the other 19 wait for the turn's end.
+    assert link.counters["sends"] == before + 1
+    await asyncio.gather(*sends)
+    assert link.counters["sends"] == before + 2
+    assert await take(reader, 20) == list(range(20))  # in order
+
+
+@pytest.mark.asyncio
 async def test_leaving_the_inbox_loop_early_loses_nothing(node: Node) -> None:
     reader = await node.join("reader")
     await node.send(0, 1, 2, 3, 4)

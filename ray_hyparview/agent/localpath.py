@@ -27,8 +27,9 @@ keeps one DEALER connected to it:
   fills and senders get ``inbox_full``). A new hello (a new link for the name) pushes every
   unacknowledged item again, and the actor drops the seqs it has already consumed: no item is
   lost when a link breaks and none is yielded twice;
-* **batching**: frames queued in one turn of the event loop leave as one ZeroMQ message (on
-  both sides), so a burst costs one system call, not one per message;
+* **batching**: the first frame of a loop turn leaves at once (a lone operation waits for
+  nothing); the frames queued after it in the same turn leave together at the turn's end as
+  one ZeroMQ message (on both sides), so a burst costs one system call, not one per message;
 * **backpressure**: a link holds at most ``window`` operations without an answer; the next
   caller waits for a slot rather than failing or filling memory.
 
@@ -377,10 +378,15 @@ class LocalServer:
     # ------------------------------------------------------------------ writing
 
     def _queue(self, identity: bytes, header: list[Any], data: bytes) -> None:
-        self._out.setdefault(identity, []).extend((json.dumps(header).encode(), data))
+        header_bytes = json.dumps(header).encode()
         if not self._flushing:
+            # The turn's first frame leaves now; the ones after it wait for the turn's end.
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
+            if self._sock is not None:
+                self._send(self._sock, identity, [header_bytes, data])
+                return
+        self._out.setdefault(identity, []).extend((header_bytes, data))
 
     def _flush(self) -> None:
         self._flushing = False
@@ -390,15 +396,20 @@ class LocalServer:
             return
         for identity, frames in out.items():
             for start in range(0, len(frames), 2 * _BATCH):
-                try:
-                    sock.send([identity, *frames[start : start + 2 * _BATCH]])
-                except zmq.ZMQError:
-                    # The actor's end is gone: its lent items are pushed again on its next
-                    # hello (or handed back when it leaves).
-                    self.counters["local.unreachable"] += 1
-                    self._disconnected(identity)
+                if not self._send(sock, identity, frames[start : start + 2 * _BATCH]):
                     break
-        self.counters["local.flushes"] += 1
+
+    def _send(self, sock: _Socket, identity: bytes, frames: list[bytes]) -> bool:
+        try:
+            sock.send([identity, *frames])
+        except zmq.ZMQError:
+            # The actor's end is gone: its lent items are pushed again on its next hello (or
+            # handed back when it leaves).
+            self.counters["local.unreachable"] += 1
+            self._disconnected(identity)
+            return False
+        self.counters["local.sends"] += 1
+        return True
 
     def _disconnected(self, identity: bytes) -> None:
         for member in self._members.values():
@@ -614,18 +625,28 @@ class LocalLink:
         self.post(["A", seq])
 
     def _post(self, header: list[Any], data: bytes) -> None:
-        self._out.append([json.dumps(header).encode(), data])
-        if not self._flushing:
-            self._flushing = True
-            try:
-                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is self._loop:
-                self._loop.call_soon(self._flush)
-            else:
-                with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(self._flush)
+        frame = [json.dumps(header).encode(), data]
+        if self._flushing:
+            self._out.append(frame)
+            return
+        self._flushing = True
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._loop.call_soon(self._flush)
+            sock = self._sock
+            if not self._out and sock is not None and not self.closed:
+                # The turn's first frame leaves now; the ones after it, at its end.
+                sock.send([self._token, *frame])
+                self.counters["sends"] += 1
+                return
+            self._out.append(frame)
+        else:
+            self._out.append(frame)  # before the flush is scheduled: its thread may run it now
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._flush)
 
     def _flush(self) -> None:
         self._flushing = False
@@ -637,7 +658,7 @@ class LocalLink:
             while self._out and len(frames) < 2 * _BATCH:
                 frames += self._out.popleft()
             sock.send(frames)
-            self.counters["flushes"] += 1
+            self.counters["sends"] += 1
 
     def _release(self) -> None:
         while self._slots and len(self._pending) < self.window:
