@@ -103,16 +103,26 @@ async def test_send_both_ways(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
     assert a.linked() == {"b"}
 
 
-@pytest.mark.asyncio
-async def test_order_kept_and_batches_bounded() -> None:
-    a = ZmqTransport("a", options=ZmqOptions(max_batch=50))
-    b = ZmqTransport("b", options=ZmqOptions(max_batch=50))
+async def send_numbered(src: ZmqTransport, dst: ZmqTransport, count: int) -> None:
+    """Send frames 0..count-1 (two bytes each), waiting whenever ``src``'s queue is full."""
+    for i in range(count):
+        frame = i.to_bytes(2, "big")
+        if not src.send(peer(dst), frame):
+            await until(lambda frame=frame: src.send(peer(dst), frame))
+
+
+async def batched_pair(max_batch: int) -> tuple[ZmqTransport, ZmqTransport]:
+    a = ZmqTransport("a", options=ZmqOptions(max_batch=max_batch))
+    b = ZmqTransport("b", options=ZmqOptions(max_batch=max_batch))
     await a.start()
     await b.start()
-    for i in range(2000):  # the first 128 wait in the pending queue while b dials
-        frame = i.to_bytes(2, "big")
-        if not b.send(peer(a), frame):
-            await until(lambda frame=frame: b.send(peer(a), frame))
+    return a, b
+
+
+@pytest.mark.asyncio
+async def test_order_kept_and_batches_bounded() -> None:
+    a, b = await batched_pair(50)
+    await send_numbered(b, a, 2000)  # the first 128 wait in the pending queue while b dials
     assert b.counters["send.dropped.pending_full"] >= 1  # the queue is bounded
     got: list[tuple[str, bytes]] = []
     async with asyncio.timeout(DEADLINE):
@@ -128,21 +138,13 @@ async def test_order_kept_and_batches_bounded() -> None:
 @pytest.mark.asyncio
 async def test_a_receiver_gets_every_frame_in_order_in_bounded_batches() -> None:
     # The agent's fast path: batches handed over from the reader callback, no task woken.
-    a = ZmqTransport("a", options=ZmqOptions(max_batch=50))
-    b = ZmqTransport("b", options=ZmqOptions(max_batch=50))
-    await a.start()
-    await b.start()
+    a, b = await batched_pair(50)
     early = b"before the receiver"
     assert b.send(peer(a), early)
     await until(lambda: b.counters["sent.msgs"] >= 1)  # it left b; nobody reads a yet
     batches: list[list[tuple[str, bytes]]] = []
     assert a.set_receiver(batches.append)
-    for i in range(1000):
-        frame = i.to_bytes(2, "big")
-        if not b.send(peer(a), frame):
-            await until(lambda frame=frame: b.send(peer(a), frame))
-        if i % 100 == 0:
-            await asyncio.sleep(0)
+    await send_numbered(b, a, 1000)
     await until(lambda: sum(map(len, batches)) == 1001)
     assert all(1 <= len(batch) <= 50 for batch in batches)
     got = [data for batch in batches for _, data in batch]
