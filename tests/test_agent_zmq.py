@@ -199,7 +199,8 @@ async def test_fuzzed_router_keeps_serving_its_real_peer_and_counts_drops() -> N
                 sent += await blast(anonymous, (rng.randbytes(32) for _ in range(200)))
                 sent += await blast(bad_id, (rng.randbytes(32) for _ in range(200)))
                 multipart = 0
-                async with asyncio.timeout(10):
+                # The agent reads the flood first: on two busy cores that can take many seconds.
+                async with asyncio.timeout(40):
                     while multipart < 20:
                         try:
                             liar.send_multipart([b"one", b"two"], zmq.NOBLOCK)
@@ -219,20 +220,32 @@ async def test_fuzzed_router_keeps_serving_its_real_peer_and_counts_drops() -> N
                         if "dropped" in k or "offender" in k
                     }
 
+                def expected(drops: dict[str, int]) -> list[str]:
+                    """What the storm must have been counted as; empty when it all was."""
+                    causes = ("bad_magic", "bad_version", "truncated", "malformed", "bad_schema")
+                    missing = [c for c in causes if drops.get(f"agent.dropped.{c}", 0) == 0]
+                    for key, least in (
+                        ("core.dropped.spoofed_sender", 300),
+                        ("transport.recv.dropped.multipart", 1),
+                        ("transport.recv.dropped.bad_id", 300),
+                    ):
+                        if drops.get(key, 0) < least:
+                            missing.append(key)
+                    return missing
+
+                # Wait for everything the assertions below count (the multipart frames come
+                # last): a wait on 90% of the frames alone passed before they were read.
                 await until(
                     lambda: (
                         sum(counted().values()) >= 0.9 * sent
+                        and not expected(counted())
                         and received_keepalives(a) > before + 10
                     ),
-                    limit=20,
+                    limit=40,
                 )
             drops = counted()
             print(f"drops by cause after {sent} frames: {drops}")
-            for cause in ("bad_magic", "bad_version", "truncated", "malformed", "bad_schema"):
-                assert drops.get(f"agent.dropped.{cause}", 0) > 0, (cause, drops)
-            assert drops["core.dropped.spoofed_sender"] >= 300, drops
-            assert drops["transport.recv.dropped.multipart"] >= 1, drops
-            assert drops["transport.recv.dropped.bad_id"] >= 300, drops
+            assert expected(drops) == [], drops
             assert [p.id for p in a.active_view] == ["b"]
             assert [p.id for p in b.active_view] == ["a"]
             assert seen == [], seen  # no PeerDown, no churn
