@@ -99,6 +99,7 @@ _TYPES = MESSAGE_TYPES
 _KIND: dict[type, int] = {cls: index for index, cls in enumerate(_TYPES)}
 _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
+_SHUFFLE = _KIND[Shuffle]
 
 # Refused periodic refills before a short node escalates to HIGH, doubling up to the cap.
 _STARVE_MIN = 3
@@ -201,8 +202,12 @@ class HyParView:
         self._next_rejoin: float | None = None
         self._rejoin_attempts = 0
         self._next_probe: float | None = None
-        # min(_next_probe, the marker's next beat): one comparison in next_deadline for both.
+        # min(_next_probe, the marker's next beat), and the earliest of that and the keepalive,
+        # re-join and round timers: kept by _retime() wherever one of them changes (rarely),
+        # so that next_deadline, called after every input, compares two timers and the
+        # pending requests instead of five timers.
         self._next_merge: float | None = None
+        self._next_other: float | None = None
         self._probe_delay = self.config.probe_interval_min
         self._starved = 0
         self._starve_limit = _STARVE_MIN
@@ -303,7 +308,7 @@ class HyParView:
         if self._next_probe is None:
             # A healthy node probes once a merge_interval; a failed link speeds it up.
             self._next_probe = now + self.config.merge_interval * self._rng.uniform(0.5, 1.0)
-            self._merge_timer()
+        self._retime()
         out: list[Action] = []
         contact = self._pick_contact()
         if contact is not None:
@@ -350,8 +355,7 @@ class HyParView:
             return self._drop("spoofed_sender")
         if source_id == self.myself.id:
             return self._drop("from_self")
-        cls = type(message)
-        self._received[_KIND[cls]] += 1
+        self._received[_KIND[type(message)]] += 1
         out: list[Action] = []
         incarnation = message.incarnation
         known = self._active_incarnation.get(source_id)
@@ -434,9 +438,10 @@ class HyParView:
         if self._left:
             return []
         out: list[Action] = []
-        for peer_id in [p for p, pend in self._pending.items() if pend.deadline <= now]:
-            self._events["request.timeout"] += 1
-            self._pending_failed(out, self._pending.pop(peer_id), now)
+        if self._pending:  # empty at most wake-ups: no list built
+            for peer_id in [p for p, pend in self._pending.items() if pend.deadline <= now]:
+                self._events["request.timeout"] += 1
+                self._pending_failed(out, self._pending.pop(peer_id), now)
         if self._next_keepalive is not None and now >= self._next_keepalive:
             self._keepalive_tick(out, now)
         if self._next_shuffle is not None and now >= self._next_shuffle:
@@ -444,6 +449,7 @@ class HyParView:
             self._shuffle_tick(out, now)
         if self._next_rejoin is not None and now >= self._next_rejoin:
             self._next_rejoin = None
+            self._retime()
             self._rejoin_tick(out, now)
         if self._next_merge is not None and now >= self._next_merge:
             if self._next_probe is not None and now >= self._next_probe:
@@ -451,7 +457,7 @@ class HyParView:
             beat = self._component.next_beat
             if beat is not None and now >= beat and self._component.tick(now):
                 self._flood_mark(out, None, now)
-            self._merge_timer()
+            self._retime()
         if self._round_deadline is not None and now >= self._round_deadline:
             # A round whose answers never all came (lost, or taken by other paths) ends here.
             self._events["repair.round_expired"] += 1
@@ -466,22 +472,14 @@ class HyParView:
         # Called after every input by both drivers: the common case (a shuffle timer, nothing
         # else) is kept to a few comparisons.
         best = self._next_shuffle
-        t = self._next_merge
-        if t is not None and (best is None or t < best):
-            best = t
-        t = self._next_keepalive
-        if t is not None and (best is None or t < best):
-            best = t
-        t = self._next_rejoin
-        if t is not None and (best is None or t < best):
-            best = t
-        t = self._round_deadline
+        t = self._next_other
         if t is not None and (best is None or t < best):
             best = t
         if self._pending:
             for pend in self._pending.values():
-                if best is None or pend.deadline < best:
-                    best = pend.deadline
+                t = pend.deadline
+                if best is None or t < best:
+                    best = t
         return best
 
     def leave(self, *, now: float) -> list[Action]:
@@ -525,7 +523,8 @@ class HyParView:
                 self._send(out, peer, walk, now)
 
     def _on_forward_join(self, out: list[Action], msg: ForwardJoin, now: float) -> None:
-        if self._one_sided(out, msg.sender, now):
+        if msg.sender.id not in self._active:
+            self._one_sided(out, msg.sender, now)
             return
         new = msg.new_peer
         if new.id == self.myself.id:
@@ -538,7 +537,8 @@ class HyParView:
         # DEPARTURE: a walk is never longer than our own ARWL, whatever TTL it claims. A hostile
         # TTL of 255 on a network that duplicates frames multiplied into a storm (the fuzzer
         # found walks growing as (1 + dup)^ttl).
-        ttl = min(msg.ttl, self.config.arwl)
+        arwl = self.config.arwl
+        ttl = msg.ttl if msg.ttl < arwl else arwl  # compared, not min(): every walk hop
         # Paper 4.2, FORWARD_JOIN. The prose says "the receiver has only one active peer", the
         # pseudocode "zero": with zero the walk could never stop early, so we follow the prose.
         if ttl <= 0 or len(self._active) <= 1:
@@ -546,8 +546,17 @@ class HyParView:
             return
         if ttl == self.config.prwl:
             self._merge_passive((new,), ())
-        skip = (msg.sender.id, new.id)  # built once, not per candidate
-        candidates = [p for p in self._active.values() if p.id not in skip]
+        # Every active peer but the sender (one, by the check above) and the newcomer, deleted
+        # from a copy by position rather than testing each peer.
+        active = self._active
+        candidates = list(active.values())
+        keys = list(active)
+        sender_id = msg.sender.id
+        i = keys.index(sender_id)
+        del keys[i]
+        del candidates[i]
+        if new.id in active and new.id != sender_id:
+            del candidates[keys.index(new.id)]
         if not candidates:
             self._link_newcomer(out, new, now)
             return
@@ -697,11 +706,16 @@ class HyParView:
             self._one_sided(out, msg.sender, now)
             return
         # DEPARTURE: as for FORWARD_JOIN, a shuffle walk is never longer than our own TTL.
-        ttl = min(msg.ttl, self.config.shuffle_ttl) - 1
+        ttl = msg.ttl - 1
+        if ttl >= self.config.shuffle_ttl:  # compared, not min(): this runs on every hop
+            ttl = self.config.shuffle_ttl - 1
         if ttl > 0 and len(self._active) > 1:
             # A uniform pick among the active peers other than the sender, without building a
-            # list per hop (this is the most frequent message of all, so _pick is inlined).
-            active = self._active_tuple()
+            # list per hop (this is the most frequent message of all, so _pick, the active
+            # tuple's cache and _send are inlined).
+            active = self._active_cache
+            if active is None:
+                active = self._active_tuple()
             rand = self._rand
             n = len(active)
             nxt = active[int(rand() * n)]
@@ -715,12 +729,16 @@ class HyParView:
                 ttl=ttl,
                 nonce=msg.nonce,
             )
-            self._send(out, nxt, walk, now)
+            self._sent[_SHUFFLE] += 1
+            if self._keepalives and nxt.id in self._last_sent:
+                self._last_sent[nxt.id] = now
+            out.append(Send(nxt, walk))
             return
         if msg.origin.id == self.myself.id:
             return
         passive = self._passive
-        answer = tuple(_sample(self._rand, passive.values(), min(len(msg.peers), len(passive))))
+        k = len(msg.peers) if len(msg.peers) < len(passive) else len(passive)  # not min()
+        answer = tuple(_sample_in_place(self._rand, list(passive.values()), k))
         reply = ShuffleReply(
             sender=self.myself, incarnation=self.incarnation, peers=answer, nonce=msg.nonce
         )
@@ -835,6 +853,7 @@ class HyParView:
         interval = self.config.keepalive_interval
         assert interval is not None
         self._next_keepalive = now + interval
+        self._retime()
         timeout = self.config.keepalive_timeout
         for peer in self._active_tuple():
             if now - self._last_heard[peer.id] > timeout:
@@ -872,7 +891,8 @@ class HyParView:
         # requests every full node refuses forever (the paper's overlays are large enough for
         # this to be negligible; a Ray cluster of six nodes is not). The escalation period
         # doubles up to _STARVE_MAX periods.
-        if not self._repairing and self._missing() > 0 and not self._passive:
+        short = not self._repairing and self._missing() > 0  # once: it scans the requests
+        if short and not self._passive:
             # Nobody to ask but the contacts: a node whose JOIN was lost can end up in a small
             # island with later joiners, every passive view empty, each at min_active_size or
             # more, so it never re-joins; asking a contact (one a period) merges the island.
@@ -880,7 +900,7 @@ class HyParView:
             if contact is not None:
                 self._events["rejoin.short"] += 1
                 self._ask(out, contact, _Ask.JOIN, Priority.HIGH, now)
-        elif not self._repairing and self._missing() > 0:
+        elif short:
             self._tried.clear()
             # Only a node hanging by one link (or below the minimum) escalates: in a large
             # overlay many nodes sit one short of full, and letting them all steal slots
@@ -958,34 +978,40 @@ class HyParView:
             self._events["merge.probe"] += 1
             self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
 
-    def _merge_timer(self) -> None:
-        probe, beat = self._next_probe, self._component.next_beat
-        if probe is None or (beat is not None and beat < probe):
-            self._next_merge = beat
-        else:
-            self._next_merge = probe
+    def _retime(self) -> None:
+        """Recompute ``_next_merge`` and ``_next_other`` from the timers they stand for; called
+        wherever the probe, beat, keepalive, re-join or round timer changes."""
+        best, beat = self._next_probe, self._component.next_beat
+        if best is None or (beat is not None and beat < best):
+            best = beat
+        self._next_merge = best
+        for t in (self._next_keepalive, self._next_rejoin, self._round_deadline):
+            if t is not None and (best is None or t < best):
+                best = t
+        self._next_other = best
 
     def _schedule_rejoin(self, now: float) -> None:
         if (
             self._next_rejoin is not None
             or len(self._active) >= self.config.min_active_size
             or self._repairing
-            or any(p.ask is _Ask.JOIN for p in self._pending.values())
+            or self._waiting_on(_Ask.JOIN)
             or (not self._contacts and not self._passive)
         ):
             return
         cfg = self.config
         delay = min(cfg.rejoin_backoff_max, cfg.rejoin_backoff_initial * 2.0**self._rejoin_attempts)
         self._next_rejoin = now + delay * self._rng.uniform(0.5, 1.0)
+        self._retime()
 
     # ----------------------------------------------------------------- repair
 
     def _missing(self) -> int:
         missing = self.config.active_view_size - len(self._active)
         if self._pending:  # asked every shuffle period by every node: skip the scan when idle
-            missing -= sum(
-                1 for p in self._pending.values() if p.ask is _Ask.NEIGHBOR or p.ask is _Ask.JOIN
-            )
+            for pend in self._pending.values():  # a loop, not sum() over a generator
+                if pend.ask is _Ask.NEIGHBOR or pend.ask is _Ask.JOIN:
+                    missing -= 1
         return missing
 
     def _start_repair(self, out: list[Action], now: float, exclude: NodeId | None = None) -> None:
@@ -996,6 +1022,7 @@ class HyParView:
         # Every round ends: on its last answer of any kind (see _round_answered) or, at the
         # latest, here. An open round blocks the periodic refill and the re-join.
         self._round_deadline = now + 2 * self.config.neighbor_timeout
+        self._retime()
         self._repair(out, now)
 
     def _repair(
@@ -1006,38 +1033,67 @@ class HyParView:
         if limit is not None:
             missing = min(missing, limit)
         if missing > 0:
-            candidates = [
-                p
-                for pid, p in self._passive.items()
-                if pid not in self._tried and pid not in self._pending
-            ]
+            candidates = self._untried()
             if not candidates and self._reserve and len(self._active) < self.config.min_active_size:
                 candidates = self._recall()
             if missing == 1 and candidates:
                 picks = [_pick(self._rand, candidates)]
             else:
-                picks = _sample(self._rand, candidates, min(missing, len(candidates)))
+                picks = _sample_in_place(self._rand, candidates, min(missing, len(candidates)))
             for peer in picks:
                 self._tried[peer.id] = None
                 priority = Priority.LOW if self._active and not escalate else Priority.HIGH
                 self._events["repair.attempted"] += 1
                 self._ask(out, peer, _Ask.NEIGHBOR, priority, now)
-        if len(self._active) >= self.config.active_view_size or not any(
-            p.ask is _Ask.NEIGHBOR for p in self._pending.values()
-        ):
+        if len(self._active) >= self.config.active_view_size or not self._waiting_on(_Ask.NEIGHBOR):
             self._end_round()
         self._schedule_rejoin(now)
 
+    def _untried(self) -> list[Peer]:
+        """The passive peers neither tried in this round nor waited on, in view order.
+
+        Every node asks this each shuffle period while it is short: the few ids to leave out
+        are deleted from a copy by position, instead of testing each of dozens of passive ids
+        against both tables."""
+        passive = self._passive
+        candidates = list(passive.values())
+        tried, pending = self._tried, self._pending
+        if tried or pending:
+            drop: list[NodeId] = []
+            for pid in tried:
+                if pid in passive:
+                    drop.append(pid)
+            for pid in pending:
+                if pid in passive and pid not in tried:
+                    drop.append(pid)
+            if drop:
+                keys = list(passive)
+                for pid in drop:
+                    i = keys.index(pid)
+                    del keys[i]
+                    del candidates[i]
+        return candidates
+
+    def _waiting_on(self, ask: _Ask) -> bool:
+        """Whether a request of kind ``ask`` is outstanding. A loop, not ``any()`` over a
+        generator: this runs after most answers while a round is open."""
+        for pend in self._pending.values():  # noqa: SIM110 - see the docstring
+            if pend.ask is ask:
+                return True
+        return False
+
     def _end_round(self) -> None:
         self._repairing = False
-        self._round_deadline = None
+        if self._round_deadline is not None:
+            self._round_deadline = None
+            self._retime()
 
     def _round_answered(self, now: float) -> None:
         """A request of the round was answered (accepted, or overtaken by the peer's own
         request): with nothing left outstanding, the round is over. Before this, a round whose
         last answer was an acceptance that left the view short stayed open for good, and a
         node sat at one link with live passive ids (issue 9, finding 5)."""
-        if self._repairing and not any(p.ask is _Ask.NEIGHBOR for p in self._pending.values()):
+        if self._repairing and not self._waiting_on(_Ask.NEIGHBOR):
             self._end_round()
             self._schedule_rejoin(now)
 
@@ -1169,7 +1225,9 @@ class HyParView:
         out.append(PeerUp(peer))
         if len(self._active) >= self.config.min_active_size:
             self._rejoin_attempts = 0
-            self._next_rejoin = None
+            if self._next_rejoin is not None:
+                self._next_rejoin = None
+                self._retime()
         if len(self._active) >= self.config.active_view_size:
             self._end_round()
             self._starved = 0
@@ -1203,11 +1261,11 @@ class HyParView:
             soon = now + cfg.probe_interval_min * self._rng.uniform(0.5, 1.0)
             if self._next_probe is None or soon < self._next_probe:
                 self._next_probe = soon
-                self._merge_timer()
+                self._retime()
         elif self._next_probe is None:
             # Every entry expires, a departed peer's too (the timer runs the expiry).
             self._next_probe = now + self.config.lost_retention
-            self._merge_timer()
+            self._retime()
 
     def _merge_passive(self, peers: tuple[Peer, ...], evict_first: tuple[Peer, ...]) -> None:
         """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the
@@ -1215,11 +1273,12 @@ class HyParView:
         ids go to the reserve. Called for every shuffle answer: kept tight."""
         passive, active, lost = self._passive, self._active, self._lost
         me = self.myself.id
-        fresh = {
-            p.id: p
-            for p in peers
-            if p.id != me and p.id not in active and p.id not in passive and p.id not in lost
-        }
+        # A loop, not a comprehension: one attribute read per id, and no function call.
+        fresh: dict[NodeId, Peer] = {}
+        for p in peers:
+            pid = p.id
+            if pid != me and pid not in active and pid not in passive and pid not in lost:
+                fresh[pid] = p
         if not fresh:
             return
         size = self.config.passive_view_size
@@ -1242,7 +1301,7 @@ class HyParView:
                 if need == 1:
                     victims.append(_pick(self._rand, keys))
                 else:
-                    victims += _sample(self._rand, keys, need)
+                    victims += _sample_in_place(self._rand, keys, need)
             reserve_size = self.config.reserve_size
             if reserve_size:
                 reserve = self._reserve
@@ -1272,7 +1331,12 @@ def _pick(rand: Callable[[], float], items: Sequence[_T]) -> _T:
 def _sample(rand: Callable[[], float], items: Iterable[_T], k: int) -> list[_T]:
     """``k`` distinct picks from ``items`` (``k <= len(items)``), uniformly: a partial
     Fisher-Yates shuffle of a copy, cheaper than ``random.sample`` for the small ``k`` here."""
-    pool = list(items)
+    return _sample_in_place(rand, list(items), k)
+
+
+def _sample_in_place(rand: Callable[[], float], pool: list[_T], k: int) -> list[_T]:
+    """:func:`_sample` on a list the caller built for it and gives up (its order is lost): the
+    passive view's eviction already holds a fresh copy, so it skips a second one."""
     n = len(pool)
     for i in range(k):
         j = i + int(rand() * (n - i))
