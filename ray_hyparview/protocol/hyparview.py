@@ -84,6 +84,15 @@ from ray_hyparview.protocol.messages import (
     Send,
     Shuffle,
     ShuffleReply,
+    build_component_mark,
+    build_disconnect,
+    build_forward_join,
+    build_join,
+    build_merge_probe,
+    build_neighbor,
+    build_neighbor_reply,
+    build_shuffle,
+    build_shuffle_reply,
 )
 from ray_hyparview.protocol.peer import NodeId, Peer
 
@@ -202,12 +211,12 @@ class HyParView:
         self._next_rejoin: float | None = None
         self._rejoin_attempts = 0
         self._next_probe: float | None = None
-        # min(_next_probe, the marker's next beat), and the earliest of that and the keepalive,
-        # re-join and round timers: kept by _retime() wherever one of them changes (rarely),
-        # so that next_deadline, called after every input, compares two timers and the
-        # pending requests instead of five timers.
+        # min(_next_probe, the marker's next beat), and the earliest of that and the shuffle,
+        # keepalive, re-join and round timers: kept by _retime() wherever one of them changes
+        # (a few times per shuffle period), so that next_deadline, called after every input,
+        # reads one timer and the pending requests instead of comparing six.
         self._next_merge: float | None = None
-        self._next_other: float | None = None
+        self._next_timer: float | None = None
         self._probe_delay = self.config.probe_interval_min
         self._starved = 0
         self._starve_limit = _STARVE_MIN
@@ -446,6 +455,7 @@ class HyParView:
             self._keepalive_tick(out, now)
         if self._next_shuffle is not None and now >= self._next_shuffle:
             self._next_shuffle = now + self.config.shuffle_interval
+            self._retime()
             self._shuffle_tick(out, now)
         if self._next_rejoin is not None and now >= self._next_rejoin:
             self._next_rejoin = None
@@ -467,14 +477,9 @@ class HyParView:
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` must run next, or ``None`` when nothing is scheduled."""
-        if self._left:
-            return None
-        # Called after every input by both drivers: the common case (a shuffle timer, nothing
-        # else) is kept to a few comparisons.
-        best = self._next_shuffle
-        t = self._next_other
-        if t is not None and (best is None or t < best):
-            best = t
+        # Called after every input by both drivers: the common case (no request outstanding)
+        # reads one attribute. After leave() both are empty, so None comes back.
+        best = self._next_timer
         if self._pending:
             for pend in self._pending.values():
                 t = pend.deadline
@@ -491,7 +496,7 @@ class HyParView:
             self._send(
                 out,
                 peer,
-                Disconnect(sender=self.myself, incarnation=self.incarnation, leaving=True),
+                build_disconnect(sender=self.myself, incarnation=self.incarnation, leaving=True),
                 now,
             )
             self._remove_active(out, peer.id, DownReason.LEFT)
@@ -500,6 +505,7 @@ class HyParView:
         self._pending.clear()
         self._lost.clear()
         self._left = True
+        self._next_timer = None  # no timer runs after leaving (next_deadline reads this)
         return out
 
     # --------------------------------------------------------------- handlers
@@ -515,7 +521,7 @@ class HyParView:
         self._pending.pop(new.id, None)
         self._add_active(out, new, msg.incarnation, now)
         self._reply(out, new, True, now)
-        walk = ForwardJoin(
+        walk = build_forward_join(
             sender=self.myself, incarnation=self.incarnation, new_peer=new, ttl=self.config.arwl
         )
         for peer in self._active_tuple():
@@ -561,7 +567,7 @@ class HyParView:
             self._link_newcomer(out, new, now)
             return
         nxt = _pick(self._rand, candidates)
-        walk = ForwardJoin(
+        walk = build_forward_join(
             sender=self.myself, incarnation=self.incarnation, new_peer=new, ttl=ttl - 1
         )
         self._send(out, nxt, walk, now)
@@ -721,7 +727,7 @@ class HyParView:
             nxt = active[int(rand() * n)]
             while nxt.id == sender_id:
                 nxt = active[int(rand() * n)]
-            walk = Shuffle(
+            walk = build_shuffle(
                 sender=self.myself,
                 incarnation=self.incarnation,
                 origin=msg.origin,
@@ -739,7 +745,7 @@ class HyParView:
         passive = self._passive
         k = len(msg.peers) if len(msg.peers) < len(passive) else len(passive)  # not min()
         answer = tuple(_sample_in_place(self._rand, list(passive.values()), k))
-        reply = ShuffleReply(
+        reply = build_shuffle_reply(
             sender=self.myself, incarnation=self.incarnation, peers=answer, nonce=msg.nonce
         )
         self._send(out, msg.origin, reply, now)
@@ -763,7 +769,7 @@ class HyParView:
 
     def _probe_message(self, now: float, *, reply: bool) -> MergeProbe:
         c = self._component
-        return MergeProbe(
+        return build_merge_probe(
             sender=self.myself,
             incarnation=self.incarnation,
             root=c.root,
@@ -776,7 +782,7 @@ class HyParView:
 
     def _mark_message(self, now: float) -> ComponentMark:
         c = self._component
-        return ComponentMark(
+        return build_component_mark(
             sender=self.myself,
             incarnation=self.incarnation,
             root=c.root,
@@ -795,9 +801,8 @@ class HyParView:
                 self._send(out, peer, mark, now)
 
     def _on_mark(self, out: list[Action], msg: ComponentMark, now: float) -> None:
-        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
         component = self._component
-        if component.offer(theirs, now):
+        if component.offer(msg, now):  # read in place: no Marker copy per mark
             self._flood_mark(out, msg.sender.id, now)
         elif (
             msg.sender.id in self._active
@@ -828,8 +833,7 @@ class HyParView:
         # It answered: alive. A lost entry of an earlier life was dropped by receive(); the
         # new life becomes a repair candidate again.
         self._merge_passive((peer,), ())
-        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
-        if self._component.elsewhere(theirs, now):
+        if self._component.elsewhere(msg, now):
             self._events["merge.found"] += 1
         elif was_lost:
             # A peer whose link failed answers: a partition healed before the markers could
@@ -845,6 +849,7 @@ class HyParView:
         if len(self._active) >= self.config.active_view_size and now < self._merge_budget:
             self._events["merge.deferred"] += 1
             return
+        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
         self._ask(out, peer, _Ask.MERGE, Priority.MERGE, now, marker=theirs)
 
     # ----------------------------------------------------------------- timers
@@ -875,7 +880,7 @@ class HyParView:
             )
             self._last_shuffle = sample
             self._shuffle_nonce = 1 + int(self._rand() * _NONCE_SPAN)
-            walk = Shuffle(
+            walk = build_shuffle(
                 sender=self.myself,
                 incarnation=self.incarnation,
                 origin=self.myself,
@@ -979,16 +984,21 @@ class HyParView:
             self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
 
     def _retime(self) -> None:
-        """Recompute ``_next_merge`` and ``_next_other`` from the timers they stand for; called
-        wherever the probe, beat, keepalive, re-join or round timer changes."""
+        """Recompute ``_next_merge`` and ``_next_timer`` from the timers they stand for; called
+        wherever the shuffle, probe, beat, keepalive, re-join or round timer changes."""
         best, beat = self._next_probe, self._component.next_beat
         if best is None or (beat is not None and beat < best):
             best = beat
         self._next_merge = best
-        for t in (self._next_keepalive, self._next_rejoin, self._round_deadline):
+        for t in (
+            self._next_shuffle,
+            self._next_keepalive,
+            self._next_rejoin,
+            self._round_deadline,
+        ):
             if t is not None and (best is None or t < best):
                 best = t
-        self._next_other = best
+        self._next_timer = best
 
     def _schedule_rejoin(self, now: float) -> None:
         if (
@@ -1155,7 +1165,7 @@ class HyParView:
         return []
 
     def _disconnect(self) -> Disconnect:
-        return Disconnect(sender=self.myself, incarnation=self.incarnation)
+        return build_disconnect(sender=self.myself, incarnation=self.incarnation)
 
     def _send(self, out: list[Action], to: Peer, message: Message, now: float) -> None:
         self._sent[_KIND[type(message)]] += 1
@@ -1164,7 +1174,9 @@ class HyParView:
         out.append(Send(to, message))
 
     def _reply(self, out: list[Action], to: Peer, accepted: bool, now: float) -> None:
-        reply = NeighborReply(sender=self.myself, incarnation=self.incarnation, accepted=accepted)
+        reply = build_neighbor_reply(
+            sender=self.myself, incarnation=self.incarnation, accepted=accepted
+        )
         self._send(out, to, reply, now)
 
     def _ask(
@@ -1181,11 +1193,13 @@ class HyParView:
         self._pending[peer.id] = _Pending(peer, ask, priority, deadline, marker)
         message: Message
         if ask is _Ask.NEIGHBOR or ask is _Ask.MERGE:
-            message = Neighbor(sender=self.myself, incarnation=self.incarnation, priority=priority)
+            message = build_neighbor(
+                sender=self.myself, incarnation=self.incarnation, priority=priority
+            )
         elif ask is _Ask.MERGE_PROBE:
             message = self._probe_message(now, reply=False)
         else:
-            message = Join(sender=self.myself, incarnation=self.incarnation)
+            message = build_join(sender=self.myself, incarnation=self.incarnation)
         self._send(out, peer, message, now)
 
     def _one_sided(self, out: list[Action], sender: Peer, now: float) -> bool:
