@@ -1,7 +1,8 @@
 """The membership messages and actions: frozen values whose constructors behave exactly like the
 ones ``dataclass`` writes. Each class spells its ``__init__`` out (mypyc compiles only written
 methods); ``_direct_init`` checks it against the fields and, interpreted, replaces it with a faster
-one. Both must build the same value."""
+one. Both must build the same value, and so must the ``build_*`` functions the core's hot paths
+call instead of the classes (written, and as :func:`_direct_builder` replaces them)."""
 
 from __future__ import annotations
 
@@ -121,3 +122,36 @@ def test_an_init_that_drifted_from_its_fields_fails_at_import() -> None:
 
     with pytest.raises(TypeError, match=r"Drifted\.__init__ takes"):
         messages._direct_init(Drifted)
+
+
+@pytest.mark.parametrize("cls", list(messages.BUILDERS), ids=lambda c: c.__name__)
+def test_builders_build_the_value_the_class_builds(cls: type[Any]) -> None:
+    kwargs = {f.name: _sample_value(str(f.type), f.name) for f in dataclasses.fields(cls)}
+    name = messages.BUILDERS[cls]
+    for build in (getattr(messages, name), messages._WRITTEN_BUILDERS[cls]):
+        value = build(**kwargs)
+        assert type(value) is cls
+        assert value == cls(**kwargs)
+        for field, given in kwargs.items():
+            assert getattr(value, field) is given
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            value.sender = A
+    assert getattr(messages, name).__name__ == name
+
+
+def test_builder_defaults_are_the_fields_defaults() -> None:
+    assert messages.build_disconnect(sender=A, incarnation=0) == Disconnect(sender=A, incarnation=0)
+    walk = messages.build_shuffle(sender=A, incarnation=1, origin=B, peers=(A,), ttl=2)
+    assert walk.nonce == 0
+    with pytest.raises(TypeError):
+        messages.build_shuffle(A, 1, B, (A,), 2)  # type: ignore[call-arg]
+
+
+def test_a_builder_that_drifted_from_its_fields_fails_at_import() -> None:
+    def build_shuffle(
+        *, sender: Peer, incarnation: int, origin: Peer, peers: tuple[Peer, ...], ttl: int
+    ) -> Shuffle:
+        return Shuffle(sender=sender, incarnation=incarnation, origin=origin, peers=peers, ttl=ttl)
+
+    with pytest.raises(TypeError, match=r"build_shuffle takes"):
+        messages._direct_builder(Shuffle, build_shuffle)

@@ -84,6 +84,15 @@ from ray_hyparview.protocol.messages import (
     Send,
     Shuffle,
     ShuffleReply,
+    build_component_mark,
+    build_disconnect,
+    build_forward_join,
+    build_join,
+    build_merge_probe,
+    build_neighbor,
+    build_neighbor_reply,
+    build_shuffle,
+    build_shuffle_reply,
 )
 from ray_hyparview.protocol.peer import NodeId, Peer
 
@@ -99,6 +108,7 @@ _TYPES = MESSAGE_TYPES
 _KIND: dict[type, int] = {cls: index for index, cls in enumerate(_TYPES)}
 _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
+_SHUFFLE = _KIND[Shuffle]
 
 # Refused periodic refills before a short node escalates to HIGH, doubling up to the cap.
 _STARVE_MIN = 3
@@ -201,8 +211,12 @@ class HyParView:
         self._next_rejoin: float | None = None
         self._rejoin_attempts = 0
         self._next_probe: float | None = None
-        # min(_next_probe, the marker's next beat): one comparison in next_deadline for both.
+        # min(_next_probe, the marker's next beat), and the earliest of that and the shuffle,
+        # keepalive, re-join and round timers: kept by _retime() wherever one of them changes
+        # (a few times per shuffle period), so that next_deadline, called after every input,
+        # reads one timer and the pending requests instead of comparing six.
         self._next_merge: float | None = None
+        self._next_timer: float | None = None
         self._probe_delay = self.config.probe_interval_min
         self._starved = 0
         self._starve_limit = _STARVE_MIN
@@ -303,7 +317,7 @@ class HyParView:
         if self._next_probe is None:
             # A healthy node probes once a merge_interval; a failed link speeds it up.
             self._next_probe = now + self.config.merge_interval * self._rng.uniform(0.5, 1.0)
-            self._merge_timer()
+        self._retime()
         out: list[Action] = []
         contact = self._pick_contact()
         if contact is not None:
@@ -350,8 +364,7 @@ class HyParView:
             return self._drop("spoofed_sender")
         if source_id == self.myself.id:
             return self._drop("from_self")
-        cls = type(message)
-        self._received[_KIND[cls]] += 1
+        self._received[_KIND[type(message)]] += 1
         out: list[Action] = []
         incarnation = message.incarnation
         known = self._active_incarnation.get(source_id)
@@ -434,16 +447,19 @@ class HyParView:
         if self._left:
             return []
         out: list[Action] = []
-        for peer_id in [p for p, pend in self._pending.items() if pend.deadline <= now]:
-            self._events["request.timeout"] += 1
-            self._pending_failed(out, self._pending.pop(peer_id), now)
+        if self._pending:  # empty at most wake-ups: no list built
+            for peer_id in [p for p, pend in self._pending.items() if pend.deadline <= now]:
+                self._events["request.timeout"] += 1
+                self._pending_failed(out, self._pending.pop(peer_id), now)
         if self._next_keepalive is not None and now >= self._next_keepalive:
             self._keepalive_tick(out, now)
         if self._next_shuffle is not None and now >= self._next_shuffle:
             self._next_shuffle = now + self.config.shuffle_interval
+            self._retime()
             self._shuffle_tick(out, now)
         if self._next_rejoin is not None and now >= self._next_rejoin:
             self._next_rejoin = None
+            self._retime()
             self._rejoin_tick(out, now)
         if self._next_merge is not None and now >= self._next_merge:
             if self._next_probe is not None and now >= self._next_probe:
@@ -451,7 +467,7 @@ class HyParView:
             beat = self._component.next_beat
             if beat is not None and now >= beat and self._component.tick(now):
                 self._flood_mark(out, None, now)
-            self._merge_timer()
+            self._retime()
         if self._round_deadline is not None and now >= self._round_deadline:
             # A round whose answers never all came (lost, or taken by other paths) ends here.
             self._events["repair.round_expired"] += 1
@@ -461,27 +477,14 @@ class HyParView:
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` must run next, or ``None`` when nothing is scheduled."""
-        if self._left:
-            return None
-        # Called after every input by both drivers: the common case (a shuffle timer, nothing
-        # else) is kept to a few comparisons.
-        best = self._next_shuffle
-        t = self._next_merge
-        if t is not None and (best is None or t < best):
-            best = t
-        t = self._next_keepalive
-        if t is not None and (best is None or t < best):
-            best = t
-        t = self._next_rejoin
-        if t is not None and (best is None or t < best):
-            best = t
-        t = self._round_deadline
-        if t is not None and (best is None or t < best):
-            best = t
+        # Called after every input by both drivers: the common case (no request outstanding)
+        # reads one attribute. After leave() both are empty, so None comes back.
+        best = self._next_timer
         if self._pending:
             for pend in self._pending.values():
-                if best is None or pend.deadline < best:
-                    best = pend.deadline
+                t = pend.deadline
+                if best is None or t < best:
+                    best = t
         return best
 
     def leave(self, *, now: float) -> list[Action]:
@@ -493,7 +496,7 @@ class HyParView:
             self._send(
                 out,
                 peer,
-                Disconnect(sender=self.myself, incarnation=self.incarnation, leaving=True),
+                build_disconnect(sender=self.myself, incarnation=self.incarnation, leaving=True),
                 now,
             )
             self._remove_active(out, peer.id, DownReason.LEFT)
@@ -502,6 +505,7 @@ class HyParView:
         self._pending.clear()
         self._lost.clear()
         self._left = True
+        self._next_timer = None  # no timer runs after leaving (next_deadline reads this)
         return out
 
     # --------------------------------------------------------------- handlers
@@ -517,7 +521,7 @@ class HyParView:
         self._pending.pop(new.id, None)
         self._add_active(out, new, msg.incarnation, now)
         self._reply(out, new, True, now)
-        walk = ForwardJoin(
+        walk = build_forward_join(
             sender=self.myself, incarnation=self.incarnation, new_peer=new, ttl=self.config.arwl
         )
         for peer in self._active_tuple():
@@ -525,7 +529,8 @@ class HyParView:
                 self._send(out, peer, walk, now)
 
     def _on_forward_join(self, out: list[Action], msg: ForwardJoin, now: float) -> None:
-        if self._one_sided(out, msg.sender, now):
+        if msg.sender.id not in self._active:
+            self._one_sided(out, msg.sender, now)
             return
         new = msg.new_peer
         if new.id == self.myself.id:
@@ -538,7 +543,8 @@ class HyParView:
         # DEPARTURE: a walk is never longer than our own ARWL, whatever TTL it claims. A hostile
         # TTL of 255 on a network that duplicates frames multiplied into a storm (the fuzzer
         # found walks growing as (1 + dup)^ttl).
-        ttl = min(msg.ttl, self.config.arwl)
+        arwl = self.config.arwl
+        ttl = msg.ttl if msg.ttl < arwl else arwl  # compared, not min(): every walk hop
         # Paper 4.2, FORWARD_JOIN. The prose says "the receiver has only one active peer", the
         # pseudocode "zero": with zero the walk could never stop early, so we follow the prose.
         if ttl <= 0 or len(self._active) <= 1:
@@ -546,13 +552,22 @@ class HyParView:
             return
         if ttl == self.config.prwl:
             self._merge_passive((new,), ())
-        skip = (msg.sender.id, new.id)  # built once, not per candidate
-        candidates = [p for p in self._active.values() if p.id not in skip]
+        # Every active peer but the sender (one, by the check above) and the newcomer, deleted
+        # from a copy by position rather than testing each peer.
+        active = self._active
+        candidates = list(active.values())
+        keys = list(active)
+        sender_id = msg.sender.id
+        i = keys.index(sender_id)
+        del keys[i]
+        del candidates[i]
+        if new.id in active and new.id != sender_id:
+            del candidates[keys.index(new.id)]
         if not candidates:
             self._link_newcomer(out, new, now)
             return
         nxt = _pick(self._rand, candidates)
-        walk = ForwardJoin(
+        walk = build_forward_join(
             sender=self.myself, incarnation=self.incarnation, new_peer=new, ttl=ttl - 1
         )
         self._send(out, nxt, walk, now)
@@ -697,17 +712,22 @@ class HyParView:
             self._one_sided(out, msg.sender, now)
             return
         # DEPARTURE: as for FORWARD_JOIN, a shuffle walk is never longer than our own TTL.
-        ttl = min(msg.ttl, self.config.shuffle_ttl) - 1
+        ttl = msg.ttl - 1
+        if ttl >= self.config.shuffle_ttl:  # compared, not min(): this runs on every hop
+            ttl = self.config.shuffle_ttl - 1
         if ttl > 0 and len(self._active) > 1:
             # A uniform pick among the active peers other than the sender, without building a
-            # list per hop (this is the most frequent message of all, so _pick is inlined).
-            active = self._active_tuple()
+            # list per hop (this is the most frequent message of all, so _pick, the active
+            # tuple's cache and _send are inlined).
+            active = self._active_cache
+            if active is None:
+                active = self._active_tuple()
             rand = self._rand
             n = len(active)
             nxt = active[int(rand() * n)]
             while nxt.id == sender_id:
                 nxt = active[int(rand() * n)]
-            walk = Shuffle(
+            walk = build_shuffle(
                 sender=self.myself,
                 incarnation=self.incarnation,
                 origin=msg.origin,
@@ -715,13 +735,17 @@ class HyParView:
                 ttl=ttl,
                 nonce=msg.nonce,
             )
-            self._send(out, nxt, walk, now)
+            self._sent[_SHUFFLE] += 1
+            if self._keepalives and nxt.id in self._last_sent:
+                self._last_sent[nxt.id] = now
+            out.append(Send(nxt, walk))
             return
         if msg.origin.id == self.myself.id:
             return
         passive = self._passive
-        answer = tuple(_sample(self._rand, passive.values(), min(len(msg.peers), len(passive))))
-        reply = ShuffleReply(
+        k = len(msg.peers) if len(msg.peers) < len(passive) else len(passive)  # not min()
+        answer = tuple(_sample_in_place(self._rand, list(passive.values()), k))
+        reply = build_shuffle_reply(
             sender=self.myself, incarnation=self.incarnation, peers=answer, nonce=msg.nonce
         )
         self._send(out, msg.origin, reply, now)
@@ -745,7 +769,7 @@ class HyParView:
 
     def _probe_message(self, now: float, *, reply: bool) -> MergeProbe:
         c = self._component
-        return MergeProbe(
+        return build_merge_probe(
             sender=self.myself,
             incarnation=self.incarnation,
             root=c.root,
@@ -758,7 +782,7 @@ class HyParView:
 
     def _mark_message(self, now: float) -> ComponentMark:
         c = self._component
-        return ComponentMark(
+        return build_component_mark(
             sender=self.myself,
             incarnation=self.incarnation,
             root=c.root,
@@ -777,9 +801,8 @@ class HyParView:
                 self._send(out, peer, mark, now)
 
     def _on_mark(self, out: list[Action], msg: ComponentMark, now: float) -> None:
-        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
         component = self._component
-        if component.offer(theirs, now):
+        if component.offer(msg, now):  # read in place: no Marker copy per mark
             self._flood_mark(out, msg.sender.id, now)
         elif (
             msg.sender.id in self._active
@@ -810,8 +833,7 @@ class HyParView:
         # It answered: alive. A lost entry of an earlier life was dropped by receive(); the
         # new life becomes a repair candidate again.
         self._merge_passive((peer,), ())
-        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
-        if self._component.elsewhere(theirs, now):
+        if self._component.elsewhere(msg, now):
             self._events["merge.found"] += 1
         elif was_lost:
             # A peer whose link failed answers: a partition healed before the markers could
@@ -827,6 +849,7 @@ class HyParView:
         if len(self._active) >= self.config.active_view_size and now < self._merge_budget:
             self._events["merge.deferred"] += 1
             return
+        theirs = Marker(msg.root, msg.root_incarnation, msg.seq, msg.age, msg.settled)
         self._ask(out, peer, _Ask.MERGE, Priority.MERGE, now, marker=theirs)
 
     # ----------------------------------------------------------------- timers
@@ -835,6 +858,7 @@ class HyParView:
         interval = self.config.keepalive_interval
         assert interval is not None
         self._next_keepalive = now + interval
+        self._retime()
         timeout = self.config.keepalive_timeout
         for peer in self._active_tuple():
             if now - self._last_heard[peer.id] > timeout:
@@ -856,7 +880,7 @@ class HyParView:
             )
             self._last_shuffle = sample
             self._shuffle_nonce = 1 + int(self._rand() * _NONCE_SPAN)
-            walk = Shuffle(
+            walk = build_shuffle(
                 sender=self.myself,
                 incarnation=self.incarnation,
                 origin=self.myself,
@@ -872,7 +896,8 @@ class HyParView:
         # requests every full node refuses forever (the paper's overlays are large enough for
         # this to be negligible; a Ray cluster of six nodes is not). The escalation period
         # doubles up to _STARVE_MAX periods.
-        if not self._repairing and self._missing() > 0 and not self._passive:
+        short = not self._repairing and self._missing() > 0  # once: it scans the requests
+        if short and not self._passive:
             # Nobody to ask but the contacts: a node whose JOIN was lost can end up in a small
             # island with later joiners, every passive view empty, each at min_active_size or
             # more, so it never re-joins; asking a contact (one a period) merges the island.
@@ -880,7 +905,7 @@ class HyParView:
             if contact is not None:
                 self._events["rejoin.short"] += 1
                 self._ask(out, contact, _Ask.JOIN, Priority.HIGH, now)
-        elif not self._repairing and self._missing() > 0:
+        elif short:
             self._tried.clear()
             # Only a node hanging by one link (or below the minimum) escalates: in a large
             # overlay many nodes sit one short of full, and letting them all steal slots
@@ -958,34 +983,45 @@ class HyParView:
             self._events["merge.probe"] += 1
             self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
 
-    def _merge_timer(self) -> None:
-        probe, beat = self._next_probe, self._component.next_beat
-        if probe is None or (beat is not None and beat < probe):
-            self._next_merge = beat
-        else:
-            self._next_merge = probe
+    def _retime(self) -> None:
+        """Recompute ``_next_merge`` and ``_next_timer`` from the timers they stand for; called
+        wherever the shuffle, probe, beat, keepalive, re-join or round timer changes."""
+        best, beat = self._next_probe, self._component.next_beat
+        if best is None or (beat is not None and beat < best):
+            best = beat
+        self._next_merge = best
+        for t in (
+            self._next_shuffle,
+            self._next_keepalive,
+            self._next_rejoin,
+            self._round_deadline,
+        ):
+            if t is not None and (best is None or t < best):
+                best = t
+        self._next_timer = best
 
     def _schedule_rejoin(self, now: float) -> None:
         if (
             self._next_rejoin is not None
             or len(self._active) >= self.config.min_active_size
             or self._repairing
-            or any(p.ask is _Ask.JOIN for p in self._pending.values())
+            or self._waiting_on(_Ask.JOIN)
             or (not self._contacts and not self._passive)
         ):
             return
         cfg = self.config
         delay = min(cfg.rejoin_backoff_max, cfg.rejoin_backoff_initial * 2.0**self._rejoin_attempts)
         self._next_rejoin = now + delay * self._rng.uniform(0.5, 1.0)
+        self._retime()
 
     # ----------------------------------------------------------------- repair
 
     def _missing(self) -> int:
         missing = self.config.active_view_size - len(self._active)
         if self._pending:  # asked every shuffle period by every node: skip the scan when idle
-            missing -= sum(
-                1 for p in self._pending.values() if p.ask is _Ask.NEIGHBOR or p.ask is _Ask.JOIN
-            )
+            for pend in self._pending.values():  # a loop, not sum() over a generator
+                if pend.ask is _Ask.NEIGHBOR or pend.ask is _Ask.JOIN:
+                    missing -= 1
         return missing
 
     def _start_repair(self, out: list[Action], now: float, exclude: NodeId | None = None) -> None:
@@ -996,6 +1032,7 @@ class HyParView:
         # Every round ends: on its last answer of any kind (see _round_answered) or, at the
         # latest, here. An open round blocks the periodic refill and the re-join.
         self._round_deadline = now + 2 * self.config.neighbor_timeout
+        self._retime()
         self._repair(out, now)
 
     def _repair(
@@ -1006,38 +1043,67 @@ class HyParView:
         if limit is not None:
             missing = min(missing, limit)
         if missing > 0:
-            candidates = [
-                p
-                for pid, p in self._passive.items()
-                if pid not in self._tried and pid not in self._pending
-            ]
+            candidates = self._untried()
             if not candidates and self._reserve and len(self._active) < self.config.min_active_size:
                 candidates = self._recall()
             if missing == 1 and candidates:
                 picks = [_pick(self._rand, candidates)]
             else:
-                picks = _sample(self._rand, candidates, min(missing, len(candidates)))
+                picks = _sample_in_place(self._rand, candidates, min(missing, len(candidates)))
             for peer in picks:
                 self._tried[peer.id] = None
                 priority = Priority.LOW if self._active and not escalate else Priority.HIGH
                 self._events["repair.attempted"] += 1
                 self._ask(out, peer, _Ask.NEIGHBOR, priority, now)
-        if len(self._active) >= self.config.active_view_size or not any(
-            p.ask is _Ask.NEIGHBOR for p in self._pending.values()
-        ):
+        if len(self._active) >= self.config.active_view_size or not self._waiting_on(_Ask.NEIGHBOR):
             self._end_round()
         self._schedule_rejoin(now)
 
+    def _untried(self) -> list[Peer]:
+        """The passive peers neither tried in this round nor waited on, in view order.
+
+        Every node asks this each shuffle period while it is short: the few ids to leave out
+        are deleted from a copy by position, instead of testing each of dozens of passive ids
+        against both tables."""
+        passive = self._passive
+        candidates = list(passive.values())
+        tried, pending = self._tried, self._pending
+        if tried or pending:
+            drop: list[NodeId] = []
+            for pid in tried:
+                if pid in passive:
+                    drop.append(pid)
+            for pid in pending:
+                if pid in passive and pid not in tried:
+                    drop.append(pid)
+            if drop:
+                keys = list(passive)
+                for pid in drop:
+                    i = keys.index(pid)
+                    del keys[i]
+                    del candidates[i]
+        return candidates
+
+    def _waiting_on(self, ask: _Ask) -> bool:
+        """Whether a request of kind ``ask`` is outstanding. A loop, not ``any()`` over a
+        generator: this runs after most answers while a round is open."""
+        for pend in self._pending.values():  # noqa: SIM110 - see the docstring
+            if pend.ask is ask:
+                return True
+        return False
+
     def _end_round(self) -> None:
         self._repairing = False
-        self._round_deadline = None
+        if self._round_deadline is not None:
+            self._round_deadline = None
+            self._retime()
 
     def _round_answered(self, now: float) -> None:
         """A request of the round was answered (accepted, or overtaken by the peer's own
         request): with nothing left outstanding, the round is over. Before this, a round whose
         last answer was an acceptance that left the view short stayed open for good, and a
         node sat at one link with live passive ids (issue 9, finding 5)."""
-        if self._repairing and not any(p.ask is _Ask.NEIGHBOR for p in self._pending.values()):
+        if self._repairing and not self._waiting_on(_Ask.NEIGHBOR):
             self._end_round()
             self._schedule_rejoin(now)
 
@@ -1099,7 +1165,7 @@ class HyParView:
         return []
 
     def _disconnect(self) -> Disconnect:
-        return Disconnect(sender=self.myself, incarnation=self.incarnation)
+        return build_disconnect(sender=self.myself, incarnation=self.incarnation)
 
     def _send(self, out: list[Action], to: Peer, message: Message, now: float) -> None:
         self._sent[_KIND[type(message)]] += 1
@@ -1108,7 +1174,9 @@ class HyParView:
         out.append(Send(to, message))
 
     def _reply(self, out: list[Action], to: Peer, accepted: bool, now: float) -> None:
-        reply = NeighborReply(sender=self.myself, incarnation=self.incarnation, accepted=accepted)
+        reply = build_neighbor_reply(
+            sender=self.myself, incarnation=self.incarnation, accepted=accepted
+        )
         self._send(out, to, reply, now)
 
     def _ask(
@@ -1125,11 +1193,13 @@ class HyParView:
         self._pending[peer.id] = _Pending(peer, ask, priority, deadline, marker)
         message: Message
         if ask is _Ask.NEIGHBOR or ask is _Ask.MERGE:
-            message = Neighbor(sender=self.myself, incarnation=self.incarnation, priority=priority)
+            message = build_neighbor(
+                sender=self.myself, incarnation=self.incarnation, priority=priority
+            )
         elif ask is _Ask.MERGE_PROBE:
             message = self._probe_message(now, reply=False)
         else:
-            message = Join(sender=self.myself, incarnation=self.incarnation)
+            message = build_join(sender=self.myself, incarnation=self.incarnation)
         self._send(out, peer, message, now)
 
     def _one_sided(self, out: list[Action], sender: Peer, now: float) -> bool:
@@ -1169,7 +1239,9 @@ class HyParView:
         out.append(PeerUp(peer))
         if len(self._active) >= self.config.min_active_size:
             self._rejoin_attempts = 0
-            self._next_rejoin = None
+            if self._next_rejoin is not None:
+                self._next_rejoin = None
+                self._retime()
         if len(self._active) >= self.config.active_view_size:
             self._end_round()
             self._starved = 0
@@ -1203,11 +1275,11 @@ class HyParView:
             soon = now + cfg.probe_interval_min * self._rng.uniform(0.5, 1.0)
             if self._next_probe is None or soon < self._next_probe:
                 self._next_probe = soon
-                self._merge_timer()
+                self._retime()
         elif self._next_probe is None:
             # Every entry expires, a departed peer's too (the timer runs the expiry).
             self._next_probe = now + self.config.lost_retention
-            self._merge_timer()
+            self._retime()
 
     def _merge_passive(self, peers: tuple[Peer, ...], evict_first: tuple[Peer, ...]) -> None:
         """Paper 4.4: add new ids, skipping self and known ones; when full, evict first the
@@ -1215,11 +1287,12 @@ class HyParView:
         ids go to the reserve. Called for every shuffle answer: kept tight."""
         passive, active, lost = self._passive, self._active, self._lost
         me = self.myself.id
-        fresh = {
-            p.id: p
-            for p in peers
-            if p.id != me and p.id not in active and p.id not in passive and p.id not in lost
-        }
+        # A loop, not a comprehension: one attribute read per id, and no function call.
+        fresh: dict[NodeId, Peer] = {}
+        for p in peers:
+            pid = p.id
+            if pid != me and pid not in active and pid not in passive and pid not in lost:
+                fresh[pid] = p
         if not fresh:
             return
         size = self.config.passive_view_size
@@ -1242,7 +1315,7 @@ class HyParView:
                 if need == 1:
                     victims.append(_pick(self._rand, keys))
                 else:
-                    victims += _sample(self._rand, keys, need)
+                    victims += _sample_in_place(self._rand, keys, need)
             reserve_size = self.config.reserve_size
             if reserve_size:
                 reserve = self._reserve
@@ -1272,7 +1345,12 @@ def _pick(rand: Callable[[], float], items: Sequence[_T]) -> _T:
 def _sample(rand: Callable[[], float], items: Iterable[_T], k: int) -> list[_T]:
     """``k`` distinct picks from ``items`` (``k <= len(items)``), uniformly: a partial
     Fisher-Yates shuffle of a copy, cheaper than ``random.sample`` for the small ``k`` here."""
-    pool = list(items)
+    return _sample_in_place(rand, list(items), k)
+
+
+def _sample_in_place(rand: Callable[[], float], pool: list[_T], k: int) -> list[_T]:
+    """:func:`_sample` on a list the caller built for it and gives up (its order is lost): the
+    passive view's eviction already holds a fresh copy, so it skips a second one."""
     n = len(pool)
     for i in range(k):
         j = i + int(rand() * (n - i))

@@ -37,10 +37,11 @@ it, probes with it and decides when to link. Pure: no clock, no randomness, no I
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from ray_hyparview.protocol.peer import Peer
 
-__all__ = ["Marker", "ComponentMarker"]
+__all__ = ["Marker", "MarkerFields", "ComponentMarker"]
 
 STALE_AFTER = 1.5
 """A marker older than this many ``merge_interval`` has missed a beat of its root."""
@@ -68,6 +69,26 @@ class Marker:
         object.__setattr__(self, "seq", seq)
         object.__setattr__(self, "age", age)
         object.__setattr__(self, "settled", settled)
+
+
+class MarkerFields(Protocol):
+    """Anything that carries a marker's fields: a :class:`Marker`, or the ComponentMark and
+    MergeProbe messages themselves, read as they arrive without a copy per message."""
+
+    @property
+    def root(self) -> Peer: ...
+
+    @property
+    def root_incarnation(self) -> int: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def age(self) -> float: ...
+
+    @property
+    def settled(self) -> bool: ...
 
 
 class ComponentMarker:
@@ -146,7 +167,7 @@ class ComponentMarker:
         if changed:
             self.since = now
 
-    def better(self, marker: Marker) -> bool:
+    def better(self, marker: MarkerFields) -> bool:
         """Is ``marker`` better than ours (smaller root, newer root life, newer beat)?"""
         if marker.root.id != self.root.id:
             return marker.root.id < self.root.id
@@ -154,7 +175,7 @@ class ComponentMarker:
             return marker.root_incarnation > self.root_incarnation
         return marker.seq > self.seq
 
-    def offer(self, marker: Marker, now: float) -> bool:
+    def offer(self, marker: MarkerFields, now: float) -> bool:
         """Adopt ``marker`` if it is better and its root not given up; True when adopted (then
         flood it on)."""
         if marker.age > ROOT_TIMEOUT * self.interval or not self.better(marker):
@@ -169,7 +190,7 @@ class ComponentMarker:
         self.origin = now - marker.age
         return True
 
-    def elsewhere(self, theirs: Marker, now: float) -> bool:
+    def elsewhere(self, theirs: MarkerFields, now: float) -> bool:
         """Does ``theirs`` (from a node we just heard from) say that node is in another
         component than ours? False whenever either side is unsure."""
         if not theirs.settled or not self.settled(now):

@@ -5,6 +5,8 @@ paper's experiment on it; ``metrics`` holds the paper's figures; ``python -m ray
 is the command line.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ray_hyparview.sim.engine import (
     LatencyModel,
     LogNormalLatency,
@@ -16,12 +18,14 @@ from ray_hyparview.sim.engine import (
     UniformLatency,
 )
 from ray_hyparview.sim.scenario import Experiment, run_experiment, run_sweep
-from ray_hyparview.sim.stacked import (
-    BroadcastNode,
-    BroadcastResult,
-    broadcast,
-    broadcast_node_factory,
-)
+
+if TYPE_CHECKING:
+    from ray_hyparview.sim.stacked import (
+        BroadcastNode,
+        BroadcastResult,
+        broadcast,
+        broadcast_node_factory,
+    )
 
 __all__ = [
     "BroadcastNode",
@@ -40,3 +44,13 @@ __all__ = [
     "run_experiment",
     "run_sweep",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Plumtree in the simulator (stacked.py) loads on first use: the paper's experiment never
+    # needs it, and its import was paid twice per run (the run and its baseline process).
+    if name in {"BroadcastNode", "BroadcastResult", "broadcast", "broadcast_node_factory"}:
+        from ray_hyparview.sim import stacked
+
+        return getattr(stacked, name)
+    raise AttributeError(f"module 'ray_hyparview.sim' has no attribute {name!r}")
