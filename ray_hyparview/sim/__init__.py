@@ -46,10 +46,13 @@ __all__ = [
 ]
 
 
+_STACKED = frozenset({"BroadcastNode", "BroadcastResult", "broadcast", "broadcast_node_factory"})
+
+
 def __getattr__(name: str) -> Any:
     # Plumtree in the simulator (stacked.py) loads on first use: the paper's experiment never
     # needs it, and its import was paid twice per run (the run and its baseline process).
-    if name in {"BroadcastNode", "BroadcastResult", "broadcast", "broadcast_node_factory"}:
+    if name in _STACKED:
         from ray_hyparview.sim import stacked
 
         return getattr(stacked, name)

@@ -487,6 +487,14 @@ class _Link:
         self.outbox_bytes = 0
         """Their size in a batch (lengths plus prefixes)."""
 
+    def drop_held(self) -> int:
+        """Forget the frames waiting for a dial or for the turn's end; how many there were."""
+        held = len(self.pending) + len(self.outbox)
+        self.pending.clear()
+        self.outbox = []
+        self.outbox_bytes = 0
+        return held
+
 
 class ZmqTransport:
     """The production transport; see the module docstring and :mod:`.base` for the contract."""
@@ -548,9 +556,10 @@ class ZmqTransport:
         self._waiter: asyncio.Future[None] | None = None
         """The future ``recv_batch`` waits on; the router's reader callback completes it."""
         self._carry: list[tuple[NodeId, bytes]] = []
+        """Frames of a batch frame that did not fit in the last batch read (fewer than
+        ``max_batch``): the next read returns them first."""
         self._receiver: Receiver | None = None
-        """Frames of a batch frame that did not fit in the last ``recv_batch`` (fewer than
-        ``max_batch``): the next call returns them first."""
+        """Set by :meth:`set_receiver`: takes each inbound batch from the reader callback."""
         self._touched: list[_Link] = []
         """Links sent to in this loop turn; ``_end_turn`` flushes their outboxes."""
         self._turn_scheduled = False
@@ -824,8 +833,9 @@ class ZmqTransport:
                 raise TransportClosed("transport closed")
 
     def _on_readable(self) -> None:
-        """The ROUTER's descriptor fired: read ``EVENTS`` (which clears the signal, so the
-        level-triggered reader does not spin) and wake ``recv_batch`` if a message waits."""
+        """The ROUTER's descriptor fired: with a receiver, drain and hand it the batch now;
+        without one, wake ``recv_batch`` if a message waits. Either way ``EVENTS`` is read,
+        which clears the signal, so the level-triggered reader does not spin."""
         shadow = self._router_shadow
         if shadow is None or shadow.closed or self._closed:
             return
@@ -1054,13 +1064,8 @@ class ZmqTransport:
         return int(parse_monitor_message(msg)["event"])
 
     def _stop_link(self, link: _Link) -> None:
-        if link.pending:
-            self._counters["send.dropped.link_closed"] += len(link.pending)
-            link.pending.clear()
-        if link.outbox:
-            self._counters["send.dropped.link_closed"] += len(link.outbox)
-            link.outbox = []
-            link.outbox_bytes = 0
+        if held := link.drop_held():
+            self._counters["send.dropped.link_closed"] += held
         if link.task is not None:
             link.task.cancel()
 
@@ -1069,13 +1074,8 @@ class ZmqTransport:
         cancelled before it first ran, when a ``finally`` would never execute)."""
         if self._links.get(link.peer.id) is link:
             del self._links[link.peer.id]
-        if link.pending:
-            self._counters["send.dropped.link_failed"] += len(link.pending)
-            link.pending.clear()
-        if link.outbox:
-            self._counters["send.dropped.link_failed"] += len(link.outbox)
-            link.outbox = []
-            link.outbox_bytes = 0
+        if held := link.drop_held():
+            self._counters["send.dropped.link_failed"] += held
         with contextlib.suppress(zmq.ZMQError):
             link.sock.disable_monitor()
         self._close_sockets(link.sock, link.mon)
@@ -1131,7 +1131,7 @@ class ZmqTransport:
                 )
                 return
             data = data_frame.bytes
-        if data.startswith(batches.BATCH_HEADER):
+        if batches.is_batch(data):
             inner = batches.unpack(data, self._opts.max_batch)
             if inner is None:
                 self._counters["recv.dropped.bad_batch"] += 1
