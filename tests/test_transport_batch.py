@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import zmq
 import zmq.asyncio
 
 from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.testing.conditions import until
 from ray_hyparview.transport import batch as batches
 from ray_hyparview.transport.zmq import ZmqOptions, ZmqTransport
 
@@ -19,14 +22,22 @@ def peer(t: ZmqTransport) -> Peer:
     return Peer(t.node_id, t.endpoint)
 
 
-async def until(predicate: object, deadline: float = DEADLINE) -> None:
-    assert callable(predicate)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while not predicate():
-        if loop.time() > end:
-            pytest.fail(f"condition not met within {deadline}s")
-        await asyncio.sleep(0.01)
+@asynccontextmanager
+async def raw_sender(max_batch: int) -> AsyncIterator[tuple[ZmqTransport, zmq.asyncio.Socket]]:
+    """A transport ``b`` and a bare DEALER connected to it that claims the id ``m``."""
+    b = ZmqTransport("b", options=ZmqOptions(max_batch=max_batch))
+    await b.start()
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, b"m\0abcdef")
+    sock.connect(b.endpoint)
+    try:
+        yield b, sock
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+        await b.aclose()
 
 
 async def recv_n(t: ZmqTransport, n: int, most: int) -> list[tuple[str, bytes]]:
@@ -153,14 +164,7 @@ async def test_goodbyes_queued_in_the_closing_turn_still_leave() -> None:
 
 @pytest.mark.asyncio
 async def test_garbage_batches_are_dropped_and_counted() -> None:
-    b = ZmqTransport("b", options=ZmqOptions(max_batch=8))
-    await b.start()
-    ctx = zmq.asyncio.Context()
-    liar = ctx.socket(zmq.DEALER)
-    liar.setsockopt(zmq.LINGER, 0)
-    liar.setsockopt(zmq.ROUTING_ID, b"m\0abcdef")
-    liar.connect(b.endpoint)
-    try:
+    async with raw_sender(8) as (b, liar):
         garbage = [
             batches.BATCH_HEADER,
             batches.BATCH_HEADER + b"\xff\xff\xff\xff" + b"x" * 10,
@@ -175,22 +179,11 @@ async def test_garbage_batches_are_dropped_and_counted() -> None:
         assert got == [("m", b"ok %d" % i) for i in range(8)]
         assert b.counters["recv.dropped.bad_batch"] == len(garbage)
         assert b.counters["recv.batches"] == 1
-    finally:
-        liar.close(linger=0)
-        ctx.term()
-        await b.aclose()
 
 
 @pytest.mark.asyncio
 async def test_a_batch_that_overruns_recv_batch_is_carried_over() -> None:
-    b = ZmqTransport("b", options=ZmqOptions(max_batch=8))
-    await b.start()
-    ctx = zmq.asyncio.Context()
-    sender = ctx.socket(zmq.DEALER)
-    sender.setsockopt(zmq.LINGER, 0)
-    sender.setsockopt(zmq.ROUTING_ID, b"m\0abcdef")
-    sender.connect(b.endpoint)
-    try:
+    async with raw_sender(8) as (b, sender):
         await sender.send(b"single")
         await sender.send(batches.pack([b"%d" % i for i in range(8)]))
         await until(lambda: b.counters["router.handshake_succeeded"] >= 1)
@@ -199,7 +192,3 @@ async def test_a_batch_that_overruns_recv_batch_is_carried_over() -> None:
         await asyncio.sleep(0.05)
         got = await recv_n(b, 9, 8)
         assert [d for _, d in got] == [b"single", *(b"%d" % i for i in range(8))]
-    finally:
-        sender.close(linger=0)
-        ctx.term()
-        await b.aclose()
