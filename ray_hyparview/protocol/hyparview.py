@@ -37,10 +37,10 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
    view and re-joins through its contacts, round-robin, with capped exponential backoff. Ids
    evicted from the passive view go to a bounded *reserve* that a cut-off node recalls once
    its passive view runs dry (after a 95% crash, a fifth of the survivors know no live id in
-   their passive view). A node whose JOIN is accepted while it already holds active peers (it
-   was the contact of others before it had joined, or it re-joins with a link left) walks each
-   of them into the overlay through the contact, as the contact walks it: otherwise they can
-   close into a full island of their own (see ``_introduce``).
+   their passive view). A node whose first JOIN is accepted while it already holds active
+   peers (it was the contact of others before it had joined) walks each of them into the
+   overlay through the contact, as the contact walks it: otherwise they can close into a full
+   island of their own (see ``_introduce``).
 5. Partitions (the paper has no answer). Each node holds a component marker
    (:mod:`~ray_hyparview.protocol.merge`): the least id of its component, flooded along
    active links and kept alive by its root's beats. Now and then (lost peers first and soon
@@ -226,6 +226,7 @@ class HyParView:
         self._component = ComponentMarker(myself, incarnation, self.config.merge_interval)
         self._merge_budget = -math.inf  # no eviction for a merge link before this time
         self._left = False
+        self._joined = False  # one of our JOINs was accepted (see _introduce)
 
     # ------------------------------------------------------------------ views
 
@@ -653,8 +654,10 @@ class HyParView:
             if not was_lost:
                 self._merge_passive((peer,), ())
             return
-        joined = pend is not None and pend.ask is _Ask.JOIN
-        held = self._active_tuple() if joined else ()
+        first_join = pend is not None and pend.ask is _Ask.JOIN and not self._joined
+        if first_join:
+            self._joined = True
+        held = self._active_tuple() if first_join else ()
         self._add_active(out, peer, msg.incarnation, now)
         if pend is not None and pend.ask is _Ask.NEIGHBOR:
             self._events["repair.succeeded"] += 1
@@ -666,18 +669,22 @@ class HyParView:
     def _introduce(
         self, out: list[Action], contact: Peer, held: tuple[Peer, ...], now: float
     ) -> None:
-        """DEPARTURE: our JOIN was accepted while we already held active peers; walk each of
-        them into the overlay through the contact, as the contact walks us (paper 4.2).
+        """DEPARTURE: our first JOIN was accepted while we already held active peers; walk
+        each of them into the overlay through the contact, as the contact walks us (paper 4.2).
 
         The paper's newcomer joins with an empty view. Ours may not: a node whose own JOIN is
         still on its way can be the contact of others (the agents of one host all join the
-        host's first agent, which joins another host), and it can re-join while it holds a
-        link or two. Those peers joined only what we were then: their FORWARD_JOIN walks ran
-        among themselves. Once we are in, the HIGH requests our own walks bring in evict them
-        one by one, each refills from its own passive view (full of the same few ids), and
-        they close into a full island, every view full, that nothing short ever repairs; the
-        merge rule needs 1.5 ``merge_interval`` (minutes at the defaults) to find it. One walk
-        per peer held gives each a link into the overlay we joined instead."""
+        host's first agent, which joins another host). Those peers joined only what we were
+        then: their FORWARD_JOIN walks ran among themselves. Once we are in, the HIGH requests
+        our own walks bring in evict them one by one, each refills from its own passive view
+        (full of the same few ids), and they close into a full island, every view full, that
+        nothing short ever repairs; the merge rule needs 1.5 ``merge_interval`` (minutes at
+        the defaults) to find it. One walk per peer held gives each a link into the overlay
+        we joined instead.
+
+        Only the first JOIN: the peers a re-joining node holds were in the overlay already,
+        and walking them in again only adds evictions (the fuzzer's seeds 7986 and 9912 split
+        a small overlay that way, the merge rule healing it after the bound)."""
         walks = 0
         for held_peer in held:
             if held_peer.id == contact.id:
