@@ -689,7 +689,7 @@ class HyParView:
         for held_peer in held:
             if held_peer.id == contact.id:
                 continue
-            walk = ForwardJoin(
+            walk = build_forward_join(
                 sender=self.myself,
                 incarnation=self.incarnation,
                 new_peer=held_peer,
