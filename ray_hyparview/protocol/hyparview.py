@@ -113,7 +113,7 @@ _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
 _SHUFFLE = _KIND[Shuffle]
 
-# Refused periodic refills before a short node escalates to HIGH, doubling up to the cap.
+# Refused periodic refills before a short node escalates (see _escalate), doubling up to the cap.
 _STARVE_MIN = 3
 _STARVE_MAX = 48
 
@@ -934,11 +934,12 @@ class HyParView:
             self._send(out, _pick(self._rand, active), walk, now)
         # DEPARTURE: the paper refills only on a loss. A node left short after a loss round
         # (every candidate refused) retries one passive peer per shuffle period, so that views
-        # fill up again as the overlay changes. If it keeps being refused it escalates to HIGH
-        # now and then: in a small cluster an eviction can cut off a pair of nodes whose LOW
-        # requests every full node refuses forever (the paper's overlays are large enough for
-        # this to be negligible; a Ray cluster of six nodes is not). The escalation period
-        # doubles up to _STARVE_MAX periods.
+        # fill up again as the overlay changes. If it keeps being refused it escalates now and
+        # then: in a small cluster an eviction can cut off a few nodes whose LOW requests every
+        # full node refuses forever (the paper's overlays are large enough for this to be
+        # negligible; a Ray cluster of six nodes is not). A node with no link left asks with
+        # HIGH; one with links asks the peer's component and lets the merge rule link them if
+        # they are apart (see _escalate). The escalation period doubles up to _STARVE_MAX.
         short = not self._repairing and self._missing() > 0  # once: it scans the requests
         if short and not self._passive:
             # Nobody to ask but the contacts: a node whose JOIN was lost can end up in a small
@@ -960,7 +961,35 @@ class HyParView:
                 self._events["repair.escalated"] += 1
                 self._starved = 0
                 self._starve_limit = min(self._starve_limit * 2, _STARVE_MAX)
-            self._repair(out, now, limit=1, escalate=escalate)
+                if self._active:
+                    self._escalate(out, now)
+                    self._schedule_rejoin(now)
+                    return
+            self._repair(out, now, limit=1)
+
+    def _escalate(self, out: list[Action], now: float) -> None:
+        """DEPARTURE: a short node that still holds links and whose refills keep being refused
+        asks one passive peer which component it is in (MERGE_PROBE) instead of stealing a
+        slot with a HIGH request; the merge rule links the two if they are apart.
+
+        Paper 4.3 sends HIGH only from a node whose active view is empty: such a node is cut
+        off, so the link it takes is a gain whatever the eviction it causes costs. A node with
+        links gains nothing by the trade unless it is cut off from the node it asks, and the
+        eviction can cost a bridge: in fuzz seed 7986 (9 nodes, active view 3, so one node is
+        always one short) a node of a full group of four, at 2 links, asked with HIGH the one
+        node of that group still linked to the other five; it evicted that link, and the
+        two halves stayed apart, every view but the evicted node's full and its LOW requests
+        refused, until the merge rule found them 8 s later. Only the component markers tell
+        whether the node asked is elsewhere, and acting on them is the merge rule's job (one
+        link, a bounded eviction), so the escalation asks them; a node with no link left
+        still asks with HIGH (``_repair``)."""
+        candidates = self._untried()
+        if not candidates:
+            return
+        target = _pick(self._rand, candidates)
+        self._tried[target.id] = None
+        self._events["merge.probe"] += 1
+        self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
 
     def _rejoin_tick(self, out: list[Action], now: float) -> None:
         if len(self._active) >= self.config.min_active_size:
@@ -1078,9 +1107,7 @@ class HyParView:
         self._retime()
         self._repair(out, now)
 
-    def _repair(
-        self, out: list[Action], now: float, limit: int | None = None, *, escalate: bool = False
-    ) -> None:
+    def _repair(self, out: list[Action], now: float, limit: int | None = None) -> None:
         """Ask passive peers to fill the free active slots (paper 4.3)."""
         missing = self._missing()
         if limit is not None:
@@ -1095,7 +1122,7 @@ class HyParView:
                 picks = _sample_in_place(self._rand, candidates, min(missing, len(candidates)))
             for peer in picks:
                 self._tried[peer.id] = None
-                priority = Priority.LOW if self._active and not escalate else Priority.HIGH
+                priority = Priority.LOW if self._active else Priority.HIGH
                 self._events["repair.attempted"] += 1
                 self._ask(out, peer, _Ask.NEIGHBOR, priority, now)
         if len(self._active) >= self.config.active_view_size or not self._waiting_on(_Ask.NEIGHBOR):
