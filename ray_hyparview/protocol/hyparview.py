@@ -683,8 +683,8 @@ class HyParView:
         we joined instead.
 
         Only the first JOIN: the peers a re-joining node holds were in the overlay already,
-        and walking them in again only adds evictions (the fuzzer's seeds 7986 and 9912 split
-        a small overlay that way, the merge rule healing it after the bound)."""
+        and walking them in again only adds evictions (the fuzzer's seed 9912 split a small
+        overlay that way, the merge rule healing it after the bound)."""
         walks = 0
         for held_peer in held:
             if held_peer.id == contact.id:
