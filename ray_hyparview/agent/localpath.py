@@ -56,7 +56,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
@@ -76,6 +76,12 @@ CALL_WINDOW = 1024
 _BATCH = 256
 """Operations per ZeroMQ message at most."""
 _IPC_MAX = 100  # sun_path is 108 bytes on Linux
+# Plain ints: pyzmq's flag enums cost an enum construction per operator.
+_EVENTS = int(zmq.EVENTS)
+_RCVMORE = int(zmq.RCVMORE)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 _OPS = {
     "H": "hello",
     "S": "send",
@@ -125,13 +131,23 @@ class _Socket:
 
     def drain(self) -> None:
         sock = self.sock
-        while not sock.closed and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            self._on_message(sock.recv_multipart(zmq.NOBLOCK))
+        recv, get = sock.recv, sock.get
+        while not sock.closed and cast(int, get(_EVENTS)) & _POLLIN:
+            frames = [recv(_NOBLOCK)]
+            while get(_RCVMORE):
+                frames.append(recv(_NOBLOCK))
+            self._on_message(frames)
 
     def send(self, frames: list[bytes]) -> None:
         """Send now (unbounded queues: never blocks); ``zmq.ZMQError`` if the peer is gone."""
-        self.sock.send_multipart(frames, zmq.NOBLOCK)
-        if int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        # Frame by frame with plain int flags: ``send_multipart`` checks every frame's type and
+        # builds its flags as enum members, which costs more than the sends of a short message.
+        sock = self.sock
+        send = sock.send
+        for frame in frames[:-1]:
+            send(frame, _SNDMORE_NOBLOCK)
+        send(frames[-1], _NOBLOCK)
+        if cast(int, sock.get(_EVENTS)) & _POLLIN:
             self._loop.call_soon(self.drain)
 
     def close(self) -> None:
@@ -175,8 +191,8 @@ class LocalServer:
         self._by_token: dict[bytes, _Member] = {}
         self._out: dict[bytes, list[bytes]] = {}
         self._flushing = False
-        self._pumps: set[str] = set()
-        self._futures: set[asyncio.Future[bytes | None]] = set()
+        self._refs: set[int] = set()
+        """Operations started here whose outcome has not come yet."""
         self._ipc_path = ""
 
     async def start(self) -> str:
@@ -317,38 +333,36 @@ class LocalServer:
         key: str,
     ) -> None:
         mesh = self.mesh
-        try:
-            path = mesh.path_kind(dst) if kind == "send" else ""
-            future = mesh.begin(src, dst, data, timeout=timeout, kind=kind, key=key)
-        except Exception as exc:
-            self._queue(identity, _error_header(op_id, exc), b"")
-            return
+        ref = 0
+        settled = False
 
-        def done(future: asyncio.Future[bytes | None]) -> None:
-            if future.cancelled():
-                return  # the server closed
-            error = future.exception()
+        def settle(result: bytes | None, error: Exception | None) -> None:
+            # Called from inside the event that settles the operation: the answer leaves in
+            # the same loop turn as the ACK or reply that brought it.
+            nonlocal settled
+            settled = True
+            self._refs.discard(ref)
             if error is not None:
                 self._queue(identity, _error_header(op_id, error), b"")
                 return
             if path:
                 mesh.counters[f"send.{path}"] += 1
-            result = future.result()
             self._queue(identity, ["D", op_id], result if result is not None else path.encode())
 
-        future.add_done_callback(done)
-        self._futures.add(future)
-        future.add_done_callback(self._futures.discard)
+        try:
+            path = mesh.path_kind(dst) if kind == "send" else ""
+            ref = mesh.start(src, dst, data, settle, timeout=timeout, kind=kind, key=key)
+        except Exception as exc:
+            self._queue(identity, _error_header(op_id, exc), b"")
+            return
+        if not settled:
+            self._refs.add(ref)
 
     # ------------------------------------------------------------------ pushing
 
     def _inbox_ready(self, name: str) -> None:
-        if name in self._members and name not in self._pumps:
-            self._pumps.add(name)
-            asyncio.get_running_loop().call_soon(self._pump_later, name)
-
-    def _pump_later(self, name: str) -> None:
-        self._pumps.discard(name)
+        # Pushed now: the first frame of the turn leaves at once, the ones after it in the
+        # same turn leave together at its end (``_queue``), so a burst still goes as one message.
         self._pump(name)
 
     def _pump(self, name: str) -> None:
@@ -358,8 +372,7 @@ class LocalServer:
         room = member.acked + self.window - member.pushed
         if room <= 0:
             return
-        core = self.mesh.core
-        items = [i for i in core.take(name, limit=self.window) if i.seq > member.pushed][:room]
+        items = self.mesh.core.take(name, limit=room, after=member.pushed)
         for item in items:
             header = [
                 "I",
@@ -419,8 +432,9 @@ class LocalServer:
 
     async def aclose(self) -> None:
         """Stop reading, close the socket, remove the socket file. Idempotent."""
-        for future in list(self._futures):
-            future.cancel()
+        for ref in self._refs:
+            self.mesh.abandon(ref)
+        self._refs.clear()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
