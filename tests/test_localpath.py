@@ -6,6 +6,7 @@ does). No Ray: the Ray side is in ``tests/test_ray_localpath.py``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import random
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from ray_hyparview import mesh as mesh_module
 from ray_hyparview.agent.localpath import LinkClosed, LocalLink, LocalServer
 from ray_hyparview.agent.meshnode import DeliveryError, MemoryDirectory, MeshNode
 from ray_hyparview.agent.node import Agent
@@ -249,3 +251,67 @@ async def test_leave_hands_back_what_was_pushed_but_never_yielded(node: Node) ->
     assert await take(reader, 1) == [0]
     left = await reader.leave()
     assert [m.payload for m in left] == [1, 2]
+
+
+async def _consume(reader: Mesh, seen: list[Any]) -> None:
+    async for message in reader.inbox():
+        seen.append(message.payload)
+
+
+@pytest.mark.asyncio
+async def test_a_handle_that_caught_up_acknowledges_once_for_many_items(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Acknowledged at once, each item of a steady stream cost the agent one more local
+    # message and wake-up. Now a handle that caught up waits (here: longer than the test).
+    monkeypatch.setattr(mesh_module, "_ACK_DELAY", 600.0, raising=False)
+    reader = await node.join("reader")
+    seen: list[Any] = []
+    consumer = asyncio.create_task(_consume(reader, seen))
+    try:
+        for i in range(10):
+            await node.send(i)
+            count = i + 1
+            await until(lambda: len(seen) == count)  # noqa: B023 - awaited here, in this turn
+        assert node.server.counters["local.op.ack"] == 0
+        assert node.mesh.core.pending("reader") == 10, "lent, not yet acknowledged"
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+    # Leaving the loop acknowledges everything it yielded, in one message.
+    await until(lambda: node.mesh.core.pending("reader") == 0)
+    assert node.server.counters["local.op.ack"] == 1
+    assert seen == list(range(10))
+
+
+@pytest.mark.asyncio
+async def test_a_delayed_ack_comes_without_further_traffic(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mesh_module, "_ACK_DELAY", 0.05, raising=False)
+    reader = await node.join("reader")
+    seen: list[Any] = []
+    consumer = asyncio.create_task(_consume(reader, seen))
+    try:
+        await node.send(0, 1, 2)
+        await until(lambda: len(seen) == 3)
+        await until(lambda: node.mesh.core.pending("reader") == 0)
+        assert not consumer.done()
+        assert 1 <= node.server.counters["local.op.ack"] <= 3
+    finally:
+        consumer.cancel()
+
+
+@pytest.mark.asyncio
+async def test_an_inbox_loop_whose_link_closes_raises_instead_of_spinning(node: Node) -> None:
+    reader = await node.join("reader")
+    seen: list[Any] = []
+    consumer = asyncio.create_task(_consume(reader, seen))
+    await node.send(0)
+    await until(lambda: seen == [0])
+    assert reader._link is not None
+    reader._link.close()  # not by leave(): the handle still expects items
+    with pytest.raises(LinkClosed):
+        async with asyncio.timeout(5):
+            await consumer
