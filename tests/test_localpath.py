@@ -12,8 +12,11 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgpack
 import pytest
 import pytest_asyncio
+import zmq
+import zmq.asyncio
 
 from ray_hyparview import mesh as mesh_module
 from ray_hyparview.agent.localpath import LinkClosed, LocalLink, LocalServer
@@ -315,3 +318,29 @@ async def test_an_inbox_loop_whose_link_closes_raises_instead_of_spinning(node: 
     with pytest.raises(LinkClosed):
         async with asyncio.timeout(5):
             await consumer
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_is_not_one_msgpack_array_of_ops_costs_only_itself(node: Node) -> None:
+    reader = await node.join("reader")
+    node.mesh.register("raw")
+    token = node.server.admit("raw")
+    raw = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(node.server.endpoint)
+    try:
+        send = msgpack.packb([["S", 1, "reader", 2.0, ""], pickle.dumps("ok")])
+        for message in (
+            [token, b"\xc1 not msgpack"],
+            [token, msgpack.packb({"S": 1})],  # not an array
+            [token, msgpack.packb([["S", 2, "reader", 2.0, ""]])],  # a header without data
+            [token, send, b"a third frame"],
+            [token, msgpack.packb([[7], b"", "text", b""])],  # op not a string, header not a list
+        ):
+            await raw.send_multipart(message)
+        await raw.send_multipart([token, send])
+        assert await take(reader, 1) == ["ok"]
+        assert node.server.counters["local.dropped"] == 6
+        assert node.server.counters["local.errors"] == 0
+    finally:
+        raw.close()

@@ -33,10 +33,12 @@ keeps one DEALER connected to it:
 * **backpressure**: a link holds at most ``window`` operations without an answer; the next
   caller waits for a slot rather than failing or filling memory.
 
-Wire format (local only, never between nodes): a client message is
-``[token, header, data, header, data, ...]``, an agent message ``[header, data, ...]``; each
-header is a JSON list whose first element names the operation (see ``_OPS``). Payloads stay
-opaque bytes: the agent never unpickles them.
+Wire format (local only, never between nodes): a client message is two ZeroMQ frames,
+``[token, body]``, an agent message one, ``[body]``. A body is one msgpack array
+``[header, data, header, data, ...]``: each header an array whose first element names the
+operation (see ``_OPS``), each data opaque bytes (the agent never unpickles them). The agent
+reads a body only after its token checked out. One body per message (not a frame per header
+and per payload, headers in JSON, as before) costs a third of the ZeroMQ calls.
 
 A link works from async actors (its socket lives on the actor's event loop) and from sync or
 threaded actors (the socket lives on a loop in a background thread, and calls from any loop
@@ -48,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import secrets
@@ -58,6 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import msgpack
 import zmq
 
 from ray_hyparview.protocol.delivery import InboxItem
@@ -82,6 +84,27 @@ _RCVMORE = int(zmq.RCVMORE)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+_HELLO = msgpack.packb([["H"], b""])
+"""A hello's body: the one body the agent recognises without reading it (to answer a refused
+token), by comparing bytes."""
+
+
+def _pack(ops: list[Any]) -> bytes:
+    """A body: ``[header, data, header, data, ...]``."""
+    return msgpack.packb(ops)
+
+
+def _unpack(body: bytes) -> list[Any] | None:
+    """The ops of a body, or None if it is not an array of (header array, bytes) pairs."""
+    try:
+        ops = msgpack.unpackb(body)
+    except Exception:
+        return None
+    if type(ops) is not list or len(ops) % 2:
+        return None
+    return ops
+
+
 _OPS = {
     "H": "hello",
     "S": "send",
@@ -189,7 +212,7 @@ class LocalServer:
         self._sock: _Socket | None = None
         self._members: dict[str, _Member] = {}
         self._by_token: dict[bytes, _Member] = {}
-        self._out: dict[bytes, list[bytes]] = {}
+        self._out: dict[bytes, list[Any]] = {}
         self._flushing = False
         self._refs: set[int] = set()
         """Operations started here whose outcome has not come yet."""
@@ -242,29 +265,35 @@ class LocalServer:
             log.exception("%s: a local frame failed", self.mesh.node_id)
 
     def _on_message(self, frames: list[bytes]) -> None:
-        if len(frames) < 4 or len(frames) % 2:
+        if len(frames) != 3:
             self.counters["local.dropped"] += 1
             return
-        identity, token = frames[0], frames[1]
+        identity, token, body = frames
         member = self._by_token.get(token)
         if member is None or member.name not in self._members:
             self.counters["local.refused"] += 1
-            if frames[2][:5] == b'["H"]':
+            if body == _HELLO:
                 self._queue(identity, ["X", "refused"], b"")
             return
-        for i in range(2, len(frames), 2):
-            try:
-                header = json.loads(frames[i])
-                op = header[0]
-            except (ValueError, IndexError, TypeError, KeyError):
+        ops = _unpack(body)
+        if ops is None:
+            self.counters["local.dropped"] += 1
+            return
+        for i in range(0, len(ops), 2):
+            header, data = ops[i], ops[i + 1]
+            if type(header) is not list or not header or type(data) is not bytes:
+                self.counters["local.dropped"] += 1
+                continue
+            op = header[0]
+            if type(op) is not str:
                 self.counters["local.dropped"] += 1
                 continue
             self.counters["local.op." + _OPS.get(op, "unknown")] += 1
             try:
-                self._operate(member, identity, op, header, frames[i + 1])
+                self._operate(member, identity, op, header, data)
             except (ValueError, TypeError, IndexError):
                 # A header of the wrong shape from a member that holds its token: its own
-                # operation is lost (counted), the frames after it in the batch are not.
+                # operation is lost (counted), the ones after it in the batch are not.
                 self.counters["local.dropped"] += 1
 
     def _operate(
@@ -391,15 +420,14 @@ class LocalServer:
     # ------------------------------------------------------------------ writing
 
     def _queue(self, identity: bytes, header: list[Any], data: bytes) -> None:
-        header_bytes = json.dumps(header).encode()
         if not self._flushing:
             # The turn's first frame leaves now; the ones after it wait for the turn's end.
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
             if self._sock is not None:
-                self._send(self._sock, identity, [header_bytes, data])
+                self._send(self._sock, identity, [header, data])
                 return
-        self._out.setdefault(identity, []).extend((header_bytes, data))
+        self._out.setdefault(identity, []).extend((header, data))
 
     def _flush(self) -> None:
         self._flushing = False
@@ -407,14 +435,14 @@ class LocalServer:
         sock = self._sock
         if sock is None:
             return
-        for identity, frames in out.items():
-            for start in range(0, len(frames), 2 * _BATCH):
-                if not self._send(sock, identity, frames[start : start + 2 * _BATCH]):
+        for identity, ops in out.items():
+            for start in range(0, len(ops), 2 * _BATCH):
+                if not self._send(sock, identity, ops[start : start + 2 * _BATCH]):
                     break
 
-    def _send(self, sock: _Socket, identity: bytes, frames: list[bytes]) -> bool:
+    def _send(self, sock: _Socket, identity: bytes, ops: list[Any]) -> bool:
         try:
-            sock.send([identity, *frames])
+            sock.send([identity, _pack(ops)])
         except zmq.ZMQError:
             # The actor's end is gone: its lent items are pushed again on its next hello (or
             # handed back when it leaves).
@@ -534,7 +562,7 @@ class LocalLink:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._slots: deque[asyncio.Future[None]] = deque()
-        self._out: deque[list[bytes]] = deque()
+        self._out: deque[tuple[list[Any], bytes]] = deque()
         self._flushing = False
         self._items: deque[InboxItem] = deque()
         self._item_waiter: asyncio.Future[None] | None = None
@@ -639,9 +667,9 @@ class LocalLink:
         self.post(["A", seq])
 
     def _post(self, header: list[Any], data: bytes) -> None:
-        frame = [json.dumps(header).encode(), data]
+        op = (header, data)
         if self._flushing:
-            self._out.append(frame)
+            self._out.append(op)
             return
         self._flushing = True
         try:
@@ -652,13 +680,13 @@ class LocalLink:
             self._loop.call_soon(self._flush)
             sock = self._sock
             if not self._out and sock is not None and not self.closed:
-                # The turn's first frame leaves now; the ones after it, at its end.
-                sock.send([self._token, *frame])
+                # The turn's first operation leaves now; the ones after it, at its end.
+                sock.send([self._token, _pack([header, data])])
                 self.counters["sends"] += 1
                 return
-            self._out.append(frame)
+            self._out.append(op)
         else:
-            self._out.append(frame)  # before the flush is scheduled: its thread may run it now
+            self._out.append(op)  # before the flush is scheduled: its thread may run it now
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._flush)
 
@@ -668,10 +696,10 @@ class LocalLink:
         if sock is None or self.closed:
             return
         while self._out:
-            frames = [self._token]
-            while self._out and len(frames) < 2 * _BATCH:
-                frames += self._out.popleft()
-            sock.send(frames)
+            ops: list[Any] = []
+            while self._out and len(ops) < 2 * _BATCH:
+                ops += self._out.popleft()
+            sock.send([self._token, _pack(ops)])
             self.counters["sends"] += 1
 
     def _release(self) -> None:
@@ -681,9 +709,14 @@ class LocalLink:
     # ------------------------------------------------------------------ reading
 
     def _read(self, frames: list[bytes]) -> None:
-        for i in range(0, len(frames) - 1, 2):
+        ops = _unpack(frames[-1]) if len(frames) == 1 else None
+        if ops is None:
+            self.counters["dropped"] += 1
+            log.error("local link: a message from the agent that is not one body")
+            return
+        for i in range(0, len(ops), 2):
             try:
-                self._on_frame(json.loads(frames[i]), frames[i + 1])
+                self._on_frame(ops[i], ops[i + 1])
             except Exception:
                 self.counters["dropped"] += 1
                 log.exception("local link: a frame from the agent failed")
