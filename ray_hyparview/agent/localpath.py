@@ -22,7 +22,8 @@ keeps one DEALER connected to it:
 * deliveries are **pushed**: when the delivery core puts an item in a member's inbox the agent
   sends it at once (no polling). Pushed items are *lent*, exactly as a poll lends them: they
   stay in the inbox until the actor acknowledges their seq on the same socket, which it does
-  once :meth:`ray_hyparview.mesh.Mesh.inbox` has yielded them. At most ``window`` pushed items
+  after :meth:`ray_hyparview.mesh.Mesh.inbox` has yielded them (every 64 items, 20 ms after it
+  caught up, and at once when its loop is left). At most ``window`` pushed items
   wait for an ACK per member (a consumer that stops reading stops the pushes; its inbox then
   fills and senders get ``inbox_full``). A new hello (a new link for the name) pushes every
   unacknowledged item again, and the actor drops the seqs it has already consumed: no item is
