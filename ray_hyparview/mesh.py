@@ -263,12 +263,17 @@ class Mesh:
 
     def allowed(self, node_id: NodeId) -> bool:
         """May this actor hold a direct channel to ``node_id``: its own node, or a node in its
-        node's active view (as of the last refresh, at most half a second old)."""
-        return node_id == self.node_id or node_id in self._view
+        node's active view (as the agent last pushed it over the local path, or, over Ray
+        calls, as of the last refresh, at most half a second old)."""
+        return node_id == self.node_id or node_id in self.active_view
 
     @property
     def active_view(self) -> frozenset[NodeId]:
-        """This node's active view, as of the last refresh."""
+        """This node's active view: pushed by the agent over the local path, or refreshed by
+        a Ray call every half second without one."""
+        link = self._link
+        if link is not None and link.view is not None:
+            return link.view
         return self._view
 
     def channel(self, name: str) -> Channel:
@@ -282,9 +287,19 @@ class Mesh:
 
     async def _refresh(self) -> None:
         while not self._left:
-            with contextlib.suppress(Exception):
-                self._view = frozenset(await self._call("mesh_view"))
+            await self._ask_agent()
             await asyncio.sleep(_VIEW_REFRESH)
+
+    async def _ask_agent(self) -> None:
+        """Without a local link: refresh the view with a Ray call. With one, the agent pushes
+        its view; ask Ray (which re-attaches this handle if its agent died) only when the agent
+        has not answered on the link for ``_VIEW_REFRESH`` seconds. A Ray call's submission
+        blocks the actor's event loop for a millisecond or more, in the middle of its sends."""
+        link = self._link
+        if link is not None and await link.alive(_VIEW_REFRESH):
+            return
+        with contextlib.suppress(Exception):
+            self._view = frozenset(await self._call("mesh_view"))
 
     # --------------------------------------------------------------- messaging
 
@@ -502,8 +517,7 @@ class Mesh:
         if now - self._probed < _VIEW_REFRESH or self._left:
             return
         self._probed = now
-        with contextlib.suppress(Exception):
-            self._view = frozenset(await self._call("mesh_view"))
+        await self._ask_agent()
 
     async def _reply(self, request: tuple[NodeId, int, int], data: bytes) -> None:
         if self._link is not None:

@@ -36,6 +36,8 @@ class Node:
         self.mesh = mesh
         self.server = server
         self.handles: list[Mesh] = []
+        self.ray_calls: list[str] = []
+        self.net = MemoryNetwork()
 
     async def join(self, name: str, *, thread: bool = False, window: int = 1024) -> Mesh:
         self.mesh.register(name)
@@ -65,6 +67,7 @@ class _NoRay:
     def __getattr__(self, name: str) -> Any:
         if name == "mesh_unregister":
             return _Unregister(self._node)
+        self._node.ray_calls.append(name)
         raise AssertionError(f"{name} went through a Ray call, not the local path")
 
 
@@ -90,6 +93,7 @@ async def node(tmp_path: Any) -> AsyncIterator[Node]:
     server = LocalServer(mesh, directory=str(tmp_path))
     await server.start()
     made = Node(agent, mesh, server)
+    made.net = net
     try:
         yield made
     finally:
@@ -344,3 +348,32 @@ async def test_a_body_that_is_not_one_msgpack_array_of_ops_costs_only_itself(nod
         assert node.server.counters["local.errors"] == 0
     finally:
         raw.close()
+
+
+@pytest.mark.asyncio
+async def test_the_active_view_is_pushed_and_an_idle_handle_asks_ray_nothing(node: Node) -> None:
+    reader = await node.join("reader")
+    assert reader._link is not None
+    assert reader.active_view == frozenset(), "the hello's answer carries the (empty) view"
+    # A Ray call every half second used to keep the view (and to notice a replaced agent);
+    # now the agent pushes its view, and an idle handle pings its agent on the link instead.
+    reader._refresher = asyncio.get_running_loop().create_task(reader._refresh())
+    peer_strategy = Strategy(
+        local_peer=Peer("n1", "mem://n1"), contacts=(node.agent.myself,), transport="memory"
+    )
+    transport = node.net.transport("n1", bind="mem://n1")
+    peer = Agent(peer_strategy, transport=transport, rng=random.Random(2))
+    try:
+        await peer.start()
+        await until(lambda: reader.active_view == frozenset({"n1"}))
+        assert reader.allowed("n1")
+        await peer.aclose()
+        await until(lambda: reader.active_view == frozenset())
+        assert not reader.allowed("n1")
+        await until(lambda: node.server.counters["local.op.ping"] >= 1, limit=10)
+    finally:
+        reader._refresher.cancel()
+        if not peer.closed:
+            await peer.aclose()
+    assert node.ray_calls == []
+    assert node.server.counters["local.views"] >= 2

@@ -32,7 +32,12 @@ keeps one DEALER connected to it:
   nothing); the frames queued after it in the same turn leave together at the turn's end as
   one ZeroMQ message (on both sides), so a burst costs one system call, not one per message;
 * **backpressure**: a link holds at most ``window`` operations without an answer; the next
-  caller waits for a slot rather than failing or filling memory.
+  caller waits for a slot rather than failing or filling memory;
+* **the active view is pushed**: the answer to a hello carries the agent's active view, and
+  every change of it is pushed to every connected actor (once per loop turn), so a handle's
+  gate (:meth:`ray_hyparview.mesh.Mesh.allowed`) needs no Ray call to stay current. Polling it
+  with a Ray call every half second blocked the actor's event loop for the call's submission,
+  in the middle of its sends.
 
 Wire format (local only, never between nodes): a client message is two ZeroMQ frames,
 ``[token, body]``, an agent message one, ``[body]``. A body is one msgpack array
@@ -55,6 +60,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +70,7 @@ import msgpack
 import zmq
 
 from ray_hyparview.protocol.delivery import InboxItem
+from ray_hyparview.protocol.messages import PeerDown, PeerUp
 
 if TYPE_CHECKING:
     from ray_hyparview.agent.meshnode import MeshNode
@@ -106,6 +113,7 @@ def _unpack(body: bytes) -> list[Any] | None:
     return ops
 
 
+_VIEW_EVENTS = (PeerUp, PeerDown)
 _OPS = {
     "H": "hello",
     "S": "send",
@@ -114,6 +122,7 @@ _OPS = {
     "B": "publish",
     "T": "subscribe",
     "A": "ack",
+    "K": "ping",
 }
 
 
@@ -215,6 +224,8 @@ class LocalServer:
         self._by_token: dict[bytes, _Member] = {}
         self._out: dict[bytes, list[Any]] = {}
         self._flushing = False
+        self._view_pending = False
+        self._unsubscribe: Callable[[], None] | None = None
         self._refs: set[int] = set()
         """Operations started here whose outcome has not come yet."""
         self._ipc_path = ""
@@ -239,6 +250,7 @@ class LocalServer:
             self.endpoint = f"tcp://127.0.0.1:{port}"
         self._sock = _Socket(sock, asyncio.get_running_loop(), self._read)
         self.mesh.on_inbox = self._inbox_ready
+        self._unsubscribe = self.mesh.agent.subscribe(self._on_event)
         return self.endpoint
 
     # ------------------------------------------------------------------ members
@@ -304,7 +316,7 @@ class LocalServer:
         if op == "H":
             member.identity = identity
             member.pushed = member.acked  # lend every unacknowledged item again
-            self._queue(identity, ["W", mesh.core.incarnation], b"")
+            self._queue(identity, ["W", mesh.core.incarnation, self._view()], b"")
             self._pump(member.name)
         elif op in ("S", "R"):
             # A send carries its idempotency key; a request has none.
@@ -333,6 +345,8 @@ class LocalServer:
             _, topic, on = header
             with contextlib.suppress(Exception):
                 (mesh.subscribe if on else mesh.unsubscribe)(member.name, topic)
+        elif op == "K":
+            self._queue(identity, ["D", header[1]], b"")
         elif op == "A":
             upto = min(int(header[1]), member.pushed)
             if upto > member.acked:
@@ -389,6 +403,23 @@ class LocalServer:
             self._refs.add(ref)
 
     # ------------------------------------------------------------------ pushing
+
+    def _view(self) -> list[str]:
+        return [peer.id for peer in self.mesh.agent.active_view]
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, _VIEW_EVENTS) and not self._view_pending and self._sock is not None:
+            # Once per loop turn: a burst of changes (a repair, a merge) is pushed as its result.
+            self._view_pending = True
+            asyncio.get_running_loop().call_soon(self._push_view)
+
+    def _push_view(self) -> None:
+        self._view_pending = False
+        view = self._view()
+        for member in self._members.values():
+            if member.identity is not None:
+                self._queue(member.identity, ["V", view], b"")
+        self.counters["local.views"] += 1
 
     def _inbox_ready(self, name: str) -> None:
         # Pushed now: the first frame of the turn leaves at once, the ones after it in the
@@ -461,6 +492,9 @@ class LocalServer:
 
     async def aclose(self) -> None:
         """Stop reading, close the socket, remove the socket file. Idempotent."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         for ref in self._refs:
             self.mesh.abandon(ref)
         self._refs.clear()
@@ -548,6 +582,10 @@ class LocalLink:
         self.window = window
         self.life = 0
         """The agent's incarnation (what its items' ``life`` says)."""
+        self.view: frozenset[str] | None = None
+        """The agent's active view as it last pushed it (None before the hello's answer)."""
+        self.heard = 0.0
+        """When (``time.monotonic()``) the agent last sent anything on this link."""
         self.closed = False
         self._token = token
         self._error = error or (lambda h: RuntimeError(str(h)))
@@ -710,6 +748,7 @@ class LocalLink:
     # ------------------------------------------------------------------ reading
 
     def _read(self, frames: list[bytes]) -> None:
+        self.heard = time.monotonic()
         ops = _unpack(frames[-1]) if len(frames) == 1 else None
         if ops is None:
             self.counters["dropped"] += 1
@@ -748,8 +787,11 @@ class LocalLink:
                 _settle(future, data, None)
             else:
                 _settle(future, None, self._error(header))
+        elif op == "V":
+            self.view = frozenset(header[1])
         elif op == "W":
             self.life = int(header[1])
+            self.view = frozenset(header[2])
             hello = self._pending.pop(0, None)
             if hello is not None:
                 _settle(hello, None, None)
@@ -778,6 +820,19 @@ class LocalLink:
         while self._items:
             items.append(self._items.popleft())
         return items
+
+    async def alive(self, timeout: float) -> bool:
+        """Does the agent answer on this link within ``timeout`` seconds? True at once if it
+        sent anything within the last ``timeout`` seconds."""
+        if self.closed:
+            return False
+        if time.monotonic() - self.heard < timeout:
+            return True
+        try:
+            await self.call(["K"], b"", timeout=timeout)
+        except (LinkClosed, TimeoutError):
+            return False
+        return True
 
     def wake(self) -> None:
         """Make a waiting :meth:`take` return (the handle is leaving)."""
