@@ -302,9 +302,9 @@ class MeshNode:
         key: str = "",
     ) -> asyncio.Future[bytes | None]:
         """Start a send (``kind="send"``) or request and return the future of its outcome
-        (the reply, None for a send, or :class:`DeliveryError`), without a task per message:
-        the local path (:mod:`ray_hyparview.agent.localpath`) answers from its done callback.
-        Cancelling the future stops waiting for the outcome, not the delivery."""
+        (the reply, None for a send, or :class:`DeliveryError`), without a task per message.
+        Cancelling the future stops waiting for the outcome, not the delivery. The local path
+        (:mod:`ray_hyparview.agent.localpath`) uses :meth:`start`, which needs no future."""
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
         def settle(reply: bytes | None, error: DeliveryError | None) -> None:
