@@ -93,6 +93,12 @@ _POLL_WAIT = 1.0
 _REATTACH_WAIT = 30.0
 _LINK_GRACE = 5.0  # beyond an operation's own deadline, for the agent's answer to come back
 _ACK_EVERY = 64  # yielded items acknowledged together over the link
+_ACK_DELAY = 0.02
+"""Seconds a handle that has caught up waits before it acknowledges what it yielded (unless
+``_ACK_EVERY`` items are due first). One ACK then covers every item of a steady stream that
+arrived meanwhile, instead of costing the agent a local message and a wake-up per item (the
+delayed ACK of TCP, RFC 1122 4.2.3.2, for the same reason). Until then the items stay lent in
+the agent's inbox, counted against its bounds."""
 
 LARGE_PAYLOAD = 32 * 1024
 """Pickled payloads larger than this go through Ray's object store (see :class:`ByReference`)."""
@@ -250,18 +256,24 @@ class Mesh:
         self._life = 0  # the agent life those seqs count in (they restart with the agent)
         self._link = link  # the direct local path; None: Ray calls and polls
         self._acked = 0  # the last seq acknowledged over the link
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._probed = -_VIEW_REFRESH  # when _probe last asked the agent (monotonic)
 
     # --------------------------------------------------------------- the gate
 
     def allowed(self, node_id: NodeId) -> bool:
         """May this actor hold a direct channel to ``node_id``: its own node, or a node in its
-        node's active view (as of the last refresh, at most half a second old)."""
-        return node_id == self.node_id or node_id in self._view
+        node's active view (as the agent last pushed it over the local path, or, over Ray
+        calls, as of the last refresh, at most half a second old)."""
+        return node_id == self.node_id or node_id in self.active_view
 
     @property
     def active_view(self) -> frozenset[NodeId]:
-        """This node's active view, as of the last refresh."""
+        """This node's active view: pushed by the agent over the local path, or refreshed by
+        a Ray call every half second without one."""
+        link = self._link
+        if link is not None and link.view is not None:
+            return link.view
         return self._view
 
     def channel(self, name: str) -> Channel:
@@ -275,9 +287,19 @@ class Mesh:
 
     async def _refresh(self) -> None:
         while not self._left:
-            with contextlib.suppress(Exception):
-                self._view = frozenset(await self._call("mesh_view"))
+            await self._ask_agent()
             await asyncio.sleep(_VIEW_REFRESH)
+
+    async def _ask_agent(self) -> None:
+        """Without a local link: refresh the view with a Ray call. With one, the agent pushes
+        its view; ask Ray (which re-attaches this handle if its agent died) only when the agent
+        has not answered on the link for ``_VIEW_REFRESH`` seconds. A Ray call's submission
+        blocks the actor's event loop for a millisecond or more, in the middle of its sends."""
+        link = self._link
+        if link is not None and await link.alive(_VIEW_REFRESH):
+            return
+        with contextlib.suppress(Exception):
+            self._view = frozenset(await self._call("mesh_view"))
 
     # --------------------------------------------------------------- messaging
 
@@ -368,8 +390,17 @@ class Mesh:
                     items: list[InboxItem]
                     link = self._link
                     if link is not None:
-                        self._ack_link()
+                        if self._consumed - self._acked >= _ACK_EVERY:
+                            self._ack_link()
+                        elif self._consumed > self._acked and self._ack_timer is None:
+                            self._ack_timer = asyncio.get_running_loop().call_later(
+                                _ACK_DELAY, self._ack_link
+                            )
                         items = await link.take(_POLL_WAIT)
+                        if not items and link.closed and link is self._link and not self._left:
+                            # Only leave() and a re-attach close a handle's link; anything else
+                            # is an error to raise, not an empty take to loop on.
+                            raise LinkClosed("the local link to this node's agent was closed")
                         if not items:
                             await self._probe()
                     else:
@@ -392,6 +423,9 @@ class Mesh:
     def _ack_link(self) -> None:
         """Acknowledge over the link what this handle has yielded (the agent then removes it
         from the inbox and pushes more)."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         link = self._link
         if link is not None and self._consumed > self._acked and self._life == link.life:
             link.ack(self._consumed)
@@ -483,8 +517,7 @@ class Mesh:
         if now - self._probed < _VIEW_REFRESH or self._left:
             return
         self._probed = now
-        with contextlib.suppress(Exception):
-            self._view = frozenset(await self._call("mesh_view"))
+        await self._ask_agent()
 
     async def _reply(self, request: tuple[NodeId, int, int], data: bytes) -> None:
         if self._link is not None:

@@ -129,6 +129,31 @@ def test_send_is_acknowledged_and_handed_over_until_acked() -> None:
     assert b.take("actor-b") == []
 
 
+def test_take_after_lends_only_the_items_above_a_seq() -> None:
+    w = pair()
+    for i in range(5):
+        w.send("a", "b", "actor-b", bytes([i]))
+    w.run()
+    b = w.nodes["b"]
+    assert [i.seq for i in b.take("actor-b", limit=2, after=2)] == [3, 4]
+    assert [i.seq for i in b.take("actor-b", after=5)] == []
+    b.ack("actor-b", 2)  # the head moves: seqs 3.. remain
+    assert [i.seq for i in b.take("actor-b", after=0)] == [3, 4, 5]
+    assert [i.seq for i in b.take("actor-b", limit=1, after=3)] == [4]
+
+
+def test_a_finished_send_leaves_no_deadline_behind() -> None:
+    # A driver sleeps until next_deadline(): the retry time of a send already acknowledged
+    # must not wake it (it did, once per message, for every send of a steady stream).
+    w = pair(retry_interval=0.5)
+    ref = w.send("a", "b", "actor-b")
+    assert w.nodes["a"].next_deadline() == pytest.approx(0.5), "the retry is pending"
+    w.run()
+    assert w.results[("a", ref)] == Completed(ref)
+    due = w.nodes["a"].next_deadline()
+    assert due is None or due > 0.5, f"a finished send still asks for a wake-up at {due}"
+
+
 def test_restarted_sender_first_messages_are_delivered_not_swallowed() -> None:
     w = pair()
     for i in range(3):

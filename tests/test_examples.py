@@ -231,3 +231,22 @@ def test_plumtree_benchmark_quick(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out.json").read_text())
     assert "0 duplicate deliveries" in out
     assert "once the tree settles" in out
+
+
+@pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
+def test_mesh_path_benchmark_runs(tmp_path: Path) -> None:
+    out = run(
+        "benchmarks/mesh_path.py",
+        "--ops",
+        "40",
+        "--blocks",
+        "2",
+        "--json",
+        "out.json",
+        cwd=tmp_path,
+    )
+    figures = json.loads((tmp_path / "out.json").read_text())
+    for method in ("send", "request"):
+        assert figures[method]["mesh"]["ops"] == figures[method]["raw"]["ops"] == 40
+        assert figures[method]["median_ratio"] > 0
+    assert "mesh / raw" in out

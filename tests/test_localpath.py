@@ -6,14 +6,19 @@ does). No Ray: the Ray side is in ``tests/test_ray_localpath.py``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgpack
 import pytest
 import pytest_asyncio
+import zmq
+import zmq.asyncio
 
+from ray_hyparview import mesh as mesh_module
 from ray_hyparview.agent.localpath import LinkClosed, LocalLink, LocalServer
 from ray_hyparview.agent.meshnode import DeliveryError, MemoryDirectory, MeshNode
 from ray_hyparview.agent.node import Agent
@@ -31,6 +36,8 @@ class Node:
         self.mesh = mesh
         self.server = server
         self.handles: list[Mesh] = []
+        self.ray_calls: list[str] = []
+        self.net = MemoryNetwork()
 
     async def join(self, name: str, *, thread: bool = False, window: int = 1024) -> Mesh:
         self.mesh.register(name)
@@ -60,6 +67,7 @@ class _NoRay:
     def __getattr__(self, name: str) -> Any:
         if name == "mesh_unregister":
             return _Unregister(self._node)
+        self._node.ray_calls.append(name)
         raise AssertionError(f"{name} went through a Ray call, not the local path")
 
 
@@ -85,6 +93,7 @@ async def node(tmp_path: Any) -> AsyncIterator[Node]:
     server = LocalServer(mesh, directory=str(tmp_path))
     await server.start()
     made = Node(agent, mesh, server)
+    made.net = net
     try:
         yield made
     finally:
@@ -249,3 +258,122 @@ async def test_leave_hands_back_what_was_pushed_but_never_yielded(node: Node) ->
     assert await take(reader, 1) == [0]
     left = await reader.leave()
     assert [m.payload for m in left] == [1, 2]
+
+
+async def _consume(reader: Mesh, seen: list[Any]) -> None:
+    async for message in reader.inbox():
+        seen.append(message.payload)
+
+
+@pytest.mark.asyncio
+async def test_a_handle_that_caught_up_acknowledges_once_for_many_items(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Acknowledged at once, each item of a steady stream cost the agent one more local
+    # message and wake-up. Now a handle that caught up waits (here: longer than the test).
+    monkeypatch.setattr(mesh_module, "_ACK_DELAY", 600.0, raising=False)
+    reader = await node.join("reader")
+    seen: list[Any] = []
+    consumer = asyncio.create_task(_consume(reader, seen))
+    try:
+        for i in range(10):
+            await node.send(i)
+            count = i + 1
+            await until(lambda: len(seen) == count)  # noqa: B023 - awaited here, in this turn
+        assert node.server.counters["local.op.ack"] == 0
+        assert node.mesh.core.pending("reader") == 10, "lent, not yet acknowledged"
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+    # Leaving the loop acknowledges everything it yielded, in one message.
+    await until(lambda: node.mesh.core.pending("reader") == 0)
+    assert node.server.counters["local.op.ack"] == 1
+    assert seen == list(range(10))
+
+
+@pytest.mark.asyncio
+async def test_a_delayed_ack_comes_without_further_traffic(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mesh_module, "_ACK_DELAY", 0.05, raising=False)
+    reader = await node.join("reader")
+    seen: list[Any] = []
+    consumer = asyncio.create_task(_consume(reader, seen))
+    try:
+        await node.send(0, 1, 2)
+        await until(lambda: len(seen) == 3)
+        await until(lambda: node.mesh.core.pending("reader") == 0)
+        assert not consumer.done()
+        assert 1 <= node.server.counters["local.op.ack"] <= 3
+    finally:
+        consumer.cancel()
+
+
+@pytest.mark.asyncio
+async def test_an_inbox_loop_whose_link_closes_raises_instead_of_spinning(node: Node) -> None:
+    reader = await node.join("reader")
+    seen: list[Any] = []
+    consumer = asyncio.create_task(_consume(reader, seen))
+    await node.send(0)
+    await until(lambda: seen == [0])
+    assert reader._link is not None
+    reader._link.close()  # not by leave(): the handle still expects items
+    with pytest.raises(LinkClosed):
+        async with asyncio.timeout(5):
+            await consumer
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_is_not_one_msgpack_array_of_ops_costs_only_itself(node: Node) -> None:
+    reader = await node.join("reader")
+    node.mesh.register("raw")
+    token = node.server.admit("raw")
+    raw = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(node.server.endpoint)
+    try:
+        send = msgpack.packb([["S", 1, "reader", 2.0, ""], pickle.dumps("ok")])
+        for message in (
+            [token, b"\xc1 not msgpack"],
+            [token, msgpack.packb({"S": 1})],  # not an array
+            [token, msgpack.packb([["S", 2, "reader", 2.0, ""]])],  # a header without data
+            [token, send, b"a third frame"],
+            [token, msgpack.packb([[7], b"", "text", b""])],  # op not a string, header not a list
+        ):
+            await raw.send_multipart(message)
+        await raw.send_multipart([token, send])
+        assert await take(reader, 1) == ["ok"]
+        assert node.server.counters["local.dropped"] == 6
+        assert node.server.counters["local.errors"] == 0
+    finally:
+        raw.close()
+
+
+@pytest.mark.asyncio
+async def test_the_active_view_is_pushed_and_an_idle_handle_asks_ray_nothing(node: Node) -> None:
+    reader = await node.join("reader")
+    assert reader._link is not None
+    assert reader.active_view == frozenset(), "the hello's answer carries the (empty) view"
+    # A Ray call every half second used to keep the view (and to notice a replaced agent);
+    # now the agent pushes its view, and an idle handle pings its agent on the link instead.
+    reader._refresher = asyncio.get_running_loop().create_task(reader._refresh())
+    peer_strategy = Strategy(
+        local_peer=Peer("n1", "mem://n1"), contacts=(node.agent.myself,), transport="memory"
+    )
+    transport = node.net.transport("n1", bind="mem://n1")
+    peer = Agent(peer_strategy, transport=transport, rng=random.Random(2))
+    try:
+        await peer.start()
+        await until(lambda: reader.active_view == frozenset({"n1"}))
+        assert reader.allowed("n1")
+        await peer.aclose()
+        await until(lambda: reader.active_view == frozenset())
+        assert not reader.allowed("n1")
+        await until(lambda: node.server.counters["local.op.ping"] >= 1, limit=10)
+    finally:
+        reader._refresher.cancel()
+        if not peer.closed:
+            await peer.aclose()
+    assert node.ray_calls == []
+    assert node.server.counters["local.views"] >= 2

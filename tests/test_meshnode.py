@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from ray_hyparview.agent.meshnode import DeliveryError, DuplicateName
 from ray_hyparview.protocol.config import HyParViewConfig
-from ray_hyparview.protocol.routing import RoutingConfig
+from ray_hyparview.protocol.routing import DataFrame, RoutingConfig
 from ray_hyparview.testing.conditions import until
 from ray_hyparview.testing.memory_mesh import MemoryMesh
 from ray_hyparview.wire.table import MeshAck, MeshReply, MeshSend, wire_codec
@@ -336,3 +336,45 @@ async def test_a_failing_timer_costs_one_counted_error_not_the_loop(
         assert await mesh.send("actor-n0", "actor-n1", b"still here", timeout=5) == "direct"
     finally:
         await o.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_delivery_acknowledges_its_sender_before_it_tells_the_inbox(
+    overlay: Overlay,
+) -> None:
+    # The sender waits for the ACK; the local actor does not: the ACK leaves first, and the
+    # push to the actor (told through on_inbox) comes after it in the same event.
+    receiver = overlay.meshes["n0"]
+    order: list[str] = []
+    send_raw = receiver.agent.send_raw
+
+    def recording_send(peer: Any, message: object) -> bool:
+        inner = wire_codec().decode(message.payload) if isinstance(message, DataFrame) else None
+        if isinstance(inner, MeshAck):
+            order.append("ack")
+        return send_raw(peer, message)
+
+    receiver.agent.send_raw = recording_send  # type: ignore[method-assign]
+    receiver.on_inbox = lambda name: order.append("inbox:" + name)
+    await overlay.meshes["n1"].send("actor-n1", "actor-n0", b"hi", timeout=5)
+    assert order[:2] == ["ack", "inbox:actor-n0"]
+
+
+@pytest.mark.asyncio
+async def test_start_settles_by_callback_and_abandon_stops_it(overlay: Overlay) -> None:
+    mesh = overlay.meshes["n1"]
+    outcomes: list[tuple[bytes | None, Exception | None]] = []
+    # To an actor on its own node: settled inside the call, before start returns.
+    mesh.register("local-actor")
+    mesh.start("actor-n1", "local-actor", b"x", lambda r, e: outcomes.append((r, e)), timeout=5)
+    assert outcomes == [(None, None)]
+    # Across the overlay: settled when the ACK comes, once.
+    mesh.start("actor-n1", "actor-n0", b"x", lambda r, e: outcomes.append((r, e)), timeout=5)
+    await until(lambda: len(outcomes) == 2)
+    assert outcomes[1] == (None, None)
+    # Abandoned: delivered all the same, never settled.
+    ref = mesh.start("actor-n1", "actor-n0", b"y", lambda r, e: outcomes.append((r, e)), timeout=5)
+    mesh.abandon(ref)
+    inbox = overlay.meshes["n0"].core
+    await until(lambda: [i.payload for i in inbox.take("actor-n0")][-1:] == [b"y"])
+    assert len(outcomes) == 2

@@ -65,6 +65,7 @@ __all__ = [
     "MemoryDirectory",
     "MeshNode",
     "PathKind",
+    "Settle",
 ]
 
 log = logging.getLogger("ray_hyparview.mesh")
@@ -107,6 +108,11 @@ class DeliveryError(HyParViewError, RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (DeliveryError, (self.reason, self.target, self.detail, self.outcome))
+
+
+Settle = Callable[[bytes | None, DeliveryError | None], None]
+"""The outcome of an operation started with :meth:`MeshNode.start`: ``(reply, None)`` (a send's
+reply is None) or ``(None, error)``."""
 
 
 class DuplicateName(HyParViewError, ValueError):
@@ -172,7 +178,7 @@ class MeshNode:
         self.counters: Counter[str] = Counter()
         self._codec = wire_codec()
         self._names: dict[str, tuple[NodeId, float]] = {}
-        self._waiting: dict[int, tuple[asyncio.Future[bytes | None], str]] = {}
+        self._waiting: dict[int, tuple[Settle, str]] = {}
         self._frames: dict[int, tuple[int, int]] = {}  # router frame id -> (ref, attempt)
         self._ready: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
@@ -296,9 +302,37 @@ class MeshNode:
         key: str = "",
     ) -> asyncio.Future[bytes | None]:
         """Start a send (``kind="send"``) or request and return the future of its outcome
-        (the reply, None for a send, or :class:`DeliveryError`), without a task per message:
-        the local path (:mod:`ray_hyparview.agent.localpath`) answers from its done callback.
-        Cancelling the future stops waiting for the outcome, not the delivery."""
+        (the reply, None for a send, or :class:`DeliveryError`), without a task per message.
+        Cancelling the future stops waiting for the outcome, not the delivery. The local path
+        (:mod:`ray_hyparview.agent.localpath`) uses :meth:`start`, which needs no future."""
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def settle(reply: bytes | None, error: DeliveryError | None) -> None:
+            if not future.done():
+                if error is None:
+                    future.set_result(reply)
+                else:
+                    future.set_exception(error)
+
+        ref = self.start(src, dst, payload, settle, timeout=timeout, kind=kind, key=key)
+        future.add_done_callback(lambda _: self._waiting.pop(ref, None))
+        return future
+
+    def start(
+        self,
+        src: str,
+        dst: str,
+        payload: bytes,
+        settle: Settle,
+        *,
+        timeout: float,
+        kind: str = "send",
+        key: str = "",
+    ) -> int:
+        """:meth:`begin` without a future: ``settle(reply, None)`` or ``settle(None, error)``
+        is called once, from inside the event that settles it (the local path answers its
+        actor in the same loop turn as the ACK or reply arrives, not one turn later). Returns
+        the operation's ref (for :meth:`abandon`)."""
         if self._closed:
             raise DeliveryError("closed", dst)
         now = self._now()
@@ -309,11 +343,13 @@ class MeshNode:
             )
         except DeliveryUsageError as exc:
             raise ValueError(str(exc)) from None
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._waiting[ref] = (future, dst)
-        future.add_done_callback(lambda _: self._waiting.pop(ref, None))
+        self._waiting[ref] = (settle, dst)
         self._apply(actions)
-        return future
+        return ref
+
+    def abandon(self, ref: int) -> None:
+        """Stop waiting for ``ref``'s outcome (not its delivery): its callback is not called."""
+        self._waiting.pop(ref, None)
 
     def _route(self, node: NodeId, data: bytes, ref: int = 0, attempt: int = 0) -> None:
         frame_id, actions = self.router.route(node, data, now=self._now())
@@ -326,28 +362,24 @@ class MeshNode:
         self._apply_routing(actions)
 
     def _apply(self, actions: list[dl.Action]) -> None:
+        ready_names: list[str] = []
         for action in actions:
             match action:
                 case dl.Route(node=node, message=message, ref=ref, attempt=attempt):
                     self._route(node, self._codec.encode(message), ref, attempt)
                 case dl.Completed(ref=ref, reply=reply):
-                    waiting = self._waiting.get(ref)
-                    if waiting is not None and not waiting[0].done():
-                        waiting[0].set_result(reply)
-                case dl.Failed(ref=ref, outcome=outcome, reason=reason):
-                    waiting = self._waiting.get(ref)
+                    waiting = self._waiting.pop(ref, None)
                     if waiting is not None:
-                        future, dst = waiting
+                        waiting[0](reply, None)
+                case dl.Failed(ref=ref, outcome=outcome, reason=reason):
+                    waiting = self._waiting.pop(ref, None)
+                    if waiting is not None:
+                        settle, dst = waiting
                         if reason == "unknown_name":
                             self._names.pop(dst, None)
-                        if not future.done():
-                            future.set_exception(DeliveryError(reason, dst, outcome=outcome))
+                        settle(None, DeliveryError(reason, dst, outcome=outcome))
                 case dl.InboxReady(name=name):
-                    ready = self._ready.get(name)
-                    if ready is not None:
-                        ready.set()
-                    if self.on_inbox is not None:
-                        self.on_inbox(name)
+                    ready_names.append(name)
                 case dl.Missed(name=name, topic=topic, origin=origin):
                     log.warning(
                         "%s: inbox of %s full, publication on %r from %s missed",
@@ -356,6 +388,14 @@ class MeshNode:
                         topic,
                         origin,
                     )
+        # Inboxes are told last: the ACK a delivery owes its sender leaves before the item is
+        # pushed to the local actor (the sender waits for that ACK; the actor does not).
+        for name in ready_names:
+            ready = self._ready.get(name)
+            if ready is not None:
+                ready.set()
+            if self.on_inbox is not None:
+                self.on_inbox(name)
         self._poke()
 
     def _poke(self) -> None:

@@ -106,6 +106,7 @@ Counters (``counters``): ``send.<kind>``, ``send.local``, ``send.retried``, ``se
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
 from collections import Counter, deque
@@ -274,8 +275,14 @@ class Delivery:
         # second at most for it, not one per id.
         heaps = (self._seen_heap, self._keys_heap, self._floors_heap)
         due = [h[0][0] + _FORGET_DELAY for h in heaps if h]
-        if self._timers:
-            due.append(self._timers[0][0])
+        timers = self._timers
+        # Entries of finished operations are invalidated lazily. Drop them here, not in
+        # on_timer: a driver that sleeps until a finished send's retry time would otherwise wake
+        # once per message for nothing (each entry is popped once).
+        while timers and timers[0][1] not in self._outgoing:
+            heapq.heappop(timers)
+        if timers:
+            due.append(timers[0][0])
         return min(due) if due else None
 
     # --- names and the inbox ---------------------------------------------------------------------
@@ -302,13 +309,18 @@ class Delivery:
     def unsubscribe(self, name: str, topic: str) -> None:
         self._endpoint(name).topics.discard(topic)
 
-    def take(self, name: str, *, limit: int = 100) -> list[InboxItem]:
-        """Lend up to ``limit`` items from the head of ``name``'s inbox. They stay there until
-        :meth:`ack`; the next ``take`` lends them again."""
+    def take(self, name: str, *, limit: int = 100, after: int = 0) -> list[InboxItem]:
+        """Lend up to ``limit`` items from the head of ``name``'s inbox, skipping those whose
+        seq is at most ``after`` (a lender that already holds them asks only for the rest).
+        They stay there until :meth:`ack`; the next ``take`` lends them again."""
         endpoint = self._endpoints.get(name)
-        if endpoint is None or limit <= 0:
+        if endpoint is None or limit <= 0 or not endpoint.items:
             return []
-        items = [endpoint.items[i] for i in range(min(limit, len(endpoint.items)))]
+        held = endpoint.items
+        # Seqs in an inbox are consecutive (appended in order, removed from the head only), so
+        # the first item above ``after`` is found by arithmetic, not by a scan.
+        start = max(0, after - held[0].seq + 1)
+        items = list(itertools.islice(held, start, start + limit))
         if items:
             endpoint.lent = max(endpoint.lent, items[-1].seq)
             self.counters["inbox.taken"] += len(items)
