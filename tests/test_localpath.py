@@ -260,9 +260,22 @@ async def test_leave_hands_back_what_was_pushed_but_never_yielded(node: Node) ->
     assert [m.payload for m in left] == [1, 2]
 
 
-async def _consume(reader: Mesh, seen: list[Any]) -> None:
-    async for message in reader.inbox():
-        seen.append(message.payload)
+class Consumer:
+    """An inbox loop of ``reader`` in a task of its own, keeping what it yielded in ``seen``;
+    ``stop()`` cancels it (leaving the loop, which acknowledges what it yielded)."""
+
+    def __init__(self, reader: Mesh) -> None:
+        self.seen: list[Any] = []
+        self.task = asyncio.get_running_loop().create_task(self._consume(reader))
+
+    async def _consume(self, reader: Mesh) -> None:
+        async for message in reader.inbox():
+            self.seen.append(message.payload)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
 
 
 @pytest.mark.asyncio
@@ -272,24 +285,20 @@ async def test_a_handle_that_caught_up_acknowledges_once_for_many_items(
     # Acknowledged at once, each item of a steady stream cost the agent one more local
     # message and wake-up. Now a handle that caught up waits (here: longer than the test).
     monkeypatch.setattr(mesh_module, "_ACK_DELAY", 600.0, raising=False)
-    reader = await node.join("reader")
-    seen: list[Any] = []
-    consumer = asyncio.create_task(_consume(reader, seen))
+    consumer = Consumer(await node.join("reader"))
     try:
         for i in range(10):
             await node.send(i)
             count = i + 1
-            await until(lambda: len(seen) == count)  # noqa: B023 - awaited here, in this turn
+            await until(lambda: len(consumer.seen) == count)  # noqa: B023 - awaited in this turn
         assert node.server.counters["local.op.ack"] == 0
         assert node.mesh.core.pending("reader") == 10, "lent, not yet acknowledged"
     finally:
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer
+        await consumer.stop()
     # Leaving the loop acknowledges everything it yielded, in one message.
     await until(lambda: node.mesh.core.pending("reader") == 0)
     assert node.server.counters["local.op.ack"] == 1
-    assert seen == list(range(10))
+    assert consumer.seen == list(range(10))
 
 
 @pytest.mark.asyncio
@@ -297,31 +306,28 @@ async def test_a_delayed_ack_comes_without_further_traffic(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(mesh_module, "_ACK_DELAY", 0.05, raising=False)
-    reader = await node.join("reader")
-    seen: list[Any] = []
-    consumer = asyncio.create_task(_consume(reader, seen))
+    consumer = Consumer(await node.join("reader"))
     try:
         await node.send(0, 1, 2)
-        await until(lambda: len(seen) == 3)
+        await until(lambda: len(consumer.seen) == 3)
         await until(lambda: node.mesh.core.pending("reader") == 0)
-        assert not consumer.done()
+        assert not consumer.task.done()
         assert 1 <= node.server.counters["local.op.ack"] <= 3
     finally:
-        consumer.cancel()
+        await consumer.stop()
 
 
 @pytest.mark.asyncio
 async def test_an_inbox_loop_whose_link_closes_raises_instead_of_spinning(node: Node) -> None:
     reader = await node.join("reader")
-    seen: list[Any] = []
-    consumer = asyncio.create_task(_consume(reader, seen))
+    consumer = Consumer(reader)
     await node.send(0)
-    await until(lambda: seen == [0])
+    await until(lambda: consumer.seen == [0])
     assert reader._link is not None
     reader._link.close()  # not by leave(): the handle still expects items
     with pytest.raises(LinkClosed):
         async with asyncio.timeout(5):
-            await consumer
+            await consumer.task
 
 
 @pytest.mark.asyncio
