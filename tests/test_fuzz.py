@@ -277,6 +277,30 @@ def test_an_item_queued_on_a_node_that_crashed_is_lost_with_it_not_missing() -> 
     assert [f.check for f in found] == ["acked_missing"]
 
 
+def test_a_copy_retried_into_the_targets_next_life_is_the_stated_limit_not_twice() -> None:
+    """Seed 491 (once the overlay took another path at start-up): n05 delivered a message,
+    restarted before its ACK left, and the sender's retry was delivered to its new life. The
+    README's Delivery contract states that limit; twice in one life stays a finding."""
+    key: tuple[object, ...] = ("n02", 1, 1)
+    notes: list[tuple[float, NodeId, str, tuple[object, ...], NodeId]] = [
+        (1.0, "n02", "sent", key, "n05"),
+        (1.1, "n05", "delivered", key, ""),
+        (1.2, "n05", "crashed", (), ""),
+        (2.0, "n05", "delivered", key, ""),
+        (2.1, "n02", "acked", key, ""),
+    ]
+    found, unknown = history.check_delivery(notes, 3.0)
+    assert found == []
+    assert unknown == 1
+    without = [n for n in notes if n[2] != "crashed"]
+    found, _ = history.check_delivery(without, 3.0)
+    assert [f.check for f in found] == ["delivered_twice"]
+    # A restart before the first copy does not excuse the second.
+    early = [(0.5, "n05", "crashed", (), ""), *without]
+    found, _ = history.check_delivery(early, 3.0)
+    assert [f.check for f in found] == ["delivered_twice"]
+
+
 def test_a_clock_step_does_not_make_a_receiver_forget_ids() -> None:
     """Seed 183 with 12 sends: a receiver's clock stepped 44.8 s forward between two copies of
     one message, and the delivery core, fed the stepped clock, delivered the second copy too.

@@ -16,6 +16,7 @@ from ray_hyparview.protocol.messages import (
     ForwardJoin,
     Join,
     KeepAlive,
+    MergeProbe,
     Neighbor,
     NeighborReply,
     PeerDown,
@@ -95,6 +96,74 @@ def test_join_is_idempotent_for_a_peer_already_active() -> None:
     link(a, b)
     again = b.receive("a", Join(sender=A, incarnation=0), now=1.0)
     assert again == [Send(A, NeighborReply(sender=B, incarnation=0, accepted=True))]
+
+
+def test_a_node_that_took_joiners_before_its_own_join_walks_them_in_through_the_contact() -> None:
+    # A's JOIN to B is on its way while C and D join A (the first agent of a host process is
+    # the contact of the others and joins another host itself).
+    a = node(A)
+    a.join([B], now=0.0)
+    a.receive("c", Join(sender=C, incarnation=0), now=0.01)
+    a.receive("d", Join(sender=D, incarnation=0), now=0.02)
+    actions = a.receive("b", NeighborReply(sender=B, incarnation=0, accepted=True), now=0.05)
+    assert actions == [
+        PeerUp(B),
+        Send(B, ForwardJoin(sender=A, incarnation=0, new_peer=C, ttl=6)),
+        Send(B, ForwardJoin(sender=A, incarnation=0, new_peer=D, ttl=6)),
+    ]
+    assert a.counters["join.introduced"] == 2
+
+
+def test_a_newcomer_with_an_empty_view_walks_nobody_in() -> None:
+    a = node(A)
+    a.join([B], now=0.0)
+    assert a.receive("b", NeighborReply(sender=B, incarnation=0, accepted=True), now=0.1) == [
+        PeerUp(B)
+    ]
+    assert a.counters["join.introduced"] == 0
+
+
+HOST_CONFIG = HyParViewConfig(
+    active_view_size=4,
+    passive_view_size=16,
+    shuffle_interval=1.0,
+    keepalive_interval=0.3,
+    keepalive_timeout=2.0,
+    neighbor_timeout=1.0,
+    rejoin_backoff_initial=0.25,
+    rejoin_backoff_max=2.0,
+    probe_interval_min=1.0,
+    probe_interval_max=3.0,
+)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_joiners_of_a_contact_that_had_not_joined_yet_end_up_in_the_overlay(seed: int) -> None:
+    """The agents of one host process join the host's first agent, h0, while h0's own JOIN
+    to another host is still on its way (the CI failure: 5 agents of one process linked only
+    to each other, every view full, for over 60 s). Before h0 walked its joiners in through
+    its contact, 4 of these 60 seeds left such an island, which only the merge rule (minutes
+    at the default merge_interval) would have found."""
+    w = Wiring(config=HOST_CONFIG, seed=seed)
+    for i in range(8):
+        w.add(f"m{i}")
+        w.join(f"m{i}", *(["m0"] if i else []))
+        w.settle()
+    w.advance(5.0)
+    assert w.connected()
+    for i in range(8):
+        w.add(f"h{i}")
+    w.join("h0", "m3")
+    held = w.in_flight.pop()  # h0's JOIN, still on its way
+    assert isinstance(held[2], Join)
+    for i in range(1, 8):
+        w.join(f"h{i}", "h0", "m3")
+        w.settle()
+    w.in_flight.append(held)
+    w.settle()
+    w.advance(10.0)
+    assert w.connected(), w.views()
+    assert w.symmetric()
 
 
 # ------------------------------------------------------------------- FORWARD_JOIN (paper 4.2)
@@ -583,6 +652,91 @@ def test_healed_partition_merges_again_by_itself() -> None:
     w.advance(30.0)
     assert w.connected()
     assert w.symmetric()
+
+
+SMALL = HyParViewConfig(
+    active_view_size=3,
+    passive_view_size=8,
+    keepalive_interval=None,
+    shuffle_interval=1.0,
+    neighbor_timeout=1.0,
+    merge_interval=5.0,
+    probe_interval_min=1.0,
+    probe_interval_max=8.0,
+)
+
+
+def test_a_short_node_with_links_escalates_by_asking_the_component_not_with_high() -> None:
+    """Paper 4.3 asks with HIGH only from an empty active view. A node at two links whose
+    LOW refills keep being refused asks the peer's component (MERGE_PROBE), and the merge
+    rule decides; before, it asked with HIGH and the eviction could cut a bridge."""
+    cfg = HyParViewConfig(
+        active_view_size=3, keepalive_interval=None, shuffle_interval=1.0, merge_interval=1000.0
+    )
+    a, b, c = node(A, cfg), node(B, cfg), node(C, cfg)
+    link(a, b)
+    link(a, c)
+    a.learn([D], now=0.0)
+    now, asked = 0.0, []
+    while now < 30.0 and not a.counters["repair.escalated"]:
+        deadline = a.next_deadline()
+        assert deadline is not None
+        now = deadline
+        for s in sends(a.on_timer(now=now)):
+            if s.to == D:
+                asked.append(s.message)
+                if isinstance(s.message, Neighbor):
+                    refusal = NeighborReply(sender=D, incarnation=0, accepted=False)
+                    a.receive("d", refusal, now=now)
+    assert a.counters["repair.escalated"] == 1
+    assert asked[:-1] == [Neighbor(sender=A, incarnation=0, priority=Priority.LOW)] * 3
+    assert isinstance(asked[-1], MergeProbe)
+
+
+# Fuzz seed 7986, 26 s after its faults: a group of four (n01 n02 n04 n05) linked to the
+# other five by n01-n00 alone, every view full but n02's (9 nodes, 3 slots each: one node is
+# always one short).
+BRIDGED = (
+    "n00 n01", "n00 n03", "n00 n06", "n01 n04", "n01 n05", "n02 n04", "n02 n05",
+    "n04 n05", "n03 n07", "n03 n08", "n06 n07", "n06 n08", "n07 n08",
+)  # fmt: skip
+
+
+def _wire(w: Wiring, x: str, y: str) -> None:
+    """Link ``x`` and ``y`` by the NEIGHBOR exchange alone: a topology built to order."""
+    nx, ny = w.nodes[x], w.nodes[y]
+    ask = Neighbor(sender=nx.myself, incarnation=0, priority=Priority.HIGH)
+    [reply] = [s for s in sends(ny.receive(x, ask, now=w.now)) if s.to == nx.myself]
+    assert nx.receive(y, reply.message, now=w.now) == [PeerUp(ny.myself)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_starved_node_does_not_cut_a_quiet_overlay_in_two(seed: int) -> None:
+    """The world of fuzz seed 7986: n02, at two links with every LOW refill refused, escalated
+    to n01 with HIGH; n01 evicted n00, the group's one link to the rest, and the halves stayed
+    apart (n00's LOW requests refused by full views) until the merge rule found them 8 s later.
+    Before escalation asked the component instead, seeds 3 (that eviction) and 4 of these 12
+    split; with n02 knowing every id, 5 of 40."""
+    w = Wiring(config=SMALL, seed=seed)
+    names = [f"n0{i}" for i in range(9)]
+    for name in names:
+        w.add(name)
+        w.apply(name, w.nodes[name].join([], now=0.0))
+    for pair in BRIDGED:
+        _wire(w, *pair.split())
+    for name in names:
+        node_ = w.nodes[name]
+        known = [w.nodes[m].myself for m in names if m != name and m not in node_.active_ids]
+        if name == "n02":
+            known = [w.nodes["n01"].myself]  # where its escalation went in seed 7986
+        w.apply(name, node_.learn(known, now=0.0))
+    w.settle()
+    assert w.connected()
+    assert w.symmetric()
+    for _ in range(120):
+        w.advance(0.5)
+        assert w.connected(), (w.now, w.views())
+    assert sum(n.counters["repair.escalated"] for n in w.nodes.values()) > 0
 
 
 def test_determinism_same_seed_same_trace() -> None:

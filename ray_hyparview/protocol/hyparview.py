@@ -37,7 +37,10 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
    view and re-joins through its contacts, round-robin, with capped exponential backoff. Ids
    evicted from the passive view go to a bounded *reserve* that a cut-off node recalls once
    its passive view runs dry (after a 95% crash, a fifth of the survivors know no live id in
-   their passive view).
+   their passive view). A node whose first JOIN is accepted while it already holds active
+   peers (it was the contact of others before it had joined) walks each of them into the
+   overlay through the contact, as the contact walks it: otherwise they can close into a full
+   island of their own (see ``_introduce``).
 5. Partitions (the paper has no answer). Each node holds a component marker
    (:mod:`~ray_hyparview.protocol.merge`): the least id of its component, flooded along
    active links and kept alive by its root's beats. Now and then (lost peers first and soon
@@ -110,7 +113,7 @@ _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
 _SHUFFLE = _KIND[Shuffle]
 
-# Refused periodic refills before a short node escalates to HIGH, doubling up to the cap.
+# Refused periodic refills before a short node escalates (see _escalate), doubling up to the cap.
 _STARVE_MIN = 3
 _STARVE_MAX = 48
 
@@ -223,6 +226,7 @@ class HyParView:
         self._component = ComponentMarker(myself, incarnation, self.config.merge_interval)
         self._merge_budget = -math.inf  # no eviction for a merge link before this time
         self._left = False
+        self._joined = False  # one of our JOINs was accepted (see _introduce)
 
     # ------------------------------------------------------------------ views
 
@@ -650,11 +654,50 @@ class HyParView:
             if not was_lost:
                 self._merge_passive((peer,), ())
             return
+        first_join = pend is not None and pend.ask is _Ask.JOIN and not self._joined
+        if first_join:
+            self._joined = True
+        held = self._active_tuple() if first_join else ()
         self._add_active(out, peer, msg.incarnation, now)
         if pend is not None and pend.ask is _Ask.NEIGHBOR:
             self._events["repair.succeeded"] += 1
         if pend is not None and pend.ask is _Ask.PROBE:
             self._probe_succeeded()
+        if held:
+            self._introduce(out, peer, held, now)
+
+    def _introduce(
+        self, out: list[Action], contact: Peer, held: tuple[Peer, ...], now: float
+    ) -> None:
+        """DEPARTURE: our first JOIN was accepted while we already held active peers; walk
+        each of them into the overlay through the contact, as the contact walks us (paper 4.2).
+
+        The paper's newcomer joins with an empty view. Ours may not: a node whose own JOIN is
+        still on its way can be the contact of others (the agents of one host all join the
+        host's first agent, which joins another host). Those peers joined only what we were
+        then: their FORWARD_JOIN walks ran among themselves. Once we are in, the HIGH requests
+        our own walks bring in evict them one by one, each refills from its own passive view
+        (full of the same few ids), and they close into a full island, every view full, that
+        nothing short ever repairs; the merge rule needs 1.5 ``merge_interval`` (minutes at
+        the defaults) to find it. One walk per peer held gives each a link into the overlay
+        we joined instead.
+
+        Only the first JOIN: the peers a re-joining node holds were in the overlay already,
+        and walking them in again only adds evictions (the fuzzer's seed 9912 split a small
+        overlay that way, the merge rule healing it after the bound)."""
+        walks = 0
+        for held_peer in held:
+            if held_peer.id == contact.id:
+                continue
+            walk = build_forward_join(
+                sender=self.myself,
+                incarnation=self.incarnation,
+                new_peer=held_peer,
+                ttl=self.config.arwl,
+            )
+            self._send(out, contact, walk, now)
+            walks += 1
+        self._events["join.introduced"] += walks
 
     def _merge_answered(
         self, out: list[Action], pend: _Pending, msg: NeighborReply, now: float
@@ -891,11 +934,12 @@ class HyParView:
             self._send(out, _pick(self._rand, active), walk, now)
         # DEPARTURE: the paper refills only on a loss. A node left short after a loss round
         # (every candidate refused) retries one passive peer per shuffle period, so that views
-        # fill up again as the overlay changes. If it keeps being refused it escalates to HIGH
-        # now and then: in a small cluster an eviction can cut off a pair of nodes whose LOW
-        # requests every full node refuses forever (the paper's overlays are large enough for
-        # this to be negligible; a Ray cluster of six nodes is not). The escalation period
-        # doubles up to _STARVE_MAX periods.
+        # fill up again as the overlay changes. If it keeps being refused it escalates now and
+        # then: in a small cluster an eviction can cut off a few nodes whose LOW requests every
+        # full node refuses forever (the paper's overlays are large enough for this to be
+        # negligible; a Ray cluster of six nodes is not). A node with no link left asks with
+        # HIGH; one with links asks the peer's component and lets the merge rule link them if
+        # they are apart (see _escalate). The escalation period doubles up to _STARVE_MAX.
         short = not self._repairing and self._missing() > 0  # once: it scans the requests
         if short and not self._passive:
             # Nobody to ask but the contacts: a node whose JOIN was lost can end up in a small
@@ -917,7 +961,35 @@ class HyParView:
                 self._events["repair.escalated"] += 1
                 self._starved = 0
                 self._starve_limit = min(self._starve_limit * 2, _STARVE_MAX)
-            self._repair(out, now, limit=1, escalate=escalate)
+                if self._active:
+                    self._escalate(out, now)
+                    self._schedule_rejoin(now)
+                    return
+            self._repair(out, now, limit=1)
+
+    def _escalate(self, out: list[Action], now: float) -> None:
+        """DEPARTURE: a short node that still holds links and whose refills keep being refused
+        asks one passive peer which component it is in (MERGE_PROBE) instead of stealing a
+        slot with a HIGH request; the merge rule links the two if they are apart.
+
+        Paper 4.3 sends HIGH only from a node whose active view is empty: such a node is cut
+        off, so the link it takes is a gain whatever the eviction it causes costs. A node with
+        links gains nothing by the trade unless it is cut off from the node it asks, and the
+        eviction can cost a bridge: in fuzz seed 7986 (9 nodes, active view 3, so one node is
+        always one short) a node of a full group of four, at 2 links, asked with HIGH the one
+        node of that group still linked to the other five; it evicted that link, and the
+        two halves stayed apart, every view but the evicted node's full and its LOW requests
+        refused, until the merge rule found them 8 s later. Only the component markers tell
+        whether the node asked is elsewhere, and acting on them is the merge rule's job (one
+        link, a bounded eviction), so the escalation asks them; a node with no link left
+        still asks with HIGH (``_repair``)."""
+        candidates = self._untried()
+        if not candidates:
+            return
+        target = _pick(self._rand, candidates)
+        self._tried[target.id] = None
+        self._events["merge.probe"] += 1
+        self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
 
     def _rejoin_tick(self, out: list[Action], now: float) -> None:
         if len(self._active) >= self.config.min_active_size:
@@ -1035,9 +1107,7 @@ class HyParView:
         self._retime()
         self._repair(out, now)
 
-    def _repair(
-        self, out: list[Action], now: float, limit: int | None = None, *, escalate: bool = False
-    ) -> None:
+    def _repair(self, out: list[Action], now: float, limit: int | None = None) -> None:
         """Ask passive peers to fill the free active slots (paper 4.3)."""
         missing = self._missing()
         if limit is not None:
@@ -1052,7 +1122,7 @@ class HyParView:
                 picks = _sample_in_place(self._rand, candidates, min(missing, len(candidates)))
             for peer in picks:
                 self._tried[peer.id] = None
-                priority = Priority.LOW if self._active and not escalate else Priority.HIGH
+                priority = Priority.LOW if self._active else Priority.HIGH
                 self._events["repair.attempted"] += 1
                 self._ask(out, peer, _Ask.NEIGHBOR, priority, now)
         if len(self._active) >= self.config.active_view_size or not self._waiting_on(_Ask.NEIGHBOR):
