@@ -668,8 +668,9 @@ SMALL = HyParViewConfig(
 
 def test_a_short_node_with_links_escalates_by_asking_the_component_not_with_high() -> None:
     """Paper 4.3 asks with HIGH only from an empty active view. A node at two links whose
-    LOW refills keep being refused asks the peer's component (MERGE_PROBE), and the merge
-    rule decides; before, it asked with HIGH and the eviction could cut a bridge."""
+    LOW refills keep being refused asks the peer's component (MERGE_PROBE) first; before,
+    it asked with HIGH at once and the eviction could cut a bridge. What follows the answer:
+    test_an_escalation_asks_with_high_unless_the_markers_say_one_component."""
     cfg = HyParViewConfig(
         active_view_size=3, keepalive_interval=None, shuffle_interval=1.0, merge_interval=1000.0
     )
@@ -691,6 +692,83 @@ def test_a_short_node_with_links_escalates_by_asking_the_component_not_with_high
     assert a.counters["repair.escalated"] == 1
     assert asked[:-1] == [Neighbor(sender=A, incarnation=0, priority=Priority.LOW)] * 3
     assert isinstance(asked[-1], MergeProbe)
+
+
+def _escalate_to_d(settled_at: float) -> tuple[HyParView, float, MergeProbe]:
+    """A at two links of three, D its one passive peer, every LOW refill refused, until A
+    escalates; D answers A's periodic probes with A's own marker (one component). Returns A,
+    the time and the escalation's MERGE_PROBE, unanswered."""
+    cfg = HyParViewConfig(
+        active_view_size=3, keepalive_interval=None, shuffle_interval=1.0, merge_interval=2.0
+    )
+    a, b, c = node(A, cfg), node(B, cfg), node(C, cfg)
+    link(a, b)
+    link(a, c)
+    a.learn([D], now=0.0)
+    now = 0.0
+    while now < 30.0:
+        deadline = a.next_deadline()
+        assert deadline is not None
+        now = deadline
+        for s in sends(a.on_timer(now=now)):
+            if s.to != D:
+                continue
+            if isinstance(s.message, Neighbor):
+                assert s.message.priority is Priority.LOW
+                a.receive("d", NeighborReply(sender=D, incarnation=0, accepted=False), now=now)
+            elif a.counters["repair.escalated"]:
+                assert isinstance(s.message, MergeProbe)
+                assert s.message.settled is (now >= settled_at)
+                return a, now, s.message
+            else:
+                assert isinstance(s.message, MergeProbe)
+                a.receive("d", _answer(s.message, s.message.root, settled=True), now=now)
+    raise AssertionError("A never escalated")
+
+
+def _answer(probe: MergeProbe, root: Peer, *, settled: bool) -> MergeProbe:
+    """D's answer to ``probe``: D's marker is the prober's, but for its root and settledness."""
+    return MergeProbe(
+        sender=D,
+        incarnation=0,
+        root=root,
+        root_incarnation=0,
+        seq=probe.seq,
+        age=probe.age,
+        settled=settled,
+        reply=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("ours", None),  # both markers settled, one component: fuzz seed 7986's case
+        ("unsettled", Priority.HIGH),  # the isolated pair of the property test's example
+        ("elsewhere", Priority.MERGE),  # another component: the merge rule links them
+        ("none", Priority.HIGH),  # no answer by the deadline
+    ],
+)
+def test_an_escalation_asks_with_high_unless_the_markers_say_one_component(
+    answer: str, expected: Priority | None
+) -> None:
+    """Paper 4.3 asks with HIGH from an empty active view, where the link is a gain whatever
+    it evicts. A node with links escalates with MERGE_PROBE first: only when both markers are
+    settled and name one component is the HIGH request left out (it can only cost a link, as
+    the bridge in seed 7986); unsure or silent markers (a pair cut off a minute ago, markers
+    settling for 180 s) still get the HIGH request, the other component the merge link."""
+    a, now, probe = _escalate_to_d(settled_at=3.0)  # 1.5 merge_interval after start
+    assert probe.settled  # ours is settled; D's answer decides
+    if answer == "none":
+        now += a.config.neighbor_timeout
+        actions = a.on_timer(now=now)
+    else:
+        root = peer("0") if answer == "elsewhere" else probe.root  # "0": a root not A's
+        reply = _answer(probe, root, settled=answer != "unsettled")
+        actions = a.receive("d", reply, now=now)
+    asked = [s.message for s in sends(actions) if s.to == D and isinstance(s.message, Neighbor)]
+    assert [m.priority for m in asked] == ([expected] if expected is not None else [])
+    assert a.counters["repair.escalation_spared"] == (answer == "ours")
 
 
 # Fuzz seed 7986, 26 s after its faults: a group of four (n01 n02 n04 n05) linked to the

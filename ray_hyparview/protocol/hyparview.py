@@ -124,7 +124,9 @@ class _Ask(enum.Enum):
     JOIN = "join"  # JOIN to a contact, on start or re-join
     PROBE = "probe"  # JOIN asked for by the driver (probe())
     NEIGHBOR = "neighbor"  # NEIGHBOR to a passive peer or to a FORWARD_JOIN newcomer
-    MERGE_PROBE = "merge_probe"  # MERGE_PROBE: which component is that node in?
+    # MERGE_PROBE: which component is that node in? Asked with priority HIGH by an escalation
+    # (see _escalate): unless the answer says "ours", a HIGH NEIGHBOR request follows.
+    MERGE_PROBE = "merge_probe"
     MERGE = "merge"  # NEIGHBOR(MERGE) to a node found in another component
 
 
@@ -883,7 +885,12 @@ class HyParView:
             # tell (a split shorter than 1.5 merge_interval). Linking it again is what the
             # paper's overlay would have; what bounds the cost is the eviction budget below.
             self._events["merge.relink"] += 1
+        elif pend.priority is Priority.HIGH and not self._component.together(msg, now):
+            self._escalate_high(out, peer, now)
+            return
         else:
+            if pend.priority is Priority.HIGH:
+                self._events["repair.escalation_spared"] += 1
             return
         # Open exactly one link, with no FORWARD_JOIN walk. The marker is adopted (or ours
         # sent over) once the link is up, which tells the other nodes of both components that
@@ -938,8 +945,9 @@ class HyParView:
         # then: in a small cluster an eviction can cut off a few nodes whose LOW requests every
         # full node refuses forever (the paper's overlays are large enough for this to be
         # negligible; a Ray cluster of six nodes is not). A node with no link left asks with
-        # HIGH; one with links asks the peer's component and lets the merge rule link them if
-        # they are apart (see _escalate). The escalation period doubles up to _STARVE_MAX.
+        # HIGH; one with links asks the peer's component first and asks with HIGH unless the
+        # settled markers say one component (see _escalate). The escalation period doubles up
+        # to _STARVE_MAX.
         short = not self._repairing and self._missing() > 0  # once: it scans the requests
         if short and not self._passive:
             # Nobody to ask but the contacts: a node whose JOIN was lost can end up in a small
@@ -969,27 +977,42 @@ class HyParView:
 
     def _escalate(self, out: list[Action], now: float) -> None:
         """DEPARTURE: a short node that still holds links and whose refills keep being refused
-        asks one passive peer which component it is in (MERGE_PROBE) instead of stealing a
-        slot with a HIGH request; the merge rule links the two if they are apart.
+        asks one passive peer which component it is in (MERGE_PROBE) before it steals a slot
+        with a HIGH request. If both markers are settled and name one component, it asks no
+        more; if they name two, the merge rule links the two; otherwise (a marker unsettled,
+        or no answer) it asks that peer with HIGH, as before (``_escalate_high``).
 
-        Paper 4.3 sends HIGH only from a node whose active view is empty: such a node is cut
-        off, so the link it takes is a gain whatever the eviction it causes costs. A node with
-        links gains nothing by the trade unless it is cut off from the node it asks, and the
-        eviction can cost a bridge: in fuzz seed 7986 (9 nodes, active view 3, so one node is
-        always one short) a node of a full group of four, at 2 links, asked with HIGH the one
-        node of that group still linked to the other five; it evicted that link, and the
-        two halves stayed apart, every view but the evicted node's full and its LOW requests
-        refused, until the merge rule found them 8 s later. Only the component markers tell
-        whether the node asked is elsewhere, and acting on them is the merge rule's job (one
-        link, a bounded eviction), so the escalation asks them; a node with no link left
-        still asks with HIGH (``_repair``)."""
+        Leitão et al. 2007, section 4.3, send HIGH only from a node whose active view is
+        empty: such a node is cut off, so the link it takes is a gain whatever the eviction it
+        causes costs. A node with links gains nothing by the trade unless it is cut off from
+        the node it asks, and the eviction can cost a bridge: in fuzz seed 7986 (9 nodes,
+        active view 3, so one node is always one short) a node of a full group of four, at 2
+        links, asked with HIGH the one node of that group still linked to the other five; it
+        evicted that link, and the two halves stayed apart, every view but the evicted node's
+        full and its LOW requests refused, until the merge rule found them 8 s later. There
+        the markers were settled and said one component, and that answer is what spares the
+        bridge. But markers settle only 1.5 ``merge_interval`` after a change (180 s at the
+        default): a pair cut off from a full group a minute ago (the property test's example)
+        cannot be told from its group by them, and leaving it to the merge rule kept it apart
+        for minutes. So only a settled "same component" stops the HIGH request; the node with
+        no link left asks with HIGH at once (``_repair``)."""
         candidates = self._untried()
         if not candidates:
             return
         target = _pick(self._rand, candidates)
         self._tried[target.id] = None
         self._events["merge.probe"] += 1
-        self._ask(out, target, _Ask.MERGE_PROBE, Priority.LOW, now)
+        self._ask(out, target, _Ask.MERGE_PROBE, Priority.HIGH, now)
+
+    def _escalate_high(self, out: list[Action], peer: Peer, now: float) -> None:
+        """The answer to an escalation's MERGE_PROBE did not show ``peer`` in our component
+        (its marker or ours unsettled, or no answer at all): ask it with HIGH, the paper's
+        request of a node that may be cut off (section 4.3), if we are still short."""
+        if peer.id in self._active or peer.id in self._pending or self._missing() <= 0:
+            return
+        self._events["repair.attempted"] += 1
+        self._events["repair.escalated_high"] += 1
+        self._ask(out, peer, _Ask.NEIGHBOR, Priority.HIGH, now)
 
     def _rejoin_tick(self, out: list[Action], now: float) -> None:
         if len(self._active) >= self.config.min_active_size:
@@ -1213,6 +1236,8 @@ class HyParView:
                 self._events["probe.failed"] += 1
             case _Ask.MERGE_PROBE:
                 self._events["merge.probe_failed"] += 1
+                if pend.priority is Priority.HIGH:
+                    self._escalate_high(out, pend.peer, now)
             case _Ask.MERGE:
                 self._events["merge.link_failed"] += 1
 

@@ -193,8 +193,14 @@ class ComponentMarker:
     def elsewhere(self, theirs: MarkerFields, now: float) -> bool:
         """Does ``theirs`` (from a node we just heard from) say that node is in another
         component than ours? False whenever either side is unsure."""
-        if not theirs.settled or not self.settled(now):
-            return False
+        return theirs.settled and self.settled(now) and self._apart(theirs, now)
+
+    def together(self, theirs: MarkerFields, now: float) -> bool:
+        """Does ``theirs`` say that node is in our component? False whenever either side is
+        unsure: the opposite of :meth:`elsewhere` only when both markers are settled."""
+        return theirs.settled and self.settled(now) and not self._apart(theirs, now)
+
+    def _apart(self, theirs: MarkerFields, now: float) -> bool:
         if theirs.root.id != self.root.id or theirs.root_incarnation != self.root_incarnation:
             return True
         if theirs.seq == self.seq:
