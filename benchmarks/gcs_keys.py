@@ -38,7 +38,7 @@ from ray_hyparview.transport.zmq import CurveConfig, ZmqTransport
 
 
 def _publish(node_id: str, public_key: str, endpoint: str = "tcp://127.0.0.1:9") -> None:
-    from ray_hyparview.cluster.plugin import _KV_PREFIX, _kv_put
+    from ray_hyparview.cluster.gcs import _KV_PREFIX, _kv_put
 
     entry = {"endpoint": endpoint, "incarnation": 1, "public_key": public_key}
     _kv_put(_KV_PREFIX + node_id, json.dumps(entry).encode())
@@ -49,7 +49,7 @@ def _ms(samples: list[float]) -> float:
 
 
 def measure_reads(n: int, repeats: int) -> dict[str, float]:
-    from ray_hyparview.cluster.plugin import _KV_PREFIX, NAMESPACE, published_agents
+    from ray_hyparview.cluster.gcs import _KV_PREFIX, NAMESPACE, published_agents
 
     have = len(published_agents())
     for i in range(have, n):
@@ -68,7 +68,7 @@ def measure_reads(n: int, repeats: int) -> dict[str, float]:
 
 
 async def measure_admission(repeats: int) -> dict[str, float]:
-    from ray_hyparview.cluster.plugin import _read_agents
+    from ray_hyparview.cluster.gcs import _read_agents
 
     public, secret = generate_keypair()
     server = ZmqTransport("bench-server", curve=CurveConfig(public_key=public, secret_key=secret))

@@ -257,7 +257,7 @@ async def run(ops: int, blocks: int) -> dict[str, Any]:
         await mesh.start(directory)
         await raw.start(directory)
         try:
-            paths = {"mesh": mesh, "raw": raw}
+            paths: dict[str, MeshPath | RawPath] = {"mesh": mesh, "raw": raw}
             for path in paths.values():  # warm-up
                 for i in range(100):
                     await path.send(i)

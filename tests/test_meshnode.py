@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import math
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -378,3 +379,58 @@ async def test_start_settles_by_callback_and_abandon_stops_it(overlay: Overlay) 
     inbox = overlay.meshes["n0"].core
     await until(lambda: [i.payload for i in inbox.take("actor-n0")][-1:] == [b"y"])
     assert len(outcomes) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_turn_of_sends_asks_the_cores_for_their_deadlines_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every action list used to end with a check of all three cores' deadlines: seven per
+    # message on the path. The check now runs once at the end of the loop turn.
+    o = await _pair()
+    try:
+        mesh = o.meshes["n0"]
+        asked = 0
+        next_deadline = mesh.core.next_deadline
+
+        def counted() -> float | None:
+            nonlocal asked
+            asked += 1
+            return next_deadline()
+
+        monkeypatch.setattr(mesh.core, "next_deadline", counted)
+        await asyncio.gather(
+            *(mesh.send("actor-n0", "actor-n1", b"%d" % i, timeout=5) for i in range(50))
+        )
+        assert asked < 25, f"{asked} deadline checks for 50 sends"
+    finally:
+        await o.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_new_retry_time_still_wakes_a_sleeping_timer_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With no routing or Plumtree timer due, the timer loop sleeps with no deadline; a send
+    # whose ACK is lost must still be retried, so the end-of-turn check has to wake it.
+    o = await _pair()
+    try:
+        mesh, receiver = o.meshes["n0"], o.meshes["n1"]
+        monkeypatch.setattr(mesh.router, "next_deadline", lambda: None)
+        monkeypatch.setattr(mesh.tree, "next_deadline", lambda: None)
+        codec = wire_codec()
+        route = receiver._route
+
+        def drop_acks(node: str, data: bytes, *args: Any) -> None:
+            if not isinstance(codec.decode(data), MeshAck):
+                route(node, data, *args)
+
+        monkeypatch.setattr(receiver, "_route", drop_acks)
+        await until(lambda: mesh._armed == math.inf, limit=5)  # asleep, nothing due
+        task = asyncio.ensure_future(mesh.send("actor-n0", "actor-n1", b"x", timeout=3))
+        await until(lambda: mesh.core.counters["send.retried"] >= 1, limit=2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, DeliveryError):
+            await task
+    finally:
+        await o.aclose()

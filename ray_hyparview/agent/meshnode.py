@@ -183,6 +183,7 @@ class MeshNode:
         self._ready: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._armed = -math.inf  # the deadline the timer loop sleeps until (-inf: awake)
+        self._poke_due = False  # a _poke_now is scheduled for the end of this turn
         self._closed = False
         self.on_inbox: Callable[[str], None] | None = None
         """Called with an actor's name when an item arrives in its inbox (the local path
@@ -400,9 +401,18 @@ class MeshNode:
 
     def _poke(self) -> None:
         """Wake the timer loop only if a core's next deadline moved before the one it sleeps
-        until: waking it for every message cost more than the message itself."""
-        if self._armed == -math.inf:
-            return  # awake: it reads the deadlines before it sleeps again
+        until: waking it for every message cost more than the message itself. The check runs
+        once, at the end of this loop turn, however many messages the turn handles (it was
+        seven calls per message, each asking all three cores)."""
+        if self._poke_due or self._armed == -math.inf:
+            return  # already due this turn; or awake: it reads the deadlines before it sleeps
+        self._poke_due = True
+        asyncio.get_running_loop().call_soon(self._poke_now)
+
+    def _poke_now(self) -> None:
+        self._poke_due = False
+        if self._closed or self._armed == -math.inf:
+            return
         cores = (self.router.next_deadline(), self.tree.next_deadline(), self.core.next_deadline())
         due = min((d for d in cores if d is not None), default=math.inf)
         if due < self._armed:

@@ -903,7 +903,18 @@ class Router:
         if hop is None:
             self._fail(frame, "no_route", actions)
             return
-        self._send(hop, replace(frame, hops=frame.hops + 1), actions)
+        if type(frame) is DataFrame:  # the hot path: built directly, not by replace()
+            onward: _Routed = DataFrame(
+                source=frame.source,
+                destination=dest,
+                frame_id=frame.frame_id,
+                hops=frame.hops + 1,
+                hop_limit=frame.hop_limit,
+                payload=frame.payload,
+            )
+        else:
+            onward = replace(frame, hops=frame.hops + 1)
+        self._send(hop, onward, actions)
 
     def _arrive(self, frame: _Routed, actions: list[Action]) -> None:
         match frame:
