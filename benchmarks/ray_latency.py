@@ -4,7 +4,8 @@ An embedded ``--nodes``-node (default 6) Ray cluster with ``--active`` (default 
 per agent. The benchmark picks, from the converged overlay, a sender node that has a node one
 hop away (a neighbour) and a node as far away as the overlay allows (2 or 3 hops), and pins a
 sender actor and two receiver actors there. From inside the sender actor it then times, for
-each receiver, in interleaved order so that all three share the same background noise:
+each receiver, in short blocks of one method each, rotated round by round (``--block``, see
+``_Sender.measure``) so that all of them share the same background noise:
 
 * ``m.send(name, i)``: one-way delivery, acknowledged end to end (the call returns when the
   target node's agent has put the message in the receiver's inbox and its ACK came back);
@@ -96,28 +97,46 @@ class _Sender:
         return str(self.m.node_id)
 
     async def measure(
-        self, targets: dict[str, Any], samples: int, warmup: int
+        self, targets: dict[str, Any], samples: int, warmup: int, block: int
     ) -> dict[str, dict[str, list[float]]]:
-        """``{target: {method: [seconds, ...]}}``; ``targets`` maps mesh names to handles."""
+        """``{target: {method: [seconds, ...]}}``; ``targets`` maps mesh names to handles.
+
+        Rounds of blocks: each round times ``block`` calls of every (target, method) pair in
+        turn, in an order rotated by one pair per round. Within a block every call follows a
+        call of its own kind, so none pays for the tail of another kind's work (a Ray-call path
+        request leaves its receiver polling its agent, which the call after it would share the
+        cores with); rotating the order and taking many short rounds spreads the machine's
+        drift over all pairs alike. ``block=1`` interleaves call by call."""
         out: dict[str, dict[str, list[float]]] = {t: {m: [] for m in METHODS} for t in targets}
+        pairs = [(name, method) for name in targets for method in METHODS]
         clock = time.perf_counter
-        for i in range(warmup + samples):
-            for name, handle in targets.items():
-                for method in METHODS:
+        for name, method in pairs:
+            for i in range(warmup):
+                await self._call(method, name, targets[name], i)
+        rounds = -(-samples // block)
+        for r in range(rounds):
+            count = min(block, samples - r * block)
+            shift = r % len(pairs)
+            for name, method in pairs[shift:] + pairs[:shift]:
+                timings = out[name][method]
+                handle = targets[name]
+                for i in range(count):
                     t0 = clock()
-                    if method == "send":
-                        await self.m.send(name, i, timeout=10.0)
-                    elif method == "request":
-                        await self.m.request(name, i, timeout=10.0)
-                    elif method == "send_polled":
-                        await self.polled.send(name + _POLLED, i, timeout=10.0)
-                    elif method == "request_polled":
-                        await self.polled.request(name + _POLLED, i, timeout=10.0)
-                    else:
-                        await handle.echo.remote(i)
-                    if i >= warmup:
-                        out[name][method].append(clock() - t0)
+                    await self._call(method, name, handle, i)
+                    timings.append(clock() - t0)
         return out
+
+    async def _call(self, method: str, name: str, handle: Any, i: int) -> None:
+        if method == "send":
+            await self.m.send(name, i, timeout=10.0)
+        elif method == "request":
+            await self.m.request(name, i, timeout=10.0)
+        elif method == "send_polled":
+            await self.polled.send(name + _POLLED, i, timeout=10.0)
+        elif method == "request_polled":
+            await self.polled.request(name + _POLLED, i, timeout=10.0)
+        else:
+            await handle.echo.remote(i)
 
     async def channel_kinds(self, names: list[str]) -> dict[str, str]:
         return {n: str(self.m.channel(n).kind) for n in names}
@@ -232,12 +251,18 @@ def main() -> int:
     parser.add_argument("--active", type=int, default=2, help="active view size (default 2)")
     parser.add_argument("--samples", type=int, default=1000, help="timed calls per method")
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=50,
+        help="calls of one method in a row, in rotated rounds (default 50; 1 interleaves)",
+    )
     parser.add_argument("--quick", action="store_true", help="4 nodes, 100 samples")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="also draw the latency distributions")
     args = parser.parse_args()
     if args.quick:
-        args.nodes, args.samples, args.warmup = 4, 100, 10
+        args.nodes, args.samples, args.warmup, args.block = 4, 100, 10, 10
     if args.nodes < 3:
         parser.error("use at least 3 nodes")
     started = time.monotonic()
@@ -287,7 +312,10 @@ def main() -> int:
         )
         say(f"timing {args.samples} calls per method and target (after {args.warmup} warm-up)")
         t0 = time.monotonic()
-        raw = ray.get(sender.measure.remote(receivers, args.samples, args.warmup), timeout=900)
+        raw = ray.get(
+            sender.measure.remote(receivers, args.samples, args.warmup, max(1, args.block)),
+            timeout=900,
+        )
         say(f"measured in {time.monotonic() - t0:.1f}s")
         results = {target: summarise(samples) for target, samples in raw.items()}
 
@@ -329,6 +357,7 @@ def main() -> int:
                         "nodes": args.nodes,
                         "active_view_size": args.active,
                         "samples": args.samples,
+                        "block": max(1, args.block),
                         "cpus": os.cpu_count(),
                         "hops": hops,
                         "channel_kinds": kinds,
