@@ -259,6 +259,12 @@ class ZmqOptions:
     """Most inbound ZeroMQ messages read by one ``recv_batch``, and most frames in one batch
     frame, sent or received (:mod:`.batch`)."""
 
+    turn_frames: int = 32
+    """Most inbound frames handed to a receiver (:meth:`ZmqTransport.set_receiver`) in one loop
+    turn. The rest wait a turn, after the frames this turn sent left as their batches, so a
+    burst flows on to the next hop while this node reads the rest of it: a relay pipelines
+    instead of reading a whole burst before it forwards any of it."""
+
     batch_bytes: int = DEFAULT_MAX_SIZE
     """Largest batch frame sent (:mod:`.batch`), at most the peers' ``max_msg_size``; 0 turns
     batching off (every frame is its own ZeroMQ message, as before batches existed)."""
@@ -273,6 +279,7 @@ class ZmqOptions:
             "pending_limit",
             "max_cached_links",
             "max_batch",
+            "turn_frames",
             "trim_after_bytes",
         ):
             value = getattr(self, name)
@@ -792,12 +799,11 @@ class ZmqTransport:
             self._loop.call_soon(self._on_readable)  # what arrived before now
         return True
 
-    def _drain(self) -> tuple[list[tuple[NodeId, bytes]], bool]:
-        """Up to ``max_batch`` frames that wait, without awaiting; and whether more may wait."""
+    def _drain(self, limit: int) -> tuple[list[tuple[NodeId, bytes]], bool]:
+        """Up to ``limit`` frames that wait, without awaiting; and whether more may wait."""
         shadow = self._router_shadow
         assert shadow is not None
         copy = self._auth is None
-        limit = self._opts.max_batch
         batch, self._carry = self._carry, []
         # Ask EVENTS first: a failed NOBLOCK recv raises zmq.Again, and building that
         # exception costs several times the check. Reading EVENTS also re-arms the ROUTER's
@@ -820,7 +826,7 @@ class ZmqTransport:
         if self._closed or self._router_shadow is None or self._loop is None:
             raise TransportClosed("transport closed")
         while True:
-            batch, _ = self._drain()
+            batch, _ = self._drain(self._opts.max_batch)
             if batch:
                 return batch
             waiter = self._loop.create_future()
@@ -841,13 +847,16 @@ class ZmqTransport:
             return
         receiver = self._receiver
         if receiver is not None:
-            batch, more = self._drain()
-            if more and self._loop is not None:
-                # A full batch: the rest waits a turn, so that timers and other sockets get
-                # theirs (the descriptor may not fire again for what is already queued).
-                self._loop.call_soon(self._on_readable)
+            batch, more = self._drain(min(self._opts.max_batch, self._opts.turn_frames))
             if batch:
                 receiver(batch)
+            if more and self._loop is not None:
+                # A full batch: the rest waits a turn (the descriptor may not fire again for
+                # what is already queued), so that timers and other sockets get theirs. It is
+                # scheduled after the receiver ran: what the receiver sent is flushed at the
+                # end of this turn (_end_turn, scheduled by its first send) before the rest
+                # is read, and the next hop starts on it meanwhile.
+                self._loop.call_soon(self._on_readable)
             return
         if cast(int, shadow.get(_EVENTS)) & _POLLIN:
             waiter = self._waiter
