@@ -4,7 +4,8 @@ An embedded ``--nodes``-node (default 6) Ray cluster, ``--active`` (default 2) a
 per agent, ``--actors`` (default 16) actors spread round-robin over the nodes, each joined to
 the mesh. Two patterns, each timed for the mesh and for plain Ray in the same run, alternating:
 
-* **one-to-one**: actor 0 sends ``--messages`` messages to actor 1 (on another node);
+* **one-to-one**: actor 0 sends ``--messages`` messages to the actor on a node ``--hops``
+  (default 2) hops away, or as near that as the overlay allows;
 * **all-to-all**: every actor sends ``--messages / actors`` messages, round-robin over every
   other actor, all at once;
 * **publish fan-out**: actor 0 publishes on a topic every actor subscribed to, against one
@@ -178,6 +179,9 @@ def main() -> int:
     parser.add_argument("--actors", type=int, default=16)
     parser.add_argument("--messages", type=int, default=20_000, help="per pattern and way")
     parser.add_argument("--batch", type=int, default=100, help="sends in flight per sender")
+    parser.add_argument(
+        "--hops", type=int, default=2, help="one-to-one distance to pick where the overlay has it"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per pattern")
     parser.add_argument("--quick", action="store_true", help="4 nodes, 8 actors, 2,000")
     parser.add_argument("--json", metavar="PATH")
@@ -203,11 +207,25 @@ def main() -> int:
         names = [f"peer-{i}" for i in range(len(peers))]
         ray.get([p.join.remote(n) for p, n in zip(peers, names, strict=True)], timeout=120)
         say(f"{len(peers)} actors joined on {len(nodes)} nodes")
-        # One-to-one figures depend on how far apart the overlay put actors 0 and 1.
-        routes = ray.get(plugin.get_agent(nodes[0]).mesh_stats.remote())["routes"]
-        one_to_one_hops = int(routes.get(nodes[1], [None, 0])[1])
+        # One-to-one figures depend on how far apart the two actors are: the receiver is the
+        # actor on a node --hops away from actor 0's node (the nearest distance to it that the
+        # overlay has), so that runs on different overlays compare like with like.
+        others = nodes[1 : len(peers)]
+        deadline = time.monotonic() + 60
+        while True:  # every route, not the first few learnt: else a far node looks absent
+            routes = ray.get(plugin.get_agent(nodes[0]).mesh_stats.remote())["routes"]
+            if all(n in routes for n in others):
+                break
+            if time.monotonic() > deadline:
+                missing = [n[:8] for n in others if n not in routes]
+                raise RuntimeError(f"{nodes[0][:8]} has no route to {missing} after 60 s")
+            time.sleep(0.2)
+        distance = {n: int(routes[n][1]) for n in others}
+        far = min(distance, key=lambda n: (abs(distance[n] - args.hops), n))
+        receiver = nodes.index(far)  # actors are placed round-robin: actor i on nodes[i]
+        one_to_one_hops = distance[far]
         say(
-            f"one-to-one: actor 0 on {nodes[0][:8]}, actor 1 on {nodes[1][:8]}, "
+            f"one-to-one: actor 0 on {nodes[0][:8]}, actor {receiver} on {far[:8]}, "
             f"{one_to_one_hops} hop(s) apart"
         )
 
@@ -216,7 +234,7 @@ def main() -> int:
                 return names[i] if way == "mesh" else peers[i]
 
             if pattern == "one-to-one":
-                return [(peers[0], [target(1)], args.messages)]
+                return [(peers[0], [target(receiver)], args.messages)]
             each = args.messages // len(peers)
             return [
                 (p, [target(j) for j in range(len(peers)) if j != i], each)
@@ -225,7 +243,7 @@ def main() -> int:
 
         results: dict[str, dict[str, list[dict[str, float]]]] = {}
         for pattern in ("one-to-one", "all-to-all"):
-            receivers = [peers[1]] if pattern == "one-to-one" else peers
+            receivers = [peers[receiver]] if pattern == "one-to-one" else peers
             results[pattern] = {"mesh": [], "ray": []}
             # Warm up both ways (connections, name caches), then alternate.
             for way in ("mesh", "ray"):
