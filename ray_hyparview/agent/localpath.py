@@ -85,10 +85,6 @@ CALL_WINDOW = 1024
 """Operations per link waiting for their outcome."""
 _BATCH = 256
 """Operations per ZeroMQ message at most."""
-_TURN_OPS = 32
-"""Operations the agent handles from its actors per loop turn before the frames they made
-leave (more wait a turn), and per message an actor sends: a burst of sends is forwarded to
-the next agent in parts while the rest is still being read, not after all of it."""
 _IPC_MAX = 100  # sun_path is 108 bytes on Linux
 # Plain ints: pyzmq's flag enums cost an enum construction per operator.
 _EVENTS = int(zmq.EVENTS)
@@ -158,46 +154,22 @@ class _Socket:
         self,
         sock: zmq.Socket[bytes],
         loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[list[bytes]], int],
-        *,
-        turn_budget: int = 0,
+        on_message: Callable[[list[bytes]], None],
     ) -> None:
         self.sock = sock
         self._loop = loop
         self._on_message = on_message
-        self._budget = turn_budget
-        self._spent = 0
-        self._resuming = False
         self._fd = int(sock.getsockopt(zmq.FD))
         loop.add_reader(self._fd, self.drain)
 
     def drain(self) -> None:
-        """Read and handle what waits. ``on_message`` returns what a message cost (operations).
-        With a ``turn_budget``, reading stops for this loop turn once that much was spent, and
-        resumes in the next turn, after what this turn sent left (the agent's frames to other
-        agents go at the turn's end): a burst from an actor flows on to the next agent while
-        this one still reads it. Until then the descriptor's own callback reads nothing, or
-        it would read on in the same turn."""
-        if self._resuming:
-            return
         sock = self.sock
         recv, get = sock.recv, sock.get
-        budget = self._budget
         while not sock.closed and cast(int, get(_EVENTS)) & _POLLIN:
-            if budget and self._spent >= budget:
-                self._resuming = True
-                self._loop.call_soon(self._resume)  # the descriptor may not fire for these
-                return
             frames = [recv(_NOBLOCK)]
             while get(_RCVMORE):
                 frames.append(recv(_NOBLOCK))
-            self._spent += self._on_message(frames)
-        self._spent = 0  # all read: the next burst starts a budget of its own
-
-    def _resume(self) -> None:
-        self._resuming = False
-        self._spent = 0
-        self.drain()
+            self._on_message(frames)
 
     def send(self, frames: list[bytes]) -> None:
         """Send now (unbounded queues: never blocks); ``zmq.ZMQError`` if the peer is gone."""
@@ -276,7 +248,7 @@ class LocalServer:
         else:
             port = sock.bind_to_random_port("tcp://127.0.0.1")
             self.endpoint = f"tcp://127.0.0.1:{port}"
-        self._sock = _Socket(sock, asyncio.get_running_loop(), self._read, turn_budget=_TURN_OPS)
+        self._sock = _Socket(sock, asyncio.get_running_loop(), self._read)
         self.mesh.on_inbox = self._inbox_ready
         self._unsubscribe = self.mesh.agent.subscribe(self._on_event)
         return self.endpoint
@@ -298,30 +270,28 @@ class LocalServer:
 
     # ------------------------------------------------------------------ reading
 
-    def _read(self, frames: list[bytes]) -> int:
-        """Handle one message; returns how many operations it carried (at least 1)."""
+    def _read(self, frames: list[bytes]) -> None:
         try:
-            return self._on_message(frames)
+            self._on_message(frames)
         except Exception:
             self.counters["local.errors"] += 1
             log.exception("%s: a local frame failed", self.mesh.node_id)
-            return 1
 
-    def _on_message(self, frames: list[bytes]) -> int:
+    def _on_message(self, frames: list[bytes]) -> None:
         if len(frames) != 3:
             self.counters["local.dropped"] += 1
-            return 1
+            return
         identity, token, body = frames
         member = self._by_token.get(token)
         if member is None or member.name not in self._members:
             self.counters["local.refused"] += 1
             if body == _HELLO:
                 self._queue(identity, ["X", "refused"], b"")
-            return 1
+            return
         ops = _unpack(body)
         if ops is None:
             self.counters["local.dropped"] += 1
-            return 1
+            return
         for i in range(0, len(ops), 2):
             header, data = ops[i], ops[i + 1]
             if type(header) is not list or not header or type(data) is not bytes:
@@ -338,7 +308,6 @@ class LocalServer:
                 # A header of the wrong shape from a member that holds its token: its own
                 # operation is lost (counted), the ones after it in the batch are not.
                 self.counters["local.dropped"] += 1
-        return max(1, len(ops) // 2)
 
     def _operate(
         self, member: _Member, identity: bytes, op: str, header: list[Any], data: bytes
@@ -767,7 +736,7 @@ class LocalLink:
             return
         while self._out:
             ops: list[Any] = []
-            while self._out and len(ops) < 2 * _TURN_OPS:
+            while self._out and len(ops) < 2 * _BATCH:
                 ops += self._out.popleft()
             sock.send([self._token, _pack(ops)])
             self.counters["sends"] += 1
@@ -778,20 +747,19 @@ class LocalLink:
 
     # ------------------------------------------------------------------ reading
 
-    def _read(self, frames: list[bytes]) -> int:
+    def _read(self, frames: list[bytes]) -> None:
         self.heard = time.monotonic()
         ops = _unpack(frames[-1]) if len(frames) == 1 else None
         if ops is None:
             self.counters["dropped"] += 1
             log.error("local link: a message from the agent that is not one body")
-            return 1
+            return
         for i in range(0, len(ops), 2):
             try:
                 self._on_frame(ops[i], ops[i + 1])
             except Exception:
                 self.counters["dropped"] += 1
                 log.exception("local link: a frame from the agent failed")
-        return 1  # this end reads with no budget
 
     def _on_frame(self, header: list[Any], data: bytes) -> None:
         op = header[0]

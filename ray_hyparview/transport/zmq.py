@@ -565,7 +565,6 @@ class ZmqTransport:
         self._carry: list[tuple[NodeId, bytes]] = []
         """Frames of a batch frame that did not fit in the last batch read (fewer than
         ``max_batch``): the next read returns them first."""
-        self._resuming = False  # the rest of a burst waits for the next turn (_resume)
         self._receiver: Receiver | None = None
         """Set by :meth:`set_receiver`: takes each inbound batch from the reader callback."""
         self._touched: list[_Link] = []
@@ -848,8 +847,6 @@ class ZmqTransport:
             return
         receiver = self._receiver
         if receiver is not None:
-            if self._resuming:
-                return  # the rest of a burst is read next turn, by _resume
             batch, more = self._drain(min(self._opts.max_batch, self._opts.turn_frames))
             if batch:
                 receiver(batch)
@@ -858,19 +855,13 @@ class ZmqTransport:
                 # what is already queued), so that timers and other sockets get theirs. It is
                 # scheduled after the receiver ran: what the receiver sent is flushed at the
                 # end of this turn (_end_turn, scheduled by its first send) before the rest
-                # is read, and the next hop starts on it meanwhile. Until then this callback
-                # reads nothing, should the descriptor fire again in this turn.
-                self._resuming = True
-                self._loop.call_soon(self._resume)
+                # is read, and the next hop starts on it meanwhile.
+                self._loop.call_soon(self._on_readable)
             return
         if cast(int, shadow.get(_EVENTS)) & _POLLIN:
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-
-    def _resume(self) -> None:
-        self._resuming = False
-        self._on_readable()
 
     async def link_events(self) -> list[LinkFailed]:
         return await self._events.get()
