@@ -175,6 +175,18 @@ async def _pair() -> Overlay:
     return o
 
 
+def _drop_acks(monkeypatch: pytest.MonkeyPatch, receiver: Any) -> None:
+    """Make ``receiver`` (a MeshNode) lose every ACK it sends; the rest still goes out."""
+    codec = wire_codec()
+    route = receiver._route
+
+    def drop_acks(node: str, data: bytes, *args: Any) -> None:
+        if not isinstance(codec.decode(data), MeshAck):
+            route(node, data, *args)
+
+    monkeypatch.setattr(receiver, "_route", drop_acks)
+
+
 async def _restart_n1(o: Overlay) -> None:
     await o.kill("n1")
     await o.add("n1", "n0")  # the same id, a new incarnation
@@ -294,14 +306,7 @@ async def test_a_lost_ack_is_an_unknown_outcome_and_a_keyed_retry_delivers_once(
     o = await _pair()
     try:
         receiver = o.meshes["n0"]
-        codec = wire_codec()
-        route = receiver._route
-
-        def drop_acks(node: str, data: bytes, *args: int) -> None:
-            if not isinstance(codec.decode(data), MeshAck):
-                route(node, data, *args)
-
-        monkeypatch.setattr(receiver, "_route", drop_acks)
+        _drop_acks(monkeypatch, receiver)
         with pytest.raises(DeliveryError) as info:
             await o.meshes["n1"].send("actor-n1", "actor-n0", b"pay", timeout=1.2, key="inv-7")
         assert info.value.outcome == "unknown"
@@ -418,14 +423,7 @@ async def test_a_new_retry_time_still_wakes_a_sleeping_timer_loop(
         mesh, receiver = o.meshes["n0"], o.meshes["n1"]
         monkeypatch.setattr(mesh.router, "next_deadline", lambda: None)
         monkeypatch.setattr(mesh.tree, "next_deadline", lambda: None)
-        codec = wire_codec()
-        route = receiver._route
-
-        def drop_acks(node: str, data: bytes, *args: Any) -> None:
-            if not isinstance(codec.decode(data), MeshAck):
-                route(node, data, *args)
-
-        monkeypatch.setattr(receiver, "_route", drop_acks)
+        _drop_acks(monkeypatch, receiver)
         await until(lambda: mesh._armed == math.inf, limit=5)  # asleep, nothing due
         task = asyncio.ensure_future(mesh.send("actor-n0", "actor-n1", b"x", timeout=3))
         await until(lambda: mesh.core.counters["send.retried"] >= 1, limit=2)
