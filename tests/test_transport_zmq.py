@@ -164,29 +164,33 @@ async def test_a_relay_forwards_each_turns_frames_before_it_reads_the_rest_of_a_
     c = ZmqTransport("c")
     for t in (a, b, c):
         await t.start()
-    sent_before: list[tuple[int, int]] = []  # (frames in the batch, a's sent.msgs before it)
+    try:
+        sent_before: list[tuple[int, int]] = []  # (frames in the batch, a's sent.msgs before it)
 
-    def relay(batch: list[tuple[str, bytes]]) -> None:
-        sent_before.append((len(batch), a.counters["sent.msgs"]))
-        for _, data in batch:
-            a.send(peer(c), data)
+        def relay(batch: list[tuple[str, bytes]]) -> None:
+            sent_before.append((len(batch), a.counters["sent.msgs"]))
+            for _, data in batch:
+                a.send(peer(c), data)
 
-    assert a.set_receiver(relay)
-    assert a.send(peer(c), b"dial")
-    got: list[bytes] = []
-    assert c.set_receiver(lambda batch: got.extend(d for _, d in batch))
-    await until(lambda: got == [b"dial"])
-    for i in range(100):
-        assert b.send(peer(a), i.to_bytes(2, "big"))
-    await until(lambda: len(got) == 101)
-    assert [int.from_bytes(d, "big") for d in got[1:]] == list(range(100))
-    assert all(n <= 20 for n, _ in sent_before)
-    relayed = 1  # the dial frame
-    for n, before in sent_before:
-        assert before == relayed, f"{relayed} frames relayed, {before} of them sent: {sent_before}"
-        relayed += n
-    for t in (a, b, c):
-        await t.aclose()
+        assert a.set_receiver(relay)
+        assert a.send(peer(c), b"dial")
+        got: list[bytes] = []
+        assert c.set_receiver(lambda batch: got.extend(d for _, d in batch))
+        await until(lambda: got == [b"dial"])
+        for i in range(100):
+            assert b.send(peer(a), i.to_bytes(2, "big"))
+        await until(lambda: len(got) == 101)
+        assert [int.from_bytes(d, "big") for d in got[1:]] == list(range(100))
+        assert all(n <= 20 for n, _ in sent_before)
+        relayed = 1  # the dial frame
+        for n, before in sent_before:
+            assert before == relayed, (
+                f"{relayed} frames relayed, {before} of them sent: {sent_before}"
+            )
+            relayed += n
+    finally:
+        for t in (a, b, c):
+            await t.aclose()
 
 
 # -- failure detection --------------------------------------------------------------------------
