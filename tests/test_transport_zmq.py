@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -336,6 +337,199 @@ async def test_sigstopped_process_is_detected_by_heartbeats(
     await until(lambda: a.counters["sent.msgs"] == 2)
     assert a.linked() == {"child"}
     await a.aclose()
+
+
+BUSY_SCRIPT = """
+import asyncio, sys, time
+from ray_hyparview.transport.zmq import ZmqOptions, ZmqTransport
+
+async def main():
+    t = ZmqTransport("child", options=ZmqOptions(heartbeat_ivl=0.05, heartbeat_timeout=0.3,
+                                                 heartbeat_ttl=0.3, recv_hwm=16))
+    print(await t.start(), flush=True)
+    await t.recv_batch()
+    print("busy", flush=True)
+    sys.stdin.readline()  # the loop is stuck: the connection's queue fills, its input stops
+    got = 0
+    while True:
+        batch = await t.recv_batch()
+        got += len(batch)
+        if any(data == b"still there?" for _, data in batch):
+            print("alive after", got, flush=True)
+            return
+
+asyncio.run(main())
+"""
+
+
+def zmtp_null_dealer(port: int, routing_id: bytes) -> socket.socket:
+    """A DEALER written by hand (ZMTP 3.0, NULL mechanism, RFC 23), so that a test controls
+    exactly when the connection ends and how: pyzmq cannot reset a TCP connection."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+    greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
+    sock.sendall(greeting)
+    got = b""
+    while len(got) < 64:
+        got += sock.recv(64 - len(got))
+    assert got[:1] == b"\xff", got
+    assert got[10] == 3, got
+
+    def prop(name: bytes, value: bytes) -> bytes:
+        return bytes([len(name)]) + name + len(value).to_bytes(4, "big") + value
+
+    ready = b"\x05READY" + prop(b"Socket-Type", b"DEALER") + prop(b"Identity", routing_id)
+    sock.sendall(b"\x04" + bytes([len(ready)]) + ready)
+    return sock
+
+
+def unsent_bytes(port: int, *, remote: bool = True) -> int | None:
+    """Bytes of our connection to ``port`` (``remote=False``: of the connection accepted on our
+    ``port``) that the peer's kernel has not acknowledged yet (``tx_queue`` in
+    ``/proc/net/tcp``), or None if there is no such connection."""
+    column = 2 if remote else 1
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if int(fields[column].split(":")[1], 16) == port and fields[3] == "01":
+                return int(fields[4].split(":")[0], 16)
+    return None
+
+
+def test_a_peer_that_resets_while_its_queue_is_full_does_not_abort_the_agent() -> None:
+    """libzmq 4.3.5 aborts the process (``Assertion failed: !_io_error``,
+    stream_engine_base.cpp:310; libzmq issues 3937 and 4364) when a connection whose input
+    stopped on a full queue fails and the engine's ZMTP heartbeat timer fires afterwards: the
+    timer writes a PING on the failed engine. A busy agent and a peer that went away were
+    enough: one agent of a loaded Ray cluster died so. The ROUTER sends no heartbeats now."""
+    frames = 300
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BUSY_SCRIPT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+        sock = zmtp_null_dealer(port, b"mallory\0" + bytes(6))
+        body = b"\x00" + bytes([100]) + b"x" * 100  # one frame, last of its message
+        sock.sendall(body)
+        assert proc.stdout.readline().strip() == "busy"
+        sock.sendall(body * (frames - 1))  # far more than RCVHWM: the input stops
+        deadline = time.monotonic() + DEADLINE
+        while unsent_bytes(port) != 0:  # in the child's kernel: libzmq read what it could
+            assert time.monotonic() < deadline, "the child's kernel never took the frames"
+            time.sleep(0.01)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # SO_LINGER 0: a reset, as a peer that crashed with data unread sends
+        # The abort came at the engine's next heartbeat (every 50 ms here): ten intervals
+        # for it to show before the child drains, which would end the failed engine cleanly.
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the agent's process died: exit code {proc.returncode}"
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        # The reset discarded what the child's kernel still held; what libzmq had queued is
+        # read. Then a new connection still gets through.
+        with zmtp_null_dealer(port, b"trent\0" + bytes(6)) as second:
+            question = b"still there?"
+            second.sendall(b"\x00" + bytes([len(question)]) + question)
+            line = proc.stdout.readline().strip()
+        assert line.startswith("alive after"), (line, proc.poll())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+DIALLER_SCRIPT = """
+import asyncio, sys
+from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.transport.zmq import ZmqOptions, ZmqTransport
+
+async def main():
+    t = ZmqTransport("victim", options=ZmqOptions(heartbeat_ivl=0.05, heartbeat_timeout=0.3,
+                                                  heartbeat_ttl=0.3))
+    await t.start()
+    t.open_link(Peer("mallory", sys.argv[1]))
+    t.send(Peer("mallory", sys.argv[1]), b"hello")
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    print("alive", flush=True)
+    await t.aclose()
+
+asyncio.run(main())
+"""
+
+
+def zmtp_null_router(listener: socket.socket) -> socket.socket:
+    """Accept one connection on ``listener`` and answer its ZMTP 3.0 NULL handshake as a
+    ROUTER, by hand: a peer that may then send on the dialler's DEALER and reset."""
+    sock, _ = listener.accept()
+    sock.settimeout(DEADLINE)
+    sock.sendall(b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32))
+    got = b""
+    while len(got) < 64 + 2:  # its greeting, then the head of its READY command
+        got += sock.recv(64 + 2 - len(got))
+    rest = got[65]
+    while rest:
+        rest -= len(sock.recv(rest))
+    body = b"\x05READY" + bytes([11]) + b"Socket-Type" + (6).to_bytes(4, "big") + b"ROUTER"
+    sock.sendall(b"\x04" + bytes([len(body)]) + body)
+    return sock
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="libzmq 4.3.5 aborts a DEALER with heartbeats whose unread queue filled when its "
+    "connection resets; a peer we dial can send on our DEALER (README, known limits)",
+)
+def test_a_dialled_peer_that_fills_our_dealer_and_resets_does_not_abort_the_agent() -> None:
+    """The DEALER side of the libzmq abort above. Peers never send on our DEALERs, so only a
+    hostile (or broken) peer that we dial gets there: it sends more than RCVHWM frames on
+    our link to it and resets the connection; the DEALER's own heartbeat then aborts."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DIALLER_SCRIPT, f"tcp://127.0.0.1:{port}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        listener.settimeout(DEADLINE)
+        sock = zmtp_null_router(listener)
+        frame = b"\x00" + bytes([100]) + b"x" * 100
+        sock.sendall(frame * 100)  # the DEALER holds 16, then its input stops
+        deadline = time.monotonic() + DEADLINE
+        while unsent_bytes(port, remote=False) != 0:
+            assert time.monotonic() < deadline, "the dialler's kernel never took the frames"
+            time.sleep(0.01)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        deadline = time.monotonic() + 0.5  # ten heartbeat intervals of the dialler
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the agent's process died: exit code {proc.returncode}"
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "alive"
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -300,7 +300,8 @@ class TransportSection(TransportLimits):
     """``zmq`` (real sockets) or ``memory`` (in-process, for tests)."""
 
     heartbeat_interval: Annotated[Interval, Env()] = 0.5
-    """Seconds between ZMTP heartbeats on each link."""
+    """Seconds between ZMTP heartbeats on each outgoing link (the agent's listening socket
+    answers them but sends none: see :mod:`ray_hyparview.transport.zmq`)."""
 
     heartbeat_timeout: Annotated[Interval, Env()] = 1.5
     """A link whose heartbeats go unanswered this long is dropped and reported failed; more

@@ -72,7 +72,12 @@ stopped answering ZMTP heartbeats (``HEARTBEAT_IVL``/``TIMEOUT``/``TTL``, within
 No handshake within ``dial_timeout`` is ``DIAL_TIMEOUT``. ZMTP heartbeats are answered by
 libzmq's I/O thread, so a peer whose Python loop is stuck but whose process runs still looks
 alive; the agent's application keepalives catch that. Each failure is reported once as
-``LinkFailed`` and the link is torn down; the next ``send`` dials afresh.
+``LinkFailed`` and the link is torn down; the next ``send`` dials afresh. Only DEALERs send
+heartbeats: libzmq 4.3.5 aborts the process when a heartbeat falls due on a connection that
+failed while its input was stopped on a full queue (``!_io_error`` in ``stream_engine_base.cpp``;
+libzmq issues 3937 and 4364), which a busy ROUTER whose peer went away met under load. The
+ROUTER still answers PINGs, and the TTL they carry ends an inbound connection that falls
+silent. A DEALER's queue fills only if the peer sends on it, which honest peers never do.
 
 **Bounds.** ``SNDHWM`` bounds what we queue for a peer. Inbound, libzmq keeps one queue per
 connection: ``RCVHWM`` (``recv_hwm`` frames) times ``MAXMSGSIZE`` (``max_msg_size``; a larger
@@ -633,7 +638,10 @@ class ZmqTransport:
         router.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_size)
         router.setsockopt(zmq.ROUTER_HANDOVER, 0)
         router.setsockopt(zmq.HANDSHAKE_IVL, _ms(opts.dial_timeout))
-        self._heartbeats(router)
+        # No ZMTP heartbeats of its own (see "Failure detection" above): libzmq 4.3.5 aborts
+        # the process when a heartbeat falls due on a connection that failed while its
+        # input was stopped on a full queue. Peers' PINGs are still answered, and their TTL
+        # still ends an inbound connection that went silent.
         if self._auth is not None:
             self._auth.connections = lambda: len(self._inbound)
             self._authenticator = _Gate(ctx, self._admit_plain)
