@@ -34,6 +34,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import ray
@@ -141,6 +142,32 @@ def cluster_cpu() -> float:
                 mine.add(pid)
                 grew = True
     return sum(times[p] for p in mine)
+
+
+_FAN_OUT_COUNTERS = {
+    "plumtree.received.Gossip": "GOSSIP received",
+    "plumtree.duplicate": "duplicates",
+    "plumtree.sent.Prune": "PRUNEs",
+    "plumtree.prune.deferred": "PRUNEs deferred",
+    "plumtree.received.IHave": "IHAVEs received",
+    "plumtree.graft.timer": "GRAFTs on a missing message",
+    "plumtree.graft.optimize": "GRAFTs to a shorter path",
+}
+
+
+def overlay_counters(nodes: list[str]) -> Counter[str]:
+    """The Plumtree counters above, and failed links (``link_failed.*``), summed over the
+    agents of ``nodes``: what a slow fan-out round did on the overlay."""
+    total: Counter[str] = Counter()
+    for node in nodes:
+        agent = plugin.get_agent(node)
+        mesh_stats, agent_stats = ray.get([agent.mesh_stats.remote(), agent.stats.remote()])
+        for key in _FAN_OUT_COUNTERS:
+            total[key] += mesh_stats["counters"].get(key, 0)
+        for key, value in agent_stats["counters"].items():
+            if key.startswith("agent.link_failed."):
+                total["link_failed"] += value
+    return total
 
 
 def run_pattern(
@@ -266,7 +293,9 @@ def main() -> int:
         time.sleep(1.0)  # subscriptions are applied before the next frame; the tree settles
         fan_rounds = max(20, args.rounds * 50)
         fan: dict[str, dict[str, float]] = {}
+        fan_out_overlay: dict[str, int] = {}
         for way in ("mesh", "ray"):
+            counted = overlay_counters(nodes) if way == "mesh" else None
             began = ray.get(peers[0].fan_out.remote(way, peers, fan_rounds, 0.02), timeout=300)
             time.sleep(0.5)
             arrived = [a[way] for a in ray.get([p.arrived.remote() for p in peers])]
@@ -286,6 +315,16 @@ def main() -> int:
                 f"fan-out to {len(peers)} {way:4}: median {fan[way]['median_ms']:.2f} ms, "
                 f"p99 {fan[way]['p99_ms']:.2f} ms ({len(complete)}/{len(spans)} reached all)"
             )
+            if counted is not None:
+                # A slow round says why: publications pulled with IHAVE and GRAFT (the tree
+                # was broken), or links that failed meanwhile.
+                spent = overlay_counters(nodes) - counted
+                fan_out_overlay = {k: spent[k] for k in (*_FAN_OUT_COUNTERS, "link_failed")}
+                say(
+                    "  overlay during the mesh fan-out: "
+                    + ", ".join(f"{spent[k]} {text}" for k, text in _FAN_OUT_COUNTERS.items())
+                    + f", {spent['link_failed']} failed links"
+                )
 
         print()
         print(
@@ -330,6 +369,7 @@ def main() -> int:
                         "results": results,
                         "summary": summary,
                         "fan_out": fan,
+                        "fan_out_overlay": fan_out_overlay,
                     },
                     handle,
                     indent=2,
