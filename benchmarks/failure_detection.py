@@ -9,15 +9,18 @@ connected and symmetric, notes which agents hold the victim in their active view
 
 * ``kill``: sends SIGKILL. The kernel closes the victim's TCP connections, each neighbour's
   socket monitor reports ``DISCONNECTED`` and the agent emits ``PeerDown(FAILED)``;
-* ``stop``: sends SIGSTOP. Nothing is closed; the neighbours notice only through ZMTP
-  heartbeats (``--heartbeat-interval`` / ``--heartbeat-timeout``) or the application
-  keepalives (``keepalive_timeout``), whichever fires first. The victim is then killed.
+* ``stop``: sends SIGSTOP. Nothing is closed and the victim's kernel still acknowledges
+  data, so the neighbours notice only through the application keepalives
+  (``keepalive_timeout``, checked every ``keepalive_interval``). The agents send no ZMTP
+  heartbeats (libzmq 4.3.5 can abort the process on them; see
+  :mod:`ray_hyparview.transport.zmq`). The victim is then killed.
 
 The delay of one neighbour is the wall-clock time of its ``PeerDown`` (recorded inside its
 process) minus the time just before the signal was sent: processes share the host clock.
 A neighbour whose link to the victim ended otherwise first (evicted by a concurrent join) is
 not a detection and is counted separately. Targets (issue 3, section 7): kill -9 under 1 s at
-the 99th percentile; SIGSTOP within the heartbeat timeout plus 1 s.
+the 99th percentile; SIGSTOP within ``--heartbeat-timeout`` plus 1 s (2.5 s), as set when the
+agents still sent ZMTP heartbeats.
 
 Run: ``python benchmarks/failure_detection.py [--quick] [--kill-trials 30] [--stop-trials 10]
 [--json PATH]``. The defaults are the production defaults of the strategy and the core.
@@ -101,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-process", type=int, default=8)
     parser.add_argument("--kill-trials", type=int, default=30)
     parser.add_argument("--stop-trials", type=int, default=10)
-    parser.add_argument("--heartbeat-interval", type=float, default=0.5, help="ZMTP, seconds")
-    parser.add_argument("--heartbeat-timeout", type=float, default=1.5, help="ZMTP, seconds")
+    parser.add_argument(
+        "--heartbeat-interval", type=float, default=0.5, help="TCP keepalive, seconds"
+    )
+    parser.add_argument(
+        "--heartbeat-timeout", type=float, default=1.5, help="unacknowledged data, seconds"
+    )
     parser.add_argument("--keepalive-interval", type=float, default=0.5, help="core, seconds")
     parser.add_argument("--keepalive-timeout", type=float, default=2.0, help="core, seconds")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds after each join")
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         for host in hosts:
             host.kill()
 
-    stop_bound = min(args.heartbeat_interval + args.heartbeat_timeout, args.keepalive_timeout)
+    stop_bound = args.keepalive_timeout
     k, s = summary(kill), summary(stop)
     result: dict[str, Any] = {
         "benchmark": "failure_detection",
@@ -184,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 f" {row['max_ms']:>9.1f}  {target}: {'ok' if ok else 'MISSED'}"
             )
     print(
-        f"SIGSTOP detection path: first of ZMTP heartbeats ({args.heartbeat_interval} s +"
-        f" {args.heartbeat_timeout} s) and keepalive timeout ({args.keepalive_timeout} s) ="
-        f" {stop_bound:.2f} s expected"
+        f"SIGSTOP detection path: the keepalive timeout ({args.keepalive_timeout} s, checked"
+        f" every {args.keepalive_interval} s) = {stop_bound:.2f} s expected"
     )
     print(f"links that ended otherwise before detection: {other}")
     if args.json:

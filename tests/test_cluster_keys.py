@@ -30,7 +30,7 @@ from ray_hyparview.transport import LinkFailure
 from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
 from tests.test_transport_zmq import collect, recv_n, until
 
-FAST = ZmqOptions(heartbeat_ivl=0.1, heartbeat_timeout=0.3, heartbeat_ttl=0.3, dial_timeout=1.0)
+FAST = ZmqOptions(heartbeat_ivl=0.1, heartbeat_timeout=0.3, dial_timeout=1.0)
 DEADLINE = 5.0
 
 

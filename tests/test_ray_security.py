@@ -39,7 +39,7 @@ CONFIG = HyParViewConfig(
     keepalive_interval=0.25,
     keepalive_timeout=1.5,
 )
-FAST = ZmqOptions(heartbeat_ivl=0.1, heartbeat_timeout=0.3, heartbeat_ttl=0.3, dial_timeout=2.0)
+FAST = ZmqOptions(heartbeat_ivl=0.1, heartbeat_timeout=0.3, dial_timeout=2.0)
 
 
 @pytest.fixture(scope="module")

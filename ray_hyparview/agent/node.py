@@ -780,7 +780,6 @@ def make_transport(strategy: Strategy, *, context: Any = None) -> Transport:
         idle_timeout=_TEMPORARY_LINK_IDLE,
         heartbeat_ivl=strategy.heartbeat_interval,
         heartbeat_timeout=strategy.heartbeat_timeout,
-        heartbeat_ttl=strategy.heartbeat_timeout,
     )
     curve = None
     security = strategy.security

@@ -191,8 +191,8 @@ def describe(strategy: Strategy) -> list[str]:
     lines.append(f"contacts    {contacts}")
     lines.append(f"nodes       {len(strategy.nodes)} listed")
     lines.append(
-        f"transport   {strategy.transport}, heartbeat every {strategy.heartbeat_interval:g} s,"
-        f" timeout {strategy.heartbeat_timeout:g} s"
+        f"transport   {strategy.transport}, a link ends after {strategy.heartbeat_timeout:g} s"
+        f" of unacknowledged data; TCP keepalive every {strategy.heartbeat_interval:g} s"
     )
     limits = strategy.limits
     lines.append(

@@ -300,13 +300,15 @@ class TransportSection(TransportLimits):
     """``zmq`` (real sockets) or ``memory`` (in-process, for tests)."""
 
     heartbeat_interval: Annotated[Interval, Env()] = 0.5
-    """Seconds between ZMTP heartbeats on each outgoing link (the agent's listening socket
-    answers them but sends none: see :mod:`ray_hyparview.transport.zmq`)."""
+    """Seconds between TCP keepalive probes on an idle inbound connection (rounded up to whole
+    seconds, the kernel's unit), which end one whose host vanished. No ZMTP heartbeats are sent:
+    libzmq 4.3.5 can abort the process on them (see :mod:`ray_hyparview.transport.zmq`). A
+    frozen peer is found by the agent's keepalives (``[hyparview] keepalive_timeout``)."""
 
     heartbeat_timeout: Annotated[Interval, Env()] = 1.5
-    """A link whose heartbeats go unanswered this long is dropped and reported failed; more
-    than ``heartbeat_interval``. Default: three intervals, since one lost probe on a busy
-    network is no evidence of a dead peer."""
+    """A link whose sent data stays unacknowledged this long is dropped and reported failed
+    (``TCP_MAXRT``): a vanished or partitioned peer; more than ``heartbeat_interval``. Default:
+    three intervals, since one lost packet on a busy network is no evidence of a dead peer."""
 
 
 class AgentSection(_Section):

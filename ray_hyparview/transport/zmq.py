@@ -68,16 +68,20 @@ for one refresh of the binding (the callback bounds how often that reads its sou
 ``HANDSHAKE_SUCCEEDED`` marks it up (``CONNECTED`` does not: the kernel accepts connections for
 a frozen process), ``CONNECT_RETRIED`` while dialling means refused, ``HANDSHAKE_FAILED_*`` means
 a refused key, ``DISCONNECTED`` on an up link means the peer crashed (within milliseconds) or
-stopped answering ZMTP heartbeats (``HEARTBEAT_IVL``/``TIMEOUT``/``TTL``, within the timeout).
-No handshake within ``dial_timeout`` is ``DIAL_TIMEOUT``. ZMTP heartbeats are answered by
-libzmq's I/O thread, so a peer whose Python loop is stuck but whose process runs still looks
-alive; the agent's application keepalives catch that. Each failure is reported once as
-``LinkFailed`` and the link is torn down; the next ``send`` dials afresh. Only DEALERs send
-heartbeats: libzmq 4.3.5 aborts the process when a heartbeat falls due on a connection that
-failed while its input was stopped on a full queue (``!_io_error`` in ``stream_engine_base.cpp``;
-libzmq issues 3937 and 4364), which a busy ROUTER whose peer went away met under load. The
-ROUTER still answers PINGs, and the TTL they carry ends an inbound connection that falls
-silent. A DEALER's queue fills only if the peer sends on it, which honest peers never do.
+left data sent to it unacknowledged for ``heartbeat_timeout`` (``TCP_MAXRT``: a vanished host or
+a partition, found while anything is sent, and the agent's keepalives keep something in flight).
+No handshake within ``dial_timeout`` is ``DIAL_TIMEOUT``. A peer whose process is frozen, or
+whose loop is stuck, still has a kernel that acknowledges: the agent's application keepalives
+catch it. Each failure is reported once as ``LinkFailed`` and the link is torn down; the next
+``send`` dials afresh. Inbound connections whose host vanished end by TCP keepalive.
+
+**No ZMTP heartbeats.** libzmq 4.3.5 (the one pyzmq 27.3 bundles) aborts the process,
+``Assertion failed: !_io_error`` (``stream_engine_base.cpp:310``; libzmq issues 3937 and 4364),
+when a connection fails while its input is stopped on a full queue (``RCVHWM``) and the engine
+then writes a heartbeat: at its own heartbeat interval, or answering a peer's PING that was
+still in its read buffer, which it decodes once the application reads again. A busy agent
+whose peer went away met both under load, and a peer can provoke it at will (fill the queue,
+reset). No socket here sends PINGs or sets a heartbeat interval, so no engine writes one.
 
 **Bounds.** ``SNDHWM`` bounds what we queue for a peer. Inbound, libzmq keeps one queue per
 connection: ``RCVHWM`` (``recv_hwm`` frames) times ``MAXMSGSIZE`` (``max_msg_size``; a larger
@@ -110,6 +114,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import math
 import os
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -236,14 +241,14 @@ class ZmqOptions:
     second while they keep coming, so that a flood's memory goes back to the system."""
 
     heartbeat_ivl: float = 0.5
-    """Seconds between ZMTP PINGs on idle connections (both directions)."""
+    """Seconds between the kernel's TCP keepalive probes on an idle inbound connection, and
+    its idle time before the first one; rounded up to whole seconds (the kernel's unit). No
+    ZMTP heartbeats are sent (see "Failure detection" in the module's doc)."""
 
     heartbeat_timeout: float = 1.5
-    """Seconds without traffic after a PING before libzmq drops the connection: three missed
-    intervals, as one lost packet already costs a 200 ms TCP retransmit."""
-
-    heartbeat_ttl: float = 1.5
-    """Seconds the remote end may wait for traffic from us before it drops the connection."""
+    """Seconds data sent on a link may stay unacknowledged before the kernel ends the
+    connection (``TCP_MAXRT``, Linux's ``TCP_USER_TIMEOUT``) and the link is reported failed;
+    on inbound connections, about how long unanswered keepalive probes last before it ends."""
 
     dial_timeout: float = 2.0
     """Seconds from dial to completed handshake before ``LinkFailed(DIAL_TIMEOUT)``."""
@@ -299,7 +304,6 @@ class ZmqOptions:
         for name in (
             "heartbeat_ivl",
             "heartbeat_timeout",
-            "heartbeat_ttl",
             "dial_timeout",
             "reconnect_ivl",
             "idle_timeout",
@@ -638,10 +642,9 @@ class ZmqTransport:
         router.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_size)
         router.setsockopt(zmq.ROUTER_HANDOVER, 0)
         router.setsockopt(zmq.HANDSHAKE_IVL, _ms(opts.dial_timeout))
-        # No ZMTP heartbeats of its own (see "Failure detection" above): libzmq 4.3.5 aborts
-        # the process when a heartbeat falls due on a connection that failed while its
-        # input was stopped on a full queue. Peers' PINGs are still answered, and their TTL
-        # still ends an inbound connection that went silent.
+        # No ZMTP heartbeats (see "Failure detection" above); the kernel's TCP keepalive ends
+        # an inbound connection whose host vanished.
+        self._tcp_keepalive(router)
         if self._auth is not None:
             self._auth.connections = lambda: len(self._inbound)
             self._authenticator = _Gate(ctx, self._admit_plain)
@@ -944,7 +947,9 @@ class ZmqTransport:
         sock.setsockopt(zmq.RECONNECT_IVL, _ms(opts.reconnect_ivl))
         sock.setsockopt(zmq.CONNECT_TIMEOUT, _ms(opts.dial_timeout))
         sock.setsockopt(zmq.HANDSHAKE_IVL, _ms(opts.dial_timeout))
-        self._heartbeats(sock)
+        # Data unacknowledged this long ends the link: a vanished or partitioned peer is
+        # found while anything is sent to it (the agent's keepalives see to that).
+        sock.setsockopt(zmq.TCP_MAXRT, _ms(opts.heartbeat_timeout))
         if self._auth is not None:
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.public)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self._auth.secret)
@@ -1251,11 +1256,16 @@ class ZmqTransport:
         self._open_sockets.add(sock)
         return sock
 
-    def _heartbeats(self, sock: zmq.asyncio.Socket) -> None:
+    def _tcp_keepalive(self, sock: zmq.asyncio.Socket) -> None:
+        """Kernel keepalive probes every ``heartbeat_ivl`` (whole seconds, at least 1) after as
+        long an idle time, and the connection ends after as many unanswered probes as fit in
+        ``heartbeat_timeout``."""
         opts = self._opts
-        sock.setsockopt(zmq.HEARTBEAT_IVL, _ms(opts.heartbeat_ivl))
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(opts.heartbeat_timeout))
-        sock.setsockopt(zmq.HEARTBEAT_TTL, _ms(opts.heartbeat_ttl))
+        interval = max(1, math.ceil(opts.heartbeat_ivl))
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, interval)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, math.ceil(opts.heartbeat_timeout / interval)))
 
     def _close_sockets(self, *socks: zmq.Socket[Any]) -> None:
         for sock in socks:
