@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import IO
 
 import pytest
 import pytest_asyncio
@@ -380,6 +382,50 @@ def zmtp_null_dealer(port: int, routing_id: bytes) -> socket.socket:
     return sock
 
 
+@contextmanager
+def script(*args: str) -> Iterator[tuple[subprocess.Popen[str], IO[str], IO[str]]]:
+    """A Python child running ``args`` (``-c`` source and its arguments), talked to over its
+    stdin and stdout; killed by pid if still running at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        yield proc, proc.stdin, proc.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def reset_when_taken(sock: socket.socket, port: int, *, remote: bool) -> None:
+    """Close ``sock`` with a reset (SO_LINGER 0, as a peer that crashed with data unread does)
+    once the other kernel acknowledged everything sent on it."""
+    deadline = time.monotonic() + DEADLINE
+    while unsent_bytes(port, remote=remote) != 0:
+        assert time.monotonic() < deadline, "the other kernel never took the frames"
+        time.sleep(0.01)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def still_running(proc: subprocess.Popen[str]) -> None:
+    """The abort came at the engine's next heartbeat (every 50 ms in these children): ten
+    intervals for it to show."""
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the agent's process died: exit code {proc.returncode}"
+
+
 def unsent_bytes(port: int, *, remote: bool = True) -> int | None:
     """Bytes of our connection to ``port`` (``remote=False``: of the connection accepted on our
     ``port``) that the peer's kernel has not acknowledged yet (``tx_queue`` in
@@ -412,38 +458,19 @@ def test_a_peer_that_resets_while_its_queue_is_full_does_not_abort_the_agent(pin
     which it decodes once the agent reads again. A busy agent and a peer that went away were
     enough: agents of a loaded Ray cluster died so, twice. No socket sends heartbeats now."""
     frames = 300
-    proc = subprocess.Popen(
-        [sys.executable, "-c", BUSY_SCRIPT],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
-    try:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+    with script(BUSY_SCRIPT) as (proc, stdin, stdout):
+        port = int(stdout.readline().strip().rsplit(":", 1)[1])
         sock = zmtp_null_dealer(port, b"mallory\0" + bytes(6))
         body = b"\x00" + bytes([100]) + b"x" * 100  # one frame, last of its message
         sock.sendall(body)
-        assert proc.stdout.readline().strip() == "busy"
+        assert stdout.readline().strip() == "busy"
         # Far more than RCVHWM: the input stops with the rest in libzmq's read buffer, a PING
         # among it if asked.
         sock.sendall(body * 20 + (PING if ping else b"") + body * (frames - 21))
-        deadline = time.monotonic() + DEADLINE
-        while unsent_bytes(port) != 0:  # in the child's kernel: libzmq read what it could
-            assert time.monotonic() < deadline, "the child's kernel never took the frames"
-            time.sleep(0.01)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()  # SO_LINGER 0: a reset, as a peer that crashed with data unread sends
-        # The abort came at the engine's next heartbeat (every 50 ms here): ten intervals
-        # for it to show before the child drains, which would end the failed engine cleanly.
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-        assert proc.poll() is None, f"the agent's process died: exit code {proc.returncode}"
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
+        reset_when_taken(sock, port, remote=True)
+        still_running(proc)
+        stdin.write("go\n")
+        stdin.flush()
         # The reset discarded what the child's kernel still held; what libzmq had queued is
         # read. Then a new connection still gets through.
         try:
@@ -454,15 +481,8 @@ def test_a_peer_that_resets_while_its_queue_is_full_does_not_abort_the_agent(pin
         with second:
             question = b"still there?"
             second.sendall(b"\x00" + bytes([len(question)]) + question)
-            line = proc.stdout.readline().strip()
+            line = stdout.readline().strip()
         assert line.startswith("alive after"), (line, proc.poll())
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
 
 
 DIALLER_SCRIPT = """
@@ -509,44 +529,24 @@ def test_a_dialled_peer_that_fills_our_dealer_and_resets_does_not_abort_the_agen
     our link to it and resets the connection. With heartbeats, the DEALER's own next PING
     aborted the process. A PING of the peer's in the read buffer stays there: the agent never
     reads a DEALER, so the failed engine is never asked to decode (and answer) it."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", DIALLER_SCRIPT, f"tcp://127.0.0.1:{port}"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
-    try:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        script(DIALLER_SCRIPT, f"tcp://127.0.0.1:{listener.getsockname()[1]}") as (
+            proc,
+            stdin,
+            stdout,
+        ),
+    ):
         listener.settimeout(DEADLINE)
         sock = zmtp_null_router(listener)
         frame = b"\x00" + bytes([100]) + b"x" * 100
         # The DEALER holds 16, then its input stops: the rest waits in libzmq's read buffer.
         sock.sendall(frame * 20 + (PING if ping else b"") + frame * 80)
-        deadline = time.monotonic() + DEADLINE
-        while unsent_bytes(port, remote=False) != 0:
-            assert time.monotonic() < deadline, "the dialler's kernel never took the frames"
-            time.sleep(0.01)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
-        deadline = time.monotonic() + 0.5  # ten heartbeat intervals of the dialler
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-        assert proc.poll() is None, f"the agent's process died: exit code {proc.returncode}"
-        proc.stdin.write("done\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "alive"
-    finally:
-        listener.close()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        reset_when_taken(sock, listener.getsockname()[1], remote=False)
+        still_running(proc)
+        stdin.write("done\n")
+        stdin.flush()
+        assert stdout.readline().strip() == "alive"
 
 
 # -- bad input ----------------------------------------------------------------------------------
