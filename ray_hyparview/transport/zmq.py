@@ -148,6 +148,8 @@ log = logging.getLogger(__name__)
 
 ZAP_DOMAIN: Final = "ray_hyparview"
 _TAG_LEN: Final = 6
+_HANDSHAKE_BACKSTOP_MS: Final = 1000
+"""How much later than ``dial_timeout`` libzmq's own handshake timer ends a dial."""
 _LINK_EVENTS: Final = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_CONNECT_RETRIED
@@ -946,7 +948,10 @@ class ZmqTransport:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, _ms(opts.reconnect_ivl))
         sock.setsockopt(zmq.CONNECT_TIMEOUT, _ms(opts.dial_timeout))
-        sock.setsockopt(zmq.HANDSHAKE_IVL, _ms(opts.dial_timeout))
+        # The link's own task times the dial (DIAL_TIMEOUT); libzmq's handshake timer is only
+        # a backstop. With both at dial_timeout they raced: libzmq's starts when TCP connects,
+        # the task's a loop turn later, and a late turn made a silent peer HANDSHAKE_FAILED.
+        sock.setsockopt(zmq.HANDSHAKE_IVL, _ms(opts.dial_timeout) + _HANDSHAKE_BACKSTOP_MS)
         # Data unacknowledged this long ends the link: a vanished or partitioned peer is
         # found while anything is sent to it (the agent's keepalives see to that).
         sock.setsockopt(zmq.TCP_MAXRT, _ms(opts.heartbeat_timeout))
