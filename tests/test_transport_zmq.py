@@ -369,23 +369,23 @@ def zmtp_null_dealer(port: int, routing_id: bytes) -> socket.socket:
     """A DEALER written by hand (ZMTP 3.0, NULL mechanism, RFC 23), so that a test controls
     exactly when the connection ends and how: pyzmq cannot reset a TCP connection."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
-    greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
-    got = b""
     try:
+        greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
         sock.sendall(greeting)
+        got = b""
         while len(got) < 64:
             got += sock.recv(64 - len(got))
-    except OSError:
+        assert got[:1] == b"\xff", got
+        assert got[10] == 3, got
+
+        def prop(name: bytes, value: bytes) -> bytes:
+            return bytes([len(name)]) + name + len(value).to_bytes(4, "big") + value
+
+        ready = b"\x05READY" + prop(b"Socket-Type", b"DEALER") + prop(b"Identity", routing_id)
+        sock.sendall(b"\x04" + bytes([len(ready)]) + ready)
+    except BaseException:
         sock.close()
         raise
-    assert got[:1] == b"\xff", got
-    assert got[10] == 3, got
-
-    def prop(name: bytes, value: bytes) -> bytes:
-        return bytes([len(name)]) + name + len(value).to_bytes(4, "big") + value
-
-    ready = b"\x05READY" + prop(b"Socket-Type", b"DEALER") + prop(b"Identity", routing_id)
-    sock.sendall(b"\x04" + bytes([len(ready)]) + ready)
     return sock
 
 
@@ -467,14 +467,14 @@ def test_a_peer_that_resets_while_its_queue_is_full_does_not_abort_the_agent(pin
     frames = 300
     with script(BUSY_SCRIPT) as (proc, stdin, stdout):
         port = int(stdout.readline().strip().rsplit(":", 1)[1])
-        sock = zmtp_null_dealer(port, b"mallory\0" + bytes(6))
-        body = b"\x00" + bytes([100]) + b"x" * 100  # one frame, last of its message
-        sock.sendall(body)
-        assert stdout.readline().strip() == "busy"
-        # Far more than RCVHWM: the input stops with the rest in libzmq's read buffer, a PING
-        # among it if asked.
-        sock.sendall(body * 20 + (PING if ping else b"") + body * (frames - 21))
-        reset_when_taken(sock, port, remote=True)
+        with zmtp_null_dealer(port, b"mallory\0" + bytes(6)) as sock:
+            body = b"\x00" + bytes([100]) + b"x" * 100  # one frame, last of its message
+            sock.sendall(body)
+            assert stdout.readline().strip() == "busy"
+            # Far more than RCVHWM: the input stops with the rest in libzmq's read buffer, a
+            # PING among it if asked.
+            sock.sendall(body * 20 + (PING if ping else b"") + body * (frames - 21))
+            reset_when_taken(sock, port, remote=True)
         still_running(proc)
         stdin.write("go\n")
         stdin.flush()
@@ -514,16 +514,21 @@ def zmtp_null_router(listener: socket.socket) -> socket.socket:
     """Accept one connection on ``listener`` and answer its ZMTP 3.0 NULL handshake as a
     ROUTER, by hand: a peer that may then send on the dialler's DEALER and reset."""
     sock, _ = listener.accept()
-    sock.settimeout(DEADLINE)
-    sock.sendall(b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32))
-    got = b""
-    while len(got) < 64 + 2:  # its greeting, then the head of its READY command
-        got += sock.recv(64 + 2 - len(got))
-    rest = got[65]
-    while rest:
-        rest -= len(sock.recv(rest))
-    body = b"\x05READY" + bytes([11]) + b"Socket-Type" + (6).to_bytes(4, "big") + b"ROUTER"
-    sock.sendall(b"\x04" + bytes([len(body)]) + body)
+    try:
+        sock.settimeout(DEADLINE)
+        greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
+        sock.sendall(greeting)
+        got = b""
+        while len(got) < 64 + 2:  # its greeting, then the head of its READY command
+            got += sock.recv(64 + 2 - len(got))
+        rest = got[65]
+        while rest:
+            rest -= len(sock.recv(rest))
+        body = b"\x05READY" + bytes([11]) + b"Socket-Type" + (6).to_bytes(4, "big") + b"ROUTER"
+        sock.sendall(b"\x04" + bytes([len(body)]) + body)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -545,11 +550,11 @@ def test_a_dialled_peer_that_fills_our_dealer_and_resets_does_not_abort_the_agen
         ),
     ):
         listener.settimeout(DEADLINE)
-        sock = zmtp_null_router(listener)
-        frame = b"\x00" + bytes([100]) + b"x" * 100
-        # The DEALER holds 16, then its input stops: the rest waits in libzmq's read buffer.
-        sock.sendall(frame * 20 + (PING if ping else b"") + frame * 80)
-        reset_when_taken(sock, listener.getsockname()[1], remote=False)
+        with zmtp_null_router(listener) as sock:
+            frame = b"\x00" + bytes([100]) + b"x" * 100
+            # The DEALER holds 16, then its input stops: the rest waits in libzmq's read buffer.
+            sock.sendall(frame * 20 + (PING if ping else b"") + frame * 80)
+            reset_when_taken(sock, listener.getsockname()[1], remote=False)
         still_running(proc)
         stdin.write("done\n")
         stdin.flush()
