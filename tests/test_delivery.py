@@ -107,6 +107,47 @@ class World:
         return [i.payload for i in self.nodes[node].take(name, limit=10**6)]
 
 
+@dataclass
+class SlowWorld(World):
+    """A :class:`World` whose every frame takes ``delay`` seconds to arrive (a full queue on
+    the path), carried by :meth:`run` once it is due."""
+
+    delay: float = 0.0
+    due: list[tuple[float, int, str, str, dl.DeliveryMessage]] = field(default_factory=list)
+    sent: int = 0
+
+    def send(self, src: str, dst_node: str, dst: str, payload: bytes = b"x", **kw: object) -> int:
+        ref = super().send(src, dst_node, dst, payload, **kw)
+        self._board()  # it leaves now, not at the next step
+        return ref
+
+    def run(self, rounds: int = 100) -> None:
+        self._board()
+        while self.due and self.due[0][0] <= self.now:
+            _, _, src, dst, message = heapq.heappop(self.due)
+            if dst in self.nodes:
+                self.apply(dst, self.nodes[dst].receive(src, message, now=self.now))
+            self._board()
+
+    def _board(self) -> None:
+        for src, dst, message in self.wire:
+            self.sent += 1
+            heapq.heappush(self.due, (self.now + self.delay, self.sent, src, dst, message))
+        self.wire = []
+
+
+def copy_times(w: World, node: str, seconds: float, step: float = 1 / 16) -> list[float]:
+    """Advance ``seconds`` in steps of ``step`` (a power of two: the clock sums exactly); when
+    each retry of ``node`` left."""
+    times = []
+    end = w.now + seconds
+    while w.now < end - 1e-9:
+        before = w.nodes[node].counters["send.retried"]
+        w.advance(step, step=step)
+        times += [round(w.now, 2)] * (w.nodes[node].counters["send.retried"] - before)
+    return times
+
+
 def pair(**config: float) -> World:
     shared = DeliveryConfig(**config)  # type: ignore[arg-type]
     world = World()
@@ -340,6 +381,78 @@ def test_no_route_before_any_copy_left_is_not_delivered() -> None:
     w.advance(3)
     assert w.results[("a", ref)] == Failed(ref, "not_delivered", "no_route")
     assert w.nodes["a"].counters["send.retried"] >= 3
+
+
+def test_unanswered_copies_back_off_doubling_up_to_the_cap() -> None:
+    # A fixed interval copied every message again each 0.5 s once it had queued that long, and
+    # an overloaded path spent its capacity on copies (20,000 sends through two agents took
+    # twice as long). Each copy still unanswered now doubles the wait, up to the cap.
+    w = pair()  # the defaults: retry_interval 0.5 s, retry_max_interval 10 s
+    w.drop = {MeshSend}
+    ref = w.send("a", "b", "actor-b", timeout=40)
+    retries = copy_times(w, "a", 39.9)
+    assert retries == pytest.approx([0.5, 1.5, 3.5, 7.5, 15.5, 25.5, 35.5], abs=0.07)
+    w.advance(0.2)
+    assert w.results[("a", ref)] == Failed(ref, "unknown", "timeout")
+
+
+def test_copies_known_lost_do_not_back_off() -> None:
+    # No route: every copy is accounted as it fails, none waits in a queue anywhere, so the
+    # next copy goes after the plain interval (a route that comes back is used within it).
+    w = pair(retry_interval=0.5)
+    ref = w.send("a", "nowhere", "actor-x", timeout=3)
+    assert copy_times(w, "a", 2.9) == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.5], abs=0.07)
+    w.advance(0.2)
+    assert w.results[("a", ref)] == Failed(ref, "not_delivered", "no_route")
+
+
+def test_the_retry_timeout_follows_the_round_trip_of_the_answers() -> None:
+    config = DeliveryConfig(retry_interval=0.5, retry_max_interval=10.0)
+    w = SlowWorld(delay=2.0)  # a 4 s round trip: far beyond the 0.5 s first guess
+    w.add("a", config=config)
+    w.add("b", config=config).register("actor-b")
+    a = w.nodes["a"]
+    assert a.retry_timeout("b") == 0.5, "nothing measured yet"
+    first = w.send("a", "b", "actor-b", timeout=30)
+    assert copy_times(w, "a", 4.2) == pytest.approx([0.5, 1.5, 3.5], abs=0.07)
+    assert w.results[("a", first)] == Completed(first)
+    # The ACK of attempt 1 came 4 s after it left: SRTT 4, RTTVAR 2, RTO 12, capped at 10.
+    assert a.counters["rtt.samples"] == 1
+    assert a.retry_timeout("b") == 10.0
+    second = w.send("a", "b", "actor-b", timeout=30)
+    assert copy_times(w, "a", 4.2) == [], "the next message waits out its round trip"
+    assert w.results[("a", second)] == Completed(second)
+    # The path drains: answers come back at once and the timeout returns to its floor.
+    w.delay = 0.0
+    w.advance(3)
+    for _ in range(60):
+        w.send("a", "b", "actor-b", timeout=30)
+        w.run()
+    assert a.retry_timeout("b") == 0.5
+    assert a.retry_timeout("elsewhere") == 0.5, "estimates are per target node"
+
+
+def test_round_trip_estimates_are_bounded_in_number() -> None:
+    config = DeliveryConfig(rtt_nodes=2)
+    w = SlowWorld(delay=0.5)
+    w.add("a", config=config)
+    for name in ("b", "c", "d"):
+        w.add(name, config=config).register("actor-" + name)
+        w.send("a", name, "actor-" + name, timeout=30)
+        w.advance(1.5, step=1 / 16)
+    a = w.nodes["a"]
+    assert a.counters["rtt.samples"] == 3
+    # Each 1 s sample gives an RTO of 3 s; the first node's was forgotten for the third.
+    assert [a.retry_timeout(n) for n in ("b", "c", "d")] == [0.5, 3.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"retry_interval": 1.0, "retry_max_interval": 0.5}, {"rtt_nodes": 1.5}, {"rtt_nodes": 0}],
+)
+def test_bad_retry_settings_are_refused(config: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=r"retry_max_interval|rtt_nodes"):
+        DeliveryConfig(**config)  # type: ignore[arg-type]
 
 
 def test_final_refusals_are_remembered_so_not_delivered_stays_true() -> None:

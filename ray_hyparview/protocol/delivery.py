@@ -22,11 +22,20 @@ The rules this file keeps:
    of the requests. An ACK or a reply is accepted only when it comes from the node the message
    was sent to and echoes our own incarnation; anything else is counted (``ack.ignored.*``,
    ``reply.ignored.*``) and dropped.
-2. **Retry under one id until the deadline.** A send is retried every ``retry_interval`` with the
+2. **Retry under one id until the deadline, backing off.** A send is copied again under the
    same id until it is answered or its deadline passes. Each copy carries its *attempt* number
    and the sender's *remaining horizon* (seconds until its deadline, relative because clocks of
    two nodes differ). A copy that routing reports undeliverable (``route_failed``) or that the
    receiver refused as ``busy`` is *accounted*: it never reached the actor and never will.
+   The wait before the next copy is TCP's retransmission timer (RFC 6298): the target node's
+   smoothed round trip plus four times its variation, measured from the answers (an ACK echoes
+   its copy's attempt, so the first and the latest copy give unambiguous samples; Karn's
+   problem does not arise), never below ``retry_interval`` nor above ``retry_max_interval``;
+   and it doubles for each earlier copy still unaccounted (RFC 6298 5.5). A fixed interval
+   made an overloaded path worse: once messages queued for longer than the interval, every
+   one of them was copied again each interval, and the copies took the capacity the originals
+   needed (20,000 sends through two agents took twice as long, with 1.4 copies per message).
+   A copy known lost does not double the wait: nothing of it is queued anywhere.
 3. **Dedup by time, refuse when full.** The receiver remembers each id with the answer it gave
    until its own ``now + horizon + dedup_slack``, refreshed by every copy, so a copy the sender
    may still send is answered from memory, never delivered twice. The memory holds at most
@@ -97,7 +106,7 @@ simulator does the same without asyncio):
 * Call ``on_timer(now=)`` when ``next_deadline()`` is due; ``close(now=)`` when shutting down.
 
 Counters (``counters``): ``send.<kind>``, ``send.local``, ``send.retried``, ``send.ok``,
-``send.failed.<outcome>.<reason>``, ``deliver.<status>``, ``deliver.duplicate``,
+``rtt.samples``, ``send.failed.<outcome>.<reason>``, ``deliver.<status>``, ``deliver.duplicate``,
 ``dedup.refused``, ``dedup.expired``, ``key.repeat``, ``key.refused``, ``ack.ignored.<why>``,
 ``reply.ignored.<why>``, ``reply.sent``, ``inbox.taken``, ``inbox.acked``, ``publish.delivered``,
 ``publish.inbox_full``, ``dropped.<cause>``.
@@ -182,6 +191,10 @@ class _Outgoing:
     """Attempts known never to reach the actor (route failure, ``busy``)."""
     acked: bool = False
     last_reason: str = "no_route"
+    first_sent: float = 0.0
+    """When attempt 1 left (its ACK gives a round-trip sample)."""
+    last_sent: float = 0.0
+    """When the latest attempt left (likewise)."""
 
 
 @dataclass(slots=True)
@@ -237,6 +250,9 @@ class Delivery:
         self._keys_heap: list[tuple[float, tuple[str, str, str]]] = []
         self._endpoints: dict[str, _Endpoint] = {}
         self._inbox_bytes = 0  # payload bytes in every inbox here (at most inbox_bytes)
+        # Round-trip estimate per target node: (smoothed, variation), least recently answered
+        # first; at most config.rtt_nodes of them.
+        self._rtt: dict[NodeId, tuple[float, float]] = {}
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -268,6 +284,17 @@ class Delivery:
     def remembered(self) -> int:
         """Ids in the dedup memory."""
         return len(self._seen)
+
+    def retry_timeout(self, node: NodeId) -> float:
+        """Seconds before the first copy to ``node`` is sent again if unanswered: RFC 6298's
+        RTO (smoothed round trip + 4 x its variation) of the answers from ``node``, within
+        ``retry_interval .. retry_max_interval``; ``retry_interval`` before any answer."""
+        config = self.config
+        estimate = self._rtt.get(node)
+        if estimate is None:
+            return config.retry_interval
+        srtt, rttvar = estimate
+        return min(config.retry_max_interval, max(config.retry_interval, srtt + 4 * rttvar))
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` should run next (an early call is harmless)."""
@@ -443,7 +470,7 @@ class Delivery:
             case MeshSend():
                 self._on_send(source, message, now, actions)
             case MeshAck():
-                self._on_ack(source, message, actions)
+                self._on_ack(source, message, now, actions)
             case MeshReply():
                 if not (
                     _is_int(message.request_id, 1, MAX_ID)
@@ -547,7 +574,13 @@ class Delivery:
             raise DeliveryUsageError("idempotency keys are for sends, not requests")
 
     def _transmit(self, out: _Outgoing, now: float, actions: list[Action]) -> None:
+        # Copies that may still be on their way: each doubles the wait for the next (a path
+        # that is slow because it is full is not given more to carry).
+        unaccounted = out.attempts - len(out.accounted)
         out.attempts += 1
+        if out.attempts == 1:
+            out.first_sent = now
+        out.last_sent = now
         horizon = min(MAX_HORIZON_MS, max(0, math.ceil((out.deadline - now) * 1000)))
         copy = MeshSend(
             msg_id=out.ref,
@@ -561,7 +594,8 @@ class Delivery:
             key=out.message.key,
             payload=out.message.payload,
         )
-        out.next_retry = now + self.config.retry_interval
+        wait = self.retry_timeout(out.target) * 2 ** min(unaccounted, 32)
+        out.next_retry = now + min(wait, self.config.retry_max_interval)
         heapq.heappush(self._timers, (min(out.next_retry, out.deadline), out.ref))
         actions.append(Route(out.target, copy, out.ref, copy.attempt))
 
@@ -590,7 +624,7 @@ class Delivery:
         self.counters[f"send.failed.{outcome}.{reason}"] += 1
         actions.append(Failed(ref, outcome, reason))
 
-    def _on_ack(self, source: NodeId, ack: MeshAck, actions: list[Action]) -> None:
+    def _on_ack(self, source: NodeId, ack: MeshAck, now: float, actions: list[Action]) -> None:
         if not (
             _is_int(ack.msg_id, 1, MAX_ID)
             and _is_int(ack.incarnation, 0, MAX_ID)
@@ -612,6 +646,11 @@ class Delivery:
         if ack.attempt > out.attempts:
             self.counters["ack.ignored.bad_attempt"] += 1
             return
+        if out.attempts < MAX_ATTEMPT:  # below it, the attempt names one copy
+            if ack.attempt == out.attempts:
+                self._observe_rtt(out.target, now - out.last_sent)
+            elif ack.attempt == 1:
+                self._observe_rtt(out.target, now - out.first_sent)
         if ack.status == "ok":
             if out.kind == "send":
                 self._outgoing.pop(out.ref)
@@ -626,6 +665,22 @@ class Delivery:
                 self._finish_failed(out.ref, "not_delivered", "busy", actions)
         else:  # unknown_name, inbox_full: the receiver remembers it for every copy
             self._finish_failed(out.ref, "not_delivered", ack.status, actions)
+
+    def _observe_rtt(self, node: NodeId, sample: float) -> None:
+        """RFC 6298 2.2 and 2.3: the first sample R sets SRTT = R, RTTVAR = R/2; each later
+        one RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|, then SRTT = 7/8 SRTT + 1/8 R."""
+        sample = max(0.0, sample)
+        self.counters["rtt.samples"] += 1
+        estimate = self._rtt.pop(node, None)
+        if estimate is None:
+            srtt, rttvar = sample, sample / 2
+        else:
+            srtt, rttvar = estimate
+            rttvar = 0.75 * rttvar + 0.25 * abs(srtt - sample)
+            srtt = 0.875 * srtt + 0.125 * sample
+        self._rtt[node] = (srtt, rttvar)
+        if len(self._rtt) > self.config.rtt_nodes:
+            del self._rtt[next(iter(self._rtt))]
 
     def _on_reply(self, source: NodeId, reply: MeshReply, actions: list[Action]) -> None:
         if reply.incarnation != self.incarnation:

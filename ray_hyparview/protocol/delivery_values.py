@@ -153,7 +153,16 @@ class DeliveryConfig:
     """Timers and bounds of the delivery protocol, validated on construction."""
 
     retry_interval: float = 0.5
-    """Seconds between two copies of an unanswered message."""
+    """Least seconds before a message's next copy: the retry timeout to a node whose round trip
+    is not known yet, and the floor under the estimate of one that is."""
+
+    retry_max_interval: float = 10.0
+    """Most seconds between two copies of an unanswered message: where the round-trip estimate
+    and the doubling per unanswered copy stop (a copy goes at least this often until the
+    deadline, so a healed path is used within it)."""
+
+    rtt_nodes: int = 4096
+    """Target nodes whose round-trip estimate is kept (the least recently answered go first)."""
 
     max_timeout: float = 3600.0
     """Longest deadline a sender may set, in seconds (at most one day, what the wire carries)."""
@@ -186,9 +195,20 @@ class DeliveryConfig:
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{f.name} must be finite and greater than 0, got {value!r}")
-        for name in ("dedup_capacity", "inbox_capacity", "inbox_bytes", "key_capacity"):
+        for name in (
+            "dedup_capacity",
+            "inbox_capacity",
+            "inbox_bytes",
+            "key_capacity",
+            "rtt_nodes",
+        ):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if self.retry_max_interval < self.retry_interval:
+            raise ConfigError(
+                f"retry_max_interval ({self.retry_max_interval:g}) must be at least "
+                f"retry_interval ({self.retry_interval:g})"
+            )
         if self.max_timeout > MAX_HORIZON_MS / 1000:
             raise ConfigError(f"max_timeout must be at most {MAX_HORIZON_MS / 1000:g} s")
 
