@@ -45,6 +45,7 @@ from ray_hyparview.agent.meshnode import MemoryDirectory, MeshNode
 from ray_hyparview.agent.node import Agent
 from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.mesh import Mesh, _link_error
+from ray_hyparview.protocol.delivery import DeliveryConfig
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.testing.conditions import until
 
@@ -59,7 +60,7 @@ class _NoRay:
 
 
 class MeshPath:
-    async def start(self, directory: str) -> None:
+    async def start(self, directory: str, delivery: DeliveryConfig | None = None) -> None:
         names = MemoryDirectory()
         a_strategy = Strategy(local_peer=Peer("a", "tcp://127.0.0.1:0"))
         self.a = Agent(a_strategy, rng=random.Random(1))
@@ -68,8 +69,8 @@ class MeshPath:
         self.b = Agent(b_strategy, rng=random.Random(2))
         await self.b.start()
         self.meshes = (
-            MeshNode(self.a, names, rng=random.Random(3)),
-            MeshNode(self.b, names, rng=random.Random(4)),
+            MeshNode(self.a, names, delivery=delivery, rng=random.Random(3)),
+            MeshNode(self.b, names, delivery=delivery, rng=random.Random(4)),
         )
         self.servers = []
         for i, mesh in enumerate(self.meshes):

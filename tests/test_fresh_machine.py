@@ -24,9 +24,9 @@ from ray_hyparview.sim.cli import main as sim_main
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("ray_hyparview", "tests", "benchmarks", "examples")
-LOCAL_MODULES = {"ray_hyparview", "tests", "roundtrip"}
-"""Top-level names that are this repository's own code (``roundtrip`` is a sibling script that
-``benchmarks/agent_roundtrip.py`` imports)."""
+LOCAL_MODULES = {"ray_hyparview", "tests"} | {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+"""Top-level names that are this repository's own code (a benchmark may import a sibling script,
+as ``agent_roundtrip.py`` imports ``roundtrip``)."""
 
 
 def _python_files() -> Iterator[Path]:
