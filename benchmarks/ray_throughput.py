@@ -155,14 +155,22 @@ _FAN_OUT_COUNTERS = {
 }
 
 
+_DELIVERY_COUNTERS = {
+    "delivery.send.retried": "copies sent again",
+    "delivery.deliver.duplicate": "copies that found their message delivered",
+    "delivery.send.failed.unknown.timeout": "sends timed out",
+}
+"""Delivery counters printed for each mesh run: copies are work an overloaded path pays for."""
+
+
 def overlay_counters(nodes: list[str]) -> Counter[str]:
-    """The Plumtree counters above, and failed links (``link_failed.*``), summed over the
-    agents of ``nodes``: what a slow fan-out round did on the overlay."""
+    """The Plumtree and delivery counters above, and failed links (``link_failed.*``), summed
+    over the agents of ``nodes``: what a slow round did on the overlay."""
     total: Counter[str] = Counter()
     for node in nodes:
         agent = plugin.get_agent(node)
         mesh_stats, agent_stats = ray.get([agent.mesh_stats.remote(), agent.stats.remote()])
-        for key in _FAN_OUT_COUNTERS:
+        for key in (*_FAN_OUT_COUNTERS, *_DELIVERY_COUNTERS):
             total[key] += mesh_stats["counters"].get(key, 0)
         for key, value in agent_stats["counters"].items():
             if key.startswith("agent.link_failed."):
@@ -279,6 +287,7 @@ def main() -> int:
                 run_pattern(way, small, receivers, args.batch, before)
             for _ in range(args.rounds):
                 for way in ("mesh", "ray"):
+                    counted = overlay_counters(nodes) if way == "mesh" else None
                     before = ray.get([r.counts.remote() for r in receivers])
                     row = run_pattern(way, plan(way, pattern), receivers, args.batch, before)
                     results[pattern][way].append(row)
@@ -286,6 +295,13 @@ def main() -> int:
                         f"{pattern:10} {way:4}: {row['per_second']:8,.0f} msg/s, "
                         f"{row['cpu_per_10k']:6.2f} CPU s per 10k"
                     )
+                    if counted is not None:
+                        spent = overlay_counters(nodes) - counted
+                        row.update({k: float(spent[k]) for k in _DELIVERY_COUNTERS})
+                        say(
+                            "  delivery: "
+                            + ", ".join(f"{spent[k]} {t}" for k, t in _DELIVERY_COUNTERS.items())
+                        )
 
         # Publish fan-out: one publication to every actor (all subscribed), against one plain
         # call to each; the time until the last one received it.
