@@ -375,14 +375,6 @@ def test_a_keys_first_outcome_answers_every_later_copy_even_a_late_one() -> None
     assert w.payloads("b", "actor-b") == [b"fills the id memory"]
 
 
-def test_no_route_before_any_copy_left_is_not_delivered() -> None:
-    w = pair()
-    ref = w.send("a", "nowhere", "actor-x", timeout=2)
-    w.advance(3)
-    assert w.results[("a", ref)] == Failed(ref, "not_delivered", "no_route")
-    assert w.nodes["a"].counters["send.retried"] >= 3
-
-
 def test_unanswered_copies_back_off_doubling_up_to_the_cap() -> None:
     # A fixed interval copied every message again each 0.5 s once it had queued that long, and
     # an overloaded path spent its capacity on copies (20,000 sends through two agents took
@@ -396,7 +388,7 @@ def test_unanswered_copies_back_off_doubling_up_to_the_cap() -> None:
     assert w.results[("a", ref)] == Failed(ref, "unknown", "timeout")
 
 
-def test_copies_known_lost_do_not_back_off() -> None:
+def test_no_route_before_any_copy_left_is_not_delivered_and_does_not_back_off() -> None:
     # No route: every copy is accounted as it fails, none waits in a queue anywhere, so the
     # next copy goes after the plain interval (a route that comes back is used within it).
     w = pair(retry_interval=0.5)
