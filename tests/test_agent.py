@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -22,6 +23,7 @@ from ray_hyparview.agent.node import Agent
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import DownReason, PeerDown, PeerUp
 from ray_hyparview.protocol.peer import Peer
+from ray_hyparview.protocol.plumtree import IHave
 from ray_hyparview.testing.conditions import until
 from ray_hyparview.transport.memory import MemoryNetwork
 from tests.conftest import MemoryAgentFactory
@@ -130,6 +132,40 @@ async def test_silent_peer_is_declared_failed_by_keepalive_timeout(
         await until(lambda: not a.active_view, limit=5)
         assert loop.time() - cut < HyParViewConfig.local().keepalive_timeout + 1.0
         assert a.core.counters["keepalive.timeout"] + a.counters["link_failed.disconnected"] >= 1
+    finally:
+        await b.aclose()
+        await a.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_neighbour_whose_data_keeps_coming_is_not_failed_for_want_of_keepalives(
+    memory_agent: MemoryAgentFactory,
+) -> None:
+    """Frames of the layers above (here Plumtree's IHAVE) prove a neighbour alive: under load
+    its KEEPALIVEs wait behind them on the same link. b sends no KEEPALIVE at all."""
+    watch = dataclasses.replace(HyParViewConfig.local(), shuffle_interval=1000.0)
+    quiet = dataclasses.replace(watch, keepalive_interval=None)
+    net = MemoryNetwork()
+    a, b = memory_agent(net, "a", config=watch), memory_agent(net, "b", "a", config=quiet)
+    seen: list[object] = []
+    a.add_handler(IHave, lambda sender, message: seen.append(message))
+    await a.start()
+    await b.start()
+    try:
+        await a.wait_for_active(1, timeout=5)
+        timeout = watch.keepalive_timeout
+        loop = asyncio.get_running_loop()
+        until_time = loop.time() + 3 * timeout
+        while loop.time() < until_time:
+            b.send_raw(a.myself, IHave(announcements=()))
+            await asyncio.sleep(timeout / 6)
+        assert len(seen) >= 12
+        assert a.core.counters["keepalive.timeout"] == 0
+        assert [p.id for p in a.active_view] == ["b"]
+        # Its frames stop: it is failed by the keepalive timeout, as a silent peer is.
+        stopped = loop.time()
+        await until(lambda: a.core.counters["keepalive.timeout"] >= 1, limit=3 * timeout)
+        assert loop.time() - stopped >= timeout - 0.3  # not before its time
     finally:
         await b.aclose()
         await a.aclose()

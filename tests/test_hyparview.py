@@ -11,6 +11,7 @@ from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import StateError
 from ray_hyparview.protocol.hyparview import HyParView
 from ray_hyparview.protocol.messages import (
+    Action,
     Disconnect,
     DownReason,
     ForwardJoin,
@@ -566,24 +567,76 @@ def test_passive_view_never_holds_self_or_active_peers() -> None:
 # ----------------------------------------------------- keepalives and silent failures
 
 
+def on_time(core: HyParView, until: float) -> list[Action]:
+    """Call ``on_timer`` at each deadline up to ``until``, as a timely driver does."""
+    out: list[Action] = []
+    while (due := core.next_deadline()) is not None and due <= until:
+        out += core.on_timer(now=due)
+    return out
+
+
+KEEPALIVE_CFG = HyParViewConfig(
+    keepalive_interval=0.5, keepalive_timeout=2.0, shuffle_interval=1000.0, merge_interval=1000.0
+)
+
+
 def test_keepalive_on_quiet_links_and_silent_peer_declared_failed() -> None:
-    cfg = HyParViewConfig(keepalive_interval=0.5, keepalive_timeout=2.0, shuffle_interval=1000.0)
-    a, b = node(A, cfg), node(B, cfg)
+    a, b = node(A, KEEPALIVE_CFG), node(B, KEEPALIVE_CFG)
     link(a, b)
-    actions = a.on_timer(now=0.5)
-    assert Send(B, KeepAlive(sender=A, incarnation=0)) in actions
+    assert Send(B, KeepAlive(sender=A, incarnation=0)) in on_time(a, 0.5)
     # b stays silent: a declares it failed once the timeout has passed, not before.
-    assert PeerDown(B, DownReason.FAILED) not in a.on_timer(now=2.0)
-    assert PeerDown(B, DownReason.FAILED) in a.on_timer(now=2.5)
+    assert PeerDown(B, DownReason.FAILED) not in on_time(a, 2.0)
+    assert PeerDown(B, DownReason.FAILED) in on_time(a, 2.5)
 
 
 def test_any_message_counts_as_a_heartbeat() -> None:
-    cfg = HyParViewConfig(keepalive_interval=0.5, keepalive_timeout=2.0, shuffle_interval=1000.0)
-    a, b = node(A, cfg), node(B, cfg)
+    a, b = node(A, KEEPALIVE_CFG), node(B, KEEPALIVE_CFG)
     link(a, b)
     for t in (1.0, 2.0, 3.0, 4.0):
+        on_time(a, t)
         a.receive("b", KeepAlive(sender=B, incarnation=0), now=t)
-        assert PeerDown(B, DownReason.FAILED) not in a.on_timer(now=t + 0.5)
+    assert PeerDown(B, DownReason.FAILED) not in on_time(a, 6.0)
+    assert PeerDown(B, DownReason.FAILED) in on_time(a, 6.5)
+
+
+def test_a_frame_of_another_layer_counts_as_a_heartbeat() -> None:
+    """Data queued ahead of a KEEPALIVE delays it; the data itself proves the peer alive."""
+    a, b = node(A, KEEPALIVE_CFG), node(B, KEEPALIVE_CFG)
+    link(a, b)
+    a.heard("c", now=1.0)  # not an active peer: nothing to refresh, nothing added
+    assert list(a.active_ids) == ["b"]
+    for t in (1.0, 2.0, 3.0, 4.0):
+        on_time(a, t)
+        a.heard("b", now=t)
+    # Once its frames stop, b is failed keepalive_timeout after the last one, as before.
+    assert PeerDown(B, DownReason.FAILED) not in on_time(a, 6.0)
+    assert PeerDown(B, DownReason.FAILED) in on_time(a, 6.5)
+    assert a.counters["keepalive.timeout"] == 1
+
+
+def test_a_late_tick_credits_the_pause_and_a_silent_peer_is_still_failed() -> None:
+    """A node that did not run for a while (starved, stopped) has not read its peers'
+    frames: the time it was late is not their silence."""
+    a, b = node(A, KEEPALIVE_CFG), node(B, KEEPALIVE_CFG)
+    link(a, b)
+    on_time(a, 1.0)
+    a.receive("b", KeepAlive(sender=B, incarnation=0), now=1.0)
+    # The tick due at 1.5 runs at 4.0: b's frames since 1.0 may be waiting in a's socket.
+    assert PeerDown(B, DownReason.FAILED) not in a.on_timer(now=4.0)
+    assert a.counters["keepalive.paused"] == 1
+    # Then a runs on time and b stays silent: failed after 2 s of listening (1.0 -> 1.5
+    # before the pause, 4.0 -> 5.5 after it), not before.
+    assert PeerDown(B, DownReason.FAILED) not in on_time(a, 5.5)
+    assert PeerDown(B, DownReason.FAILED) in on_time(a, 6.0)
+    # Jitter is not a pause: a tick a few milliseconds late credits nothing.
+    c, d = node(C, KEEPALIVE_CFG), node(D, KEEPALIVE_CFG)
+    link(c, d)
+    now = 0.0
+    while (due := c.next_deadline()) is not None and due <= 2.0:
+        now = due + 0.01
+        c.on_timer(now=now)
+    assert c.counters["keepalive.paused"] == 0
+    assert PeerDown(D, DownReason.FAILED) in c.on_timer(now=2.5)
 
 
 # ------------------------------------------------ isolation, re-join, partitions

@@ -542,6 +542,7 @@ class Agent:
 
     def _dispatch(self, batch: list[tuple[NodeId, bytes]]) -> None:
         core = self.core
+        heard: NodeId | None = None  # the last sender ``core.heard`` was told of, this batch
         for sender, data in batch:
             message = self._codec.decode(data)
             if isinstance(message, DecodeError):
@@ -556,6 +557,9 @@ class Agent:
                 if sender not in core.active_ids:
                     self._hold_early(sender, len(data), message)
                     continue
+                if sender != heard:  # a batch is mostly one link's: once per run of it
+                    heard = sender
+                    core.heard(sender, now=self._now())
                 with self.contained("handler", f"handler for {name} from {sender}"):
                     handler(sender, message)
             elif isinstance(message, _HYPARVIEW_TYPES):

@@ -53,6 +53,13 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
    links instead of rewiring the overlay.
 6. Remote garbage never raises: messages that fail a check are dropped and counted in
    ``counters`` under ``dropped.<cause>``.
+7. Silence is measured in time this node listened. An active peer is failed when nothing of
+   it was read for ``keepalive_timeout``: any frame counts, a KEEPALIVE, any other membership
+   message, or a frame of the layers above (the driver calls :meth:`heard`), since on a busy
+   link the KEEPALIVE waits behind them. A keepalive tick that runs late (the node itself was
+   starved or stopped, and its peers' frames waited unread) credits the time it was late to
+   every peer. On a machine with every core taken, both kept live neighbours from being
+   failed (``_keepalive_tick``).
 """
 
 from __future__ import annotations
@@ -360,6 +367,21 @@ class HyParView:
             self._events["probe.external"] += 1
             self._ask(out, peer, _Ask.PROBE, Priority.HIGH, now)
         return out
+
+    def heard(self, sender: NodeId, *, now: float) -> None:
+        """A frame of another layer (routing, broadcast, the mesh) came from ``sender`` over
+        its link: for an active peer, that is proof of life as good as a KEEPALIVE.
+
+        The link carries every layer's frames in one order, so a KEEPALIVE queued behind a
+        burst of data reaches the core only after that burst is read. On a starved machine
+        that can take longer than ``keepalive_timeout``, and a live, busy neighbour was failed
+        while its data was still arriving (24 false timeouts in one all-to-all run with the
+        two cores shared by eight busy loops; the churn that followed cost most of the run).
+        QUIC restarts its idle timer on any packet processed from the peer (RFC 9000, 10.1)
+        for the same reason. A crashed or cut-off peer sends nothing, of any layer, so it is
+        failed as before, ``keepalive_timeout`` after the last of its frames was read."""
+        if self._keepalives and sender in self._last_heard:
+            self._last_heard[sender] = now
 
     def receive(self, sender: NodeId, message: Message, *, now: float) -> list[Action]:
         """Handle ``message``, which the transport says came from node ``sender``."""
@@ -907,11 +929,26 @@ class HyParView:
     def _keepalive_tick(self, out: list[Action], now: float) -> None:
         interval = self.config.keepalive_interval
         assert interval is not None
+        due = self._next_keepalive
+        # DEPARTURE (the paper assumes timely processes): silence is measured in time this
+        # node listened. A tick that comes late means the node itself did not run (a starved
+        # or stopped process): its peers' frames wait unread in its own socket, so the time
+        # it was late is credited to every peer, as Cassandra's failure detector ignores a
+        # local pause. With the two cores shared by eight busy loops, an agent's timer ran 1
+        # to 2 s late, and five of six keepalive timeouts in one run were on such ticks.
+        # A tick late by less than a quarter interval is a timer's jitter and credits nothing,
+        # so a driver that calls on time (the simulator, a quiet agent) sees no change.
+        paused = now - due if due is not None and now - due > interval / 4 else 0.0
+        if paused:
+            self._events["keepalive.paused"] += 1
         self._next_keepalive = now + interval
         self._retime()
         timeout = self.config.keepalive_timeout
+        last_heard = self._last_heard
         for peer in self._active_tuple():
-            if now - self._last_heard[peer.id] > timeout:
+            if paused:
+                last_heard[peer.id] = min(now, last_heard[peer.id] + paused)
+            if now - last_heard[peer.id] > timeout:
                 self._events["keepalive.timeout"] += 1
                 self._fail_active(out, peer.id, now)
             elif now - self._last_sent[peer.id] >= interval / 2:

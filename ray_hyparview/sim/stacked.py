@@ -128,6 +128,7 @@ class BroadcastNode:
     def receive(self, sender: NodeId, message: object, *, now: float) -> list[hv.Action]:
         """Route one message to the core that speaks its type."""
         if type(message) in _TREE_MESSAGES:
+            self.membership.heard(sender, now=now)
             return self._tree(self.tree.receive(sender, message, now=now), now)
         if not isinstance(message, hv.Message):
             raise SimulationError(f"{sender!r} sent an unknown message {message!r}")
