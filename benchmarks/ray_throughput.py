@@ -162,17 +162,29 @@ _DELIVERY_COUNTERS = {
 }
 """Delivery counters printed for each mesh run: copies are work an overloaded path pays for."""
 
+_CHURN_COUNTERS = {
+    "core.keepalive.timeout": "neighbours failed on a keepalive timeout",
+    "core.keepalive.paused": "late keepalive ticks credited",
+    "core.merge.evicted": "evictions for a component merge",
+    "routing.undeliverable.no_route": "copies with no route",
+}
+"""Overlay churn printed for each mesh run (``core.*`` are the agents' membership counters):
+a starved machine used to fail live neighbours, and the copies that found no route while the
+overlay repaired waited out their retransmission timers."""
+
 
 def overlay_counters(nodes: list[str]) -> Counter[str]:
-    """The Plumtree and delivery counters above, and failed links (``link_failed.*``), summed
+    """The Plumtree, delivery and churn counters above, and failed links (``link_failed.*``), summed
     over the agents of ``nodes``: what a slow round did on the overlay."""
     total: Counter[str] = Counter()
     for node in nodes:
         agent = plugin.get_agent(node)
         mesh_stats, agent_stats = ray.get([agent.mesh_stats.remote(), agent.stats.remote()])
-        for key in (*_FAN_OUT_COUNTERS, *_DELIVERY_COUNTERS):
+        for key in (*_FAN_OUT_COUNTERS, *_DELIVERY_COUNTERS, *_CHURN_COUNTERS):
             total[key] += mesh_stats["counters"].get(key, 0)
         for key, value in agent_stats["counters"].items():
+            if key in _CHURN_COUNTERS:
+                total[key] += value
             if key.startswith("agent.link_failed."):
                 total["link_failed"] += value
     return total
@@ -297,10 +309,16 @@ def main() -> int:
                     )
                     if counted is not None:
                         spent = overlay_counters(nodes) - counted
-                        row.update({k: float(spent[k]) for k in _DELIVERY_COUNTERS})
+                        row.update(
+                            {k: float(spent[k]) for k in (*_DELIVERY_COUNTERS, *_CHURN_COUNTERS)}
+                        )
                         say(
                             "  delivery: "
                             + ", ".join(f"{spent[k]} {t}" for k, t in _DELIVERY_COUNTERS.items())
+                        )
+                        say(
+                            "  overlay: "
+                            + ", ".join(f"{spent[k]} {t}" for k, t in _CHURN_COUNTERS.items())
                         )
 
         # Publish fan-out: one publication to every actor (all subscribed), against one plain
