@@ -9,7 +9,8 @@ package are the models):
 
 * *receive*: takes batches of frames from the transport, decodes them (garbage is counted and
   dropped, never raised), and feeds HyParView messages to ``core.receive``; other registered
-  message types (Plumtree, routed mesh frames) go to their handlers;
+  message types (Plumtree, routed mesh frames) go to their handlers, and each of their
+  frames from an active peer is proof of that peer's life (``core.heard``);
 * *links*: feeds the transport's ``LinkFailed`` events (socket monitor, failed dials) to
   ``core.link_failed``: the fast path for crashes;
 * *timer*: sleeps until ``core.next_deadline()`` (or until an input changed it) and calls

@@ -85,7 +85,9 @@ class HyParViewConfig:
     silence check off (the simulator models failure detection itself)."""
 
     keepalive_timeout: float = 2.0
-    """An active peer silent for this long is declared failed (several missed keepalives)."""
+    """An active peer silent for this long is declared failed (several missed keepalives).
+    Any frame of the peer ends a silence, and time this node itself did not run (a keepalive
+    tick that came late) is not counted as the peer's (rule 7 of ``protocol/hyparview.py``)."""
 
     lost_retention: float = 600.0
     """Seconds a peer whose link failed is remembered: late messages of the same incarnation
