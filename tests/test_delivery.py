@@ -398,6 +398,45 @@ def test_no_route_before_any_copy_left_is_not_delivered_and_does_not_back_off() 
     assert w.results[("a", ref)] == Failed(ref, "not_delivered", "no_route")
 
 
+def test_a_copy_known_lost_goes_again_after_the_interval_not_the_round_trip() -> None:
+    # Under load the retry timeout is the measured round trip, seconds long. It is the time to
+    # wait for an answer; a copy that routing reports lost has none to wait for, and before
+    # this rule such a copy (the overlay repairing a route) waited out the full timeout.
+    config = DeliveryConfig(retry_interval=0.5, retry_max_interval=10.0)
+    w = SlowWorld(delay=2.0)  # a 4 s round trip, as in the test below
+    w.add("a", config=config)
+    w.add("b", config=config).register("actor-b")
+    first = w.send("a", "b", "actor-b", timeout=30)
+    w.advance(4.2)
+    assert w.results[("a", first)] == Completed(first)
+    a = w.nodes["a"]
+    assert a.retry_timeout("b") == 10.0
+    w.delay = 0.0
+    b = w.nodes.pop("b")  # no route to b for a while: every copy fails as it leaves
+    ref, t0 = w.send("a", "b", "actor-b", timeout=30), w.now
+    assert copy_times(w, "a", 1.2) == pytest.approx([t0 + 0.5, t0 + 1.0], abs=0.07)
+    assert a.counters["send.lost_early"] == 3
+    w.nodes["b"] = b  # the route is back
+    assert copy_times(w, "a", 0.4) == pytest.approx([t0 + 1.5], abs=0.07)
+    assert w.results[("a", ref)] == Completed(ref)
+    assert b.take("actor-b", limit=10)[-1].seq == 2, "delivered once"
+
+
+def test_a_lost_copy_does_not_move_up_the_retry_of_a_later_copy_in_flight() -> None:
+    # Routing may report an older copy lost after a newer one left; the newer copy may still
+    # be answered, so its timeout stands.
+    w = pair(retry_interval=0.5, retry_max_interval=10.0)
+    w.drop = {MeshSend}
+    ref = w.send("a", "b", "actor-b", timeout=30)
+    [wait] = copy_times(w, "a", 0.6)
+    assert wait == pytest.approx(0.5, abs=0.07)
+    a = w.nodes["a"]
+    before = a.next_deadline()
+    w.apply("a", a.route_failed(ref, 1, "no_route", now=w.now))
+    assert a.next_deadline() == before
+    assert a.counters["send.lost_early"] == 0
+
+
 def test_the_retry_timeout_follows_the_round_trip_of_the_answers() -> None:
     config = DeliveryConfig(retry_interval=0.5, retry_max_interval=10.0)
     w = SlowWorld(delay=2.0)  # a 4 s round trip: far beyond the 0.5 s first guess

@@ -35,7 +35,11 @@ The rules this file keeps:
    made an overloaded path worse: once messages queued for longer than the interval, every
    one of them was copied again each interval, and the copies took the capacity the originals
    needed (20,000 sends through two agents took twice as long, with 1.4 copies per message).
-   A copy known lost does not double the wait: nothing of it is queued anywhere.
+   A copy known lost does not double the wait: nothing of it is queued anywhere. And when
+   the latest copy is known lost, the next one goes ``retry_interval`` after the report, not
+   at the end of a timeout meant for a copy that may still be answered: under load that
+   timeout is the measured round trip, seconds long, and a copy lost while the overlay
+   repaired used to wait it out (``send.lost_early`` counts the copies moved up).
 3. **Dedup by time, refuse when full.** The receiver remembers each id with the answer it gave
    until its own ``now + horizon + dedup_slack``, refreshed by every copy, so a copy the sender
    may still send is answered from memory, never delivered twice. The memory holds at most
@@ -105,11 +109,11 @@ simulator does the same without asyncio):
   consumed, ``unregister(name)`` returns what is left.
 * Call ``on_timer(now=)`` when ``next_deadline()`` is due; ``close(now=)`` when shutting down.
 
-Counters (``counters``): ``send.<kind>``, ``send.local``, ``send.retried``, ``send.ok``,
-``rtt.samples``, ``send.failed.<outcome>.<reason>``, ``deliver.<status>``, ``deliver.duplicate``,
-``dedup.refused``, ``dedup.expired``, ``key.repeat``, ``key.refused``, ``ack.ignored.<why>``,
-``reply.ignored.<why>``, ``reply.sent``, ``inbox.taken``, ``inbox.acked``, ``publish.delivered``,
-``publish.inbox_full``, ``dropped.<cause>``.
+Counters (``counters``): ``send.<kind>``, ``send.local``, ``send.retried``, ``send.lost_early``,
+``send.ok``, ``rtt.samples``, ``send.failed.<outcome>.<reason>``, ``deliver.<status>``,
+``deliver.duplicate``, ``dedup.refused``, ``dedup.expired``, ``key.repeat``, ``key.refused``,
+``ack.ignored.<why>``, ``reply.ignored.<why>``, ``reply.sent``, ``inbox.taken``, ``inbox.acked``,
+``publish.delivered``, ``publish.inbox_full``, ``dropped.<cause>``.
 """
 
 from __future__ import annotations
@@ -455,6 +459,15 @@ class Delivery:
         if out is not None and 1 <= attempt <= out.attempts and not out.acked:
             out.accounted.add(attempt)
             out.last_reason = reason if reason in ("no_route", "hop_limit") else "no_route"
+            if attempt == min(out.attempts, MAX_ATTEMPT):
+                # The latest copy is known lost: there is no answer to wait for, so the next
+                # copy goes after the plain interval, not after a timeout measured for copies
+                # that do arrive (rule 2).
+                retry = now + self.config.retry_interval
+                if retry < out.next_retry:
+                    out.next_retry = retry
+                    self.counters["send.lost_early"] += 1
+                    heapq.heappush(self._timers, (min(retry, out.deadline), out.ref))
         return []
 
     # --- receiving -------------------------------------------------------------------------------
