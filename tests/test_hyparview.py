@@ -614,6 +614,30 @@ def test_a_frame_of_another_layer_counts_as_a_heartbeat() -> None:
     assert a.counters["keepalive.timeout"] == 1
 
 
+def test_a_late_tick_credits_the_pause_to_the_component_marker_too() -> None:
+    """The marker's age is what another node reads to tell a missed beat (rule 5); a node
+    that did not run has not read the beats waiting for it."""
+    cfg = HyParViewConfig(keepalive_interval=0.5, shuffle_interval=1000.0, merge_interval=2.0)
+    b = node(B, cfg)
+    b.join([A], now=0.0)
+    on_time(b, 2.0)  # b is its own root and beats at 2.0
+    b.on_timer(now=3.5)  # the keepalive tick due at 2.5 runs a second late
+    ask = MergeProbe(
+        sender=C,
+        incarnation=0,
+        root=C,
+        root_incarnation=0,
+        seq=1,
+        age=0.0,
+        settled=True,
+        reply=False,
+    )
+    [answer] = [s.message for s in sends(b.receive("c", ask, now=3.5)) if s.to == C]
+    assert isinstance(answer, MergeProbe)
+    assert answer.reply
+    assert answer.age == pytest.approx(0.5), "1.5 s since the beat, 1.0 of it not listened"
+
+
 def test_frames_on_a_one_sided_link_draw_a_disconnect_at_once() -> None:
     """b still routes through a after a dropped the link: a tells b with its first frame,
     not at b's next KEEPALIVE (under load, more than a second of frames dropped at a)."""

@@ -57,6 +57,26 @@ def test_same_root_one_beat_behind_is_the_same_component_until_it_is_stale() -> 
     assert c.elsewhere(b.current(late), late)
 
 
+def test_a_pause_of_the_node_itself_does_not_age_its_marker() -> None:
+    """c did not run for 0.5 intervals (its timer came that late): the beat it misses may be
+    waiting unread in its socket, so it is not stale yet; a silence it listened through is."""
+    a, b, c = marker("a"), marker("b"), marker("c")
+    assert a.tick(INTERVAL)
+    for m in (b, c):
+        assert m.offer(a.current(INTERVAL), INTERVAL)
+    now = 2 * INTERVAL
+    assert a.tick(now)
+    assert b.offer(a.current(now), now)
+    late = now + 0.6 * INTERVAL
+    c.credit(0.5 * INTERVAL, late)
+    assert not b.elsewhere(c.current(late), late)
+    assert not c.elsewhere(b.current(late), late)
+    later = now + 1.1 * INTERVAL
+    assert b.elsewhere(c.current(later), later)
+    c.credit(10 * INTERVAL, later)
+    assert c.age(later) == 0.0, "never younger than a beat received now"
+
+
 def test_a_marker_older_than_the_root_timeout_is_not_adopted() -> None:
     b = marker("b")
     old = Marker(peer("a"), 1, 5, 3.5 * INTERVAL, True)

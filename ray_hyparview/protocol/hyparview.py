@@ -60,8 +60,10 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
    message, or a frame of the layers above (the driver calls :meth:`heard`), since on a busy
    link the KEEPALIVE waits behind them. A keepalive tick that runs late (the node itself was
    starved or stopped, and its peers' frames waited unread) credits the time it was late to
-   every peer. On a machine with every core taken, both kept live neighbours from being
-   failed (``_keepalive_tick``).
+   every peer, and to the component marker's age (rule 5), whose next beat may be waiting
+   unread as well. On a machine with every core taken, these kept live neighbours from being
+   failed (``_keepalive_tick``) and live links from being evicted for a split that was not
+   there.
 """
 
 from __future__ import annotations
@@ -983,6 +985,9 @@ class HyParView:
         paused = now - due if due is not None and now - due > interval / 4 else 0.0
         if paused:
             self._events["keepalive.paused"] += 1
+            # The component marker's age is listening time too: the root's next beat may be
+            # waiting unread here, and the merge rule must not see a split in it.
+            self._component.credit(paused, now)
         self._next_keepalive = now + interval
         self._retime()
         timeout = self.config.keepalive_timeout
