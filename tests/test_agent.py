@@ -137,6 +137,19 @@ async def test_silent_peer_is_declared_failed_by_keepalive_timeout(
         await a.aclose()
 
 
+async def _ihave_pair(
+    memory_agent: MemoryAgentFactory, a_config: HyParViewConfig, b_config: HyParViewConfig
+) -> tuple[Agent, Agent, list[object]]:
+    """Agents a and b (joining through a), started; the IHAVEs a handles are collected."""
+    net = MemoryNetwork()
+    a, b = memory_agent(net, "a", config=a_config), memory_agent(net, "b", "a", config=b_config)
+    seen: list[object] = []
+    a.add_handler(IHave, lambda sender, message: seen.append(message))
+    await a.start()
+    await b.start()
+    return a, b, seen
+
+
 @pytest.mark.asyncio
 async def test_a_neighbour_whose_data_keeps_coming_is_not_failed_for_want_of_keepalives(
     memory_agent: MemoryAgentFactory,
@@ -145,12 +158,7 @@ async def test_a_neighbour_whose_data_keeps_coming_is_not_failed_for_want_of_kee
     its KEEPALIVEs wait behind them on the same link. b sends no KEEPALIVE at all."""
     watch = dataclasses.replace(HyParViewConfig.local(), shuffle_interval=1000.0)
     quiet = dataclasses.replace(watch, keepalive_interval=None)
-    net = MemoryNetwork()
-    a, b = memory_agent(net, "a", config=watch), memory_agent(net, "b", "a", config=quiet)
-    seen: list[object] = []
-    a.add_handler(IHave, lambda sender, message: seen.append(message))
-    await a.start()
-    await b.start()
+    a, b, seen = await _ihave_pair(memory_agent, watch, quiet)
     try:
         await a.wait_for_active(1, timeout=5)
         timeout = watch.keepalive_timeout
@@ -181,12 +189,7 @@ async def test_a_neighbour_still_sending_on_a_link_we_dropped_is_told_at_once(
     quiet = dataclasses.replace(
         HyParViewConfig.local(), shuffle_interval=1000.0, keepalive_interval=None
     )
-    net = MemoryNetwork()
-    a, b = memory_agent(net, "a", config=quiet), memory_agent(net, "b", "a", config=quiet)
-    seen: list[object] = []
-    a.add_handler(IHave, lambda sender, message: seen.append(message))
-    await a.start()
-    await b.start()
+    a, b, seen = await _ihave_pair(memory_agent, quiet, quiet)
     try:
         await a.wait_for_active(1, timeout=5)
         await b.wait_for_active(1, timeout=5)

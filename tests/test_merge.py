@@ -42,14 +42,20 @@ def test_markers_tell_another_component_only_once_both_are_settled() -> None:
     assert a.elsewhere(c.current(later), later)
 
 
-def test_same_root_one_beat_behind_is_the_same_component_until_it_is_stale() -> None:
+def one_beat_apart() -> tuple[ComponentMarker, ComponentMarker, float]:
+    """b and c under root a; at the time returned, a beats again and only b hears it."""
     a, b, c = marker("a"), marker("b"), marker("c")
     assert a.tick(INTERVAL)
     for m in (b, c):
         assert m.offer(a.current(INTERVAL), INTERVAL)
     now = 2 * INTERVAL
     assert a.tick(now)
-    assert b.offer(a.current(now), now)  # b heard the beat, c (cut off) did not
+    assert b.offer(a.current(now), now)
+    return b, c, now
+
+
+def test_same_root_one_beat_behind_is_the_same_component_until_it_is_stale() -> None:
+    b, c, now = one_beat_apart()  # b heard the beat, c (cut off) did not
     assert not b.elsewhere(c.current(now), now)
     assert not b.elsewhere(c.current(now + 0.4 * INTERVAL), now + 0.4 * INTERVAL)
     late = now + 0.6 * INTERVAL  # c is 1.6 intervals past its last beat: it missed one
@@ -60,13 +66,7 @@ def test_same_root_one_beat_behind_is_the_same_component_until_it_is_stale() -> 
 def test_a_pause_of_the_node_itself_does_not_age_its_marker() -> None:
     """c did not run for 0.5 intervals (its timer came that late): the beat it misses may be
     waiting unread in its socket, so it is not stale yet; a silence it listened through is."""
-    a, b, c = marker("a"), marker("b"), marker("c")
-    assert a.tick(INTERVAL)
-    for m in (b, c):
-        assert m.offer(a.current(INTERVAL), INTERVAL)
-    now = 2 * INTERVAL
-    assert a.tick(now)
-    assert b.offer(a.current(now), now)
+    b, c, now = one_beat_apart()
     late = now + 0.6 * INTERVAL
     c.credit(0.5 * INTERVAL, late)
     assert not b.elsewhere(c.current(late), late)
