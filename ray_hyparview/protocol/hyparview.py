@@ -124,12 +124,13 @@ _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
 _SHUFFLE = _KIND[Shuffle]
 
-# Refused periodic refills before a short node escalates (see _escalate), doubling up to the cap.
 _STRAY_TOLD_MAX = 64
 """Senders of one-sided frames remembered for the rate limit of their DISCONNECTs (the oldest
 is forgotten first: forgetting one costs at most one more DISCONNECT)."""
 _STRAY_QUIET = 0.5
 """Seconds between DISCONNECTs to one such sender when keepalives are off."""
+
+# Refused periodic refills before a short node escalates (see _escalate), doubling up to the cap.
 _STARVE_MIN = 3
 _STARVE_MAX = 48
 
