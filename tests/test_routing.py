@@ -497,6 +497,30 @@ def test_updates_before_link_up_are_held_and_replayed() -> None:
     assert "s99" not in a._selected  # but the stale announcement was not replayed
 
 
+def test_a_replayed_update_expires_from_when_it_came_not_from_the_replay() -> None:
+    """An update held for a link that comes up late is as old as it is: a replay that renewed
+    it let an announcement of a peer's earlier life outlive that life's hold-down, and the
+    fuzzer found a next-hop loop through it (seed 4189 once one-sided links were told at
+    once: ``n02 -> n03 -> n07 -> n02``)."""
+    a = make("a")
+    a.receive("z", RouteUpdate(entries=(("z", 0, 0), ("far", 0, 1))), now=0.0)
+    came_up = FAST.route_expiry - 1.0
+    a.link_up("z", now=came_up)
+    assert a.routes()["far"] == ("z", 2)
+    # z never announces again: its route expires route_expiry after the update came.
+    now = came_up
+    while now < FAST.route_expiry + FAST.update_interval * 2:
+        now += 0.25
+        a.on_timer(now=now)
+    assert "far" not in a.routes()
+    assert a.counters["early.replayed"] == 1
+    # One held longer than route_expiry is not replayed at all.
+    a.receive("y", RouteUpdate(entries=(("y", 0, 0), ("other", 0, 1))), now=now)
+    a.link_up("y", now=now + FAST.route_expiry)
+    assert "other" not in a.routes()
+    assert a.counters["early.expired"] == 1
+
+
 def test_table_is_bounded_and_chunked() -> None:
     config = RoutingConfig(max_routes=10, max_entries_per_update=4)
     a = make("a", config)

@@ -58,7 +58,11 @@ Rules this file keeps, beyond RFC 8966 (each departure is marked ``DEPARTURE`` b
    nodes that reached it over that link need a newer one, and its neighbours can then answer
    their requests without a round trip to it.
 4. The two ends of a new HyParView link learn of it one message apart, so a table can arrive
-   before our ``link_up``: such updates are held (bounded) and replayed when the link comes up.
+   before our ``link_up``: such updates are held (bounded) and replayed when the link comes up,
+   each expiring ``route_expiry`` after it came, not after the replay. A replay used to renew
+   them: an announcement held from an earlier life of the peer then outlived that life's
+   hold-down, and the fuzzer found a loop through it (seed 4189, ``n02 -> n03 -> n07 -> n02``,
+   once one-sided links were told at once).
 5. Remote garbage never raises: it is dropped and counted under ``dropped.<cause>``.
 6. A router that restarts under the same id should hold down: for ``start_holddown``
    (``None`` means ``route_expiry + update_interval``) it selects no route through a
@@ -84,8 +88,8 @@ Rules this file keeps, beyond RFC 8966 (each departure is marked ``DEPARTURE`` b
    it announces; the hop limit bounds the loops its lies make).
 
 Counters (``counters``): ``sent.<Type>`` / ``received.<Type>``, ``route.changed``,
-``route.starved``, ``route.improvable``, ``seqno.raised``, ``early.held``, ``forward.direct``,
-``forward.routed``, ``forward.alternate``, ``forward.failed``, ``arrived``,
+``route.starved``, ``route.improvable``, ``seqno.raised``, ``early.held``, ``early.expired``,
+``forward.direct``, ``forward.routed``, ``forward.alternate``, ``forward.failed``, ``arrived``,
 ``undeliverable.<reason>``, ``dropped.<cause>``.
 """
 
@@ -408,7 +412,8 @@ class Router:
         self._requests_seen: dict[tuple[NodeId, int], float] = {}  # (dest, seqno) -> expiry
         self._asked: dict[NodeId, tuple[int, float]] = {}  # forwarded requests: seqno, expiry
         self._next_update: float | None = None
-        self._early: dict[NodeId, tuple[float, list[RouteUpdate]]] = {}  # peer -> (when, held)
+        # peer -> (when the latest came, [(when each came, update)])
+        self._early: dict[NodeId, tuple[float, list[tuple[float, RouteUpdate]]]] = {}
         # Rule 7: neighbours that named a destination here lately without a route entry for it
         # now (their link went down, or they retracted or poisoned it): destination -> peer ->
         # until when a frame of that source is still taken from it.
@@ -470,12 +475,17 @@ class Router:
         if self._next_update is None:
             self._next_update = now + self._jitter()
         early = self._early.pop(peer_id, None)
-        if early is not None and early[0] + self.config.route_expiry > now:
+        if early is not None:
             # The peer saw the link up first and sent its table before our PeerUp: the two
-            # ends learn of a new HyParView link one message apart. Replay what it sent.
-            for update in early[1]:
+            # ends learn of a new HyParView link one message apart. Replay what it sent, each
+            # announcement good for route_expiry after it came, not after the replay: one
+            # held from an earlier link (even the peer's earlier life) must not outlive it.
+            for received, update in early[1]:
+                if received + self.config.route_expiry <= now:
+                    self.counters["early.expired"] += 1
+                    continue
                 self.counters["early.replayed"] += 1
-                self._on_update(peer_id, update, now)
+                self._on_update(peer_id, update, now, received=received)
         self._send_table(peer_id, self._all_destinations(), actions)
         return self._finish(now, actions)
 
@@ -642,7 +652,10 @@ class Router:
         if not advs and best is None:
             self._rib.pop(dest, None)
 
-    def _on_update(self, sender: NodeId, update: RouteUpdate, now: float) -> None:
+    def _on_update(
+        self, sender: NodeId, update: RouteUpdate, now: float, *, received: float | None = None
+    ) -> None:
+        """``received``: when a held update came (rule 4); its entries expire from then."""
         if sender not in self._links:
             self._hold_early(sender, update, now)
             return
@@ -652,7 +665,7 @@ class Router:
             return
         if len(entries) > _MAX_ENTRIES:
             self._drop("update_too_long")
-        expires = now + self.config.route_expiry
+        expires = (now if received is None else received) + self.config.route_expiry
         touched: dict[NodeId, None] = {}
         for item in entries[:_MAX_ENTRIES]:
             match item:
@@ -712,7 +725,7 @@ class Router:
         self.counters["early.held"] += 1
         held = self._early.pop(sender, None)  # re-inserted last: the oldest peer goes first
         updates = held[1] if held is not None else []
-        updates.append(update)
+        updates.append((now, update))
         del updates[:-_EARLY_UPDATES]
         self._early[sender] = (now, updates)
         while len(self._early) > _EARLY_PEERS:
@@ -862,7 +875,7 @@ class Router:
         held = self._early.get(sender)
         if held is None:
             return False
-        for update in held[1]:
+        for _received, update in held[1]:
             entries: object = update.entries
             if not isinstance(entries, tuple | list):
                 continue
