@@ -169,6 +169,7 @@ _CHURN_COUNTERS = {
     "routing.undeliverable.no_route": "copies with no route",
     "delivery.send.lost_early": "copies known lost sent again early",
     "agent.dropped.not_neighbor": "frames dropped on one-sided links",
+    "core.stray.told": "one-sided links told at once",
 }
 """Overlay churn printed for each mesh run (``core.*`` are the agents' membership counters):
 a starved machine used to fail live neighbours, and the copies that found no route while the

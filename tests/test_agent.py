@@ -180,6 +180,34 @@ async def test_a_neighbour_whose_data_keeps_coming_is_not_failed_for_want_of_kee
 
 
 @pytest.mark.asyncio
+async def test_a_neighbour_still_sending_on_a_link_we_dropped_is_told_at_once(
+    memory_agent: MemoryAgentFactory,
+) -> None:
+    """a dropped its link to b, b did not notice: b's frames are dropped at a, so a answers
+    DISCONNECT with the first of them. Keepalives are off here, so nothing else would tell b
+    (with them on, b learnt at its next KEEPALIVE, more than a second later under load)."""
+    quiet = dataclasses.replace(
+        HyParViewConfig.local(), shuffle_interval=1000.0, keepalive_interval=None
+    )
+    a, b, seen = await _ihave_pair(memory_agent, quiet, quiet)
+    try:
+        await a.wait_for_active(1, timeout=5)
+        await b.wait_for_active(1, timeout=5)
+        loop = asyncio.get_running_loop()
+        a._apply(a.core.link_failed("b", now=loop.time()))  # a one-sided failure, as a timeout
+        assert [p.id for p in b.active_view] == ["a"]
+        for _ in range(3):
+            b.send_raw(a.myself, IHave(announcements=()))
+        # (a's merge rule may link the two again afterwards: what matters is that b was told.)
+        await until(lambda: b.core.counters["peer_down.disconnected"] == 1, limit=2.0)
+        assert a.core.counters["stray.told"] == 1, "one DISCONNECT for a run of frames"
+        assert seen == [], "frames of a link a does not hold are not handled"
+    finally:
+        await b.aclose()
+        await a.aclose()
+
+
+@pytest.mark.asyncio
 async def test_garbage_frames_are_counted_and_the_agent_keeps_serving(
     pair: tuple[MemoryNetwork, Agent, Agent],
 ) -> None:

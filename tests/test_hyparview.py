@@ -603,7 +603,7 @@ def test_a_frame_of_another_layer_counts_as_a_heartbeat() -> None:
     """Data queued ahead of a KEEPALIVE delays it; the data itself proves the peer alive."""
     a, b = node(A, KEEPALIVE_CFG), node(B, KEEPALIVE_CFG)
     link(a, b)
-    a.heard("c", now=1.0)  # not an active peer: nothing to refresh, nothing added
+    assert a.heard("c", now=1.0) == []  # unknown: nothing to refresh, no one to answer
     assert list(a.active_ids) == ["b"]
     for t in (1.0, 2.0, 3.0, 4.0):
         on_time(a, t)
@@ -636,6 +636,34 @@ def test_a_late_tick_credits_the_pause_to_the_component_marker_too() -> None:
     assert isinstance(answer, MergeProbe)
     assert answer.reply
     assert answer.age == pytest.approx(0.5), "1.5 s since the beat, 1.0 of it not listened"
+
+
+def test_frames_on_a_one_sided_link_draw_a_disconnect_at_once() -> None:
+    """b still routes through a after a dropped the link: a tells b with its first frame,
+    not at b's next KEEPALIVE (under load, more than a second of frames dropped at a)."""
+    a, b = node(A, KEEPALIVE_CFG), node(B, KEEPALIVE_CFG)
+    link(a, b)
+    a.link_failed("b", now=1.0)
+    assert "b" not in a.active_ids
+    assert "a" in b.active_ids
+    told = a.heard("b", now=1.1)
+    assert told == [Send(B, Disconnect(sender=A, incarnation=0))]
+    assert a.heard("b", now=1.3) == [], "at most once per keepalive_interval"
+    assert a.heard("b", now=1.7) == told
+    assert a.counters["stray.told"] == 2
+    [disconnect] = sends(told)
+    assert PeerDown(A, DownReason.DISCONNECTED) in b.receive("a", disconnect.message, now=1.2)
+    assert "a" not in b.active_ids
+
+
+def test_frames_from_a_node_we_asked_wait_for_its_reply() -> None:
+    """The asked side adds the link first and may send before its reply arrives: its frames
+    are no sign of a one-sided link."""
+    a = node(A, KEEPALIVE_CFG)
+    [ask] = sends(a.join([B], now=0.0))
+    assert ask.to == B
+    assert a.heard("b", now=0.1) == []
+    assert a.counters["stray.told"] == 0
 
 
 def test_a_late_tick_credits_the_pause_and_a_silent_peer_is_still_failed() -> None:

@@ -555,12 +555,14 @@ class Agent:
             self.counters["received.bytes"] += len(data)
             handler = self._handlers.get(type(message))
             if handler is not None:
+                if sender != heard:  # a batch is mostly one link's: once per run of it
+                    heard = sender
+                    told = core.heard(sender, now=self._now())
+                    if told:  # a one-sided link: the sender is told DISCONNECT
+                        self._apply(told)
                 if sender not in core.active_ids:
                     self._hold_early(sender, len(data), message)
                     continue
-                if sender != heard:  # a batch is mostly one link's: once per run of it
-                    heard = sender
-                    core.heard(sender, now=self._now())
                 with self.contained("handler", f"handler for {name} from {sender}"):
                     handler(sender, message)
             elif isinstance(message, _HYPARVIEW_TYPES):

@@ -164,10 +164,10 @@ class NodeStack:
         if isinstance(message, _HV_TYPES):
             self._membership(self.membership.receive(sender, message, now=now), now)
         elif isinstance(message, _RT_TYPES):
-            self.membership.heard(sender, now=now)
+            self._membership(self.membership.heard(sender, now=now), now)
             self._routing(self.router.receive(sender, message, now=now), now)
         elif isinstance(message, _PT_TYPES):
-            self.membership.heard(sender, now=now)
+            self._membership(self.membership.heard(sender, now=now), now)
             self._tree(self.tree.receive(sender, message, now=now), now)
         else:
             self.counters["dropped.unhandled_type"] += 1

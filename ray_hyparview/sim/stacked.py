@@ -128,8 +128,9 @@ class BroadcastNode:
     def receive(self, sender: NodeId, message: object, *, now: float) -> list[hv.Action]:
         """Route one message to the core that speaks its type."""
         if type(message) in _TREE_MESSAGES:
-            self.membership.heard(sender, now=now)
-            return self._tree(self.tree.receive(sender, message, now=now), now)
+            told = self.membership.heard(sender, now=now)
+            tree = self._tree(self.tree.receive(sender, message, now=now), now)
+            return self._lift(told, now) + tree if told else tree
         if not isinstance(message, hv.Message):
             raise SimulationError(f"{sender!r} sent an unknown message {message!r}")
         return self._lift(self.membership.receive(sender, message, now=now), now)
