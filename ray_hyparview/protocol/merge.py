@@ -135,8 +135,8 @@ class ComponentMarker:
         beats that reached it meanwhile wait unread in its socket, so the time is not counted
         against its root. Without this a starved node's marker looked stale with the next beat
         waiting unread, and the merge rule evicted a live link for a split that was not there
-        (5 to 15 evictions an all-to-all run with the cores taken by busy loops; 3 in one run
-        with this, benchmarks/README.md)."""
+        (5 to 15 evictions an all-to-all run with the cores taken by busy loops; 0, 0 and 3 in
+        three runs with this, benchmarks/README.md)."""
         if self.origin is not None and paused > 0.0:
             self.origin = min(now, self.origin + paused)
 
