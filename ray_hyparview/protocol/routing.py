@@ -412,8 +412,8 @@ class Router:
         self._requests_seen: dict[tuple[NodeId, int], float] = {}  # (dest, seqno) -> expiry
         self._asked: dict[NodeId, tuple[int, float]] = {}  # forwarded requests: seqno, expiry
         self._next_update: float | None = None
-        # peer -> (when the latest came, [(when each came, update)])
-        self._early: dict[NodeId, tuple[float, list[tuple[float, RouteUpdate]]]] = {}
+        # peer -> [(when it came, update)], oldest first
+        self._early: dict[NodeId, list[tuple[float, RouteUpdate]]] = {}
         # Rule 7: neighbours that named a destination here lately without a route entry for it
         # now (their link went down, or they retracted or poisoned it): destination -> peer ->
         # until when a frame of that source is still taken from it.
@@ -480,7 +480,7 @@ class Router:
             # ends learn of a new HyParView link one message apart. Replay what it sent, each
             # announcement good for route_expiry after it came, not after the replay: one
             # held from an earlier link (even the peer's earlier life) must not outlive it.
-            for received, update in early[1]:
+            for received, update in early:
                 if received + self.config.route_expiry <= now:
                     self.counters["early.expired"] += 1
                     continue
@@ -723,11 +723,10 @@ class Router:
     def _hold_early(self, sender: NodeId, update: RouteUpdate, now: float) -> None:
         """Keep an update from a node that is not (yet) a neighbour, in bounded space."""
         self.counters["early.held"] += 1
-        held = self._early.pop(sender, None)  # re-inserted last: the oldest peer goes first
-        updates = held[1] if held is not None else []
+        updates = self._early.pop(sender, [])  # re-inserted last: the oldest peer goes first
         updates.append((now, update))
         del updates[:-_EARLY_UPDATES]
-        self._early[sender] = (now, updates)
+        self._early[sender] = updates
         while len(self._early) > _EARLY_PEERS:
             del self._early[next(iter(self._early))]
 
@@ -875,7 +874,7 @@ class Router:
         held = self._early.get(sender)
         if held is None:
             return False
-        for _received, update in held[1]:
+        for _received, update in held:
             entries: object = update.entries
             if not isinstance(entries, tuple | list):
                 continue
@@ -1079,7 +1078,7 @@ class Router:
         self._requests_seen = {k: t for k, t in self._requests_seen.items() if t > now}
         self._asked = {d: a for d, a in self._asked.items() if a[1] > now}
         horizon = now - self.config.route_expiry
-        self._early = {p: held for p, held in self._early.items() if held[0] > horizon}
+        self._early = {p: held for p, held in self._early.items() if held[-1][0] > horizon}
         for dest, vouched in list(self._vouched.items()):
             kept = {p: until for p, until in vouched.items() if until > now}
             if kept:
