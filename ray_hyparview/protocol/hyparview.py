@@ -400,11 +400,11 @@ class HyParView:
         of the one-sided link only when its next KEEPALIVE drew a DISCONNECT. Under load that
         was more than a second, and the frames dropped meanwhile (821 in one all-to-all run
         on starved cores) each waited out its sender's retransmission timer."""
-        last_heard = self._last_heard
+        last_heard = self._last_heard  # keyed by exactly the active peers
         if sender in last_heard:
             last_heard[sender] = now
             return []
-        if sender in self._active or sender in self._pending or self._left:
+        if sender in self._pending or self._left:
             return []
         return self._tell_stray(sender, now)
 
