@@ -157,6 +157,8 @@ _FAN_OUT_COUNTERS = {
 
 _DELIVERY_COUNTERS = {
     "delivery.send.retried": "copies sent again",
+    "delivery.send.held": "timed-out copies held for a probe's answer",
+    "delivery.send.spurious": "messages whose first copy was answered after a second left",
     "delivery.deliver.duplicate": "copies that found their message delivered",
     "delivery.send.failed.unknown.timeout": "sends timed out",
 }

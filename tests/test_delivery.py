@@ -477,6 +477,73 @@ def test_round_trip_estimates_are_bounded_in_number() -> None:
     assert [a.retry_timeout(n) for n in ("b", "c", "d")] == [0.5, 3.0, 3.0]
 
 
+def test_a_target_that_stalls_draws_one_probe_not_a_copy_of_every_message() -> None:
+    # A starved agent answers a whole window of messages seconds late at once. Each message's
+    # own timer used to copy it again, so one stall doubled the traffic to the target while it
+    # could not keep up (8 busy loops: 1,577 copies for 3,000 messages, all of them for
+    # messages that were delivered). One copy now probes; the rest wait for its answer.
+    config = DeliveryConfig(retry_interval=0.5, retry_max_interval=10.0)
+    w = SlowWorld(delay=1.0)  # answers come 2 s after their message left
+    w.add("a", config=config)
+    w.add("b", config=config).register("actor-b")
+    refs = [w.send("a", "b", "actor-b", timeout=30) for _ in range(20)]
+    times = copy_times(w, "a", 2.2)
+    assert times == pytest.approx([0.5, 1.5], abs=0.07), "the first message probes, twice"
+    assert all(w.results[("a", ref)] == Completed(ref) for ref in refs)
+    a = w.nodes["a"]
+    assert a.counters["send.held"] == 19
+    assert a.counters["send.spurious"] == 1
+    assert [i.payload for i in w.nodes["b"].take("actor-b", limit=100)] == [b"x"] * 20
+    w.advance(5)
+    assert a.counters["send.retried"] == 2, "the held copies were answered, never sent"
+
+
+def test_held_copies_go_at_once_when_the_probe_shows_the_first_copies_were_lost() -> None:
+    # The target answers the probe's copy, which left after the held ones: their first copies
+    # were most likely lost on the way, so they go now, not a timeout later.
+    w = pair(retry_interval=0.5)
+    w.drop = {MeshSend}
+    refs = [w.send("a", "b", "actor-b", timeout=30) for _ in range(10)]
+    w.drop = set()
+    times = copy_times(w, "a", 1.0)
+    assert times == pytest.approx([0.5] + [0.56] * 9, abs=0.01)
+    assert all(w.results[("a", ref)] == Completed(ref) for ref in refs)
+    assert w.payloads("b", "actor-b") == [b"x"] * 10
+
+
+def test_a_silent_target_is_probed_by_one_message_at_a_time_until_each_deadline() -> None:
+    w = pair(retry_interval=0.5, retry_max_interval=10.0)
+    w.drop = {MeshSend}
+    first = w.send("a", "b", "actor-b", timeout=3)
+    rest = [w.send("a", "b", "actor-b", timeout=10) for _ in range(5)]
+    # The first message probes until its deadline; then the next one takes over at once.
+    times = copy_times(w, "a", 9.9)
+    assert times == pytest.approx([0.5, 1.5, 3.0, 4.0, 6.0], abs=0.07)
+    assert w.results[("a", first)] == Failed(first, "unknown", "timeout")
+    w.advance(0.2)
+    assert all(w.results[("a", ref)] == Failed(ref, "unknown", "timeout") for ref in rest)
+    assert not w.nodes["a"]._silent, "nothing of the silence is left behind"
+
+
+def test_a_copy_known_lost_is_not_held_behind_a_probe() -> None:
+    # Nothing of a copy that routing reported lost waits anywhere: it goes after the interval
+    # whatever the other messages to its target wait for, so "not delivered" stays reachable.
+    w = pair(retry_interval=0.5)
+    w.drop = {MeshSend}
+    probe = w.send("a", "b", "actor-b", timeout=30)
+    copy_times(w, "a", 0.5)  # the probe is out, unanswered
+    b = w.nodes.pop("b")
+    lost = w.send("a", "b", "actor-b", timeout=2)
+    w.advance(2.1, step=1 / 16)
+    assert w.results[("a", lost)] == Failed(lost, "not_delivered", "no_route")
+    a = w.nodes["a"]
+    assert a.counters["send.held"] == 0
+    w.nodes["b"] = b
+    w.drop = set()
+    w.advance(4)
+    assert w.results[("a", probe)] == Completed(probe)
+
+
 @pytest.mark.parametrize(
     "config",
     [{"retry_interval": 1.0, "retry_max_interval": 0.5}, {"rtt_nodes": 1.5}, {"rtt_nodes": 0}],
