@@ -51,8 +51,8 @@ The rules this file keeps:
    a fast retransmit), else one fresh timeout later: its answer is most likely behind the one
    that came, and ``send.spurious`` counts first copies answered after a second one left
    (Eifel's detection, RFC 3522, by the attempt each ACK echoes). A copy known lost is never
-   held, nor one whose target answered after it left: that copy was lost, not held up. If the
-   probe reaches its deadline unanswered, the next held operation probes.
+   held, nor one whose target answered a copy that left after it: that copy was lost, not held
+   up. If the probe reaches its deadline unanswered, the next held operation probes.
 3. **Dedup by time, refuse when full.** The receiver remembers each id with the answer it gave
    until its own ``now + horizon + dedup_slack``, refreshed by every copy, so a copy the sender
    may still send is answered from memory, never delivered twice. The memory holds at most
@@ -280,8 +280,9 @@ class Delivery:
         # Round-trip estimate per target node: (smoothed, variation), least recently answered
         # first; at most config.rtt_nodes of them.
         self._rtt: dict[NodeId, tuple[float, float]] = {}
-        # When each target node last answered, least recently first; at most config.rtt_nodes.
-        self._heard: dict[NodeId, float] = {}
+        # Per target node, when the latest copy it answered left (a lower bound), least
+        # recently answered first; at most config.rtt_nodes of them.
+        self._answered_sent: dict[NodeId, float] = {}
         # Targets with a timed-out copy out and no answer since (rule 2): at most one per
         # operation in flight, so bounded by them.
         self._silent: dict[NodeId, _Silence] = {}
@@ -648,13 +649,15 @@ class Delivery:
         """Whether ``out``'s timed-out copy waits for its target's next answer (rule 2).
 
         A copy known lost is never held: nothing of it waits anywhere; nor one whose target
-        answered after it left: the target is not silent, this copy was lost. Otherwise the
-        first timed-out operation to a target probes it, and until the target answers, every
-        other timed-out copy to it is held.
+        answered a copy that left after it: copies get through, this one was most likely
+        lost (TCP's fast retransmit reasons the same way). Otherwise the first timed-out
+        operation to a target probes it, and until the target answers, every other timed-out
+        copy to it is held. Answers to copies older than this one do not count: a target
+        working through a queue answers those in order, before this one's turn comes.
         """
         if out.attempts == len(out.accounted):
             return False
-        if self._heard.get(out.target, -math.inf) > out.last_sent:
+        if self._answered_sent.get(out.target, -math.inf) > out.last_sent:
             return False
         silence = self._silent.get(out.target)
         if silence is None:
@@ -669,10 +672,10 @@ class Delivery:
 
     def _answered(self, out: _Outgoing, sent: float, now: float) -> None:
         """``out.target`` answered a copy of ``out`` that left at ``sent`` (or later)."""
-        self._heard.pop(out.target, None)
-        self._heard[out.target] = now
-        if len(self._heard) > self.config.rtt_nodes:
-            del self._heard[next(iter(self._heard))]
+        latest = max(sent, self._answered_sent.pop(out.target, -math.inf))
+        self._answered_sent[out.target] = latest
+        if len(self._answered_sent) > self.config.rtt_nodes:
+            del self._answered_sent[next(iter(self._answered_sent))]
         silence = self._silent.pop(out.target, None)
         if silence is not None:
             self._end_silence(silence, answered_sent=sent, now=now)
