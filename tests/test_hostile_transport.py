@@ -42,6 +42,30 @@ async def _dealers(
     return socks
 
 
+async def _one_by_one(
+    ctx: zmq.asyncio.Context,
+    t: ZmqTransport,
+    count: int,
+    curve: tuple[bytes, bytes, bytes] | None = None,
+) -> list[zmq.asyncio.Socket]:
+    """Connect ``count`` dealers to ``t``, each once the last one's handshake was decided
+    (accepted or refused), so that the cap sees them one at a time. A fixed pause between
+    them was not enough on a loaded machine: the agent read the monitor's reports of several
+    new connections before their handshakes, counted them all, and refused more than the
+    cap asks."""
+    socks: list[zmq.asyncio.Socket] = []
+    counters = t.counters
+
+    def decided() -> int:
+        return counters["zap.refused.connections"] + counters["router.handshake_succeeded"]
+
+    for _ in range(count):
+        before = decided()
+        socks += await _dealers(ctx, t.endpoint, 1, curve)
+        await until(lambda: decided() > before)  # noqa: B023 - awaited in this iteration
+    return socks
+
+
 @pytest.mark.asyncio
 async def test_frames_of_more_strangers_than_the_cap_are_dropped_and_counted() -> None:
     t = ZmqTransport("victim", options=ZmqOptions(max_strangers=3))
@@ -91,12 +115,9 @@ async def test_curve_connections_beyond_the_cap_are_refused_at_the_handshake() -
     keys = (server_pub.encode(), shared_pub.encode(), shared_sec.encode())
     socks: list[zmq.asyncio.Socket] = []
     try:
-        for _ in range(10):  # one at a time, so that each is counted before the next
-            new = await _dealers(ctx, t.endpoint, 1, keys)
-            socks += new
-            await asyncio.sleep(0.05)
-        await until(lambda: t.counters["zap.refused.connections"] == 6)
+        socks += await _one_by_one(ctx, t, 10, keys)
         assert t.counters["router.handshake_succeeded"] == 4
+        assert t.counters["zap.refused.connections"] == 6
     finally:
         for sock in socks:
             sock.close(linger=0)
@@ -122,11 +143,9 @@ async def test_plain_connections_beyond_the_cap_are_refused_and_links_up_stay() 
     socks: list[zmq.asyncio.Socket] = []
     try:
         await until(lambda: got == [("friend", b"hello")])
-        for _ in range(10):
-            socks += await _dealers(ctx, t.endpoint, 1)
-            await asyncio.sleep(0.05)
-        await until(lambda: t.counters["zap.refused.connections"] == 7)
+        socks += await _one_by_one(ctx, t, 10)
         assert t.counters["router.handshake_succeeded"] == 4  # the friend's and three more
+        assert t.counters["zap.refused.connections"] == 7
         assert friend.send(Peer(t.node_id, t.endpoint), b"still linked")
         await until(lambda: ("friend", b"still linked") in got)
     finally:
