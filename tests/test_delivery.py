@@ -667,6 +667,20 @@ def test_close_reports_each_pending_operation_with_its_outcome() -> None:
     assert w.results[("a", never)] == Failed(never, "not_delivered", "closed")
 
 
+def test_close_leaves_no_silence_behind() -> None:
+    # Every silence has its probe among the operations in flight, and ends with it.
+    w = pair()
+    w.drop = {MeshSend}
+    refs = [w.send("a", "b", "actor-b", timeout=30) for _ in range(3)]
+    copy_times(w, "a", 0.6)
+    a = w.nodes["a"]
+    assert a.counters["send.held"] == 2
+    assert a._silent
+    w.apply("a", a.close(now=w.now))
+    assert all(w.results[("a", ref)] == Failed(ref, "unknown", "closed") for ref in refs)
+    assert not a._silent
+
+
 def test_local_misuse_raises() -> None:
     a = pair().nodes["a"]
     with pytest.raises(dl.DeliveryUsageError):

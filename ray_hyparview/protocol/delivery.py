@@ -582,7 +582,6 @@ class Delivery:
             outcome: Outcome = "unknown" if maybe else "not_delivered"
             self._finish_failed(ref, outcome, "closed", actions)
         self._timers.clear()
-        self._silent.clear()
         return actions
 
     # --- internals: sender -----------------------------------------------------------------------
@@ -716,8 +715,7 @@ class Delivery:
         self, ref: int, outcome: Outcome, reason: str, actions: list[Action]
     ) -> None:
         out = self._outgoing.pop(ref, None)
-        silence = self._silent.get(out.target) if out is not None else None
-        if silence is not None and out is not None:
+        if out is not None and (silence := self._silent.get(out.target)) is not None:
             silence.waiting.pop(ref, None)
             if silence.probe == ref:
                 # The probe ended unanswered (its deadline, or closing): the copies it held
