@@ -27,6 +27,7 @@ import zmq.asyncio
 
 from ray_hyparview.agent.node import Agent
 from ray_hyparview.config.keys import generate_keypair
+from ray_hyparview.config.models import TransportLimits
 from ray_hyparview.config.strategy import Security, Strategy
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.messages import (
@@ -104,6 +105,40 @@ async def test_two_agents_link_and_a_graceful_leave_is_seen_at_once() -> None:
             await events.aclose()  # type: ignore[attr-defined]
         finally:
             await b.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_join_refused_at_a_full_connection_cap_gets_in_once_room_frees() -> None:
+    """In plain text every inbound connection counts toward ``max_connections``, a real
+    peer's too. A node whose JOIN dial is refused in a burst (libzmq does not redial a refused
+    plain-text connection) must see the link fail and re-join, not wait on a dead dealer."""
+    base = strategy("a")
+    full = Strategy(
+        local_peer=base.local_peer,
+        hyparview_config=CONFIG,
+        limits=TransportLimits(max_connections=1),
+    )
+    ctx = zmq.asyncio.Context()
+    squatter = ctx.socket(zmq.DEALER)
+    squatter.setsockopt(zmq.LINGER, 0)
+    try:
+        async with Agent(full, rng=random.Random(1)) as a:
+            counters = a.transport.counters
+            squatter.connect(a.myself.endpoint)
+            await until(lambda: counters["router.handshake_succeeded"] == 1)
+            async with Agent(strategy("b", a.myself), rng=random.Random(2)) as b:
+                await until(lambda: b.transport.counters["link.failed.handshake_failed"] >= 1)
+                assert counters["zap.refused.connections"] >= 1
+                assert not a.active_view
+                assert not b.active_view
+                squatter.close(linger=0)
+                await a.wait_for_active(1, timeout=10)
+                await b.wait_for_active(1, timeout=10)
+                assert [p.id for p in a.active_view] == ["b"]
+                assert [p.id for p in b.active_view] == ["a"]
+    finally:
+        squatter.close(linger=0)
+        ctx.term()
 
 
 # ---------------------------------------------------------------------------------- fuzzing

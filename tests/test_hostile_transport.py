@@ -16,6 +16,7 @@ import zmq.asyncio
 from ray_hyparview.config.keys import generate_keypair
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.testing.conditions import until
+from ray_hyparview.transport.base import LinkFailure
 from ray_hyparview.transport.ratelimit import LogRate, RateLimitFilter
 from ray_hyparview.transport.zmq import CurveConfig, ZmqOptions, ZmqTransport
 
@@ -155,6 +156,54 @@ async def test_plain_connections_beyond_the_cap_are_refused_and_links_up_stay() 
         ctx.term()
         await friend.aclose()
         await t.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_refused_at_the_cap_sees_its_link_fail_and_is_let_in_once_room_frees() -> None:
+    """A legitimate agent that dials during a burst beyond the cap is refused at the handshake.
+    libzmq does not retry a refused plain-text dial, so the link must be reported failed (the
+    membership layer repairs from there), and a later send must dial afresh, not queue behind
+    the dead dealer."""
+    t = ZmqTransport("victim", options=ZmqOptions(max_connections=2))
+    await t.start()
+    friend = ZmqTransport("friend")
+    await friend.start()
+    late = ZmqTransport("late")
+    await late.start()
+    got: list[tuple[str, bytes]] = []
+
+    async def drain() -> None:
+        while True:
+            got.extend(await t.recv_batch())
+
+    task = asyncio.ensure_future(drain())
+    ctx = zmq.asyncio.Context()
+    socks: list[zmq.asyncio.Socket] = []
+    try:
+        assert friend.send(Peer(t.node_id, t.endpoint), b"hello")
+        await until(lambda: got == [("friend", b"hello")])
+        socks += await _one_by_one(ctx, t, 1)  # the friend and this one fill the cap
+        assert t.counters["router.handshake_succeeded"] == 2
+        refused = t.counters["zap.refused.connections"]
+        assert late.send(Peer(t.node_id, t.endpoint), b"refused")
+        events = await asyncio.wait_for(late.link_events(), 10.0)
+        assert [(e.peer_id, e.cause) for e in events] == [(t.node_id, LinkFailure.HANDSHAKE_FAILED)]
+        assert t.counters["zap.refused.connections"] == refused + 1
+        assert ("late", b"refused") not in got
+        closed = t.counters["router.disconnected"]
+        for sock in socks:
+            sock.close(linger=0)
+        socks.clear()
+        await until(lambda: t.counters["router.disconnected"] > closed)
+        assert late.send(Peer(t.node_id, t.endpoint), b"let in")
+        await until(lambda: ("late", b"let in") in got)
+    finally:
+        task.cancel()
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()
+        for x in (late, friend, t):
+            await x.aclose()
 
 
 # -- rate-limited warnings ----------------------------------------------------------------------
