@@ -207,7 +207,10 @@ def test_ray_connections_quick(tmp_path: Path) -> None:
 def test_ray_latency_quick(tmp_path: Path) -> None:
     out = run("benchmarks/ray_latency.py", "--quick", "--json", "out.json", cwd=tmp_path)
     assert "summary near (1 hop)" in out
+    assert re.search(r"links, unchanged for \d+\.\ds", out)
     result = json.loads((tmp_path / "out.json").read_text())
+    assert isinstance(result["hops_changed"], dict)  # empty unless the WARNING line says why
+    assert bool(result["hops_changed"]) == ("WARNING: the overlay changed" in out)
     for table in result["results"].values():
         for method in ("send", "request", "ray"):
             assert table[method]["samples"] == result["samples"]
