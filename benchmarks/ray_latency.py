@@ -46,6 +46,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray_hyparview import cluster as plugin
 from ray_hyparview import mesh
 from ray_hyparview.cluster.local import connect, demo_config, embedded_cluster, stop
+from ray_hyparview.config.models import AGENT_NICE
 
 METHODS = ("send", "request", "ray", "send_polled", "request_polled")
 _POLLED = "-polled"  # the name suffix of the handles that use Ray calls and polls
@@ -281,6 +282,12 @@ def main() -> int:
         default=5.0,
         help="seconds the overlay's links must stay unchanged before timing (default 5)",
     )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=AGENT_NICE,
+        help=f"nice value of the agents' processes (default {AGENT_NICE}; 0: Ray's default)",
+    )
     parser.add_argument("--quick", action="store_true", help="4 nodes, 100 samples")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="also draw the latency distributions")
@@ -301,7 +308,7 @@ def main() -> int:
     try:
         connect(cluster, args.nodes)
         config = demo_config(args.active)
-        hv = plugin.start(config, bind_host="127.0.0.1")
+        hv = plugin.start(config, bind_host="127.0.0.1", nice=args.nice)
         nodes = sorted(hv.wait_converged(timeout=120))
         edges, held = wait_settled(hv.topology, args.settle, 60.0)
         views = hv.views()

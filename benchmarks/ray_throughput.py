@@ -43,6 +43,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray_hyparview import cluster as plugin
 from ray_hyparview import mesh
 from ray_hyparview.cluster.local import connect, demo_config, embedded_cluster, stop
+from ray_hyparview.config.models import AGENT_NICE
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -235,6 +236,12 @@ def main() -> int:
         "--hops", type=int, default=2, help="one-to-one distance to pick where the overlay has it"
     )
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per pattern")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=AGENT_NICE,
+        help=f"nice value of the agents' processes (default {AGENT_NICE}; 0: Ray's default)",
+    )
     parser.add_argument("--quick", action="store_true", help="4 nodes, 8 actors, 2,000")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
@@ -251,7 +258,7 @@ def main() -> int:
     peers: list[Any] = []
     try:
         connect(cluster, args.nodes)
-        hv = plugin.start(demo_config(args.active), bind_host="127.0.0.1")
+        hv = plugin.start(demo_config(args.active), bind_host="127.0.0.1", nice=args.nice)
         nodes = sorted(hv.wait_converged(timeout=120))
         for i in range(args.actors):
             place = NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)
@@ -368,7 +375,7 @@ def main() -> int:
         print()
         print(
             f"throughput, {args.nodes} nodes, {len(peers)} actors, batches of {args.batch}, "
-            f"best of {args.rounds}"
+            f"best of {args.rounds}, agents at nice {args.nice}"
         )
         print(f"  {'pattern':10}  {'way':4}  {'msg/s':>9}  {'CPU s/10k':>9}  {'x ray':>6}")
         summary: dict[str, dict[str, float]] = {}
@@ -403,6 +410,7 @@ def main() -> int:
                         "actors": len(peers),
                         "active_view_size": args.active,
                         "batch": args.batch,
+                        "nice": args.nice,
                         "messages": args.messages,
                         "cpus": os.cpu_count(),
                         "results": results,

@@ -6,6 +6,8 @@ chooses. Every actor and the cluster are stopped at the end of the module.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noq
 
 from ray_hyparview import cluster as plugin  # noqa: E402
 from ray_hyparview import mesh  # noqa: E402
+from ray_hyparview.agent.priority import thread_nices  # noqa: E402
 from ray_hyparview.protocol.config import HyParViewConfig  # noqa: E402
 from ray_hyparview.testing.conditions import wait_sync  # noqa: E402
 
@@ -111,6 +114,12 @@ def test_one_agent_per_node_and_views_agree_with_topology(
     assert all(s["gauges"]["active_view_size"] >= 1 for s in stats.values())
     # Every agent has pushed its counters and gauges through ray.util.metrics at least once.
     assert all(s["counters"].get("agent.metrics.exported", 0) >= 1 for s in stats.values())
+    # Each agent actor's process asked for the default priority; as root every thread has it.
+    for s in stats.values():
+        assert s["priority"]["nice"] == -10
+        if sys.platform == "linux" and os.geteuid() == 0:
+            assert s["priority"]["error"] is None
+            assert set(thread_nices(s["pid"])) == {-10}
     picture = four.draw(str(tmp_path / "overlay.png"))
     with open(picture, "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -296,6 +296,8 @@ def test_the_strategy_the_sidecar_runs_is_runs_with_rays_node_id(
     monkeypatch.setattr(ray_side, "ray_node", fake_node)
     monkeypatch.setattr(cli_sidecar, "run_agent", fake_run)
     monkeypatch.setattr(cli_sidecar, "setup_logging", lambda strategy: None)  # the process's
+    asked: list[int] = []  # and so is its priority
+    monkeypatch.setattr(cli_sidecar, "raise_priority", asked.append)
     argv = ["run", "--ray-address", "ray-head:6379", "--config", str(config)]
     assert main([*argv, "--bind", "tcp://0.0.0.0:7947", "--control", "tcp://127.0.0.1:7946"]) == 0
     (strategy,) = ran
@@ -319,6 +321,7 @@ def test_the_strategy_the_sidecar_runs_is_runs_with_rays_node_id(
     assert fresh.public_key != files.public_key
     assert main([*argv, "--insecure"]) == 0
     assert ran[-1].security is None
+    assert asked == [-10, -10, -10]  # the default [agent] nice, asked before each agent ran
 
 
 def test_a_placeholder_id_checks_like_a_ray_node_id() -> None:

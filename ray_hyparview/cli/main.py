@@ -38,6 +38,7 @@ from ray_hyparview import __version__
 from ray_hyparview.agent.control import control_server, metrics_server, query_status
 from ray_hyparview.agent.metrics import MetricsUnavailable
 from ray_hyparview.agent.node import Agent
+from ray_hyparview.agent.priority import raise_priority
 from ray_hyparview.config.strategy import Strategy, StrategyError, apply_env
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.overlay import overlay_problems
@@ -105,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
         " in and admitted from the GCS)",
     )
     run.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    run.add_argument(
+        "--nice",
+        type=int,
+        default=None,
+        help="nice value the agent's process asks for (default -10; 0 leaves it alone)",
+    )
 
     status = sub.add_parser(
         "status",
@@ -207,6 +214,8 @@ def strategy_data(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None
         agent_section["metrics_host"] = args.metrics_host
     if args.log_level:
         agent_section["log_level"] = args.log_level
+    if getattr(args, "nice", None) is not None:
+        agent_section["nice"] = args.nice
     if agent_section:
         data["agent"] = agent_section
     return data, base_dir, args.config or "command line"
@@ -232,6 +241,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"run: invalid strategy: {exc}", file=sys.stderr)
         return 1
     setup_logging(strategy)
+    # This process exists to run the agent: ask for the priority that keeps it timely
+    # (``ray_hyparview.agent.priority``), before libzmq's threads exist, so they inherit it.
+    raise_priority(strategy.nice)
     try:
         return asyncio.run(run_agent(strategy, json_line=args.json))
     except CannotStart as exc:

@@ -24,6 +24,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from ray_hyparview.agent.priority import raise_priority
 from ray_hyparview.cli.main import (
     CannotStart,
     run_agent,
@@ -102,6 +103,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
                 print(f"run: invalid strategy: {exc}", file=sys.stderr)
                 return 1
             strategy = with_security(built, security)
+            raise_priority(strategy.nice)  # a process of its own, as ``run``'s
             return asyncio.run(
                 run_agent(strategy, json_line=args.json, open_agent=lambda: serving(strategy))
             )

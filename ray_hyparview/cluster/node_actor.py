@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import random
 from typing import Any
 
@@ -15,6 +17,7 @@ import ray
 from ray_hyparview.agent.localpath import LocalServer, socket_dir
 from ray_hyparview.agent.meshnode import MeshNode
 from ray_hyparview.agent.node import Agent
+from ray_hyparview.agent.priority import Priority, raise_priority
 from ray_hyparview.cluster.gcs import (
     _KV_PREFIX,
     GcsDirectory,
@@ -33,6 +36,7 @@ from ray_hyparview.cluster.keys import (
     NodeKeys,
     node_security,
 )
+from ray_hyparview.config.models import AGENT_NICE
 from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.peer import NodeId, Peer
@@ -208,7 +212,9 @@ class _NodeAgent:
         config: dict[str, Any],
         security: KeyPolicy,
         bind_host: str | None,
+        *,
         log_level: str = "WARNING",
+        nice: int = AGENT_NICE,
     ) -> None:
         # Membership changes are logged at INFO: one line each, which Ray forwards to every
         # driver. WARNING by default keeps drivers readable; start(log_level="INFO") shows them.
@@ -217,11 +223,16 @@ class _NodeAgent:
         strategy = service_strategy(node_id, host, HyParViewConfig(**config), security)
         self._service = _Service(strategy, export_metrics=True)
         self._starting: asyncio.Future[str] | None = None
+        self._nice = nice
+        self._priority: Priority | None = None
 
     async def start(self) -> str:
         """Start the agent; idempotent, and a call during a start waits for that start (a
         restarted reconciler may ask while its predecessor's call is still running)."""
         if self._starting is None:
+            # The actor's process exists to run the agent. Asked here, on the event loop's
+            # thread, before the agent makes libzmq's threads, which then inherit it.
+            self._priority = raise_priority(self._nice)
             self._starting = asyncio.ensure_future(self._service.start())
         return await asyncio.shield(self._starting)
 
@@ -234,7 +245,10 @@ class _NodeAgent:
         return service.agent.incarnation if service.serving else 0
 
     async def stats(self) -> dict[str, Any]:
-        return self._service.agent.stats()
+        """The agent's stats, with this process's id and the priority it asked for (``nice``,
+        ``threads`` that got it, the ``error`` that kept the others from it)."""
+        priority = None if self._priority is None else dataclasses.asdict(self._priority)
+        return {**self._service.agent.stats(), "pid": os.getpid(), "priority": priority}
 
     async def wait_for_active(self, n: int, timeout: float) -> int:
         await self._service.agent.wait_for_active(n, timeout=timeout)

@@ -78,6 +78,7 @@ from ray_hyparview.cluster.keys import (
     key_policy,
 )
 from ray_hyparview.cluster.node_actor import NodeAgent
+from ray_hyparview.config.models import AGENT_NICE
 from ray_hyparview.config.strategy import Security
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.overlay import problems
@@ -113,9 +114,12 @@ class _Reconciler:
         security: KeyPolicy,
         bind_host: str | None,
         interval: float,
+        *,
         log_level: str = "WARNING",
+        nice: int = AGENT_NICE,
     ) -> None:
         self._log_level = log_level
+        self._nice = nice
         self._config = config
         self._security = security
         self._bind_host = bind_host
@@ -170,7 +174,14 @@ class _Reconciler:
                 lifetime="detached",
                 get_if_exists=True,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote(node_id, self._config, self._security, self._bind_host, self._log_level)
+            ).remote(
+                node_id,
+                self._config,
+                self._security,
+                self._bind_host,
+                log_level=self._log_level,
+                nice=self._nice,
+            )
             self._agents[node_id] = handle
             started.append(node_id)
         # Start one at a time so that each finds the ones before it in the GCS.
@@ -308,9 +319,9 @@ class HyParViewCluster:
     A reconciler that was stopped for good behind its back (``ray.kill``) is made again, with
     the settings of the ``start()`` that made this handle, by the next call that needs it."""
 
-    def __init__(self, reconciler: Any, args: tuple[Any, ...] = ()) -> None:
+    def __init__(self, reconciler: Any, settings: Mapping[str, Any] | None = None) -> None:
         self._reconciler = reconciler
-        self._args = args
+        self._settings = dict(settings or {})
         self._stopped = False
 
     def _call(self, method: str, *, timeout: float = 30.0) -> Any:
@@ -323,14 +334,14 @@ class HyParViewCluster:
                 return ray.get(getattr(self._reconciler, method).remote())
             except ray.exceptions.RayActorError as exc:
                 again = True
-                if not self._args or self._stopped or time.monotonic() > deadline:
+                if not self._settings or self._stopped or time.monotonic() > deadline:
                     raise
                 if isinstance(exc, ray.exceptions.ActorDiedError):
                     log.warning("the reconciler is gone: making a new one")
                 else:  # Ray is restarting it
                     time.sleep(0.2)
                 # The one Ray restarted, or a new one if it is dead for good.
-                self._reconciler = _reconciler(*self._args)
+                self._reconciler = _reconciler(self._settings)
 
     @property
     def reconciler(self) -> Any:
@@ -453,8 +464,9 @@ def _converged(views: Mapping[NodeId, Any], alive: set[NodeId], min_active: int)
     return not problems(active, alive=alive, min_active=min_active)
 
 
-def _reconciler(*args: Any) -> Any:
-    """The reconciler actor, made with ``args`` unless one runs already (named, detached)."""
+def _reconciler(settings: Mapping[str, Any]) -> Any:
+    """The reconciler actor, made with ``settings`` (its keyword arguments) unless one runs
+    already (named, detached)."""
     # The head node: the reconciler lives there, since the cluster does not outlive it anyway.
     head = next(
         (
@@ -470,7 +482,7 @@ def _reconciler(*args: Any) -> Any:
         lifetime="detached",
         get_if_exists=True,
         scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False),
-    ).remote(*args)
+    ).remote(**settings)
 
 
 def start(
@@ -485,6 +497,7 @@ def start(
     timeout: float | None = None,
     log_level: str = "WARNING",
     limit: float | None = None,
+    nice: int = AGENT_NICE,
 ) -> HyParViewCluster:
     """Start (or find) the plugin on the connected Ray cluster; see the module docstring.
 
@@ -497,14 +510,27 @@ def start(
     ``key_file`` on its node), publishes the public key in the GCS and admits only published
     keys (see :mod:`ray_hyparview.cluster.keys`). ``security`` instead uses the keys given, as
     they are; ``insecure=True`` runs in plain text, with a warning.
+
+    Each agent actor's process asks for the nice value ``nice`` (default -10, as ``[agent]
+    nice``; 0 leaves it alone): on oversubscribed cores an agent at the default priority is
+    failed by its peers for being late (see :mod:`ray_hyparview.agent.priority`).
     """
     timeout = _timeout(timeout, limit, 60.0, "ray_hyparview.cluster.start")
     if not ray.is_initialized():
         raise RuntimeError("connect to a Ray cluster first (ray.init(...))")
     policy = key_policy(security, insecure=insecure, key_file=key_file)
     config = hyparview_config if hyparview_config is not None else HyParViewConfig()
-    args = (asdict(config), policy, bind_host, reconcile_interval, log_level)
-    handle = HyParViewCluster(_reconciler(*args), args)
+    if not -20 <= nice <= 19:
+        raise ValueError(f"nice is a nice value between -20 and 19, not {nice}")
+    settings = {
+        "config": asdict(config),
+        "security": policy,
+        "bind_host": bind_host,
+        "interval": reconcile_interval,
+        "log_level": log_level,
+        "nice": nice,
+    }
+    handle = HyParViewCluster(_reconciler(settings), settings)
     handle._call("run")  # makes the reconciler again if the one found was dying
     if wait:
         handle.wait_converged(timeout=timeout)

@@ -216,7 +216,7 @@ def describe(strategy: Strategy) -> list[str]:
     lines.append(
         f"agent       control {strategy.control or 'off'},"
         f" metrics {'off' if strategy.metrics_port is None else _metrics_at(strategy)},"
-        f" log level {strategy.log_level}"
+        f" log level {strategy.log_level}, nice {strategy.nice}"
     )
     return lines
 

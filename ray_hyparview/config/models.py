@@ -62,6 +62,7 @@ from ray_hyparview.transport.endpoints import is_host
 from ray_hyparview.wire.codec import DEFAULT_MAX_SIZE, MAX_PEER_ID_BYTES
 
 __all__ = [
+    "AGENT_NICE",
     "LOG_LEVELS",
     "MIN_INTERVAL",
     "SECTIONS",
@@ -311,6 +312,10 @@ class TransportSection(TransportLimits):
     three intervals, since one lost packet on a busy network is no evidence of a dead peer."""
 
 
+AGENT_NICE: Final = -10
+"""The nice value a process that runs an agent asks for by default (``[agent] nice``)."""
+
+
 class AgentSection(_Section):
     """``[agent]``: the agent's own sockets and logging."""
 
@@ -339,6 +344,11 @@ class AgentSection(_Section):
         Env(),
     ] = "INFO"
     """Level of the ``ray_hyparview`` loggers, a ``logging`` level name (any case)."""
+
+    nice: Annotated[int, Field(ge=-20, le=19), Expect("a nice value -20 to 19"), Env()] = AGENT_NICE
+    """Nice value the agent's process asks for at start (``ray_hyparview.agent.priority``): a
+    starved agent's peers fail it for being late. Needs ``CAP_SYS_NICE`` or ``RLIMIT_NICE``;
+    without them the agent warns once and runs as it is. ``0`` leaves the priority alone."""
 
 
 class SecuritySection(_Section):

@@ -189,6 +189,7 @@ class Strategy:
     metrics_port: int | None = _AGENT_DEFAULTS.metrics_port
     metrics_host: str = _AGENT_DEFAULTS.metrics_host
     log_level: str = _AGENT_DEFAULTS.log_level
+    nice: int = _AGENT_DEFAULTS.nice
 
     heartbeat_interval: float = _TRANSPORT_DEFAULTS.heartbeat_interval
     """[transport] heartbeat_interval: see :class:`~ray_hyparview.config.models.TransportSection`,
@@ -368,6 +369,7 @@ class Strategy:
             self.heartbeat_interval,
             self.heartbeat_timeout,
             self.log_level,
+            self.nice,
             self.limits,
         )
 
