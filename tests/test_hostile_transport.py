@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import pytest
 import zmq
@@ -126,36 +129,56 @@ async def test_curve_connections_beyond_the_cap_are_refused_at_the_handshake() -
         await t.aclose()
 
 
-@pytest.mark.asyncio
-async def test_plain_connections_beyond_the_cap_are_refused_and_links_up_stay() -> None:
-    t = ZmqTransport("victim", options=ZmqOptions(max_connections=4))
+@dataclass
+class _Capped:
+    """A transport with a connection cap, transports beside it, what it received (drained in
+    the background) and raw dealers connected to it."""
+
+    victim: ZmqTransport
+    peers: list[ZmqTransport]
+    got: list[tuple[str, bytes]]
+    ctx: zmq.asyncio.Context
+    socks: list[zmq.asyncio.Socket]
+
+
+@asynccontextmanager
+async def _capped(cap: int, *names: str) -> AsyncIterator[_Capped]:
+    """``victim`` with ``max_connections=cap`` and started transports ``names``; everything,
+    raw dealers included, closed at the end."""
+    t = ZmqTransport("victim", options=ZmqOptions(max_connections=cap))
     await t.start()
-    friend = ZmqTransport("friend")
-    await friend.start()
-    assert friend.send(Peer(t.node_id, t.endpoint), b"hello")  # a link up before the flood
-    got: list[tuple[str, bytes]] = []
+    peers = [ZmqTransport(name) for name in names]
+    for peer in peers:
+        await peer.start()
+    capped = _Capped(t, peers, [], zmq.asyncio.Context(), [])
 
     async def drain() -> None:
         while True:
-            got.extend(await t.recv_batch())
+            capped.got.extend(await t.recv_batch())
 
     task = asyncio.ensure_future(drain())
-    ctx = zmq.asyncio.Context()
-    socks: list[zmq.asyncio.Socket] = []
     try:
+        yield capped
+    finally:
+        task.cancel()
+        for sock in capped.socks:
+            sock.close(linger=0)
+        capped.ctx.term()
+        for x in (*peers, t):
+            await x.aclose()
+
+
+@pytest.mark.asyncio
+async def test_plain_connections_beyond_the_cap_are_refused_and_links_up_stay() -> None:
+    async with _capped(4, "friend") as c:
+        t, (friend,), got = c.victim, c.peers, c.got
+        assert friend.send(Peer(t.node_id, t.endpoint), b"hello")  # a link up before the flood
         await until(lambda: got == [("friend", b"hello")])
-        socks += await _one_by_one(ctx, t, 10)
+        c.socks += await _one_by_one(c.ctx, t, 10)
         assert t.counters["router.handshake_succeeded"] == 4  # the friend's and three more
         assert t.counters["zap.refused.connections"] == 7
         assert friend.send(Peer(t.node_id, t.endpoint), b"still linked")
         await until(lambda: ("friend", b"still linked") in got)
-    finally:
-        task.cancel()
-        for sock in socks:
-            sock.close(linger=0)
-        ctx.term()
-        await friend.aclose()
-        await t.aclose()
 
 
 @pytest.mark.asyncio
@@ -164,25 +187,11 @@ async def test_a_peer_refused_at_the_cap_sees_its_link_fail_and_is_let_in_once_r
     libzmq does not retry a refused plain-text dial, so the link must be reported failed (the
     membership layer repairs from there), and a later send must dial afresh, not queue behind
     the dead dealer."""
-    t = ZmqTransport("victim", options=ZmqOptions(max_connections=2))
-    await t.start()
-    friend = ZmqTransport("friend")
-    await friend.start()
-    late = ZmqTransport("late")
-    await late.start()
-    got: list[tuple[str, bytes]] = []
-
-    async def drain() -> None:
-        while True:
-            got.extend(await t.recv_batch())
-
-    task = asyncio.ensure_future(drain())
-    ctx = zmq.asyncio.Context()
-    socks: list[zmq.asyncio.Socket] = []
-    try:
+    async with _capped(2, "friend", "late") as c:
+        t, (friend, late), got = c.victim, c.peers, c.got
         assert friend.send(Peer(t.node_id, t.endpoint), b"hello")
         await until(lambda: got == [("friend", b"hello")])
-        socks += await _one_by_one(ctx, t, 1)  # the friend and this one fill the cap
+        c.socks += await _one_by_one(c.ctx, t, 1)  # the friend and this one fill the cap
         assert t.counters["router.handshake_succeeded"] == 2
         refused = t.counters["zap.refused.connections"]
         assert late.send(Peer(t.node_id, t.endpoint), b"refused")
@@ -191,19 +200,12 @@ async def test_a_peer_refused_at_the_cap_sees_its_link_fail_and_is_let_in_once_r
         assert t.counters["zap.refused.connections"] == refused + 1
         assert ("late", b"refused") not in got
         closed = t.counters["router.disconnected"]
-        for sock in socks:
+        for sock in c.socks:
             sock.close(linger=0)
-        socks.clear()
+        c.socks.clear()
         await until(lambda: t.counters["router.disconnected"] > closed)
         assert late.send(Peer(t.node_id, t.endpoint), b"let in")
         await until(lambda: ("late", b"let in") in got)
-    finally:
-        task.cancel()
-        for sock in socks:
-            sock.close(linger=0)
-        ctx.term()
-        for x in (late, friend, t):
-            await x.aclose()
 
 
 # -- rate-limited warnings ----------------------------------------------------------------------
