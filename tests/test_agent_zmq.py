@@ -51,7 +51,11 @@ CONFIG = HyParViewConfig.local(active_view_size=3, passive_view_size=8, keepaliv
 
 
 def strategy(
-    name: str, *contacts: Peer, security: Security | None = None, nodes: Any = None
+    name: str,
+    *contacts: Peer,
+    security: Security | None = None,
+    nodes: Any = None,
+    limits: TransportLimits | None = None,
 ) -> Strategy:
     return Strategy(
         local_peer=Peer(name, "tcp://127.0.0.1:0"),
@@ -59,6 +63,7 @@ def strategy(
         hyparview_config=CONFIG,
         security=security,
         nodes=nodes or {},
+        limits=limits or TransportLimits(),
     )
 
 
@@ -112,12 +117,7 @@ async def test_a_join_refused_at_a_full_connection_cap_gets_in_once_room_frees()
     """In plain text every inbound connection counts toward ``max_connections``, a real
     peer's too. A node whose JOIN dial is refused in a burst (libzmq does not redial a refused
     plain-text connection) must see the link fail and re-join, not wait on a dead dealer."""
-    base = strategy("a")
-    full = Strategy(
-        local_peer=base.local_peer,
-        hyparview_config=CONFIG,
-        limits=TransportLimits(max_connections=1),
-    )
+    full = strategy("a", limits=TransportLimits(max_connections=1))
     ctx = zmq.asyncio.Context()
     squatter = ctx.socket(zmq.DEALER)
     squatter.setsockopt(zmq.LINGER, 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_hyparview.agent.priority import Priority, raise_priority, thread_nices
+from ray_hyparview.agent.priority import Priority, check_nice, raise_priority, thread_nices
 from ray_hyparview.config.strategy import Strategy, StrategyError
 
 from .test_cli import running
@@ -64,6 +64,9 @@ def test_zero_changes_nothing_and_values_out_of_range_are_refused() -> None:
     assert raise_priority(5) == Priority(5, 0)  # never lowers a priority
     with pytest.raises(ValueError, match="between -20 and 19"):
         raise_priority(-21)
+    with pytest.raises(ValueError, match="between -20 and 19"):
+        check_nice(20)
+    assert check_nice(-20) == -20
 
 
 @linux_root

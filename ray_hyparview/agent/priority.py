@@ -35,7 +35,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-__all__ = ["Priority", "raise_priority", "thread_nices"]
+__all__ = ["Priority", "check_nice", "raise_priority", "thread_nices"]
 
 log = logging.getLogger("ray_hyparview.agent.priority")
 
@@ -60,13 +60,21 @@ def _threads() -> list[int]:
         return [0]
 
 
-def raise_priority(nice: int) -> Priority:
-    """Give every thread of this process the nice value ``nice`` if that is better (lower)
-    than the one it has; ``nice=0`` changes nothing. Never raises: a refusal is logged once
-    as a warning and returned."""
+def check_nice(nice: int) -> int:
+    """``nice`` if it is a nice value (-20 to 19), else ``ValueError``: for callers that hand
+    it to a process that asks for it later (the Ray plugin's agent actors), so that a bad
+    value fails where it was given."""
     if not -20 <= nice <= 19:
         raise ValueError(f"a nice value is between -20 and 19, not {nice}")
-    if nice >= 0:
+    return nice
+
+
+def raise_priority(nice: int) -> Priority:
+    """Give every thread of this process the nice value ``nice`` if that is better (lower)
+    than the one it has; ``nice=0`` changes nothing. A value out of range is a
+    ``ValueError``; a refusal by the system is not raised but logged once as a warning and
+    returned."""
+    if check_nice(nice) >= 0:
         return Priority(nice, 0)
     done = 0
     error: str | None = None

@@ -63,6 +63,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ray_hyparview.agent.priority import check_nice
 from ray_hyparview.cluster.gcs import (
     _INCARNATION_PREFIX,
     _KV_PREFIX,
@@ -520,15 +521,13 @@ def start(
         raise RuntimeError("connect to a Ray cluster first (ray.init(...))")
     policy = key_policy(security, insecure=insecure, key_file=key_file)
     config = hyparview_config if hyparview_config is not None else HyParViewConfig()
-    if not -20 <= nice <= 19:
-        raise ValueError(f"nice is a nice value between -20 and 19, not {nice}")
     settings = {
         "config": asdict(config),
         "security": policy,
         "bind_host": bind_host,
         "interval": reconcile_interval,
         "log_level": log_level,
-        "nice": nice,
+        "nice": check_nice(nice),
     }
     handle = HyParViewCluster(_reconciler(settings), settings)
     handle._call("run")  # makes the reconciler again if the one found was dying
