@@ -16,7 +16,7 @@ import pytest
 from ray_hyparview.agent.priority import Priority, check_nice, raise_priority, thread_nices
 from ray_hyparview.config.strategy import Strategy, StrategyError
 
-from .test_cli import running
+from .test_cli import running, status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,18 @@ def test_the_strategy_carries_nice_with_its_bounds() -> None:
 def test_the_standalone_agent_runs_at_the_priority_it_asks_for(
     flags: tuple[str, ...], expected: int
 ) -> None:
-    with running("--id", "n1", "--bind", "tcp://127.0.0.1:0", *flags) as (proc, _info):
+    args = ("--id", "n1", "--bind", "tcp://127.0.0.1:0", "--control", "tcp://127.0.0.1:0")
+    with running(*args, *flags) as (proc, info):
         nices = thread_nices(proc.pid)
         assert len(nices) >= 3  # the main thread and libzmq's
         assert set(nices) == {expected}
+        # ``status`` says what the process asked for and got, as the Ray plugin's stats do.
+        reported = status(info["control"])
+        assert reported["pid"] == proc.pid
+        asked = reported["priority"]
+        assert asked["nice"] == expected
+        assert asked["error"] is None
+        if expected:  # the threads that existed when it asked (libzmq's came later, inheriting)
+            assert asked["threads"] >= 1
+        else:
+            assert asked["threads"] == 0

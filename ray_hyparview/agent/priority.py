@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
-__all__ = ["Priority", "check_nice", "raise_priority", "thread_nices"]
+__all__ = ["Priority", "check_nice", "process_stats", "raise_priority", "thread_nices"]
 
 log = logging.getLogger("ray_hyparview.agent.priority")
 
@@ -100,6 +101,14 @@ def raise_priority(nice: int) -> Priority:
     else:
         log.info("agent priority raised to nice %d on %d threads", nice, done)
     return Priority(nice, done, error)
+
+
+def process_stats(priority: Priority | None) -> dict[str, Any]:
+    """This process's part of an agent's stats: ``pid``, and ``priority`` as
+    :func:`raise_priority` returned it (None where the process did not ask for one). The Ray
+    plugin's agent actors and the standalone agent report it alike, so an operator can see
+    whether the agent got the priority it asked for."""
+    return {"pid": os.getpid(), "priority": None if priority is None else asdict(priority)}
 
 
 def thread_nices(pid: int) -> list[int]:

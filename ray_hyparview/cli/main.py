@@ -38,7 +38,7 @@ from ray_hyparview import __version__
 from ray_hyparview.agent.control import control_server, metrics_server, query_status
 from ray_hyparview.agent.metrics import MetricsUnavailable
 from ray_hyparview.agent.node import Agent
-from ray_hyparview.agent.priority import raise_priority
+from ray_hyparview.agent.priority import Priority, process_stats, raise_priority
 from ray_hyparview.config.strategy import Strategy, StrategyError, apply_env
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.overlay import overlay_problems
@@ -243,9 +243,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     setup_logging(strategy)
     # This process exists to run the agent: ask for the priority that keeps it timely
     # (``ray_hyparview.agent.priority``), before libzmq's threads exist, so they inherit it.
-    raise_priority(strategy.nice)
+    priority = raise_priority(strategy.nice)
     try:
-        return asyncio.run(run_agent(strategy, json_line=args.json))
+        return asyncio.run(run_agent(strategy, json_line=args.json, priority=priority))
     except CannotStart as exc:
         print(f"run: {exc}", file=sys.stderr)
         return 1
@@ -290,11 +290,14 @@ async def run_agent(
     ready: asyncio.Event | None = None,
     json_line: bool = True,
     open_agent: Callable[[], contextlib.AbstractAsyncContextManager[Agent]] | None = None,
+    priority: Priority | None = None,
 ) -> int:
     """Run one agent with its control and metrics servers until SIGINT or SIGTERM.
 
     ``open_agent`` starts the agent and stops it on exit; by default ``Agent(strategy)``
     (the sidecar passes one that also publishes it in the GCS and discovers its peers there).
+    ``priority`` is what the process got when it asked for one (:func:`raise_priority`); the
+    status reports it with the process id.
 
     Once all are up it prints one line to stdout: JSON (id, endpoint, control, metrics_port,
     pid) with ``json_line``, else a sentence. Raises :class:`CannotStart` when one of them
@@ -308,8 +311,8 @@ async def run_agent(
 
     def stats() -> dict[str, Any]:
         """The agent's stats plus what this process counts itself (suppressed log lines,
-        refused control requests) as ``process.*`` counters."""
-        result = dict(agent.stats())
+        refused control requests) as ``process.*`` counters, its ``pid`` and ``priority``."""
+        result = {**agent.stats(), **process_stats(priority)}
         counted = process + _LOG_RATE.counters
         result["counters"] = {
             **result.get("counters", {}),

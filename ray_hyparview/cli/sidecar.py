@@ -103,9 +103,14 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
                 print(f"run: invalid strategy: {exc}", file=sys.stderr)
                 return 1
             strategy = with_security(built, security)
-            raise_priority(strategy.nice)  # a process of its own, as ``run``'s
+            priority = raise_priority(strategy.nice)  # a process of its own, as ``run``'s
             return asyncio.run(
-                run_agent(strategy, json_line=args.json, open_agent=lambda: serving(strategy))
+                run_agent(
+                    strategy,
+                    json_line=args.json,
+                    open_agent=lambda: serving(strategy),
+                    priority=priority,
+                )
             )
     except CannotStart as exc:
         print(f"run: {exc}", file=sys.stderr)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
-import os
 import random
 from typing import Any
 
@@ -17,7 +15,7 @@ import ray
 from ray_hyparview.agent.localpath import LocalServer, socket_dir
 from ray_hyparview.agent.meshnode import MeshNode
 from ray_hyparview.agent.node import Agent
-from ray_hyparview.agent.priority import Priority, raise_priority
+from ray_hyparview.agent.priority import Priority, process_stats, raise_priority
 from ray_hyparview.cluster.gcs import (
     _KV_PREFIX,
     GcsDirectory,
@@ -247,8 +245,7 @@ class _NodeAgent:
     async def stats(self) -> dict[str, Any]:
         """The agent's stats, with this process's id and the priority it asked for (``nice``,
         ``threads`` that got it, the ``error`` that kept the others from it)."""
-        priority = None if self._priority is None else dataclasses.asdict(self._priority)
-        return {**self._service.agent.stats(), "pid": os.getpid(), "priority": priority}
+        return {**self._service.agent.stats(), **process_stats(self._priority)}
 
     async def wait_for_active(self, n: int, timeout: float) -> int:
         await self._service.agent.wait_for_active(n, timeout=timeout)
