@@ -190,10 +190,20 @@ def test_gossip_average(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
-def test_ray_connections_quick(tmp_path: Path) -> None:
-    out = run("benchmarks/ray_connections.py", "--quick", "--json", "out.json", cwd=tmp_path)
+@pytest.mark.parametrize("timings", ["local", "default"])
+def test_ray_connections_quick(tmp_path: Path, timings: str) -> None:
+    out = run(
+        "benchmarks/ray_connections.py",
+        "--quick",
+        "--timings",
+        timings,
+        "--json",
+        "out.json",
+        cwd=tmp_path,
+    )
     assert "summary: mesh" in out
     result = json.loads((tmp_path / "out.json").read_text())
+    assert result["timings"] == timings
     summary = result["summary"]
     assert summary["mesh_delivered"] == summary["expected"] == summary["plain_answered"]
     assert summary["mesh_max_peer_nodes_on_active_links"] <= summary["active_view_size"]
