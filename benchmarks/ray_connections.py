@@ -67,7 +67,6 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray_hyparview import cluster as plugin
 from ray_hyparview import mesh
 from ray_hyparview.cluster.local import connect, demo_config, embedded_cluster, stop
-from ray_hyparview.protocol.config import HyParViewConfig
 
 Address = tuple[str, int]
 
@@ -384,13 +383,7 @@ def main() -> int:
     try:
         connect(cluster, args.nodes)
         head = ray.get_runtime_context().get_node_id()
-        config = (
-            demo_config(args.active)
-            if args.timings == "local"
-            else HyParViewConfig(
-                active_view_size=args.active, passive_view_size=8, min_active_size=1
-            )
-        )
+        config = demo_config(args.active, local_timings=args.timings == "local")
         hv = plugin.start(config, bind_host="127.0.0.1")
         views = hv.wait_converged(timeout=120)
         nodes = sorted(views)
