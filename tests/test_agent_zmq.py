@@ -34,6 +34,7 @@ from ray_hyparview.protocol.messages import (
     Disconnect,
     DownReason,
     KeepAlive,
+    MergeProbe,
     Neighbor,
     PeerDown,
     PeerUp,
@@ -558,3 +559,45 @@ async def test_frames_are_dispatched_from_the_reader_callback_and_its_failures_a
         assert b.send_raw(a.myself, KeepAlive(sender=b.myself, incarnation=b.incarnation))
         await until(lambda: a.counters["received.KeepAlive"] > before)
         assert [p.id for p in a.active_view] == ["b"]
+
+
+@pytest.mark.asyncio
+async def test_the_answer_to_a_merge_probe_leaves_no_link_behind() -> None:
+    """The paper's temporary connection: an agent answers a node outside its active view on a
+    link it dials for that answer, and closes that link once the answer has left. It used to
+    stay open until 3 s idle: with the demo's probes every 1 to 2 s, a node held links to two
+    or three more nodes than its active view."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    inbox = ctx.socket(zmq.ROUTER)
+    inbox.setsockopt(zmq.LINGER, 0)
+    port = inbox.bind_to_random_port("tcp://127.0.0.1")
+    prober = Peer("prober", f"tcp://127.0.0.1:{port}")
+    codec = wire_codec()
+    probe = MergeProbe(
+        sender=prober,
+        incarnation=1,
+        root=prober,
+        root_incarnation=1,
+        seq=1,
+        age=0.0,
+        settled=False,
+        reply=False,
+    )
+    try:
+        async with linked_pair(strategy("a"), lambda p: strategy("b", p)) as (a, _b, _):
+            with raw_dealer(ctx, a.myself.endpoint, b"prober\0" + os.urandom(6)) as dealer:
+                dealer.send(codec.encode(probe))
+                await until(lambda: inbox.poll(0) != 0)
+                _rid, frame = inbox.recv_multipart()
+                answer = codec.decode(frame)
+                assert isinstance(answer, MergeProbe)
+                assert answer.reply
+                assert answer.sender.id == "a"
+                # Well before the 3 s a temporary link idles.
+                await until(lambda: a.transport.linked() == {"b"}, limit=1.0)
+                assert a.transport.counters["link.released"] == 1
+                assert a.transport.counters["link.expired"] == 0
+                assert [p.id for p in a.active_view] == ["b"]
+    finally:
+        inbox.close(linger=0)
+        ctx.term()

@@ -174,3 +174,28 @@ def test_quarantine_is_bounded() -> None:
     q.add("p4", until=1.0)  # never shortened
     assert q.holds("p4", now=13.0)
     assert not q.holds("p4", now=14.0)
+
+
+@pytest.mark.asyncio
+async def test_release_keeps_what_was_sent_and_ends_the_link_without_an_event() -> None:
+    network = MemoryNetwork()
+    a, b, c = network.transport("a"), network.transport("b"), network.transport("c")
+    for t in (a, b, c):
+        await t.start()
+    a.open_link(peer(b))
+    assert a.send(peer(b), b"goodbye")
+    assert a.send(peer(c), b"answer")
+    a.release_link("b")  # pinned: released all the same
+    a.release_link("c")
+    a.release_link("nobody")
+    assert a.linked() == frozenset()
+    assert a.counters["link.released"] == 2
+    assert await asyncio.wait_for(b.recv_batch(), DEADLINE) == [("a", b"goodbye")]
+    assert await asyncio.wait_for(c.recv_batch(), DEADLINE) == [("a", b"answer")]
+    await b.aclose()  # no link to b any more: nothing to report
+    waiter = asyncio.ensure_future(a.link_events())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    waiter.cancel()
+    for t in (a, c):
+        await t.aclose()

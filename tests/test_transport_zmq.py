@@ -915,3 +915,56 @@ def test_curve_config_validates_keys(keys: dict[str, tuple[bytes, bytes]]) -> No
                 public_key=public, secret_key=secret, node_keys={"x": public, "y": public}
             ),
         )
+
+
+@pytest.mark.asyncio
+async def test_a_released_link_closes_once_its_frames_are_handed_over_and_loses_none() -> None:
+    """``release_link`` ends a temporary link as soon as its exchange is done, not after the
+    idle timeout; whether the dial is still under way or the link is up, every frame sent on
+    it before arrives, and no failure is reported for it."""
+    opts = ZmqOptions(idle_timeout=60.0)
+    a = ZmqTransport("a", options=opts)
+    dialling, up = ZmqTransport("dialling"), ZmqTransport("up")
+    for t in (a, dialling, up):
+        await t.start()
+    try:
+        assert a.send(peer(up), b"first")
+        assert await recv_n(up, 1) == [("a", b"first")]
+        assert a.send(peer(up), b"before the release")
+        assert a.send(peer(dialling), b"one")  # the dial has not finished: both wait in it
+        assert a.send(peer(dialling), b"two")
+        a.release_link("up")
+        a.release_link("dialling")
+        a.release_link("nobody")  # no link: nothing to do
+        assert await recv_n(up, 1) == [("a", b"before the release")]
+        assert await recv_n(dialling, 2) == [("a", b"one"), ("a", b"two")]
+        await until(lambda: a.linked() == frozenset())
+        await until(lambda: a.open_sockets == 2)  # the ROUTER and its monitor
+        assert a.counters["link.released"] == 2
+        assert a.counters["link.expired"] == 0
+        assert not [k for k in a.counters if k.startswith(("link.failed", "send.dropped"))]
+    finally:
+        for t in (a, dialling, up):
+            await t.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_link_pinned_while_its_release_waits_for_the_dial_stays_open() -> None:
+    a, b = ZmqTransport("a", options=FAST), ZmqTransport("b", options=FAST)
+    await a.start()
+    await b.start()
+    try:
+        assert a.send(peer(b), b"ask")
+        a.release_link("b")
+        a.open_link(peer(b))  # the peer became active before the dial was done
+        assert await recv_n(b, 1) == [("a", b"ask")]
+        assert a.send(peer(b), b"later")
+        assert await recv_n(b, 1) == [("a", b"later")]
+        assert a.linked() == {"b"}
+        assert a.counters["link.released"] == 0
+        a.release_link("b")  # a pinned link is released too: the agent unpins it so
+        await until(lambda: a.linked() == frozenset())
+        assert a.counters["link.released"] == 1
+    finally:
+        await a.aclose()
+        await b.aclose()

@@ -22,6 +22,13 @@ to the transport, ``PeerUp`` pins a monitored link and ``PeerDown`` releases it,
 published to subscribers, the gate and the log. Subscribers get a replay of the current active
 view first, so no early ``PeerUp`` is missed (libcluster_hyparview's ``replay: true``).
 
+Temporary links. A ``Send`` to a peer outside the active view (a JOIN, a NEIGHBOR, a shuffle
+reply, a merge probe or its answer) dials a link for it, the paper's temporary connection. Once
+that peer is neither active nor asked something by the core (``pending_ids``), the link is
+released: after the ``Send``, after a message from that peer, and on each timer tick for an
+ask that timed out. The transport closes it once what it carries has left, so a node holds
+links to its active view, plus the few exchanges in flight.
+
 Containment. One frame, one timer or one bug in a layer above must never stop the agent: an
 exception that leaves a task of the TaskGroup ends every loop of the node. So each step that runs
 code of a service or of a core (a handler, a subscriber callback, the gate, one received
@@ -45,7 +52,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ray_hyparview.config.strategy import Strategy
@@ -83,8 +90,6 @@ Event = PeerUp | PeerDown
 
 _HYPARVIEW_TYPES = MESSAGE_TYPES
 
-# Seconds a released link stays open so that a DISCONNECT sent just before reaches the peer.
-_RELEASE_GRACE = 1.0
 # Seconds the DISCONNECTs of a graceful leave get to leave the sockets.
 _GOODBYE_PAUSE = 0.1
 # Seconds a link to a non-active peer stays open without traffic (ZeroMQ dial timeout is 2 s).
@@ -242,7 +247,6 @@ class Agent:
         self._callbacks: list[Callable[[Event], None]] = []
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
-        self._released: dict[NodeId, float] = {}
         self._offences: Counter[NodeId] = Counter()
         self._lost_services: list[str] = []
         # Frames for the services above membership from senders that are not active
@@ -568,6 +572,7 @@ class Agent:
             elif isinstance(message, _HYPARVIEW_TYPES):
                 with self.contained("core", f"membership {name} from {sender}"):
                     self._apply(core.receive(sender, message, now=self._now()))
+                    self._release_unneeded((sender,))  # an answer may end what we asked
             else:
                 self.counters["dropped.unhandled_type"] += 1
 
@@ -651,9 +656,6 @@ class Agent:
         last = self._now()
         while not self._closed:
             deadline = core.next_deadline()
-            if self._released:
-                soonest = min(self._released.values())
-                deadline = soonest if deadline is None else min(deadline, soonest)
             if self._early:
                 soonest = min(held[-1][0] for held in self._early.values())
                 deadline = soonest if deadline is None else min(deadline, soonest)
@@ -671,15 +673,18 @@ class Agent:
                 due = core.next_deadline()
                 if due is not None and due <= now:
                     self._apply(core.on_timer(now=now))
-                self._close_released(now)
+                    # An ask that timed out leaves a link nobody needs.
+                    self._release_unneeded(self.transport.linked())
                 self._expire_early(now)
 
-    def _close_released(self, now: float) -> None:
-        for peer_id, when in list(self._released.items()):
-            if when <= now:
-                del self._released[peer_id]
-                if peer_id not in self.core.active_ids:
-                    self.transport.close_link(peer_id)
+    def _release_unneeded(self, peer_ids: Iterable[NodeId]) -> None:
+        """Release the links to peers that are neither active nor asked something: their one
+        exchange is over (the paper's temporary connection). The transport closes each once
+        what was sent on it has left, so a reply or a DISCONNECT sent just before still goes."""
+        core = self.core
+        for peer_id in peer_ids:
+            if peer_id not in core.active_ids and peer_id not in core.pending_ids:
+                self.transport.release_link(peer_id)
 
     # ------------------------------------------------------------ actions
 
@@ -691,9 +696,11 @@ class Agent:
         if not actions:
             return
         transport = self.transport
+        sent_to: list[NodeId] = []
         for action in actions:
             match action:
                 case Send(to=to, message=message):
+                    sent_to.append(to.id)
                     try:
                         data = self._codec.encode(message)
                     except EncodeError as exc:
@@ -704,7 +711,6 @@ class Agent:
                     if not transport.send(to, data):
                         self.counters["send.dropped"] += 1
                 case PeerUp(peer=peer):
-                    self._released.pop(peer.id, None)
                     transport.open_link(peer)
                     log.info("%s: peer up %s", self.myself.id, peer)
                     self._publish(action)
@@ -712,11 +718,12 @@ class Agent:
                 case PeerDown(peer=peer, reason=reason):
                     if reason is DownReason.FAILED:
                         transport.close_link(peer.id)
-                    else:
-                        # A DISCONNECT may still be queued on this link: close it a bit later.
-                        self._released[peer.id] = self._now() + _RELEASE_GRACE
+                    else:  # the DISCONNECT just sent on it still leaves
+                        transport.release_link(peer.id)
                     log.info("%s: peer down %s (%s)", self.myself.id, peer, reason.value)
                     self._publish(action)
+        if sent_to:
+            self._release_unneeded(sent_to)
         self._wake.set()
 
     def _publish(self, event: Event) -> None:
@@ -782,8 +789,9 @@ def make_transport(strategy: Strategy, *, context: Any = None) -> Transport:
         # The [transport] limits: queued bytes per connection, connection caps, strangers.
         **strategy.limits.options(),
         # A link to a peer outside the active view carries one-off membership messages (JOIN,
-        # NEIGHBOR, SHUFFLE_REPLY: the paper's "temporary connection"): let it go soon after
-        # the dial timeout, so that the links a node holds stay at its active view.
+        # NEIGHBOR, SHUFFLE_REPLY, a merge probe: the paper's "temporary connection"). The
+        # agent releases it once the exchange is over (_release_unneeded); the idle timeout
+        # is the backstop for one it missed, soon after the dial timeout.
         idle_timeout=_TEMPORARY_LINK_IDLE,
         heartbeat_ivl=strategy.heartbeat_interval,
         heartbeat_timeout=strategy.heartbeat_timeout,

@@ -278,6 +278,12 @@ class HyParView:
         return self._passive.keys()
 
     @property
+    def pending_ids(self) -> KeysView[NodeId]:
+        """Ids of the peers asked something that has not been answered yet (JOIN, NEIGHBOR,
+        a merge probe), without copying."""
+        return self._pending.keys()
+
+    @property
     def reserve_ids(self) -> KeysView[NodeId]:
         """Ids recently evicted from the passive view, newest last (see ``reserve_size``)."""
         return self._reserve.keys()

@@ -124,6 +124,9 @@ class BlockingTransport:
     def close_link(self, peer_id: NodeId) -> None:
         self._inner.close_link(peer_id)
 
+    def release_link(self, peer_id: NodeId) -> None:
+        self._inner.release_link(peer_id)
+
     def linked(self) -> frozenset[NodeId]:
         return self._inner.linked()
 

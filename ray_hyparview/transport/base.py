@@ -20,7 +20,10 @@ The contract, which both :mod:`.zmq` and :mod:`.memory` keep:
 * ``open_link(peer)`` pins a link (an active-view peer): it is dialled now, monitored, never
   expired. ``close_link(peer_id)`` drops it (no event). Links opened implicitly by ``send`` to a
   non-active peer (a SHUFFLE_REPLY, a NEIGHBOR to a passive peer) are cached, bounded in number
-  and expired when idle.
+  and expired when idle. ``release_link(peer_id)`` says a link is no longer needed (the agent
+  calls it once its exchange with a non-active peer is over): it closes, pinned or not, as
+  soon as the frames sent on it are handed over, without an event; frames sent on it before
+  are not lost to the release.
 * Every failure of a link, pinned or cached, is reported once as :class:`LinkFailed`: the
   connection dropped (crash: at once; hang or partition: after the heartbeat timeout), the
   handshake was refused (CURVE), the dial was refused or timed out, or the peer is unreachable.
@@ -135,6 +138,9 @@ class Transport(Protocol):
 
     def close_link(self, peer_id: NodeId) -> None:
         """Drop the link to ``peer_id`` (pinned or cached) without an event."""
+
+    def release_link(self, peer_id: NodeId) -> None:
+        """Close the link to ``peer_id`` once what was sent on it has left, without an event."""
         ...
 
     def linked(self) -> frozenset[NodeId]:

@@ -191,6 +191,12 @@ class MemoryTransport:
         self._pinned.pop(peer_id, None)
         self._drop_link(peer_id)
 
+    def release_link(self, peer_id: NodeId) -> None:
+        # A send delivers at once here: nothing is left to wait for.
+        if peer_id in self._links:
+            self._counters["link.released"] += 1
+        self.close_link(peer_id)
+
     def quarantine(self, peer_id: NodeId, seconds: float) -> None:
         self._quarantine.add(peer_id, asyncio.get_running_loop().time() + seconds)
 

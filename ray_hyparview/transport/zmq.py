@@ -100,8 +100,10 @@ dials wait in a per-link queue of ``pending_limit``; links opened implicitly by 
 ``open_link``) are cached at most ``max_cached_links`` and expire after ``idle_timeout``; a
 receive batch is at most ``max_batch`` frames; link events coalesce per peer. ``IMMEDIATE=1``
 on DEALERs: nothing is queued for a peer that is not connected, so stale frames cannot reach a
-later incarnation bound at the same endpoint. Every socket closes with ``linger=0`` (only
-``aclose(linger=...)`` lets DEALERs keep a bounded time to send goodbyes), monitors
+later incarnation bound at the same endpoint. Every socket closes with ``linger=0``, except
+DEALERs of ``aclose(linger=...)`` (a bounded time to send goodbyes) and of ``release_link``: a
+released link ends once its dial is done and its frames are handed to libzmq, and its DEALER
+lingers 250 ms so that they still leave (without linger libzmq would drop them). Monitors
 are disabled before their socket closes, and monitor sockets are read until then (libzmq stops
 making connections if they fill up). Facts from ``/work/shared/DESIGN.md``, measured with
 pyzmq 27.3 and libzmq 4.3.5.
@@ -149,6 +151,10 @@ log = logging.getLogger(__name__)
 ZAP_DOMAIN: Final = "ray_hyparview"
 _TAG_LEN: Final = 6
 _HANDSHAKE_BACKSTOP_MS: Final = 1000
+_RELEASE_LINGER_MS: Final = 250
+"""How long libzmq may go on delivering what a released link was given after its socket closed.
+A link is released only once its handshake is done and every frame is handed over, so on a live
+connection the frames are written at once; this bounds the case of a peer that stalls then."""
 """How much later than ``dial_timeout`` libzmq's own handshake timer ends a dial."""
 _LINK_EVENTS: Final = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -481,6 +487,7 @@ class _Link:
         "peer",
         "pending",
         "pinned",
+        "release",
         "shadow",
         "sock",
         "task",
@@ -495,6 +502,8 @@ class _Link:
         self.mon = mon
         self.up = False
         self.pinned = False
+        self.release = False
+        """Close once the dial is done and the queued frames are handed to libzmq."""
         self.pending: deque[bytes] = deque()
         self.last_used = 0.0
         self.task: asyncio.Task[None] | None = None
@@ -789,10 +798,23 @@ class ZmqTransport:
             link = self._dial(peer)
         if link is not None:
             link.pinned = True
+            link.release = False
 
     def close_link(self, peer_id: NodeId) -> None:
         link = self._links.pop(peer_id, None)
         if link is not None:
+            self._stop_link(link)
+
+    def release_link(self, peer_id: NodeId) -> None:
+        link = self._links.get(peer_id)
+        if link is None:
+            return
+        link.pinned = False
+        link.release = True
+        if link.up:  # else _run_link ends it once the dial has handed its frames over
+            del self._links[peer_id]
+            self._flush_outbox(link)
+            self._counters["link.released"] += 1
             self._stop_link(link)
 
     def quarantine(self, peer_id: NodeId, seconds: float) -> None:
@@ -1009,6 +1031,9 @@ class ZmqTransport:
                 # source bounds how often), so that the next dial uses it.
                 self._spawn(self._refresh_keys(refresh))
         if failure is None:
+            if link.release:  # released while it dialled; its frames are handed over now
+                self._counters["link.released"] += 1
+                return
             failure = await self._watch_phase(link)
         cause, detail = failure
         if self._links.get(link.peer.id) is link:
@@ -1105,7 +1130,12 @@ class ZmqTransport:
             self._counters["send.dropped.link_failed"] += held
         with contextlib.suppress(zmq.ZMQError):
             link.sock.disable_monitor()
-        self._close_sockets(link.sock, link.mon)
+        if link.release and link.up:
+            # Its frames are all with libzmq: give them a bounded time to leave. (A context
+            # ends at once when they have; only a peer that stalls right then delays it.)
+            self._close_sockets(link.sock, link.mon, linger_ms=_RELEASE_LINGER_MS)
+        else:
+            self._close_sockets(link.sock, link.mon)
 
     def _evict_cached(self) -> None:
         cached = [link for link in self._links.values() if not link.pinned]
@@ -1272,10 +1302,11 @@ class ZmqTransport:
         sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval)
         sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, math.ceil(opts.heartbeat_timeout / interval)))
 
-    def _close_sockets(self, *socks: zmq.Socket[Any]) -> None:
+    def _close_sockets(self, *socks: zmq.Socket[Any], linger_ms: int = 0) -> None:
         for sock in socks:
-            # Only DEALERs of a closing transport linger, so goodbyes can still leave.
-            linger = self._linger_ms if sock.type == zmq.DEALER else 0
+            # Only DEALERs linger: of a closing transport, so goodbyes can still leave, and of
+            # a released link, so what it was given can.
+            linger = max(self._linger_ms, linger_ms) if sock.type == zmq.DEALER else 0
             sock.close(linger=linger)
             self._open_sockets.discard(sock)
 
