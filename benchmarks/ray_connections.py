@@ -38,9 +38,9 @@ number of distinct *peer nodes*; socket counts are printed next to it.
 
 Membership timers. The membership protocol opens temporary links of its own to nodes outside
 the active view (JOIN, a shuffle reply, a merge probe and its answer), which the agent closes
-after 3 s idle. How many a node holds at a time depends on its timers, not on the traffic:
-``--timings local`` (the default) runs the demo's local preset, whose merge probes every 1 to
-2 s keep two or three open; ``--timings default`` runs the production timers.
+once the exchange is over. How many are in flight at a time depends on its timers, not on the
+traffic: ``--timings local`` (the default) runs the demo's local preset, which probes every 1
+to 2 s; ``--timings default`` runs the production timers.
 
     python benchmarks/ray_connections.py             # 16 actors, 6 nodes, active view 2
     python benchmarks/ray_connections.py --quick     # 8 actors, 4 nodes: a smoke run
@@ -549,8 +549,8 @@ def main() -> int:
             say(
                 "note: the extra mesh peers are the membership's temporary links (joins, shuffle "
                 "replies, merge probes and their answers, each to a node outside the active "
-                "view), which the agent closes after 3 s idle; how many a node holds depends on "
-                "the membership timers (--timings), not on the traffic; "
+                "view), which the agent closes once the exchange is over; how many are open at "
+                "a time depends on the membership timers (--timings), not on the traffic; "
                 "'agent links' in hv.stats(): "
                 + ", ".join(f"{n[:8]} {links.get(n)}" for n in nodes)
             )
