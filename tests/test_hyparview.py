@@ -589,6 +589,25 @@ def test_keepalive_on_quiet_links_and_silent_peer_declared_failed() -> None:
     assert PeerDown(B, DownReason.FAILED) in on_time(a, 2.5)
 
 
+def test_a_silent_peer_is_failed_at_the_timeout_not_at_the_next_tick() -> None:
+    """A stopped neighbour was failed 2.0 to 2.5 s after its last frame (timeout 2 s, checked
+    every 0.5 s), so the bound of 2.5 s held with no margin; now at the timeout itself."""
+    a, b = node(A, KEEPALIVE_CFG), node(B, KEEPALIVE_CFG)
+    link(a, b)
+    on_time(a, 1.3)
+    assert a.heard("b", now=1.3) == []  # b's last frame, between two ticks
+    failed_at = None
+    while failed_at is None:
+        due = a.next_deadline()
+        assert due is not None
+        assert due < 4.0, "b was not failed"
+        if PeerDown(B, DownReason.FAILED) in a.on_timer(now=due):
+            failed_at = due
+    assert 3.3 < failed_at <= 3.31
+    assert a.counters["keepalive.timeout"] == 1
+    assert a.counters["keepalive.paused"] == 0
+
+
 def test_any_message_counts_as_a_heartbeat() -> None:
     a, b = node(A, KEEPALIVE_CFG), node(B, KEEPALIVE_CFG)
     link(a, b)

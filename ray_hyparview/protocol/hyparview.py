@@ -58,7 +58,9 @@ The rules this file keeps, beyond the paper's (each departure is marked ``DEPART
 7. Silence is measured in time this node listened. An active peer is failed when nothing of
    it was read for ``keepalive_timeout``: any frame counts, a KEEPALIVE, any other membership
    message, or a frame of the layers above (the driver calls :meth:`heard`), since on a busy
-   link the KEEPALIVE waits behind them. A keepalive tick that runs late (the node itself was
+   link the KEEPALIVE waits behind them. The keepalive tick comes every ``keepalive_interval``,
+   and sooner when a peer's silence would pass the timeout before the next one, so a silent
+   peer is failed at the timeout itself. A keepalive tick that runs late (the node itself was
    starved or stopped, and its peers' frames waited unread) credits the time it was late to
    every peer, and to the component marker's age (rule 5), whose next beat may be waiting
    unread as well. On a machine with every core taken, these kept live neighbours from being
@@ -129,6 +131,9 @@ _STRAY_TOLD_MAX = 64
 is forgotten first: forgetting one costs at most one more DISCONNECT)."""
 _STRAY_QUIET = 0.5
 """Seconds between DISCONNECTs to one such sender when keepalives are off."""
+_SILENCE_MARGIN = 0.001
+"""Seconds after a peer's silence reaches ``keepalive_timeout`` that the tick checking it runs:
+the check is strict (``>``), so a tick at exactly that moment would not see it."""
 
 # Refused periodic refills before a short node escalates (see _escalate), doubling up to the cap.
 _STARVE_MIN = 3
@@ -996,7 +1001,6 @@ class HyParView:
             # waiting unread here, and the merge rule must not see a split in it.
             self._component.credit(paused, now)
         self._next_keepalive = now + interval
-        self._retime()
         timeout = self.config.keepalive_timeout
         last_heard = self._last_heard
         for peer in self._active_tuple():
@@ -1009,6 +1013,14 @@ class HyParView:
                 self._send(
                     out, peer, KeepAlive(sender=self.myself, incarnation=self.incarnation), now
                 )
+        if last_heard:  # keyed by exactly the active peers
+            # The next tick comes just after the silence of the quietest peer reaches the
+            # timeout, if that is sooner: a silent peer is failed ``keepalive_timeout`` after
+            # its last frame, not up to one more interval later. A peer heard meanwhile only
+            # makes that tick check and send as any other.
+            silent = min(last_heard.values()) + timeout + _SILENCE_MARGIN
+            self._next_keepalive = min(now + interval, silent)
+        self._retime()
 
     def _shuffle_tick(self, out: list[Action], now: float) -> None:
         if self._active:
