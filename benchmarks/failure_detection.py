@@ -11,7 +11,8 @@ connected and symmetric, notes which agents hold the victim in their active view
   socket monitor reports ``DISCONNECTED`` and the agent emits ``PeerDown(FAILED)``;
 * ``stop``: sends SIGSTOP. Nothing is closed and the victim's kernel still acknowledges
   data, so the neighbours notice only through the application keepalives
-  (``keepalive_timeout``, checked every ``keepalive_interval``). The agents send no ZMTP
+  (``keepalive_timeout`` after the victim's last frame, which left at most
+  ``keepalive_interval`` before the signal). The agents send no ZMTP
   heartbeats (libzmq 4.3.5 can abort the process on them; see
   :mod:`ray_hyparview.transport.zmq`). The victim is then killed.
 
@@ -191,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                 f" {row['max_ms']:>9.1f}  {target}: {'ok' if ok else 'MISSED'}"
             )
     print(
-        f"SIGSTOP detection path: the keepalive timeout ({args.keepalive_timeout} s, checked"
-        f" every {args.keepalive_interval} s) = {stop_bound:.2f} s expected"
+        f"SIGSTOP detection path: the keepalive timeout ({args.keepalive_timeout} s after the"
+        f" victim's last frame; keepalives every {args.keepalive_interval} s) ="
+        f" {stop_bound:.2f} s expected"
     )
     print(f"links that ended otherwise before detection: {other}")
     if args.json:
