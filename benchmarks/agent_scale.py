@@ -16,7 +16,8 @@ agents of earlier hosts. Then:
   links, the ``links`` gauge of ``agent.stats()``). The bound to check is
   ``2 x active view + 1 + cached links``: one DEALER out and one connection in per active
   link, the listener, and the few links opened for a SHUFFLE_REPLY or a NEIGHBOR to a passive
-  peer (bounded by ``max_cached_links``, closed after ``idle_timeout``). File descriptors per
+  peer while that exchange is in flight (the agent releases each once it is over; the
+  transport bounds them by ``max_cached_links`` and ``idle_timeout``). File descriptors per
   process (``/proc/PID/fd``) are reported too: libzmq adds an eventfd per socket and per
   monitor, asyncio a self-pipe.
 
