@@ -943,6 +943,9 @@ async def test_a_released_link_closes_once_its_frames_are_handed_over_and_loses_
         assert a.counters["link.released"] == 2
         assert a.counters["link.expired"] == 0
         assert not [k for k in a.counters if k.startswith(("link.failed", "send.dropped"))]
+        assert a.send(peer(dialling), b"three")  # a later exchange dials afresh
+        assert await recv_n(dialling, 1) == [("a", b"three")]
+        assert a.linked() == {"dialling"}
     finally:
         for t in (a, dialling, up):
             await t.aclose()

@@ -138,6 +138,7 @@ class Transport(Protocol):
 
     def close_link(self, peer_id: NodeId) -> None:
         """Drop the link to ``peer_id`` (pinned or cached) without an event."""
+        ...
 
     def release_link(self, peer_id: NodeId) -> None:
         """Close the link to ``peer_id`` once what was sent on it has left, without an event."""

@@ -151,11 +151,11 @@ log = logging.getLogger(__name__)
 ZAP_DOMAIN: Final = "ray_hyparview"
 _TAG_LEN: Final = 6
 _HANDSHAKE_BACKSTOP_MS: Final = 1000
+"""How much later than ``dial_timeout`` libzmq's own handshake timer ends a dial."""
 _RELEASE_LINGER_MS: Final = 250
 """How long libzmq may go on delivering what a released link was given after its socket closed.
 A link is released only once its handshake is done and every frame is handed over, so on a live
 connection the frames are written at once; this bounds the case of a peer that stalls then."""
-"""How much later than ``dial_timeout`` libzmq's own handshake timer ends a dial."""
 _LINK_EVENTS: Final = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_CONNECT_RETRIED
@@ -1032,6 +1032,8 @@ class ZmqTransport:
                 self._spawn(self._refresh_keys(refresh))
         if failure is None:
             if link.release:  # released while it dialled; its frames are handed over now
+                if self._links.get(link.peer.id) is link:
+                    del self._links[link.peer.id]  # a later send dials afresh
                 self._counters["link.released"] += 1
                 return
             failure = await self._watch_phase(link)
