@@ -317,3 +317,54 @@ async def test_control_endpoint_refuses_an_overlong_line_with_one_clean_error(
         assert (await query_status(control))["id"] == "a"
     assert not loop_errors
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+@pytest.mark.asyncio
+async def test_under_faults_a_node_links_only_to_its_view_and_to_the_peers_it_asked(
+    memory_agent: MemoryAgentFactory,
+) -> None:
+    """The README's connection bound, as a checker under faults: in every sample, each live
+    agent's links are its active view plus the peers it waits on (a JOIN, a NEIGHBOR, a merge
+    probe). No temporary link outlives its exchange. Faults: a partition in halves, its heal,
+    a node killed and one leaving."""
+    config = HyParViewConfig.local(active_view_size=2, passive_view_size=6)
+    net = MemoryNetwork(failure_delay=0.05)
+    names = [f"n{i}" for i in range(8)]
+    agents = {n: memory_agent(net, n, *([] if n == "n0" else ["n0"]), config=config) for n in names}
+    for agent in agents.values():
+        await agent.start()
+    loop = asyncio.get_running_loop()
+    gone: set[str] = set()
+    extra_links: list[tuple[str, list[str]]] = []
+    samples = 0
+
+    async def watch(seconds: float) -> None:
+        nonlocal samples
+        end = loop.time() + seconds
+        while loop.time() < end:
+            for name, agent in agents.items():
+                if name in gone:
+                    continue
+                core = agent.core
+                extra = agent.transport.linked() - core.active_ids - core.pending_ids
+                if extra:
+                    extra_links.append((name, sorted(extra)))
+            samples += 1
+            await asyncio.sleep(0.02)
+
+    await watch(1.5)
+    net.partition(names[:4], names[4:])
+    await watch(2.0)
+    net.heal()
+    await watch(2.0)
+    gone.add("n5")
+    net.kill("n5")
+    await watch(1.5)
+    gone.add("n6")
+    await agents["n6"].aclose()
+    await watch(1.5)
+    assert samples >= 200
+    assert not extra_links, extra_links[:5]
+    live = [agent for name, agent in agents.items() if name not in gone]
+    assert all(agent.active_view for agent in live)
+    assert sum(agent.transport.counters["link.released"] for agent in live) > 0
