@@ -561,6 +561,20 @@ async def test_frames_are_dispatched_from_the_reader_callback_and_its_failures_a
         assert [p.id for p in a.active_view] == ["b"]
 
 
+def _probe_from(prober: Peer) -> MergeProbe:
+    """A stranger's MERGE_PROBE: it asks which component the agent is in."""
+    return MergeProbe(
+        sender=prober,
+        incarnation=1,
+        root=prober,
+        root_incarnation=1,
+        seq=1,
+        age=0.0,
+        settled=False,
+        reply=False,
+    )
+
+
 @pytest.mark.asyncio
 async def test_the_answer_to_a_merge_probe_leaves_no_link_behind() -> None:
     """The paper's temporary connection: an agent answers a node outside its active view on a
@@ -571,22 +585,12 @@ async def test_the_answer_to_a_merge_probe_leaves_no_link_behind() -> None:
     inbox = ctx.socket(zmq.ROUTER)
     inbox.setsockopt(zmq.LINGER, 0)
     port = inbox.bind_to_random_port("tcp://127.0.0.1")
-    prober = Peer("prober", f"tcp://127.0.0.1:{port}")
     codec = wire_codec()
-    probe = MergeProbe(
-        sender=prober,
-        incarnation=1,
-        root=prober,
-        root_incarnation=1,
-        seq=1,
-        age=0.0,
-        settled=False,
-        reply=False,
-    )
+    probe = codec.encode(_probe_from(Peer("prober", f"tcp://127.0.0.1:{port}")))
     try:
         async with linked_pair(strategy("a"), lambda p: strategy("b", p)) as (a, _b, _):
             with raw_dealer(ctx, a.myself.endpoint, b"prober\0" + os.urandom(6)) as dealer:
-                dealer.send(codec.encode(probe))
+                dealer.send(probe)
                 await until(lambda: inbox.poll(0) != 0)
                 _rid, frame = inbox.recv_multipart()
                 answer = codec.decode(frame)
@@ -598,6 +602,36 @@ async def test_the_answer_to_a_merge_probe_leaves_no_link_behind() -> None:
                 assert a.transport.counters["link.released"] == 1
                 assert a.transport.counters["link.expired"] == 0
                 assert [p.id for p in a.active_view] == ["b"]
+    finally:
+        inbox.close(linger=0)
+        ctx.term()
+
+
+@pytest.mark.asyncio
+async def test_a_flood_of_merge_probes_under_one_id_does_not_cost_a_dial_each() -> None:
+    """Each answer to a stranger's probe is sent on a link dialled for it and released after
+    it: 50 probes under one id used to draw 50 answers. The core answers one id at most
+    every quarter ``probe_interval_min`` (0.125 s with these timers)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    inbox = ctx.socket(zmq.ROUTER)
+    inbox.setsockopt(zmq.LINGER, 0)
+    port = inbox.bind_to_random_port("tcp://127.0.0.1")
+    probe = wire_codec().encode(_probe_from(Peer("prober", f"tcp://127.0.0.1:{port}")))
+    flood = 50
+    try:
+        async with linked_pair(strategy("a"), lambda p: strategy("b", p)) as (a, _b, _):
+            assert a.core.config.probe_interval_min == 0.5
+            opened = a.transport.counters["link.opened"]
+            with raw_dealer(ctx, a.myself.endpoint, b"prober\0" + os.urandom(6)) as dealer:
+                for _ in range(flood):
+                    dealer.send(probe)
+                await until(lambda: a.core.counters["received.MergeProbe"] == flood)
+            answers = flood - a.core.counters["dropped.probe_flood"]
+            # However slow the machine, the burst is read within a second or so: a handful.
+            assert 1 <= answers <= 10, answers
+            assert a.transport.counters["link.opened"] - opened <= answers
+            await until(lambda: a.transport.linked() == {"b"}, limit=2.0)
+            assert [p.id for p in a.active_view] == ["b"]
     finally:
         inbox.close(linger=0)
         ctx.term()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from ray_hyparview.protocol import hyparview
 from ray_hyparview.protocol.config import HyParViewConfig
 from ray_hyparview.protocol.errors import StateError
 from ray_hyparview.protocol.hyparview import HyParView
@@ -51,6 +52,28 @@ def link(x: HyParView, y: HyParView, *, now: float = 0.0) -> None:
 
 def sends(actions: Sequence[object]) -> list[Send]:
     return [a for a in actions if isinstance(a, Send)]
+
+
+def probe_from(
+    sender: Peer,
+    *,
+    root: Peer | None = None,
+    seq: int = 1,
+    age: float = 0.0,
+    settled: bool = True,
+    reply: bool = False,
+) -> MergeProbe:
+    """A MERGE_PROBE (or with ``reply``, its answer) from ``sender``, by default its own root."""
+    return MergeProbe(
+        sender=sender,
+        incarnation=0,
+        root=root or sender,
+        root_incarnation=0,
+        seq=seq,
+        age=age,
+        settled=settled,
+        reply=reply,
+    )
 
 
 # --------------------------------------------------------------------------- JOIN (paper 4.2)
@@ -641,20 +664,34 @@ def test_a_late_tick_credits_the_pause_to_the_component_marker_too() -> None:
     b.join([A], now=0.0)
     on_time(b, 2.0)  # b is its own root and beats at 2.0
     b.on_timer(now=3.5)  # the keepalive tick due at 2.5 runs a second late
-    ask = MergeProbe(
-        sender=C,
-        incarnation=0,
-        root=C,
-        root_incarnation=0,
-        seq=1,
-        age=0.0,
-        settled=True,
-        reply=False,
-    )
-    [answer] = [s.message for s in sends(b.receive("c", ask, now=3.5)) if s.to == C]
+    [answer] = [s.message for s in sends(b.receive("c", probe_from(C), now=3.5)) if s.to == C]
     assert isinstance(answer, MergeProbe)
     assert answer.reply
     assert answer.age == pytest.approx(0.5), "1.5 s since the beat, 1.0 of it not listened"
+
+
+def test_a_flood_of_merge_probes_under_one_id_draws_one_answer_per_quiet_time() -> None:
+    """Answering a stranger's MERGE_PROBE may dial a link to it: a flood of probes under one
+    id must not cost a dial per frame. An honest prober, at most one probe per half
+    ``probe_interval_min``, is always answered; another id has a limit of its own."""
+    cfg = HyParViewConfig(keepalive_interval=None, shuffle_interval=1000.0, probe_interval_min=0.4)
+    b = node(B, cfg)  # answers one id at most every 0.1 s
+
+    def answered(sender: Peer, now: float) -> int:
+        out = sends(b.receive(sender.id, probe_from(sender), now=now))
+        return sum(1 for s in out if s.to == sender and isinstance(s.message, MergeProbe))
+
+    assert answered(C, 1.0) == 1
+    assert [answered(C, t) for t in (1.0, 1.03, 1.06, 1.09)] == [0, 0, 0, 0]
+    assert b.counters["dropped.probe_flood"] == 4
+    assert answered(D, 1.05) == 1
+    assert answered(C, 1.11) == 1
+    assert answered(C, 1.31) == 1, "an honest prober's fastest pace: half the minimum interval"
+    # The table is bounded: after as many other ids, C is forgotten and answered again.
+    for i in range(hyparview._QUIET_MAX):
+        answered(peer(f"x{i}"), 1.32)
+    assert answered(C, 1.33) == 1
+    assert b.counters["dropped.probe_flood"] == 4
 
 
 def test_frames_on_a_one_sided_link_draw_a_disconnect_at_once() -> None:
@@ -852,16 +889,7 @@ def _escalate_to_d(settled_at: float) -> tuple[HyParView, float, MergeProbe]:
 
 def _answer(probe: MergeProbe, root: Peer, *, settled: bool) -> MergeProbe:
     """D's answer to ``probe``: D's marker is the prober's, but for its root and settledness."""
-    return MergeProbe(
-        sender=D,
-        incarnation=0,
-        root=root,
-        root_incarnation=0,
-        seq=probe.seq,
-        age=probe.age,
-        settled=settled,
-        reply=True,
-    )
+    return probe_from(D, root=root, seq=probe.seq, age=probe.age, settled=settled, reply=True)
 
 
 @pytest.mark.parametrize(

@@ -126,11 +126,17 @@ _RECEIVED = tuple("received." + cls.__name__ for cls in _TYPES)
 _SENT = tuple("sent." + cls.__name__ for cls in _TYPES)
 _SHUFFLE = _KIND[Shuffle]
 
-_STRAY_TOLD_MAX = 64
-"""Senders of one-sided frames remembered for the rate limit of their DISCONNECTs (the oldest
-is forgotten first: forgetting one costs at most one more DISCONNECT)."""
+_QUIET_MAX = 64
+"""Senders remembered by each per-sender rate limit below (the oldest is forgotten first:
+forgetting one costs at most one more answer to it)."""
 _STRAY_QUIET = 0.5
-"""Seconds between DISCONNECTs to one such sender when keepalives are off."""
+"""Seconds between DISCONNECTs to one sender of one-sided frames when keepalives are off."""
+_PROBE_QUIET_SHARE = 0.25
+"""Answers to one sender's MERGE_PROBEs are at least this share of ``probe_interval_min``
+apart. A node's probe timer fires at most every half ``probe_interval_min`` (its jitter draws
+0.5 to 1.0 of the delay), so its probes are not refused; an escalation's probe may rarely
+follow one at once. A refused answer costs an honest prober what a lost one costs: a LOW
+probe is counted as failed, a HIGH one escalates to a HIGH NEIGHBOR request."""
 _SILENCE_MARGIN = 0.001
 """Seconds after a peer's silence reaches ``keepalive_timeout`` that the tick checking it runs:
 the check is strict (``>``), so a tick at exactly that moment would not see it."""
@@ -253,6 +259,8 @@ class HyParView:
         self._joined = False  # one of our JOINs was accepted (see _introduce)
         # Senders of frames on a one-sided link, and until when they are not told again.
         self._stray_told: dict[NodeId, float] = {}
+        # Senders of MERGE_PROBEs, and until when they are not answered again.
+        self._probe_answered: dict[NodeId, float] = {}
 
     # ------------------------------------------------------------------ views
 
@@ -430,10 +438,7 @@ class HyParView:
                 self._events["stray.unknown"] += 1
                 return []  # no endpoint to answer on; its own keepalives will draw one
             peer = lost.peer
-        told.pop(sender, None)
-        told[sender] = now + (self.config.keepalive_interval or _STRAY_QUIET)
-        while len(told) > _STRAY_TOLD_MAX:
-            del told[next(iter(told))]
+        _quiet_until(told, sender, now + (self.config.keepalive_interval or _STRAY_QUIET))
         self._events["stray.told"] += 1
         out: list[Action] = []
         self._send(out, peer, self._disconnect(), now)
@@ -942,6 +947,14 @@ class HyParView:
     ) -> None:
         peer = msg.sender
         if not msg.reply:
+            # Answering may dial a link (the prober is seldom a neighbour): a flood of probes
+            # under one id must not make one dial each.
+            answered = self._probe_answered
+            if answered.get(peer.id, -math.inf) > now:
+                self._events["dropped.probe_flood"] += 1
+                return
+            quiet = self.config.probe_interval_min * _PROBE_QUIET_SHARE
+            _quiet_until(answered, peer.id, now + quiet)
             self._send(out, peer, self._probe_message(now, reply=True), now)
             return
         pend = self._pending.get(peer.id)
@@ -1531,6 +1544,15 @@ class HyParView:
                 if pid in reserve:
                     del reserve[pid]
         passive.update(fresh)
+
+
+def _quiet_until(table: dict[NodeId, float], sender: NodeId, until: float) -> None:
+    """Note in a per-sender rate limit that ``sender`` is not answered again before ``until``;
+    the table keeps the ``_QUIET_MAX`` senders noted last."""
+    table.pop(sender, None)
+    table[sender] = until
+    while len(table) > _QUIET_MAX:
+        del table[next(iter(table))]
 
 
 def _pick(rand: Callable[[], float], items: Sequence[_T]) -> _T:
