@@ -24,6 +24,8 @@ from ray_hyparview.sim.cli import main as sim_main
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("ray_hyparview", "tests", "benchmarks", "examples")
+_ENV_NAME = re.compile(r"RAY_HYPARVIEW_[A-Z0-9_]*[A-Z0-9]")
+"""A name in the agent's environment namespace, quoted or not (not the bare prefix)."""
 LOCAL_MODULES = {"ray_hyparview", "tests"} | {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
 """Top-level names that are this repository's own code (a benchmark may import a sibling script,
 as ``agent_roundtrip.py`` imports ``roundtrip``)."""
@@ -139,17 +141,34 @@ def test_package_reads_no_environment_variable_the_agent_loader_refuses() -> Non
     from ray_hyparview.config.strategy import ENV_PREFIX, ENV_VARS, PROCESS_ENV_VARS, Strategy
 
     known = {ENV_PREFIX + suffix for suffix in (*ENV_VARS, *PROCESS_ENV_VARS)}
-    pattern = re.compile(r"""["'](RAY_HYPARVIEW_[A-Z0-9_]+)["']""")
     strays = {
         f"{name} in {path.relative_to(ROOT)}"
         for path in sorted((ROOT / "ray_hyparview").rglob("*.py"))
-        for name in pattern.findall(path.read_text())
-        if name not in known and not name.endswith("_")
+        for name in _ENV_NAME.findall(path.read_text())
+        if name not in known
     }
     assert not strays, f"variables in the agent's namespace that its loader refuses: {strays}"
     base = {"node": {"id": "n1"}, "nodes": {"n1": "tcp://127.0.0.1:7001"}}
     for suffix in sorted(PROCESS_ENV_VARS):
         Strategy.from_env(base, {ENV_PREFIX + suffix: "x"})  # accepted, not an error
+
+
+def test_the_docs_name_only_environment_variables_the_agent_loader_knows() -> None:
+    """A variable a user copies from the README, an example or a warning must be one the
+    loader takes: it refuses the rest, and the agent does not start. The priority warning
+    and the README once named ``RAY_HYPARVIEW_AGENT_NICE``, which is ``RAY_HYPARVIEW_NICE``."""
+    from ray_hyparview.config.strategy import ENV_PREFIX, ENV_VARS, PROCESS_ENV_VARS
+
+    known = {ENV_PREFIX + suffix for suffix in (*ENV_VARS, *PROCESS_ENV_VARS)}
+    docs = [ROOT / "README.md", ROOT / "benchmarks" / "README.md"]
+    docs += sorted(p for p in (ROOT / "examples").rglob("*") if p.is_file())
+    strays = {
+        f"{name} in {path.relative_to(ROOT)}"
+        for path in docs
+        for name in _ENV_NAME.findall(path.read_text(errors="replace"))
+        if name not in known
+    }
+    assert not strays, f"variables the docs name that the agent's loader refuses: {strays}"
 
 
 def test_simulator_writes_no_file_unless_asked(

@@ -92,8 +92,9 @@ def raise_priority(nice: int) -> Priority:
         log.warning(
             "could not raise the agent's priority to nice %d (%s): it runs at the priority it "
             "has, and on oversubscribed cores its peers may fail it for being late. Grant "
-            "CAP_SYS_NICE or an RLIMIT_NICE of at least %d, or set [agent] nice = 0 "
-            "(RAY_HYPARVIEW_AGENT_NICE=0) to keep the default priority without this warning.",
+            "CAP_SYS_NICE or an RLIMIT_NICE of at least %d, or ask for nice 0 ([agent] nice = 0, "
+            "RAY_HYPARVIEW_NICE=0 or --nice 0; the Ray plugin's start(nice=0)) to keep the "
+            "default priority without this warning.",
             nice,
             error,
             20 - nice,
