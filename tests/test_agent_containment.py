@@ -25,6 +25,7 @@ from ray_hyparview.config.strategy import Strategy
 from ray_hyparview.protocol import limits
 from ray_hyparview.protocol import routing as rt
 from ray_hyparview.protocol.config import HyParViewConfig
+from ray_hyparview.protocol.messages import Join
 from ray_hyparview.protocol.peer import NodeId, Peer
 from ray_hyparview.testing.conditions import until
 from ray_hyparview.testing.memory_mesh import MemoryMesh
@@ -182,6 +183,30 @@ async def test_a_raising_handler_costs_one_count_per_message_and_few_log_lines(
     assert counter(a, "agent.errors.handler") == 5
     assert len([r for r in caplog.records if "handler" in r.getMessage()]) == 2
     await nodes.answers("a")
+
+
+@pytest.mark.asyncio
+async def test_a_raising_pass_through_costs_one_count_per_frame(nodes: Nodes) -> None:
+    """A pass-through runs before the frame is decoded, in the same containment as a handler:
+    its exception costs that frame and one count, never the rest of the batch."""
+    a = nodes.agents["a"]
+    calls: list[list[object]] = []
+
+    def boom(sender: NodeId, values: list[object]) -> bool:
+        calls.append(values)
+        raise RuntimeError("pass-through bug")
+
+    a.add_pass_through(rt.DataFrame, boom)
+    frame = rt.DataFrame(source="b", destination="a", frame_id=1, hops=1, hop_limit=4, payload=b"")
+    for _ in range(3):
+        inject(nodes, "b", "a", frame)
+    await until(lambda: len(calls) == 3)
+    assert calls[0] == ["b", "a", 1, 1, 4, b""]
+    assert counter(a, "agent.errors.handler") == 3
+    assert counter(a, "agent.passed_through") == 3
+    await nodes.answers("a")
+    with pytest.raises(ValueError, match="membership"):
+        a.add_pass_through(Join, boom)
 
 
 @pytest.mark.asyncio

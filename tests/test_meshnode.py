@@ -70,6 +70,8 @@ async def test_active_views_are_bounded_and_every_actor_reaches_every_other(
         kinds.add(kind)
     assert kinds <= {"direct", "routed"}
     assert "routed" in kinds  # with 6 nodes and 2 links each, some targets are 2+ hops away
+    # A relay passes a routed frame on as its fields, never decoding it (Router.pass_on).
+    assert sum(a.counters["passed_through"] for a in overlay.agents.values()) > 0
     for name, mesh in overlay.meshes.items():
         items = await mesh.poll(f"actor-{name}", wait=1.0)
         assert sorted(i.sender for i in items) == sorted(

@@ -190,6 +190,7 @@ class MeshNode:
         pushes it from there, :mod:`ray_hyparview.agent.localpath`)."""
         for routing_type in (rt.RouteUpdate, rt.SeqnoRequest, rt.DataFrame, rt.RouteError):
             agent.add_handler(routing_type, self._on_routing)
+        agent.add_pass_through(rt.DataFrame, self._pass_on)
         for tree_type in (pt.Gossip, pt.IHave, pt.Graft, pt.Prune):
             agent.add_handler(tree_type, self._on_plumtree)
         self._unsubscribe = agent.subscribe(self._on_membership)
@@ -505,6 +506,21 @@ class MeshNode:
                     self._apply_plumtree(self.tree.neighbor_down(peer.id, now=now))
         except Exception:
             self._error("handler", "membership event")
+
+    def _pass_on(self, sender: NodeId, values: list[Any]) -> bool:
+        """A data frame that only passes through this node goes on as its field values, its
+        hop count raised, never built, checked by the codec's schema or encoded as a message
+        (:meth:`Router.pass_on` checks it, by :meth:`Router.receive`'s rules). False: it
+        needs more than that, and goes to :meth:`_on_routing` decoded."""
+        hop = self.router.pass_on(sender, values, now=self._now())
+        if hop is None:
+            return False
+        peer = self.agent.active_peer(hop)
+        if peer is None or not self.agent.send_fields(peer, rt.DataFrame, values):
+            # As _apply_routing does with a send that fails: another route, or a ROUTE_ERROR.
+            onward = rt.data_frame(values)
+            self._apply_routing(self.router.forward_failed(onward, hop, now=self._now()))
+        return True
 
     def _on_routing(self, sender: NodeId, message: Any) -> None:
         try:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -134,6 +135,10 @@ class Gate(Protocol):
 
 
 Handler = Callable[[NodeId, Any], None]
+
+PassThrough = Callable[[NodeId, list[Any]], bool]
+"""Takes a frame's field values, unchecked (see :meth:`Agent.add_pass_through`); True when it
+handled the frame whole, False to have it decoded and handled as usual."""
 
 Service = Coroutine[Any, Any, None] | Callable[[], Coroutine[Any, Any, None]]
 """What :meth:`Agent.spawn` runs: a coroutine (runs once) or a factory of them (restarted)."""
@@ -243,6 +248,9 @@ class Agent:
         self._codec = codec if codec is not None else wire_codec()
         self._core: HyParView | None = None
         self._handlers: dict[type, Handler] = {}
+        # Frame prefix -> (message type, its pass-through); every prefix is _through_len long.
+        self._through: dict[bytes, tuple[type, PassThrough]] = {}
+        self._through_len = 0
         self._subscribers: list[_Subscriber] = []
         self._callbacks: list[Callable[[Event], None]] = []
         self._changed = asyncio.Event()
@@ -408,6 +416,34 @@ class Agent:
             raise ValueError(f"{message_type.__name__} belongs to the membership protocol")
         self._handlers[message_type] = handler
 
+    def add_pass_through(self, message_type: type, handler: PassThrough) -> None:
+        """Offer each frame of ``message_type`` from an active neighbour to ``handler`` as its
+        field values before it is decoded (:meth:`~ray_hyparview.wire.codec.Codec.fields`:
+        parsed under the codec's limits, not checked against the schema, in the message's
+        field order). ``handler`` must check every value it uses by the rules of its core;
+        when it returns False the frame is decoded and goes to the :meth:`add_handler`
+        handler as usual. Counted as the handler's frames are; the routed mesh passes a data
+        frame that only goes through this node on this way (:meth:`Router.pass_on`)."""
+        if message_type in _HYPARVIEW_TYPES:
+            raise ValueError(f"{message_type.__name__} belongs to the membership protocol")
+        names = tuple(f.name for f in dataclasses.fields(message_type))
+        if self._codec.field_names(message_type) != names:
+            raise ValueError(f"the codec's fields of {message_type.__name__} are not in its order")
+        prefix = self._codec.prefix(message_type)
+        if self._through and len(prefix) != self._through_len:
+            raise ValueError(f"{message_type.__name__}'s frames start unlike the others'")
+        self._through[prefix] = (message_type, handler)
+        self._through_len = len(prefix)
+
+    def send_fields(self, peer: Peer, message_type: type, values: Sequence[Any]) -> bool:
+        """Send a message given as its field values, without the schema's checks: for the
+        values a pass-through handler read and checked (see :meth:`add_pass_through`)."""
+        if self._closed:
+            return False
+        data = self._codec.encode_fields(message_type, values)
+        self._count_send(message_type.__name__, len(data))
+        return self.transport.send(peer, data)
+
     def spawn(self, service: Service, *, name: str) -> asyncio.Task[None]:
         """Run a service of a layer above membership in the agent's task group; it is cancelled
         when the agent closes, if its owner has not stopped it before.
@@ -548,7 +584,20 @@ class Agent:
     def _dispatch(self, batch: list[tuple[NodeId, bytes]]) -> None:
         core = self.core
         heard: NodeId | None = None  # the last sender ``core.heard`` was told of, this batch
+        through = self._through
         for sender, data in batch:
+            if through and sender in core.active_ids:
+                taken = through.get(data[: self._through_len])
+                if taken is not None:
+                    values = self._codec.fields(data, taken[0])
+                    if values is not None:
+                        if sender != heard:
+                            heard = sender
+                            told = core.heard(sender, now=self._now())
+                            if told:
+                                self._apply(told)
+                        if self._pass_through(sender, taken, values, len(data)):
+                            continue
             message = self._codec.decode(data)
             if isinstance(message, DecodeError):
                 self._offence(sender, message.cause)
@@ -575,6 +624,25 @@ class Agent:
                     self._release_unneeded((sender,))  # an answer may end what we asked
             else:
                 self.counters["dropped.unhandled_type"] += 1
+
+    def _pass_through(
+        self, sender: NodeId, taken: tuple[type, PassThrough], values: list[Any], size: int
+    ) -> bool:
+        """Offer ``values`` to the pass-through of their type; True when it took the frame
+        (an exception in it costs the frame, as in a handler: counted, never the agent)."""
+        message_type, handler = taken
+        try:
+            if not handler(sender, values):
+                return False
+        except Exception as exc:
+            self.report_error(
+                "handler", f"pass-through of {message_type.__name__} from {sender}", exc
+            )
+        self._offences.pop(sender, None)
+        self.counters["received." + message_type.__name__] += 1
+        self.counters["received.bytes"] += size
+        self.counters["passed_through"] += 1
+        return True
 
     def _hold_early(self, sender: NodeId, size: int, message: object) -> None:
         """Routing, Plumtree and the mesh inside them take frames only from admitted active

@@ -14,6 +14,8 @@ and wires them exactly as ``agent/node.py`` and ``agent/meshnode.py`` do; it dec
 * a HyParView ``Send`` goes to any peer (the agent dials); a routing or Plumtree ``SendTo`` goes
   out only over an active link, and a routed frame that cannot is handed back with
   ``router.forward_failed`` (``MeshNode._apply_routing``);
+* a data frame from an active neighbour that only passes through goes on as its field values
+  when ``router.pass_on`` names its next hop, never decoded (``MeshNode._pass_on``);
 * routing's ``Arrived`` and ``Undeliverable`` go to the :class:`Service` plugged on top (the
   delivery layer), and what the service returns is routed or recorded;
 * one timer: the earliest of the cores' deadlines; when it fires, every core that is due runs.
@@ -145,6 +147,7 @@ class NodeStack:
         self.outbox: list[tuple[NodeId, bytes]] = []
         """Frames to put on the wire, in order; the world takes them after each input."""
         self._codec = wire_codec()
+        self._data_prefix = self._codec.prefix(rt.DataFrame)
         self._record = record
         self._frames: dict[int, int] = {}
         self.router_touched = True
@@ -157,6 +160,10 @@ class NodeStack:
 
     def receive(self, sender: NodeId, data: bytes, *, now: float) -> None:
         """One frame from ``sender`` (as the transport authenticated it)."""
+        if data.startswith(self._data_prefix) and sender in self.membership.active_ids:
+            values = self._codec.fields(data, rt.DataFrame)
+            if values is not None and self._pass_on(sender, values, now):
+                return
         message = self._codec.decode(data)
         if isinstance(message, DecodeError):
             self.counters["dropped." + message.cause] += 1
@@ -171,6 +178,20 @@ class NodeStack:
             self._tree(self.tree.receive(sender, message, now=now), now)
         else:
             self.counters["dropped.unhandled_type"] += 1
+
+    def _pass_on(self, sender: NodeId, values: list[object], now: float) -> bool:
+        """A data frame that only passes through goes on as its field values, as the agent's
+        pass-through sends it (``MeshNode._pass_on``); False: it is decoded as usual."""
+        hop = self.router.pass_on(sender, values, now=now)
+        if hop is None:
+            return False
+        self.router_touched = True
+        self._membership(self.membership.heard(sender, now=now), now)
+        if hop in self.membership.active_ids:
+            self.outbox.append((hop, self._codec.encode_fields(rt.DataFrame, values)))
+        else:
+            self._routing(self.router.forward_failed(rt.data_frame(values), hop, now=now), now)
+        return True
 
     def link_failed(self, peer: NodeId, *, now: float) -> None:
         self._membership(self.membership.link_failed(peer, now=now), now)

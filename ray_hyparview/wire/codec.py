@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
@@ -550,6 +550,9 @@ class Codec:
                 out.append(kind.encode(getattr(message, name)))
         except _Invalid as exc:
             raise EncodeError(f"{entry.cls.__name__}.{name}: {exc}") from None
+        return self._frame(entry, out)
+
+    def _frame(self, entry: _Entry, out: list[Any]) -> bytes:
         frame = HEADER + msgpack.packb(out, use_bin_type=True)
         if len(frame) > self._max_size:
             raise EncodeError(
@@ -557,8 +560,63 @@ class Codec:
             )
         return frame
 
-    def decode(self, data: bytes | bytearray | memoryview) -> object | DecodeError:
-        """Parse one frame. Never raises: returns the message or a :class:`DecodeError`."""
+    # -- raw fields: for a relay that checks the values by its own rules ------------------------
+
+    def prefix(self, cls: type[Any]) -> bytes:
+        """The bytes every frame of ``cls`` that :meth:`encode` makes starts with: the header,
+        the array's length and the tag. A caller may look a frame's type up by them before
+        parsing it; a frame of another encoder that packs these differently is just not
+        recognised, and goes to :meth:`decode`. :class:`KeyError` if ``cls`` is unknown."""
+        entry = self._entry(cls)
+        width = len(entry.fields) + 1
+        head = len(msgpack.packb([None] * width)) - width  # the array header's bytes
+        return (
+            HEADER
+            + msgpack.packb([entry.tag, *[None] * len(entry.fields)])[
+                : head + len(msgpack.packb(entry.tag))
+            ]
+        )
+
+    def field_names(self, cls: type[Any]) -> tuple[str, ...]:
+        """The names of ``cls``'s fields in the order its frames carry them."""
+        return self._entry(cls).names
+
+    def fields(self, data: bytes, cls: type[Any]) -> list[Any] | None:
+        """The field values of a frame of ``cls``, in table order, parsed under the limits of
+        :meth:`decode` but not checked against the schema; ``None`` if ``data`` is not a
+        well-formed frame of ``cls`` (:meth:`decode` then says why).
+
+        For a caller that checks every value by rules of its own at least as strict as the
+        schema: a relay passes a routed frame on without building the message
+        (:meth:`~ray_hyparview.protocol.routing.Router.pass_on` checks it)."""
+        entry = self._entry(cls)
+        obj = self._parse(data)
+        if isinstance(obj, DecodeError) or obj[0] != entry.tag:
+            return None
+        if len(obj) != 1 + len(entry.fields):
+            return None
+        del obj[0]
+        return obj
+
+    def encode_fields(self, cls: type[Any], values: Sequence[Any]) -> bytes:
+        """Frame ``values`` as a message of ``cls`` without the schema's checks: for values
+        that came from :meth:`fields` and were checked there. For the field kinds whose
+        wire value is the value itself (ids, integers, bytes) the frame is byte for byte
+        the one :meth:`encode` makes of the same message. Raises :class:`EncodeError` when
+        the count of values is wrong or the frame is larger than ``max_size``."""
+        entry = self._entry(cls)
+        if len(values) != len(entry.fields):
+            raise EncodeError(f"{cls.__name__} has {len(entry.fields)} fields, got {len(values)}")
+        return self._frame(entry, [entry.tag, *values])
+
+    def _entry(self, cls: type[Any]) -> _Entry:
+        entry = self._registry.entry_for_cls(cls)
+        if entry is None:
+            raise KeyError(f"unregistered message type {cls.__name__}")
+        return entry
+
+    def _parse(self, data: bytes | bytearray | memoryview) -> list[Any] | DecodeError:
+        """The limits, the header and msgpack: ``[tag, field, ...]`` or why not."""
         if type(data) is bytes:
             view: bytes | memoryview = data
         else:
@@ -592,6 +650,13 @@ class Codec:
             return DecodeError("malformed", type(exc).__name__)
         if type(obj) is not list or not obj or type(obj[0]) is not int:
             return DecodeError("bad_schema", "expected [tag, ...]")
+        return obj
+
+    def decode(self, data: bytes | bytearray | memoryview) -> object | DecodeError:
+        """Parse one frame. Never raises: returns the message or a :class:`DecodeError`."""
+        obj = self._parse(data)
+        if isinstance(obj, DecodeError):
+            return obj
         entry = self._registry.entry_for_tag(obj[0])
         if entry is None:
             return DecodeError("unknown_type", f"tag {obj[0]}")
