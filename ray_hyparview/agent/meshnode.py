@@ -12,7 +12,9 @@ connections a node holds are exactly its active view, whatever the actors do. Th
 * a *direct* channel reaches an actor on a node in the active view: one hop over an open link;
 * every other target gets a *routed* channel: hop by hop over active links, chosen by the
   distance-vector router in :mod:`ray_hyparview.protocol.routing` (its module comment explains
-  why a distance vector and not Partisan's relay along the broadcast tree).
+  why a distance vector and not Partisan's relay along the broadcast tree). A relay passes a
+  data frame on as its field values, its hop count raised (``Router.pass_on``, rule 8 of that
+  module), without building, decoding or encoding the message.
 
 When a peer goes down, direct channels to it close (the libcluster ``disconnect_nodes``): the
 next message to that node is routed around the failure, or fails with a reason.

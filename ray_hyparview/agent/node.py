@@ -10,7 +10,11 @@ package are the models):
 * *receive*: takes batches of frames from the transport, decodes them (garbage is counted and
   dropped, never raised), and feeds HyParView messages to ``core.receive``; other registered
   message types (Plumtree, routed mesh frames) go to their handlers, and each of their
-  frames from an active peer is proof of that peer's life (``core.heard``);
+  frames from an active peer is proof of that peer's life (``core.heard``). A layer may take
+  frames of one type from active peers before they are decoded, as their raw field values
+  (:meth:`Agent.add_pass_through`): the routed mesh passes a data frame that only goes
+  through this node on that way, which spares each relay pass the typed decode and the
+  encode;
 * *links*: feeds the transport's ``LinkFailed`` events (socket monitor, failed dials) to
   ``core.link_failed``: the fast path for crashes;
 * *timer*: sleeps until ``core.next_deadline()`` (or until an input changed it) and calls
@@ -31,16 +35,17 @@ links to its active view, plus the few exchanges in flight.
 
 Containment. One frame, one timer or one bug in a layer above must never stop the agent: an
 exception that leaves a task of the TaskGroup ends every loop of the node. So each step that runs
-code of a service or of a core (a handler, a subscriber callback, the gate, one received
-membership message, one link event, one timer tick, one ``Send`` to encode) runs inside
-:meth:`Agent.contained`: an ``Exception`` there costs exactly one count under
-``errors.<where>`` (in :meth:`Agent.stats` as ``agent.errors.<where>``) and one log line, rate
-limited to ``_ERROR_LOG_BURST`` lines per ``_ERROR_LOG_INTERVAL`` seconds (the rest are counted
-and summed up in one line), and the loop goes on with the next step. A service loop started with
-:meth:`Agent.spawn` that dies of an exception is counted under ``errors.service`` and logged; it
-is restarted (after a pause that doubles from ``_RESTART_MIN`` to ``_RESTART_MAX`` seconds) when
-it was given as a factory, a callable returning a fresh coroutine, and not when it was given as a
-coroutine, which can only run once. Cancellation is never swallowed.
+code of a service or of a core (a handler or pass-through, a subscriber callback, the gate, one
+received membership message, one link event, one timer tick, one ``Send`` to encode) runs inside
+:meth:`Agent.contained` (a pass-through, on the hot path, inside the same ``try`` inline): an
+``Exception`` there costs exactly one count under ``errors.<where>`` (in :meth:`Agent.stats` as
+``agent.errors.<where>``) and one log line, rate limited to ``_ERROR_LOG_BURST`` lines per
+``_ERROR_LOG_INTERVAL`` seconds (the rest are counted and summed up in one line), and the loop goes
+on with the next step. A service loop started with :meth:`Agent.spawn` that dies of an exception is
+counted under ``errors.service`` and logged; it is restarted (after a pause that doubles from
+``_RESTART_MIN`` to ``_RESTART_MAX`` seconds) when it was given as a factory, a callable returning
+a fresh coroutine, and not when it was given as a coroutine, which can only run once. Cancellation
+is never swallowed.
 """
 
 from __future__ import annotations

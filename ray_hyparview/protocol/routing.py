@@ -406,6 +406,7 @@ def _routed_ok(
 DATA_FIELDS: Final = tuple(f.name for f in fields(DataFrame))
 """A :class:`DataFrame`'s field names in order, the order :meth:`Router.pass_on` takes."""
 _HOPS_AT: Final = DATA_FIELDS.index("hops")
+_DEST_AT: Final = DATA_FIELDS.index("destination")
 
 
 def data_frame(values: Sequence[object]) -> DataFrame:
@@ -886,9 +887,9 @@ class Router:
         limit, or without a route) or when this input would have work of the router's own to
         finish (a hold-down, triggered updates, seqno requests): then nothing was changed or
         counted, and the caller hands the decoded frame to :meth:`receive`."""
+        if len(values) != len(DATA_FIELDS) or values[_DEST_AT] == self.myself:
+            return None  # the common refusal first: a frame that arrives here
         if self._holding or self._pending or self._requesting or self._now == -math.inf:
-            return None
-        if len(values) != len(DATA_FIELDS):
             return None
         source, destination, frame_id, hops, hop_limit, payload = values
         if not (
@@ -896,7 +897,7 @@ class Router:
         ):
             return None
         dest = cast(str, destination)
-        if dest == self.myself or cast(int, hops) >= cast(int, hop_limit):
+        if cast(int, hops) >= cast(int, hop_limit):
             return None
         if sender_id not in self._links or not self._source_matches(sender_id, cast(str, source)):
             return None
