@@ -109,8 +109,11 @@ def test_pass_on_does_what_receive_does_or_leaves_the_frame_to_it(
     else:
         sender = data.draw(st.sampled_from((frame.source, *links, "x")))
     twin = copy.deepcopy(router)
-    now = router.next_deadline() or 10.0
-    now = min(now, 10.0) - 0.01
+    # Any time before the router's next timer: vouches and routes may have lapsed meanwhile.
+    due = router.next_deadline()
+    now = router._now + data.draw(st.sampled_from((0.0, 0.5, 2.0, 3.6, 8.0)))
+    if due is not None:
+        now = min(now, due - 0.001)
     before = observed(router)
     values: list[object] = list(astuple(frame))
     hop = router.pass_on(sender, values, now=now)
@@ -206,3 +209,26 @@ def test_field_order_is_the_dataclass_order() -> None:
     assert data_frame(values) == DataFrame(
         source="a", destination="b", frame_id=1, hops=2, hop_limit=3, payload=b""
     )
+
+
+def test_a_vouch_that_lapsed_since_the_last_input_is_lapsed_for_pass_on_too() -> None:
+    """receive() moves the router's clock to ``now`` before its source check: a source that
+    b stopped naming more than ``route_expiry`` ago is no longer vouched for. pass_on must
+    check at the same ``now``, not at the router's last input or timer."""
+    r = Router("c", CONFIG, rng=random.Random(3))
+    r.link_up("b", now=0.0)
+    r.link_up("d", now=0.0)
+    r.receive("b", RouteUpdate(entries=(("b", 1, 0), ("x", 1, 1))), now=0.0)
+    r.receive("d", RouteUpdate(entries=(("d", 1, 0),)), now=0.0)
+    r.receive("b", RouteUpdate(entries=(("b", 1, 0), ("x", 1, INFINITY))), now=1.0)  # vouched
+    last = 1.0
+    while (due := r.next_deadline()) is not None and due < 4.4:
+        r.on_timer(now=due)
+        last = due
+    assert last < 4.5 < (r.next_deadline() or 10.0)
+    values: list[object] = ["x", "d", 1, 1, 16, b""]
+    now = 4.5 + 0.01  # past the vouch (1.0 + route_expiry), before the router's next timer
+    twin = copy.deepcopy(r)
+    assert twin.receive("b", data_frame(values), now=now) == []
+    assert twin.counters["dropped.source_route"] == 1
+    assert r.pass_on("b", values, now=now) is None

@@ -600,7 +600,7 @@ class Codec:
 
     def encode_fields(self, cls: type[Any], values: Sequence[Any]) -> bytes:
         """Frame ``values`` as a message of ``cls`` without the schema's checks: for values
-        that came from :meth:`fields` and were checked there. For the field kinds whose
+        that came from :meth:`fields` and that the caller checked. For the field kinds whose
         wire value is the value itself (ids, integers, bytes) the frame is byte for byte
         the one :meth:`encode` makes of the same message. Raises :class:`EncodeError` when
         the count of values is wrong or the frame is larger than ``max_size``."""
