@@ -26,7 +26,7 @@ from ray_hyparview.protocol.routing import (
     SendTo,
     data_frame,
 )
-from ray_hyparview.wire.codec import EncodeError
+from ray_hyparview.wire.codec import DecodeError, EncodeError
 from ray_hyparview.wire.table import wire_codec
 
 CONFIG = RoutingConfig(update_interval=1.0, route_expiry=3.5, hop_limit=16)
@@ -166,6 +166,7 @@ def test_the_codec_reads_and_writes_the_fields_as_decode_and_encode_do(
     assert data.startswith(CODEC.prefix(DataFrame))
     values = CODEC.fields(data, DataFrame)
     assert values == list(astuple(frame))
+    assert CODEC.decode_fields(DataFrame, values) == CODEC.decode(data) == frame
     assert CODEC.field_names(DataFrame) == DATA_FIELDS
     values[DATA_FIELDS.index("hops")] += 1
     assert CODEC.encode_fields(DataFrame, values) == CODEC.encode(
@@ -232,3 +233,15 @@ def test_a_vouch_that_lapsed_since_the_last_input_is_lapsed_for_pass_on_too() ->
     assert twin.receive("b", data_frame(values), now=now) == []
     assert twin.counters["dropped.source_route"] == 1
     assert r.pass_on("b", values, now=now) is None
+
+
+def test_decoding_the_fields_checks_the_schema_as_decode_does() -> None:
+    """Values a pass-through declined are decoded from the fields already read: a frame the
+    schema refuses (an id with a control character, a hop count over its range) is refused
+    the same way, with the same cause."""
+    for bad in (["a\n", "b", 1, 1, 2, b""], ["a", "b", 1, 256, 2, b""]):
+        data = CODEC.encode_fields(DataFrame, bad)
+        values = CODEC.fields(data, DataFrame)
+        assert values == bad
+        assert CODEC.decode_fields(DataFrame, values) == CODEC.decode(data)
+        assert isinstance(CODEC.decode(data), DecodeError)

@@ -143,7 +143,8 @@ Handler = Callable[[NodeId, Any], None]
 
 PassThrough = Callable[[NodeId, list[Any]], bool]
 """Takes a frame's field values, unchecked (see :meth:`Agent.add_pass_through`); True when it
-handled the frame whole, False to have it decoded and handled as usual."""
+handled the frame whole, False (leaving the values as they were) to have them decoded and
+handled as usual."""
 
 Service = Coroutine[Any, Any, None] | Callable[[], Coroutine[Any, Any, None]]
 """What :meth:`Agent.spawn` runs: a coroutine (runs once) or a factory of them (restarted)."""
@@ -253,8 +254,9 @@ class Agent:
         self._codec = codec if codec is not None else wire_codec()
         self._core: HyParView | None = None
         self._handlers: dict[type, Handler] = {}
-        # Frame prefix -> (message type, its pass-through); every prefix is _through_len long.
-        self._through: dict[bytes, tuple[type, PassThrough]] = {}
+        # Frame prefix -> (message type, its pass-through, its received counter); every prefix
+        # is _through_len long.
+        self._through: dict[bytes, tuple[type, PassThrough, str]] = {}
         self._through_len = 0
         self._subscribers: list[_Subscriber] = []
         self._callbacks: list[Callable[[Event], None]] = []
@@ -423,12 +425,13 @@ class Agent:
 
     def add_pass_through(self, message_type: type, handler: PassThrough) -> None:
         """Offer each frame of ``message_type`` from an active neighbour to ``handler`` as its
-        field values before it is decoded (:meth:`~ray_hyparview.wire.codec.Codec.fields`:
-        parsed under the codec's limits, not checked against the schema, in the message's
-        field order). ``handler`` must check every value it uses by the rules of its core;
-        when it returns False the frame is decoded and goes to the :meth:`add_handler`
-        handler as usual. Counted as the handler's frames are; the routed mesh passes a data
-        frame that only goes through this node on this way (:meth:`Router.pass_on`)."""
+        field values before it is decoded (:meth:`~ray_hyparview.wire.codec.Codec.fields`: parsed
+        under the codec's limits, not checked against the schema, in the message's field order).
+        ``handler`` must check every value it uses by the rules of its core; when it returns False,
+        leaving the values as they were, they are decoded (the frame is not parsed again) and go to
+        the :meth:`add_handler` handler as usual. Counted as the handler's frames are; the routed
+        mesh passes a data frame that only goes through this node on this way
+        (:meth:`Router.pass_on`)."""
         if message_type in _HYPARVIEW_TYPES:
             raise ValueError(f"{message_type.__name__} belongs to the membership protocol")
         names = tuple(f.name for f in dataclasses.fields(message_type))
@@ -437,7 +440,7 @@ class Agent:
         prefix = self._codec.prefix(message_type)
         if self._through and len(prefix) != self._through_len:
             raise ValueError(f"{message_type.__name__}'s frames start unlike the others'")
-        self._through[prefix] = (message_type, handler)
+        self._through[prefix] = (message_type, handler, "received." + message_type.__name__)
         self._through_len = len(prefix)
 
     def send_fields(self, peer: Peer, message_type: type, values: Sequence[Any]) -> bool:
@@ -591,19 +594,18 @@ class Agent:
         heard: NodeId | None = None  # the last sender ``core.heard`` was told of, this batch
         through = self._through
         for sender, data in batch:
-            if through and sender in core.active_ids:
-                taken = through.get(data[: self._through_len])
-                if taken is not None:
-                    values = self._codec.fields(data, taken[0])
-                    if values is not None:
-                        if sender != heard:
-                            heard = sender
-                            told = core.heard(sender, now=self._now())
-                            if told:
-                                self._apply(told)
-                        if self._pass_through(sender, taken, values, len(data)):
-                            continue
-            message = self._codec.decode(data)
+            taken = through.get(data[: self._through_len]) if through else None
+            values = None
+            if taken is not None and sender in core.active_ids:
+                values = self._codec.fields(data, taken[0])
+            if values is not None and taken is not None:
+                if sender != heard:
+                    heard = self._heard(sender)
+                if self._pass_through(sender, taken, values, len(data)):
+                    continue
+                message = self._codec.decode_fields(taken[0], values)  # parsed once, not twice
+            else:
+                message = self._codec.decode(data)
             if isinstance(message, DecodeError):
                 self._offence(sender, message.cause)
                 continue
@@ -614,10 +616,7 @@ class Agent:
             handler = self._handlers.get(type(message))
             if handler is not None:
                 if sender != heard:  # a batch is mostly one link's: once per run of it
-                    heard = sender
-                    told = core.heard(sender, now=self._now())
-                    if told:  # a one-sided link: the sender is told DISCONNECT
-                        self._apply(told)
+                    heard = self._heard(sender)
                 if sender not in core.active_ids:
                     self._hold_early(sender, len(data), message)
                     continue
@@ -630,12 +629,20 @@ class Agent:
             else:
                 self.counters["dropped.unhandled_type"] += 1
 
+    def _heard(self, sender: NodeId) -> NodeId:
+        """Tell the core a frame of another layer came from ``sender``: proof of its life, or
+        of a one-sided link, whose sender is told DISCONNECT. Returns ``sender``."""
+        told = self.core.heard(sender, now=self._now())
+        if told:
+            self._apply(told)
+        return sender
+
     def _pass_through(
-        self, sender: NodeId, taken: tuple[type, PassThrough], values: list[Any], size: int
+        self, sender: NodeId, taken: tuple[type, PassThrough, str], values: list[Any], size: int
     ) -> bool:
         """Offer ``values`` to the pass-through of their type; True when it took the frame
         (an exception in it costs the frame, as in a handler: counted, never the agent)."""
-        message_type, handler = taken
+        message_type, handler, received = taken
         try:
             if not handler(sender, values):
                 return False
@@ -644,7 +651,7 @@ class Agent:
                 "handler", f"pass-through of {message_type.__name__} from {sender}", exc
             )
         self._offences.pop(sender, None)
-        self.counters["received." + message_type.__name__] += 1
+        self.counters[received] += 1
         self.counters["received.bytes"] += size
         self.counters["passed_through"] += 1
         return True

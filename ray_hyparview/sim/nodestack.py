@@ -160,11 +160,15 @@ class NodeStack:
 
     def receive(self, sender: NodeId, data: bytes, *, now: float) -> None:
         """One frame from ``sender`` (as the transport authenticated it)."""
+        values = None
         if data.startswith(self._data_prefix) and sender in self.membership.active_ids:
             values = self._codec.fields(data, rt.DataFrame)
-            if values is not None and self._pass_on(sender, values, now):
-                return
-        message = self._codec.decode(data)
+        if values is None:
+            message = self._codec.decode(data)
+        elif self._pass_on(sender, values, now):
+            return
+        else:
+            message = self._codec.decode_fields(rt.DataFrame, values)
         if isinstance(message, DecodeError):
             self.counters["dropped." + message.cause] += 1
             return

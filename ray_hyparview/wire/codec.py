@@ -568,14 +568,8 @@ class Codec:
         parsing it; a frame of another encoder that packs these differently is just not
         recognised, and goes to :meth:`decode`. :class:`KeyError` if ``cls`` is unknown."""
         entry = self._entry(cls)
-        width = len(entry.fields) + 1
-        head = len(msgpack.packb([None] * width)) - width  # the array header's bytes
-        return (
-            HEADER
-            + msgpack.packb([entry.tag, *[None] * len(entry.fields)])[
-                : head + len(msgpack.packb(entry.tag))
-            ]
-        )
+        packed = msgpack.packb([entry.tag, *[None] * len(entry.fields)])
+        return HEADER + packed[: len(packed) - len(entry.fields)]  # each None is one byte
 
     def field_names(self, cls: type[Any]) -> tuple[str, ...]:
         """The names of ``cls``'s fields in the order its frames carry them."""
@@ -662,13 +656,21 @@ class Codec:
             return DecodeError("unknown_type", f"tag {obj[0]}")
         if len(obj) != 1 + len(entry.fields):
             return DecodeError("bad_schema", f"{entry.cls.__name__}: {len(obj) - 1} fields")
+        return self._build(entry, obj[1:])
+
+    def decode_fields(self, cls: type[Any], values: Sequence[Any]) -> object | DecodeError:
+        """What :meth:`decode` returns for the frame :meth:`fields` read ``values`` from (the
+        schema's checks, then the message), without parsing the frame again."""
+        return self._build(self._entry(cls), values)
+
+    def _build(self, entry: _Entry, values: Sequence[Any]) -> object | DecodeError:
         kwargs: dict[str, Any] = {}
         try:
-            for name, kind, raw in zip(entry.names, entry.fields, obj[1:], strict=True):
+            for name, kind, raw in zip(entry.names, entry.fields, values, strict=True):
                 kwargs[name] = kind.decode(raw)
             message: object = entry.cls(**kwargs)
         except _Invalid as exc:
             return DecodeError("bad_schema", f"{entry.cls.__name__}.{name}: {exc}")
-        except Exception as exc:  # a dataclass's own __post_init__ check
+        except Exception as exc:  # a dataclass's own __post_init__ check, or a count off
             return DecodeError("bad_schema", f"{entry.cls.__name__}: {type(exc).__name__}")
         return message
