@@ -1,7 +1,8 @@
 """The direct local path (issue 12): :class:`~ray_hyparview.agent.localpath.LocalServer` on a real
-:class:`MeshNode`, and :class:`~ray_hyparview.mesh.Mesh` handles talking to it over a ZeroMQ
-socket, from this loop (as an async actor does) and from a thread of their own (as a sync actor
-does). No Ray: the Ray side is in ``tests/test_ray_localpath.py``."""
+:class:`MeshNode`, and :class:`~ray_hyparview.mesh.Mesh` handles talking to it over a Unix
+socket (framed by :mod:`~ray_hyparview.agent.localstream`), from this loop (as an async actor
+does) and from a thread of their own (as a sync actor does). No Ray: the Ray side is in
+``tests/test_ray_localpath.py``."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ import asyncio
 import contextlib
 import pickle
 import random
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
 import pytest
 import pytest_asyncio
-import zmq
-import zmq.asyncio
 
 from ray_hyparview import mesh as mesh_module
 from ray_hyparview.agent.localpath import LinkClosed, LocalLink, LocalServer
+from ray_hyparview.agent.localstream import pack_message
 from ray_hyparview.agent.meshnode import DeliveryError, MemoryDirectory, MeshNode
 from ray_hyparview.agent.node import Agent
 from ray_hyparview.config.strategy import Strategy
@@ -335,9 +336,8 @@ async def test_a_body_that_is_not_one_msgpack_array_of_ops_costs_only_itself(nod
     reader = await node.join("reader")
     node.mesh.register("raw")
     token = node.server.admit("raw")
-    raw = zmq.asyncio.Context.instance().socket(zmq.DEALER)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.connect(node.server.endpoint)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(node.server.endpoint.removeprefix("ipc://"))
     try:
         send = msgpack.packb([["S", 1, "reader", 2.0, ""], pickle.dumps("ok")])
         for message in (
@@ -347,8 +347,8 @@ async def test_a_body_that_is_not_one_msgpack_array_of_ops_costs_only_itself(nod
             [token, send, b"a third frame"],
             [token, msgpack.packb([[7], b"", "text", b""])],  # op not a string, header not a list
         ):
-            await raw.send_multipart(message)
-        await raw.send_multipart([token, send])
+            raw.sendall(pack_message(message))
+        raw.sendall(pack_message([token, send]))
         assert await take(reader, 1) == ["ok"]
         assert node.server.counters["local.dropped"] == 6
         assert node.server.counters["local.errors"] == 0

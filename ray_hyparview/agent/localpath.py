@@ -5,13 +5,21 @@ Theory of operation
 
 Without it every mesh message crosses two same-node Ray actor calls: the sending actor's call
 into its agent actor, and the receiving actor's long poll. On the loaded 2-core machine of
-the benchmarks a plain Ray actor call takes 1.5-3 ms, a ZeroMQ round trip between two Ray
-actors 0.3 ms (0.1 ms between plain processes). So the agent (:class:`LocalServer`, in the
-node actor) binds one ROUTER socket on the node and each joined actor (:class:`LocalLink`)
-keeps one DEALER connected to it:
+the benchmarks a plain Ray actor call takes 1.5-3 ms. So the agent (:class:`LocalServer`, in
+the node actor) listens on one stream socket on the node and each joined actor
+(:class:`LocalLink`) keeps one connection to it, framed by :mod:`ray_hyparview.agent.localstream`
+and read in the event loop's reader callback on both ends:
 
-* the endpoint is ``ipc://`` in the Ray session's ``sockets`` directory (mode 0600), or
-  ``tcp://127.0.0.1`` where a Unix socket path would be too long;
+* the endpoint is ``ipc://`` (a Unix socket) in the Ray session's ``sockets`` directory (mode
+  0600), or ``tcp://127.0.0.1`` where a Unix socket path would be too long;
+* **why not ZeroMQ** (which carries everything between agents, and carried this path until
+  2026-12-05): libzmq does a socket's I/O on an I/O thread of its own, so each local message
+  woke three threads instead of one; a round trip between two asyncio processes took a median
+  121-139 us over ZeroMQ ``ipc://`` and 16-33 us over a Unix stream socket on the benchmarks'
+  machine, and a mesh send crosses this path twice on its critical path. Nothing of ZeroMQ's
+  was used here that a local stream lacks: no reconnection to a path whose agent is gone (its
+  replacement listens on a new path), no CURVE (the token and the socket's mode guard it), no
+  heartbeats (the link is probed with a ping);
 * **authentication**: at join (still a Ray call) the agent hands the actor a random 32-byte
   token for its name, over Ray's own channel. Every message on the local socket starts with it;
   a message whose token the agent did not hand out is dropped and counted
@@ -30,7 +38,7 @@ keeps one DEALER connected to it:
   lost when a link breaks and none is yielded twice;
 * **batching**: the first frame of a loop turn leaves at once (a lone operation waits for
   nothing); the frames queued after it in the same turn leave together at the turn's end as
-  one ZeroMQ message (on both sides), so a burst costs one system call, not one per message;
+  one message (on both sides), so a burst costs one system call, not one per message;
 * **backpressure**: a link holds at most ``window`` operations without an answer; the next
   caller waits for a slot rather than failing or filling memory;
 * **the active view is pushed**: the answer to a hello carries the agent's active view, and
@@ -39,12 +47,12 @@ keeps one DEALER connected to it:
   with a Ray call every half second blocked the actor's event loop for the call's submission,
   in the middle of its sends.
 
-Wire format (local only, never between nodes): a client message is two ZeroMQ frames,
-``[token, body]``, an agent message one, ``[body]``. A body is one msgpack array
+Wire format (local only, never between nodes): a client message is two frames,
+``[token, body]``, an agent message one, ``[body]`` (framed by
+:mod:`~ray_hyparview.agent.localstream`). A body is one msgpack array
 ``[header, data, header, data, ...]``: each header an array whose first element names the
 operation (see ``_OPS``), each data opaque bytes (the agent never unpickles them). The agent
-reads a body only after its token checked out. One body per message (not a frame per header
-and per payload, headers in JSON, as before) costs a third of the ZeroMQ calls.
+reads a body only after its token checked out.
 
 A link works from async actors (its socket lives on the actor's event loop) and from sync or
 threaded actors (the socket lives on a loop in a background thread, and calls from any loop
@@ -59,16 +67,17 @@ import itertools
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import msgpack
-import zmq
 
+from ray_hyparview.agent.localstream import PeerGone, StreamClient, StreamServer
 from ray_hyparview.protocol.delivery import InboxItem
 from ray_hyparview.protocol.messages import PeerDown, PeerUp
 
@@ -84,14 +93,8 @@ WINDOW = 256
 CALL_WINDOW = 1024
 """Operations per link waiting for their outcome."""
 _BATCH = 256
-"""Operations per ZeroMQ message at most."""
+"""Operations per local message at most."""
 _IPC_MAX = 100  # sun_path is 108 bytes on Linux
-# Plain ints: pyzmq's flag enums cost an enum construction per operator.
-_EVENTS = int(zmq.EVENTS)
-_RCVMORE = int(zmq.RCVMORE)
-_POLLIN = int(zmq.POLLIN)
-_NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 _HELLO = msgpack.packb([["H"], b""])
 """A hello's body: the one body the agent recognises without reading it (to answer a refused
 token), by comparing bytes."""
@@ -142,53 +145,6 @@ def socket_dir() -> str | None:
     return path if os.path.isdir(path) else None
 
 
-class _Socket:
-    """A plain (non-blocking) ZeroMQ socket served by an event loop's reader callback.
-
-    Cheaper than ``zmq.asyncio`` by a future, an enum dance and a loop turn per message: the
-    loop watches the socket's file descriptor, and each wake-up drains every message waiting.
-    That descriptor is edge-triggered (it signals that ``EVENTS`` may have changed), so after
-    each send, which may consume the edge, the socket is checked again for input."""
-
-    def __init__(
-        self,
-        sock: zmq.Socket[bytes],
-        loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[list[bytes]], None],
-    ) -> None:
-        self.sock = sock
-        self._loop = loop
-        self._on_message = on_message
-        self._fd = int(sock.getsockopt(zmq.FD))
-        loop.add_reader(self._fd, self.drain)
-
-    def drain(self) -> None:
-        sock = self.sock
-        recv, get = sock.recv, sock.get
-        while not sock.closed and cast(int, get(_EVENTS)) & _POLLIN:
-            frames = [recv(_NOBLOCK)]
-            while get(_RCVMORE):
-                frames.append(recv(_NOBLOCK))
-            self._on_message(frames)
-
-    def send(self, frames: list[bytes]) -> None:
-        """Send now (unbounded queues: never blocks); ``zmq.ZMQError`` if the peer is gone."""
-        # Frame by frame with plain int flags: ``send_multipart`` checks every frame's type and
-        # builds its flags as enum members, which costs more than the sends of a short message.
-        sock = self.sock
-        send = sock.send
-        for frame in frames[:-1]:
-            send(frame, _SNDMORE_NOBLOCK)
-        send(frames[-1], _NOBLOCK)
-        if cast(int, sock.get(_EVENTS)) & _POLLIN:
-            self._loop.call_soon(self.drain)
-
-    def close(self) -> None:
-        if not self.sock.closed:
-            self._loop.remove_reader(self._fd)
-            self.sock.close(linger=0)
-
-
 @dataclass(slots=True)
 class _Member:
     name: str
@@ -201,9 +157,9 @@ class _Member:
 
 
 class LocalServer:
-    """The agent's end: one ROUTER for every mesh actor of the node. Runs on the agent's loop;
-    :meth:`start` it after the :class:`~ray_hyparview.agent.meshnode.MeshNode`, :meth:`aclose` it
-    before."""
+    """The agent's end: one listening socket for every mesh actor of the node. Runs on the
+    agent's loop; :meth:`start` it after the :class:`~ray_hyparview.agent.meshnode.MeshNode`,
+    :meth:`aclose` it before."""
 
     def __init__(
         self,
@@ -211,15 +167,13 @@ class LocalServer:
         *,
         directory: str | None = None,
         window: int = WINDOW,
-        context: zmq.Context[Any] | None = None,
     ) -> None:
         self.mesh = mesh
         self.window = window
         self.endpoint = ""
         self.counters: Counter[str] = Counter()
         self._directory = directory
-        self._ctx = context or zmq.Context.instance()
-        self._sock: _Socket | None = None
+        self._sock: StreamServer | None = None
         self._members: dict[str, _Member] = {}
         self._by_token: dict[bytes, _Member] = {}
         self._out: dict[bytes, list[Any]] = {}
@@ -231,24 +185,13 @@ class LocalServer:
         self._ipc_path = ""
 
     async def start(self) -> str:
-        sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        server = StreamServer(asyncio.get_running_loop(), self._read)
         name = f"hv-{self.mesh.node_id[:12]}-{os.getpid()}-{secrets.token_hex(3)}.sock"
         path = os.path.join(self._directory, name) if self._directory else ""
-        if path and len(path) <= _IPC_MAX and zmq.has("ipc"):
-            sock.bind(f"ipc://{path}")
-            # Owner only. Not by umask: that is the whole process's, and Ray's threads create
-            # files too. The token guards the moment in between.
-            os.chmod(path, 0o600)
-            self._ipc_path = path
-            self.endpoint = f"ipc://{path}"
-        else:
-            port = sock.bind_to_random_port("tcp://127.0.0.1")
-            self.endpoint = f"tcp://127.0.0.1:{port}"
-        self._sock = _Socket(sock, asyncio.get_running_loop(), self._read)
+        unix = path and len(path) <= _IPC_MAX and hasattr(socket, "AF_UNIX")
+        self.endpoint = server.bind(path if unix else "")
+        self._ipc_path = server.path
+        self._sock = server
         self.mesh.on_inbox = self._inbox_ready
         self._unsubscribe = self.mesh.agent.subscribe(self._on_event)
         return self.endpoint
@@ -472,10 +415,10 @@ class LocalServer:
                 if not self._send(sock, identity, ops[start : start + 2 * _BATCH]):
                     break
 
-    def _send(self, sock: _Socket, identity: bytes, ops: list[Any]) -> bool:
+    def _send(self, sock: StreamServer, identity: bytes, ops: list[Any]) -> bool:
         try:
-            sock.send([identity, _pack(ops)])
-        except zmq.ZMQError:
+            sock.send(identity, [_pack(ops)])
+        except PeerGone:
             # The actor's end is gone: its lent items are pushed again on its next hello (or
             # handed back when it leaves).
             self.counters["local.unreachable"] += 1
@@ -563,7 +506,7 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 
 class LocalLink:
-    """An actor's end of the local path: one DEALER to its node's agent.
+    """An actor's end of the local path: one connection to its node's agent.
 
     ``loop``: the event loop that owns the socket (an async actor's loop); ``None`` starts a
     background thread with its own loop (sync and threaded actors, whose calls come from
@@ -597,7 +540,7 @@ class LocalLink:
             )
             self._thread.start()
         self._loop = loop
-        self._sock: _Socket | None = None
+        self._sock: StreamClient | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._slots: deque[asyncio.Future[None]] = deque()
@@ -612,6 +555,9 @@ class LocalLink:
     async def open(self, timeout: float = 10.0) -> None:
         """Connect and say hello; :class:`LinkClosed` if the agent refuses the token."""
         await self._on_owner(self._connect)
+        if self._sock is None or self._sock.closed:
+            self.close(LinkClosed(f"no agent listens at {self.endpoint}"))
+            raise LinkClosed(f"no agent listens at {self.endpoint}")
         hello = asyncio.get_running_loop().create_future()
         self._pending[0] = hello
         self._post(["H"], b"")
@@ -636,12 +582,7 @@ class LocalLink:
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), self._loop))
 
     def _connect(self) -> None:
-        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(self.endpoint)
-        self._sock = _Socket(sock, self._loop, self._read)
+        self._sock = StreamClient(self.endpoint, self._loop, self._read)
 
     def close(self, error: Exception | None = None) -> None:
         """Fail every waiting operation with ``error`` (default :class:`LinkClosed`), close
