@@ -263,3 +263,25 @@ def test_mesh_path_benchmark_runs(tmp_path: Path) -> None:
         assert figures[method]["mesh"]["ops"] == figures[method]["raw"]["ops"] == 40
         assert figures[method]["median_ratio"] > 0
     assert "mesh / raw" in out
+
+
+@pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
+def test_local_wire_benchmark_runs(tmp_path: Path) -> None:
+    out = run(
+        "benchmarks/local_wire.py",
+        "--ops",
+        "40",
+        "--blocks",
+        "2",
+        "--pairs",
+        "2",
+        "--json",
+        "out.json",
+        cwd=tmp_path,
+    )
+    figures = json.loads((tmp_path / "out.json").read_text())
+    assert len(figures["pairs"]) == 2
+    for pair in figures["pairs"]:
+        assert pair["zmq"]["ops"] == pair["stream"]["ops"] == 40
+    assert figures["median_ratio"] > 0
+    assert "stream / ZeroMQ" in out
