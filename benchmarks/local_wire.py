@@ -1,5 +1,6 @@
 """The local path's wire: a round trip between two processes on one machine, ZeroMQ ``ipc://``
-against the framed Unix stream the local path uses (:mod:`ray_hyparview.agent.localstream`).
+against the framed Unix stream the local path uses
+(:mod:`ray_hyparview.transport.localstream`).
 
 Both ends are asyncio processes that read in the event loop's reader callback and answer at
 once, as the agent and an actor do: for ZeroMQ a ROUTER (the agent's end) and a DEALER (the
@@ -33,7 +34,7 @@ import zmq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ray_hyparview.agent.localstream import StreamClient, StreamServer
+from ray_hyparview.transport.localstream import StreamClient, StreamServer
 
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)

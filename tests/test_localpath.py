@@ -1,6 +1,6 @@
 """The direct local path (issue 12): :class:`~ray_hyparview.agent.localpath.LocalServer` on a real
 :class:`MeshNode`, and :class:`~ray_hyparview.mesh.Mesh` handles talking to it over a Unix
-socket (framed by :mod:`~ray_hyparview.agent.localstream`), from this loop (as an async actor
+socket (framed by :mod:`~ray_hyparview.transport.localstream`), from this loop (as an async actor
 does) and from a thread of their own (as a sync actor does). No Ray: the Ray side is in
 ``tests/test_ray_localpath.py``."""
 
@@ -20,7 +20,6 @@ import pytest_asyncio
 
 from ray_hyparview import mesh as mesh_module
 from ray_hyparview.agent.localpath import LinkClosed, LocalLink, LocalServer
-from ray_hyparview.agent.localstream import pack_message
 from ray_hyparview.agent.meshnode import DeliveryError, MemoryDirectory, MeshNode
 from ray_hyparview.agent.node import Agent
 from ray_hyparview.config.strategy import Strategy
@@ -28,6 +27,7 @@ from ray_hyparview.mesh import Mesh, _link_error
 from ray_hyparview.protocol.peer import Peer
 from ray_hyparview.testing.conditions import until
 from ray_hyparview.testing.memory_mesh import take
+from ray_hyparview.transport.localstream import pack_message
 from ray_hyparview.transport.memory import MemoryNetwork
 
 

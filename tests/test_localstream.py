@@ -1,5 +1,5 @@
-"""The local path's wire (:mod:`ray_hyparview.agent.localstream`): framed messages over a Unix
-or loopback TCP stream, read in the event loop's reader callback."""
+"""The local path's wire (:mod:`ray_hyparview.transport.localstream`): framed messages over a
+Unix or loopback TCP stream, read in the event loop's reader callback."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ray_hyparview.agent import localstream
-from ray_hyparview.agent.localstream import (
+from ray_hyparview.testing.conditions import until
+from ray_hyparview.transport import localstream
+from ray_hyparview.transport.localstream import (
     MAX_MESSAGE,
     PeerGone,
     StreamClient,
@@ -23,7 +24,6 @@ from ray_hyparview.agent.localstream import (
     _Connection,
     pack_message,
 )
-from ray_hyparview.testing.conditions import until
 
 
 class _Ends:

@@ -7,8 +7,9 @@ Without it every mesh message crosses two same-node Ray actor calls: the sending
 into its agent actor, and the receiving actor's long poll. On the loaded 2-core machine of
 the benchmarks a plain Ray actor call takes 1.5-3 ms. So the agent (:class:`LocalServer`, in
 the node actor) listens on one stream socket on the node and each joined actor
-(:class:`LocalLink`) keeps one connection to it, framed by :mod:`ray_hyparview.agent.localstream`
-and read in the event loop's reader callback on both ends:
+(:class:`LocalLink`) keeps one connection to it, framed by
+:mod:`ray_hyparview.transport.localstream` and read in the event loop's reader callback on
+both ends:
 
 * the endpoint is ``ipc://`` (a Unix socket) in the Ray session's ``sockets`` directory (mode
   0600), or ``tcp://127.0.0.1`` where a Unix socket path would be too long;
@@ -49,7 +50,7 @@ and read in the event loop's reader callback on both ends:
 
 Wire format (local only, never between nodes): a client message is two frames,
 ``[token, body]``, an agent message one, ``[body]`` (framed by
-:mod:`~ray_hyparview.agent.localstream`). A body is one msgpack array
+:mod:`~ray_hyparview.transport.localstream`). A body is one msgpack array
 ``[header, data, header, data, ...]``: each header an array whose first element names the
 operation (see ``_OPS``), each data opaque bytes (the agent never unpickles them). The agent
 reads a body only after its token checked out.
@@ -77,9 +78,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ray_hyparview.agent.localstream import PeerGone, StreamClient, StreamServer
 from ray_hyparview.protocol.delivery import InboxItem
 from ray_hyparview.protocol.messages import PeerDown, PeerUp
+from ray_hyparview.transport.localstream import PeerGone, StreamClient, StreamServer
 
 if TYPE_CHECKING:
     from ray_hyparview.agent.meshnode import MeshNode

@@ -3,6 +3,8 @@
 :class:`~ray_hyparview.transport.base.Transport` is the contract;
 :class:`~ray_hyparview.transport.zmq.ZmqTransport` is the ZeroMQ implementation and
 :class:`~ray_hyparview.transport.memory.MemoryTransport` the in-process one for tests.
+:mod:`~ray_hyparview.transport.localstream` is not a transport between nodes: it frames the
+local path between an agent and the actors on its node (:mod:`ray_hyparview.agent.localpath`).
 """
 
 from __future__ import annotations
