@@ -4,14 +4,16 @@ No Ray and no process wake-ups: what is left is the Python and libzmq work of ev
 changes to the agent's own cost show here well before they show in ``ray_latency.py``.
 
 * **mesh**: two whole agents linked over ZeroMQ TCP on loopback, each with its mesh service
-  and its local path (:class:`~ray_hyparview.agent.localpath.LocalServer`, an ipc socket), a
+  and its local path (:class:`~ray_hyparview.agent.localpath.LocalServer`, a Unix socket), a
   sending :class:`~ray_hyparview.mesh.Mesh` handle on one and a receiving handle on the other
   whose ``inbox()`` loop answers requests. ``m.send`` crosses the sender's local link, the
   agents' link, and comes back as an ACK and an outcome; the item is pushed to the receiver.
 * **raw**: the same five hops as plain pyzmq sockets and msgpack lists, one ``zmq.asyncio``
-  task per socket: client to its agent (ipc), agent to agent (TCP), the receiving agent
-  pushes to its client (ipc) and acknowledges back (TCP), and the first agent answers its
-  client (ipc). For ``request`` the receiving client answers instead of the agent.
+  task per socket: client to its agent (ZeroMQ ``ipc://``), agent to agent (TCP), the
+  receiving agent pushes to its client (``ipc://``) and acknowledges back (TCP), and the first
+  agent answers its client (``ipc://``). For ``request`` the receiving client answers instead
+  of the agent. (The mesh's local hops are not ZeroMQ since 2026-12-05; the raw path's still
+  are, so the ratio includes the difference of the local wires.)
 
 Both run on one event loop in alternating blocks, so their ratio compares like with like on a
 busy machine. Reported: median and p99 wall time per operation and CPU time per operation of
