@@ -62,6 +62,7 @@ MAX_BUFFERED: Final = 64 * 1024 * 1024
 MAX_CONNECTIONS: Final = 4096
 """Connections a server holds at once; the ones beyond are closed as they come (counted)."""
 _MAX_FRAMES: Final = 16
+_CONNECT_TIMEOUT: Final = 2.0
 _READ: Final = 64 * 1024
 """Bytes asked of one ``recv``. Python allocates that much for every read before it shrinks
 the result; at 256 KiB that is above glibc's threshold for ``mmap`` (128 KiB), so each read
@@ -345,8 +346,12 @@ class StreamClient:
             address = (host, int(port))
         else:
             raise ValueError(f"not a local endpoint: {endpoint!r}")
+        # A local connect completes or is refused at once, unless the agent's backlog is full
+        # (its loop stalled with many actors connecting): then it fails after a short wait
+        # rather than holding the caller's loop.
+        sock.settimeout(_CONNECT_TIMEOUT)
         try:
-            sock.connect(address)  # local: done or refused at once
+            sock.connect(address)
         except OSError:
             sock.close()
             self.counters["connect_failed"] += 1
