@@ -267,18 +267,8 @@ def test_mesh_path_benchmark_runs(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(RUN_LIMIT + CLEANUP_LIMIT + 30)
 def test_local_wire_benchmark_runs(tmp_path: Path) -> None:
-    out = run(
-        "benchmarks/local_wire.py",
-        "--ops",
-        "40",
-        "--blocks",
-        "2",
-        "--pairs",
-        "2",
-        "--json",
-        "out.json",
-        cwd=tmp_path,
-    )
+    args = ["--ops", "40", "--blocks", "2", "--pairs", "2", "--json", "out.json"]
+    out = run("benchmarks/local_wire.py", *args, cwd=tmp_path)
     figures = json.loads((tmp_path / "out.json").read_text())
     assert len(figures["pairs"]) == 2
     for pair in figures["pairs"]:

@@ -33,6 +33,12 @@ class _Ends:
         self.received: list[list[bytes]] = []
         self.server = StreamServer(asyncio.get_running_loop(), self.received.append)
 
+    @classmethod
+    def bound(cls, tmp_path: Path) -> tuple[_Ends, str]:
+        """Ends whose server listens on a Unix socket in ``tmp_path``, and its endpoint."""
+        ends = cls()
+        return ends, ends.server.bind(str(tmp_path / "s.sock"))
+
     def client(self, endpoint: str) -> tuple[StreamClient, list[list[bytes]]]:
         got: list[list[bytes]] = []
         return StreamClient(endpoint, asyncio.get_running_loop(), got.append), got
@@ -68,8 +74,7 @@ def test_a_message_is_its_frames_and_nothing_else(frames: list[bytes]) -> None:
 async def test_messages_go_both_ways_over_a_unix_socket_for_the_owner_only(
     tmp_path: Path,
 ) -> None:
-    ends = _Ends()
-    endpoint = ends.server.bind(str(tmp_path / "s.sock"))
+    ends, endpoint = _Ends.bound(tmp_path)
     assert endpoint == f"ipc://{tmp_path / 's.sock'}"
     assert stat.S_IMODE(os.stat(tmp_path / "s.sock").st_mode) == 0o600
     client, got = ends.client(endpoint)
@@ -105,8 +110,7 @@ async def test_without_a_path_it_listens_on_loopback_tcp() -> None:
 async def test_a_large_message_that_the_kernel_takes_in_parts_arrives_whole(
     tmp_path: Path,
 ) -> None:
-    ends = _Ends()
-    endpoint = ends.server.bind(str(tmp_path / "s.sock"))
+    ends, endpoint = _Ends.bound(tmp_path)
     client, got = ends.client(endpoint)
     try:
         big = os.urandom(3 * 1024 * 1024)  # larger than a Unix socket's buffer
@@ -137,8 +141,7 @@ async def test_a_large_message_that_the_kernel_takes_in_parts_arrives_whole(
 async def test_a_malformed_message_closes_only_its_own_connection(
     tmp_path: Path, garbage: bytes
 ) -> None:
-    ends = _Ends()
-    endpoint = ends.server.bind(str(tmp_path / "s.sock"))
+    ends, endpoint = _Ends.bound(tmp_path)
     honest, _ = ends.client(endpoint)
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     raw.connect(str(tmp_path / "s.sock"))
@@ -157,8 +160,7 @@ async def test_a_malformed_message_closes_only_its_own_connection(
 
 @pytest.mark.asyncio
 async def test_a_send_to_a_connection_that_is_gone_raises(tmp_path: Path) -> None:
-    ends = _Ends()
-    endpoint = ends.server.bind(str(tmp_path / "s.sock"))
+    ends, endpoint = _Ends.bound(tmp_path)
     client, _ = ends.client(endpoint)
     client.send([b"t", b"b"])
     await until(lambda: len(ends.received) == 1, limit=5)
@@ -174,8 +176,7 @@ async def test_a_send_to_a_connection_that_is_gone_raises(tmp_path: Path) -> Non
 
 @pytest.mark.asyncio
 async def test_a_client_of_an_agent_that_is_gone_drops_and_counts(tmp_path: Path) -> None:
-    ends = _Ends()
-    endpoint = ends.server.bind(str(tmp_path / "s.sock"))
+    ends, endpoint = _Ends.bound(tmp_path)
     client, _ = ends.client(endpoint)
     ends.server.close()
     await until(lambda: client.closed, limit=5)
@@ -216,8 +217,7 @@ async def test_connections_beyond_the_bound_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(localstream, "MAX_CONNECTIONS", 2)
-    ends = _Ends()
-    endpoint = ends.server.bind(str(tmp_path / "s.sock"))
+    ends, endpoint = _Ends.bound(tmp_path)
     clients = [ends.client(endpoint)[0] for _ in range(3)]
     try:
         await until(lambda: ends.server.counters["refused"] == 1, limit=5)
