@@ -14,6 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ray_hyparview.agent.localpath import _BATCH, _pack
+from ray_hyparview.protocol.limits import MAX_PAYLOAD
 from ray_hyparview.testing.conditions import until
 from ray_hyparview.transport import localstream
 from ray_hyparview.transport.localstream import (
@@ -246,3 +248,20 @@ async def test_a_connection_closed_while_it_parses_stops_handing_up(tmp_path: Pa
         assert got == [[b"one"]]
     finally:
         right.close()
+
+
+def test_a_full_batch_of_the_largest_operations_fits_in_one_message() -> None:
+    # The local path batches up to _BATCH operations per message, each carrying at most a
+    # mesh payload; a message over MAX_MESSAGE would cost its whole connection.
+    header = [
+        "I",
+        2**62,
+        2**62,
+        "request",
+        "n" * 256,
+        "t" * 256,
+        "x" * 64,
+        ["x" * 64, 2**62, 2**62],
+    ]
+    body = _pack([header, b"p" * MAX_PAYLOAD] * _BATCH)
+    assert len(pack_message([b"t" * 32, body])) <= MAX_MESSAGE
