@@ -15,9 +15,10 @@ both ends:
   0600), or ``tcp://127.0.0.1`` where a Unix socket path would be too long;
 * **why not ZeroMQ** (which carries everything between agents, and carried this path until
   2026-12-05): libzmq does a socket's I/O on an I/O thread of its own, so each local message
-  woke three threads instead of one; a round trip between two asyncio processes took a median
-  121-139 us over ZeroMQ ``ipc://`` and 16-33 us over a Unix stream socket on the benchmarks'
-  machine, and a mesh send crosses this path twice on its critical path. Nothing of ZeroMQ's
+  woke three threads instead of one; a bare echo between two asyncio processes took a median
+  114-139 us over ZeroMQ ``ipc://`` and 14-33 us over a Unix stream socket on the benchmarks'
+  machine, and a mesh send crosses this path twice on its critical path (``benchmarks/README.md``,
+  "The local path off ZeroMQ", has the end-to-end figures). Nothing of ZeroMQ's
   was used here that a local stream lacks: no reconnection to a path whose agent is gone (its
   replacement listens on a new path), no CURVE (the token and the socket's mode guard it), no
   heartbeats (the link is probed with a ping);

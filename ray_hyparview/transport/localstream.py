@@ -4,11 +4,13 @@ The local path (:mod:`ray_hyparview.agent.localpath`) joins each mesh actor to i
 on the same machine. It used to be a ZeroMQ DEALER/ROUTER pair over ``ipc://``. libzmq does a
 socket's I/O on an I/O thread of its own, so every message crossed three threads (the sender's,
 its I/O thread, the receiver's I/O thread) before the receiver's own thread woke: on the 2-vCPU
-machine of the benchmarks a DEALER/ROUTER round trip over ``ipc://`` between two asyncio
-processes took a median 121 to 139 us, and the same round trip over a plain Unix stream socket,
-read in the event loop's reader callback, 16 to 33 us (``benchmarks/README.md``, "The local
-path's own wire"). A mesh send crosses the local path twice on its critical path. Between
-agents, where ZeroMQ's reconnection, heartbeats and CURVE earn their cost, ZeroMQ stays.
+machine of the benchmarks a bare echo over ``ipc://`` between two asyncio processes took a
+median 114 to 139 us, and over a plain Unix stream socket, read in the event loop's reader
+callback, 14 to 33 us. A mesh send crosses the local path twice on its critical path; moving it
+onto this wire took a send to a neighbour from 0.50x-0.53x a plain Ray call to 0.43x-0.44x
+(``benchmarks/README.md``, "The local path off ZeroMQ"; ``benchmarks/local_wire.py`` compares
+the two wires in one run). Between agents, where ZeroMQ's reconnection, heartbeats and CURVE
+earn their cost, ZeroMQ stays.
 
 So this is the smallest thing that does the local path's job:
 
