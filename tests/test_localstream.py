@@ -265,3 +265,34 @@ def test_a_full_batch_of_the_largest_operations_fits_in_one_message() -> None:
     ]
     body = _pack([header, b"p" * MAX_PAYLOAD] * _BATCH)
     assert len(pack_message([b"t" * 32, body])) <= MAX_MESSAGE
+
+
+@pytest.mark.asyncio
+async def test_a_handler_that_raises_costs_only_its_own_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    left, right = socket.socketpair()
+    got: list[list[bytes]] = []
+
+    def on_message(frames: list[bytes]) -> None:
+        if frames == [b"bad"]:
+            raise RuntimeError("a handler's bug")
+        got.append(frames)
+
+    connection = _Connection(left, asyncio.get_running_loop(), on_message, lambda _c: None)
+    try:
+        # In one read, and split across two: neither the messages after it nor a copy of one
+        # before it may be lost or handed up again.
+        right.sendall(pack_message([b"one"]) + pack_message([b"bad"]) + pack_message([b"two"]))
+        await until(lambda: len(got) == 2, limit=5)
+        tail = pack_message([b"bad"]) + pack_message([b"three"])
+        right.sendall(tail[:3])
+        await asyncio.sleep(0)
+        right.sendall(tail[3:])
+        await until(lambda: len(got) == 3, limit=5)
+        assert got == [[b"one"], [b"two"], [b"three"]]
+        assert not connection.closed
+        assert "a message's handler failed" in caplog.text
+    finally:
+        connection.close()
+        right.close()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import socket
 import struct
@@ -74,6 +75,8 @@ _U32: Final = struct.Struct("!I")
 _HEAD: Final = struct.Struct("!IB")  # the message's length, then its count of frames
 
 OnMessage = Callable[[list[bytes]], None]
+
+log = logging.getLogger("ray_hyparview.transport.localstream")
 
 
 class PeerGone(ConnectionError):
@@ -177,7 +180,10 @@ class _Connection:
                     self.close()
                     return end
                 at += 4 + size
-                self._on_message(frames)
+                try:
+                    self._on_message(frames)
+                except Exception:  # the handler's own failure: this message, not the stream
+                    log.exception("local stream: a message's handler failed")
                 if self._closed:
                     return end
         finally:
