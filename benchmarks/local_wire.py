@@ -9,8 +9,8 @@ until 2026-12-05; for the stream a :class:`StreamServer` and a :class:`StreamCli
 client times ``--ops`` round trips of a ``--size``-byte message per block, the two wires in
 alternating blocks, and prints medians, p99 and the ratio of the stream to ZeroMQ, for each of
 ``--pairs`` pairs of processes: whether the scheduler puts the two on one vCPU or on two moves
-a round trip between about 20 and 100 us on the benchmarks' machine, for both wires alike, and
-it stays put for a pair's life.
+a round trip between about 20 and 80 us on the benchmarks' machine, for both wires alike, and
+it stays put for a pair's life (``taskset -c 0`` runs both on one).
 
     python benchmarks/local_wire.py [--ops 2000] [--blocks 4] [--size 200] [--pairs 5]
 """
