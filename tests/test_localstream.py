@@ -90,13 +90,19 @@ async def test_messages_go_both_ways_over_a_unix_socket_for_the_owner_only(
     finally:
         client.close()
         ends.server.close()
+    assert not (tmp_path / "s.sock").exists()  # the server removes what it made
 
 
 @pytest.mark.asyncio
-async def test_without_a_path_it_listens_on_loopback_tcp() -> None:
+@pytest.mark.parametrize("too_long", [False, True])
+async def test_without_a_usable_path_it_listens_on_loopback_tcp(
+    tmp_path: Path, too_long: bool
+) -> None:
     ends = _Ends()
-    endpoint = ends.server.bind("")
+    path = str(tmp_path / ("x" * (localstream.MAX_PATH + 1))) if too_long else ""
+    endpoint = ends.server.bind(path)
     assert endpoint.startswith("tcp://127.0.0.1:")
+    assert os.listdir(tmp_path) == []  # no socket file made
     client, got = ends.client(endpoint)
     try:
         client.send([b"t", b"b"])

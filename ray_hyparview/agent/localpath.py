@@ -69,7 +69,6 @@ import itertools
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from collections import Counter, deque
@@ -96,7 +95,6 @@ CALL_WINDOW = 1024
 """Operations per link waiting for their outcome."""
 _BATCH = 256
 """Operations per local message at most."""
-_IPC_MAX = 100  # sun_path is 108 bytes on Linux
 _HELLO = msgpack.packb([["H"], b""])
 """A hello's body: the one body the agent recognises without reading it (to answer a refused
 token), by comparing bytes."""
@@ -184,15 +182,12 @@ class LocalServer:
         self._unsubscribe: Callable[[], None] | None = None
         self._refs: set[int] = set()
         """Operations started here whose outcome has not come yet."""
-        self._ipc_path = ""
 
     async def start(self) -> str:
         server = StreamServer(asyncio.get_running_loop(), self._read)
         name = f"hv-{self.mesh.node_id[:12]}-{os.getpid()}-{secrets.token_hex(3)}.sock"
         path = os.path.join(self._directory, name) if self._directory else ""
-        unix = path and len(path) <= _IPC_MAX and hasattr(socket, "AF_UNIX")
-        self.endpoint = server.bind(path if unix else "")
-        self._ipc_path = server.path
+        self.endpoint = server.bind(path)
         self._sock = server
         self.mesh.on_inbox = self._inbox_ready
         self._unsubscribe = self.mesh.agent.subscribe(self._on_event)
@@ -444,11 +439,8 @@ class LocalServer:
             self.mesh.abandon(ref)
         self._refs.clear()
         if self._sock is not None:
-            self._sock.close()
+            self._sock.close()  # and removes its socket file
             self._sock = None
-        if self._ipc_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self._ipc_path)
         if self.mesh.on_inbox == self._inbox_ready:
             self.mesh.on_inbox = None
 

@@ -50,6 +50,7 @@ __all__ = [
     "MAX_BUFFERED",
     "MAX_CONNECTIONS",
     "MAX_MESSAGE",
+    "MAX_PATH",
     "PeerGone",
     "StreamClient",
     "StreamServer",
@@ -64,6 +65,9 @@ MAX_BUFFERED: Final = 64 * 1024 * 1024
 """Bytes one connection may hold unwritten before it is closed as not reading."""
 MAX_CONNECTIONS: Final = 4096
 """Connections a server holds at once; the ones beyond are closed as they come (counted)."""
+MAX_PATH: Final = 100
+"""Longest Unix socket path :meth:`StreamServer.bind` uses (``sun_path`` is 108 bytes on
+Linux, 104 on macOS)."""
 _MAX_FRAMES: Final = 16
 _CONNECT_TIMEOUT: Final = 2.0
 _READ: Final = 64 * 1024
@@ -256,33 +260,27 @@ class StreamServer:
 
     def bind(self, path: str) -> str:
         """Listen on the Unix socket ``path`` (owner only), or on a loopback TCP port when
-        ``path`` is empty; the endpoint, as ``ipc://PATH`` or ``tcp://127.0.0.1:PORT``."""
-        if path:
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                listener.bind(path)
+        ``path`` is empty, longer than a Unix socket path may be (:data:`MAX_PATH`) or Unix
+        sockets are missing; the endpoint, as ``ipc://PATH`` or ``tcp://127.0.0.1:PORT``."""
+        unix = bool(path) and len(path) <= MAX_PATH and hasattr(socket, "AF_UNIX")
+        listener = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.bind(path if unix else ("127.0.0.1", 0))
+            if unix:
                 # Owner only. Not by umask: that is the whole process's, and Ray's threads
                 # create files too. The token guards the moment in between.
                 os.chmod(path, 0o600)
-                listener.listen(128)
-            except OSError:
-                listener.close()
-                raise
-            self.path = path
-            endpoint = f"ipc://{path}"
-        else:
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                listener.bind(("127.0.0.1", 0))
-                listener.listen(128)
-            except OSError:
-                listener.close()
-                raise
-            endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+            listener.listen(128)
+        except OSError:
+            listener.close()
+            raise
         listener.setblocking(False)
         self._listener = listener
         self._loop.add_reader(listener.fileno(), self._accept)
-        return endpoint
+        if unix:
+            self.path = path
+            return f"ipc://{path}"
+        return f"tcp://127.0.0.1:{listener.getsockname()[1]}"
 
     def _accept(self) -> None:
         listener = self._listener
@@ -327,6 +325,7 @@ class StreamServer:
         connection.write(pack_message(frames))
 
     def close(self) -> None:
+        """Stop listening, close every connection, remove the socket file. Idempotent."""
         if self._listener is not None:
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(self._listener.fileno())
@@ -335,6 +334,10 @@ class StreamServer:
         for connection in list(self._connections.values()):
             connection.close()
         self._connections.clear()
+        if self.path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.path = ""
 
 
 class StreamClient:
