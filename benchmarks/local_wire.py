@@ -40,41 +40,49 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 
 
-def _zmq_reader(sock: zmq.Socket[bytes], on_message: Callable[[list[bytes]], None]) -> int:
-    """Serve ``sock`` in the loop's reader callback; its descriptor."""
+class _ZmqEnd:
+    """A ZeroMQ socket served in the loop's reader callback, as the local path served its
+    sockets until 2026-12-05: non-blocking sends, ``EVENTS`` drains."""
 
-    def drain() -> None:
-        while cast(int, sock.get(_EVENTS)) & _POLLIN:
-            on_message(sock.recv_multipart(_NOBLOCK))
+    def __init__(self, sock: zmq.Socket[bytes], on_message: Callable[[list[bytes]], None]):
+        sock.setsockopt(zmq.LINGER, 0)
+        self.sock = sock
+        self._on_message = on_message
+        self._fd = int(sock.getsockopt(zmq.FD))
+        asyncio.get_running_loop().add_reader(self._fd, self.drain)
 
-    fd = int(sock.getsockopt(zmq.FD))
-    asyncio.get_running_loop().add_reader(fd, drain)
-    return fd
+    def drain(self) -> None:
+        while cast(int, self.sock.get(_EVENTS)) & _POLLIN:
+            self._on_message(self.sock.recv_multipart(_NOBLOCK))
+
+    def send(self, frames: list[bytes]) -> None:
+        for frame in frames[:-1]:
+            self.sock.send(frame, _SNDMORE | _NOBLOCK)
+        self.sock.send(frames[-1], _NOBLOCK)
+        # The send may have taken the descriptor's edge: look again.
+        if cast(int, self.sock.get(_EVENTS)) & _POLLIN:
+            asyncio.get_running_loop().call_soon(self.drain)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._fd)
+        self.sock.close()
 
 
 async def _serve(directory: str) -> None:
     """The answering end: both wires, each message sent straight back."""
     server: StreamServer | None = None
-    router: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind(f"ipc://{directory}/zmq.sock")
+    router: _ZmqEnd | None = None
 
     def answer_zmq(frames: list[bytes]) -> None:
-        router.send(frames[0], _SNDMORE | _NOBLOCK)
-        router.send(frames[-1], _NOBLOCK)
-        # The send may have taken the descriptor's edge: look again.
-        if cast(int, router.get(_EVENTS)) & _POLLIN:
-            asyncio.get_running_loop().call_soon(drain_again)
-
-    def drain_again() -> None:
-        while cast(int, router.get(_EVENTS)) & _POLLIN:
-            answer_zmq(router.recv_multipart(_NOBLOCK))
+        assert router is not None
+        router.send([frames[0], frames[-1]])
 
     def answer_stream(frames: list[bytes]) -> None:
         assert server is not None
         server.send(frames[0], frames[1:])
 
-    _zmq_reader(router, answer_zmq)
+    router = _ZmqEnd(zmq.Context.instance().socket(zmq.ROUTER), answer_zmq)
+    router.sock.bind(f"ipc://{directory}/zmq.sock")
     server = StreamServer(asyncio.get_running_loop(), answer_stream)
     server.bind(f"{directory}/stream.sock")
     print("ready", flush=True)  # the parent waits for this line
@@ -85,10 +93,8 @@ class _Client:
     def __init__(self, directory: str) -> None:
         loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
-        self._dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        self._dealer.setsockopt(zmq.LINGER, 0)
-        self._dealer.connect(f"ipc://{directory}/zmq.sock")
-        self._fd = _zmq_reader(self._dealer, self._answered)
+        self._dealer = _ZmqEnd(zmq.Context.instance().socket(zmq.DEALER), self._answered)
+        self._dealer.sock.connect(f"ipc://{directory}/zmq.sock")
         self._stream = StreamClient(f"ipc://{directory}/stream.sock", loop, self._answered)
 
     def _answered(self, _frames: list[bytes]) -> None:
@@ -96,30 +102,20 @@ class _Client:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _send_zmq(self, body: bytes) -> None:
-        self._dealer.send(body, _NOBLOCK)
-        if cast(int, self._dealer.get(_EVENTS)) & _POLLIN:
-            asyncio.get_running_loop().call_soon(self._drain_zmq)
-
-    def _drain_zmq(self) -> None:
-        while cast(int, self._dealer.get(_EVENTS)) & _POLLIN:
-            self._answered(self._dealer.recv_multipart(_NOBLOCK))
-
     async def block(self, wire: str, ops: int, body: bytes) -> list[float]:
-        send = self._send_zmq if wire == "zmq" else lambda b: self._stream.send([b])
+        end = self._dealer if wire == "zmq" else self._stream
         loop = asyncio.get_running_loop()
         clock = time.perf_counter
         samples = []
         for _ in range(ops):
             self._waiter = loop.create_future()
             start = clock()
-            send(body)
+            end.send([body])
             await self._waiter
             samples.append(clock() - start)
         return samples
 
     def close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._fd)
         self._stream.close()
         self._dealer.close()
 
